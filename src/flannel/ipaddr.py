@@ -1,0 +1,54 @@
+"""Address math and Go-compatible address text.
+
+flannel's keys, lease JSON and subnet.env must print addresses exactly as the Go implementation does, and
+Go differs from Python's ``ipaddress`` in two corners (spec §4). Everything else uses ``ipaddress`` types.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+
+def go_ip_text(addr: IPAddress) -> str:
+    """Render an address the way Go's flannel types do.
+
+    Go prints IPv4-mapped IPv6 addresses as dotted IPv4, and flannel's big-integer IPv6 type prints an address
+    whose value needs exactly four bytes (``::a00:1``) as dotted IPv4 as well.
+    """
+    if isinstance(addr, IPv4Address):
+        return str(addr)
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    value = int(addr)
+    if 1 << 24 <= value < 1 << 32:
+        return str(IPv4Address(value))
+    return str(addr)
+
+
+def go_net_text(net: IPNetwork) -> str:
+    """``a.b.c.d/len`` or ``<go ipv6 text>/len``."""
+    return f"{go_ip_text(net.network_address)}/{net.prefixlen}"
+
+
+def parse_cidr_masked(text: str) -> IPNetwork:
+    """Parse a CIDR the way Go's ``net.ParseCIDR`` is used by flannel: host bits are masked off.
+
+    Raises ``ValueError`` when the text is not a CIDR (a bare address is rejected, as in Go).
+    """
+    if "/" not in text:
+        raise ValueError(f"invalid CIDR address: {text}")
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+def first_host(net: IPNetwork) -> IPAddress:
+    """The network address plus one: what subnet.env advertises as ``FLANNEL_SUBNET``."""
+    return net.network_address + 1
+
+
+def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
+    """True when the two networks share any address (always False across address families)."""
+    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]

@@ -1,0 +1,195 @@
+"""The lease model shared by every subnet manager and backend (spec §4, §5).
+
+A lease binds one node to one subnet (plus an optional IPv6 subnet) and carries ``LeaseAttrs``, the JSON
+that other nodes read to reach it. The value bytes and the key text must be exactly what Go flanneld
+writes, because Go and Python nodes share one datastore.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from flannel.errors import LeaseDecodeError
+from flannel.gojson import compact, fold, load_object
+from flannel.ipaddr import go_ip_text
+
+UNSET_IPV4 = IPv4Address("0.0.0.0")
+
+_ATTR_FIELDS = ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"]
+
+# Upstream's key regex, kept as it is: unanchored at the start, two unescaped dots, ASCII digits,
+# lower-case IPv6 only (spec §4).
+_KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$", re.ASCII)
+
+
+@dataclass(frozen=True)
+class LeaseAttrs:
+    """What a node publishes about itself: how to reach its subnet."""
+
+    public_ip: IPv4Address = UNSET_IPV4
+    """IPv4 address other nodes use to reach this node; 0.0.0.0 when unset (IPv6-only)."""
+    public_ipv6: IPv6Address | None = None
+    """IPv6 address other nodes use to reach this node, if any."""
+    backend_type: str = ""
+    """Backend that wrote the lease ("vxlan", "host-gw", ...); empty for udp and alloc."""
+    backend_data: str | None = None
+    """Backend-specific JSON for IPv4, kept as compact raw JSON text."""
+    backend_v6_data: str | None = None
+    """Backend-specific JSON for IPv6, kept as compact raw JSON text."""
+
+    def to_json(self) -> str:
+        """Serialise byte-for-byte as Go does: fixed field order, compact, empty fields omitted."""
+        parts = [
+            f'"PublicIP":{json.dumps(go_ip_text(self.public_ip))}',
+            f'"PublicIPv6":{json.dumps(go_ip_text(self.public_ipv6)) if self.public_ipv6 else "null"}',
+        ]
+        if self.backend_type:
+            parts.append(f'"BackendType":{json.dumps(self.backend_type)}')
+        if self.backend_data:
+            parts.append(f'"BackendData":{self.backend_data}')
+        if self.backend_v6_data:
+            parts.append(f'"BackendV6Data":{self.backend_v6_data}')
+        return "{" + ",".join(parts) + "}"
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> LeaseAttrs:
+        """Decode a lease value; raise ``LeaseDecodeError`` with the reason when it is malformed."""
+        try:
+            raw = fold(load_object(data, "lease value"), _ATTR_FIELDS)
+            return cls(
+                public_ip=_opt_ip(raw.get("PublicIP"), 4) or UNSET_IPV4,  # type: ignore[arg-type]
+                public_ipv6=_opt_ip(raw.get("PublicIPv6"), 6),  # type: ignore[arg-type]
+                backend_type=_opt_str(raw.get("BackendType"), "BackendType"),
+                backend_data=_raw(raw.get("BackendData")),
+                backend_v6_data=_raw(raw.get("BackendV6Data")),
+            )
+        except ValueError as exc:
+            raise LeaseDecodeError(str(exc)) from None
+
+    def backend_json(self, v6: bool = False) -> dict[str, Any]:
+        """The backend data decoded as an object (``{}`` when absent); ``LeaseDecodeError`` if not an object."""
+        text = self.backend_v6_data if v6 else self.backend_data
+        if not text:
+            return {}
+        try:
+            return load_object(text, "BackendV6Data" if v6 else "BackendData")
+        except ValueError as exc:
+            raise LeaseDecodeError(str(exc)) from None
+
+
+def _opt_ip(value: Any, version: int) -> IPv4Address | IPv6Address | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"PublicIP{'v6' if version == 6 else ''}: expected a string, got {value!r}")
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"invalid IP address {value!r}") from None
+    if version == 4 and isinstance(addr, IPv6Address):
+        mapped = addr.ipv4_mapped
+        if mapped is None:
+            raise ValueError(f"PublicIP: {value!r} is not an IPv4 address")
+        return mapped
+    if version == 6 and isinstance(addr, IPv4Address):
+        return IPv6Address(f"::ffff:{addr}")
+    return addr
+
+
+def _opt_str(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _raw(value: Any) -> str | None:
+    if value is None:
+        return None
+    return compact(value)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One node's claim on a subnet, as read from or written to the datastore."""
+
+    subnet: IPv4Network | None
+    """The IPv4 subnet; always present in etcd mode."""
+    ipv6_subnet: IPv6Network | None = None
+    """The IPv6 subnet, for dual-stack networks."""
+    attrs: LeaseAttrs = field(default_factory=LeaseAttrs)
+    """What the node published."""
+    expiration: float = 0.0
+    """Unix time when the datastore drops the lease; 0 for none known."""
+    revision: int = 0
+    """Datastore revision at which the lease was last modified."""
+    reserved: bool = False
+    """True for a reservation: a key without a TTL that never expires (spec §6.8)."""
+
+    @property
+    def key(self) -> str:
+        """The datastore key's last element, e.g. ``10.5.52.0-24`` or ``10.5.52.0-24&fc00::-64``."""
+        return make_subnet_key(self.subnet, self.ipv6_subnet)
+
+    def same_subnets(self, other: Lease) -> bool:
+        """True when both leases claim the same subnets."""
+        return self.subnet == other.subnet and self.ipv6_subnet == other.ipv6_subnet
+
+
+class EventType(enum.Enum):
+    """Lease events: a lease appeared or changed, or it went away."""
+
+    ADDED = "added"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One change to the set of remote leases. Backends apply these idempotently."""
+
+    type: EventType
+    """Whether the lease was added (or renewed, or changed) or removed."""
+    lease: Lease
+    """The lease; for REMOVED, the last attributes known for it."""
+
+
+def make_subnet_key(v4: IPv4Network | None, v6: IPv6Network | None) -> str:
+    """Format the key element for a subnet pair (spec §4)."""
+    if v4 is None:
+        raise ValueError("a subnet key needs an IPv4 part")
+    key = f"{v4.network_address}-{v4.prefixlen}"
+    if v6 is not None:
+        key += f"&{go_ip_text(v6.network_address)}-{v6.prefixlen}"
+    return key
+
+
+def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None:
+    """Parse a key (or a full path ending in one) as upstream does; ``None`` when it is not a subnet."""
+    m = _KEY_RE.search(text)
+    if m is None:
+        return None
+    try:
+        v4_addr = IPv4Address(m.group(1))
+    except ValueError:
+        return None
+    v4_len = int(m.group(2))
+    if v4_len > 31:
+        return None
+    v4 = IPv4Network(f"{v4_addr}/{v4_len}", strict=False)
+    if m.group(3) is None:
+        return v4, None
+    v6_len = int(m.group(4))
+    if v6_len > 127:
+        return None
+    try:
+        v6 = IPv6Network(f"{IPv6Address(m.group(3))}/{v6_len}", strict=False)
+    except ValueError:
+        return None
+    return v4, v6
