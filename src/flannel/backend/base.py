@@ -1,0 +1,114 @@
+"""The backend interfaces and the registry of backends.
+
+Upstream's split is kept: a ``Backend`` turns a network config into a running ``Network`` (acquiring the
+lease on the way, because the lease must carry data such as the VTEP MAC that only exists once the device
+does), and a ``Network`` consumes lease events. Backends are listed in one explicit table rather than
+registered by import side effects, so it is obvious what exists and what is still to come.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol
+
+from flannel.config import NetworkConfig
+from flannel.errors import ConfigError, NotImplementedYetError
+from flannel.lease import Lease
+from flannel.subnet.manager import SubnetManager, WatchResult
+
+
+@dataclass(frozen=True)
+class ExternalInterface:
+    """The host interface that carries inter-host traffic, and the addresses peers use to reach us."""
+
+    name: str
+    """Interface name, e.g. ``eth0``."""
+    index: int
+    """Kernel interface index."""
+    mtu: int
+    """Interface MTU; backends derive their own MTU from it."""
+    iface_addr: IPv4Address | None
+    """The interface's own IPv4 address (None for an IPv6-only stack)."""
+    iface_v6_addr: IPv6Address | None
+    """The interface's own IPv6 address (None for an IPv4-only stack)."""
+    ext_addr: IPv4Address | None
+    """The IPv4 address other nodes reach us on: ``--public-ip`` or the interface address."""
+    ext_v6_addr: IPv6Address | None
+    """The IPv6 address other nodes reach us on: ``--public-ipv6`` or the interface address."""
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What every backend is constructed with."""
+
+    subnet_manager: SubnetManager
+    """Where leases are acquired and watched."""
+    ext_iface: ExternalInterface
+    """The interface for inter-host traffic."""
+    reconcile_interval: float = 10.0
+    """Seconds between full comparisons of kernel state with the leases."""
+
+
+class Network(Protocol):
+    """A registered network: this node's lease plus the loop that programs remote leases."""
+
+    @property
+    def lease(self) -> Lease:
+        """This node's lease."""
+        ...
+
+    @property
+    def mtu(self) -> int:
+        """The MTU pods must use (``FLANNEL_MTU``)."""
+        ...
+
+    async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        """Consume lease watch results until cancelled, keeping the kernel in line with them."""
+        ...
+
+
+class Backend(Protocol):
+    """One data plane (vxlan, host-gw, ...)."""
+
+    async def register_network(self, config: NetworkConfig) -> Network:
+        """Create devices, acquire the lease and return the network ready to run."""
+        ...
+
+
+BackendFactory = Callable[[BackendContext, NetworkConfig], Backend]
+
+
+def _not_yet(name: str) -> BackendFactory:
+    def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
+        raise NotImplementedYetError(f"backend {name!r} is not implemented yet in this release (use vxlan)")
+
+    return factory
+
+
+def _vxlan(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.vxlan import VXLANBackend  # imported lazily: only the chosen backend loads
+
+    return VXLANBackend(ctx, config)
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "vxlan": _vxlan,
+    "host-gw": _not_yet("host-gw"),
+    "udp": _not_yet("udp"),
+    "ipip": _not_yet("ipip"),
+    "ipsec": _not_yet("ipsec"),
+    "wireguard": _not_yet("wireguard"),
+    "extension": _not_yet("extension"),
+    "alloc": _not_yet("alloc"),
+    "tencent-vpc": _not_yet("tencent-vpc"),
+}
+
+
+def create_backend(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    """Look up ``Backend.Type`` (case-insensitively, as upstream) and construct the backend."""
+    factory = BACKENDS.get(config.backend_type.lower())
+    if factory is None:
+        raise ConfigError(f"unknown backend type: {config.backend_type}", field="Backend.Type")
+    return factory(ctx, config)

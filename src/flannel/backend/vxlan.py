@@ -1,0 +1,198 @@
+"""The vxlan backend (spec §10.2): devices, lease registration, and the loop that programs peers.
+
+Beyond upstream (⚠ #1070, #2554): a deleted device is recreated with the MAC already advertised and every
+entry is re-added; a periodic reconcile repairs any drift between the kernel and the leases; and one
+undecodable lease is skipped on its own instead of disturbing other peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from flannel.backend.base import BackendContext
+from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config
+from flannel.backend.vxlan_device import VXLANDeviceSpec, ensure_address, ensure_device
+from flannel.backend.vxlan_plane import VXLANPlane, apply_ops
+from flannel.config import NetworkConfig
+from flannel.errors import FlannelError, LeaseDecodeError
+from flannel.gojson import compact
+from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from flannel.netlink import LinkMonitor, Netlink, link_events
+from flannel.subnet.lease_tracker import LeaseTracker
+from flannel.subnet.manager import WatchResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Device:
+    """A device this node owns, and how to rebuild it exactly as advertised."""
+
+    spec: VXLANDeviceSpec
+    plane: VXLANPlane
+
+
+class VXLANBackend:
+    """Creates the vxlan devices and registers this node's lease."""
+
+    def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
+        self.ctx = ctx
+        self.cfg: VXLANConfig = parse_vxlan_config(config.backend)
+
+    async def register_network(self, config: NetworkConfig) -> VXLANNetwork:
+        ext = self.ctx.ext_iface
+        mtu = (self.cfg.mtu or ext.mtu) - VXLAN_OVERHEAD
+        nl = Netlink()
+        specs: dict[int, VXLANDeviceSpec] = {}
+        data: dict[int, str] = {}
+        if config.enable_ipv4:
+            specs[socket.AF_INET] = self._spec(self.cfg.device_name, ext.iface_addr, mtu)
+        if config.enable_ipv6:
+            specs[socket.AF_INET6] = self._spec(self.cfg.v6_device_name, ext.iface_v6_addr, mtu)
+        links = {}
+        for fam, spec in specs.items():
+            link = ensure_device(nl, spec)
+            links[fam] = link
+            # The advertised MAC is the kernel's, so a recreated device keeps the one peers have programmed.
+            specs[fam] = spec = VXLANDeviceSpec(**{**spec.__dict__, "mac": link.mac})
+            data[fam] = compact({"VNI": self.cfg.vni, "VtepMAC": link.mac})
+        attrs = LeaseAttrs(
+            public_ip=ext.ext_addr if config.enable_ipv4 and ext.ext_addr else LeaseAttrs().public_ip,
+            public_ipv6=ext.ext_v6_addr if config.enable_ipv6 else None,
+            backend_type="vxlan",
+            backend_data=data.get(socket.AF_INET),
+            backend_v6_data=data.get(socket.AF_INET6),
+        )
+        lease = await self.ctx.subnet_manager.acquire_lease(attrs)
+        devices: list[_Device] = []
+        for fam, spec in specs.items():
+            subnet = lease.subnet if fam == socket.AF_INET else lease.ipv6_subnet
+            cluster = config.network if fam == socket.AF_INET else config.ipv6_network
+            if subnet is None or cluster is None:
+                raise FlannelError(f"lease {lease.key} has no subnet for the enabled family of {spec.name}")
+            link = links[fam]
+            ensure_address(nl, link, subnet.network_address, config.network)
+            after = nl.link_by_name(spec.name)
+            if after is None or after.mac != spec.mac:
+                raise FlannelError(f"{spec.name}'s mac address wanted: {spec.mac}, but got: {after and after.mac}")
+            plane = VXLANPlane(nl=nl, family=fam, dev_name=spec.name, cluster=cluster, own_subnet=subnet,
+                               direct_routing=self.cfg.direct_routing, dev_index=link.index)
+            devices.append(_Device(spec=spec, plane=plane))
+        return VXLANNetwork(nl, lease, mtu, devices, config, self.ctx.reconcile_interval)
+
+    def _spec(self, name: str, local: object, mtu: int) -> VXLANDeviceSpec:
+        # ⚠ upstream sets local to the public IP, which breaks behind NAT; the interface address is what the
+        # kernel can actually send from. Peers still address us by the public IP in our lease.
+        return VXLANDeviceSpec(name=name, vni=self.cfg.vni, underlay_index=self.ctx.ext_iface.index,
+                               local=local, port=self.cfg.port, learning=self.cfg.learning,  # type: ignore[arg-type]
+                               gbp=self.cfg.gbp, mtu=mtu)
+
+
+class VXLANNetwork:
+    """The running vxlan network: applies lease events and keeps the kernel reconciled."""
+
+    def __init__(self, nl: Netlink, lease: Lease, mtu: int, devices: list[_Device], config: NetworkConfig,
+                 reconcile_interval: float) -> None:
+        self.nl = nl
+        self._lease = lease
+        self._mtu = mtu
+        self.devices = devices
+        self.config = config
+        self.reconcile_interval = reconcile_interval
+        self.tracker = LeaseTracker(lease)
+        self.synced = False
+        self._kick = asyncio.Event()
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    @property
+    def peers(self) -> int:
+        """Number of remote leases currently programmed (on any family)."""
+        return len({k for d in self.devices for k in d.plane.desired})
+
+    def handle_events(self, events: list[LeaseEvent]) -> None:
+        """Apply lease events to every plane. Idempotent: replaying an event changes nothing."""
+        ops: list[object] = []
+        for ev in events:
+            lease = ev.lease
+            if ev.type is EventType.ADDED and lease.attrs.backend_type != "vxlan":
+                log.info("ignoring non-vxlan lease %s (BackendType %r)", lease.key, lease.attrs.backend_type)
+                continue
+            for dev in self.devices:
+                plane = dev.plane
+                old = plane.desired.get(lease.key)
+                if ev.type is EventType.REMOVED:
+                    new = None
+                else:
+                    try:
+                        new = plane.entries_for(lease)
+                    except LeaseDecodeError as exc:
+                        log.warning("skipping lease %s: %s (its current entries are left as they are)",
+                                    lease.key, exc)
+                        continue
+                ops.extend(plane.ops_for_change(old, new))
+                if new is None:
+                    plane.desired.pop(lease.key, None)
+                else:
+                    plane.desired[lease.key] = new
+        apply_ops(self.nl, ops)
+
+    def reconcile(self) -> int:
+        """Make the kernel match the leases: recreate missing devices, repair drift. Returns repairs made."""
+        repairs = 0
+        for dev in self.devices:
+            plane = dev.plane
+            link = self.nl.link_by_name(dev.spec.name)
+            if link is None or link.index != plane.dev_index:
+                log.warning("device %s is missing; recreating it with mac %s", dev.spec.name, dev.spec.mac)
+                link = ensure_device(self.nl, dev.spec)
+                plane.dev_index = link.index
+                repairs += 1
+            ensure_address(self.nl, link, plane.own_subnet.network_address, self.config.network)
+            if not self.synced:
+                continue  # until the first snapshot, "not desired" does not mean "stale"
+            drift = plane.drift_ops()
+            if drift:
+                reasons = [r for r, _ in drift]
+                ops = [op for _, op in drift]
+                apply_ops(self.nl, ops, reasons)
+                repairs += len(drift)
+        return repairs
+
+    async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        monitor = LinkMonitor()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch_links(monitor), name="vxlan-link-monitor")
+                tg.create_task(self._reconcile_loop(), name="vxlan-reconcile")
+                async for result in results:
+                    self.handle_events(self.tracker.apply(result))
+                    if result.snapshot is not None and not self.synced:
+                        self.synced = True
+                        self._kick.set()
+        finally:
+            monitor.close()
+
+    async def _watch_links(self, monitor: LinkMonitor) -> None:
+        names = {d.spec.name for d in self.devices}
+        async for events in link_events(monitor):
+            if any(ev.kind == "del" and ev.name in names for ev in events):
+                self._kick.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.reconcile_interval)
+            self._kick.clear()
+            self.reconcile()

@@ -1,0 +1,209 @@
+"""Per-family VXLAN programming: the desired kernel entries for each remote lease, applied and reconciled.
+
+One ``VXLANPlane`` exists per address family. It keeps the *desired* entries per peer, so that a lease event
+is a diff against what was wanted before (idempotent, safe to replay), and so that a periodic reconcile
+can compare the kernel with the desired state and repair drift: entries deleted by hand, a device that was
+removed and recreated, stale entries left by a lease that vanished while flanneld was down.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from flannel.errors import LeaseDecodeError
+from flannel.lease import Lease
+from flannel.netlink import (
+    FdbDelete,
+    FdbReplace,
+    NeighDelete,
+    NeighReplace,
+    Netlink,
+    RouteDelete,
+    RouteReplace,
+)
+
+log = logging.getLogger(__name__)
+
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+@dataclass(frozen=True)
+class PeerEntries:
+    """The kernel entries one remote lease needs on one family's device."""
+
+    dst: Network
+    """The remote subnet."""
+    gateway: Address
+    """Next hop: the remote subnet's network address (tunnel) or the remote public IP (direct)."""
+    direct: bool
+    """DirectRouting: a plain underlay route, no neighbour or FDB entry."""
+    mac: str = ""
+    """The remote VTEP MAC (tunnel only)."""
+    public_ip: Address | None = None
+    """The remote public IP, the FDB destination (tunnel only)."""
+
+
+@dataclass
+class VXLANPlane:
+    """State and programming of one family's device (``flannel.<VNI>`` or ``flannel-v6.<VNI>``)."""
+
+    nl: Netlink
+    """The netlink socket used for every change."""
+    family: int
+    """``socket.AF_INET`` or ``socket.AF_INET6``."""
+    dev_name: str
+    """Device name."""
+    cluster: Network
+    """The cluster network of this family; routes to it on the device are ours."""
+    own_subnet: Network
+    """This node's subnet of the family (never programmed as a peer)."""
+    direct_routing: bool = False
+    """Use plain routes to peers on the same L2 segment."""
+    dev_index: int = 0
+    """Current kernel index of the device (changes when it is recreated)."""
+    desired: dict[str, PeerEntries] = field(default_factory=dict)
+    """Wanted entries by lease key."""
+
+    @property
+    def v6(self) -> bool:
+        """Whether this is the IPv6 plane."""
+        return self.family == socket.AF_INET6
+
+    # -- lease events --------------------------------------------------------------------------------
+
+    def entries_for(self, lease: Lease) -> PeerEntries | None:
+        """What a lease needs on this plane; None if the lease has nothing for this family.
+
+        Raises ``LeaseDecodeError`` when its backend data is unusable, so the caller can skip that lease alone.
+        """
+        subnet: Network | None = lease.ipv6_subnet if self.v6 else lease.subnet
+        public: Address | None = lease.attrs.public_ipv6 if self.v6 else lease.attrs.public_ip
+        if subnet is None or public is None or int(public) == 0:
+            return None
+        data = lease.attrs.backend_json(self.v6)
+        mac = data.get("VtepMAC", data.get("vtepmac"))
+        if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
+            field_name = "BackendV6Data" if self.v6 else "BackendData"
+            raise LeaseDecodeError(f"{field_name}.VtepMAC is missing or not a MAC address: {mac!r}")
+        if self.direct_routing and self._on_link(public):
+            return PeerEntries(dst=subnet, gateway=public, direct=True)
+        return PeerEntries(dst=subnet, gateway=subnet.network_address, direct=False, mac=mac.lower(),
+                           public_ip=public)
+
+    def _on_link(self, public: Address) -> bool:
+        info = self.nl.route_get(public)
+        return info is not None and info.gateway is None
+
+    def ops_for_change(self, old: PeerEntries | None, new: PeerEntries | None) -> list[object]:
+        """Netlink operations turning ``old`` into ``new`` (either may be None)."""
+        ops: list[object] = []
+        if old is not None and old != new:
+            ops.extend(self._remove_ops(old, keep=new))
+        if new is not None and new != old:
+            ops.extend(self._add_ops(new))
+        return ops
+
+    def _add_ops(self, e: PeerEntries) -> list[object]:
+        if e.direct:
+            return [RouteReplace(dst=e.dst, gateway=e.gateway, oif=None, onlink=False)]
+        assert e.public_ip is not None
+        return [
+            NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac),
+            FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip),
+            RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True),
+        ]
+
+    def _remove_ops(self, e: PeerEntries, keep: PeerEntries | None) -> list[object]:
+        ops: list[object] = []
+        if keep is None or keep.dst != e.dst:
+            ops.append(RouteDelete(dst=e.dst))
+        if not e.direct:
+            assert e.public_ip is not None
+            if keep is None or keep.direct or keep.mac != e.mac:
+                ops.append(FdbDelete(index=self.dev_index, mac=e.mac, dst=e.public_ip))
+            if keep is None or keep.direct or keep.gateway != e.gateway:
+                ops.append(NeighDelete(index=self.dev_index, ip=e.gateway))
+        return ops
+
+    # -- reconcile -----------------------------------------------------------------------------------
+
+    def drift_ops(self) -> list[tuple[str, object]]:
+        """Compare the kernel with ``desired``; return ``(reason, op)`` pairs that repair every difference."""
+        repairs: list[tuple[str, object]] = []
+        neighs = {n.ip: n for n in self.nl.neighbours(self.dev_index, self.family)}
+        fdbs: dict[str, list[Address | None]] = {}
+        for f in self.nl.fdb(self.dev_index):
+            fdbs.setdefault(f.mac, []).append(f.dst)
+        routes = {r.dst: r for r in self.nl.routes(self.family)}
+        want_neigh: set[Address] = set()
+        want_mac: set[str] = set()
+        want_dst: set[Network] = set()
+        for e in self.desired.values():
+            want_dst.add(e.dst)
+            r = routes.get(e.dst)
+            if e.direct:
+                if r is None or r.gateway != e.gateway:
+                    repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
+                                    RouteReplace(dst=e.dst, gateway=e.gateway, oif=None, onlink=False)))
+                continue
+            assert e.public_ip is not None
+            want_neigh.add(e.gateway)
+            want_mac.add(e.mac)
+            n = neighs.get(e.gateway)
+            if n is None or n.lladdr != e.mac or not n.state & NUD_PERMANENT:
+                repairs.append((f"neighbour {e.gateway} {'missing' if n is None else 'wrong'}",
+                                NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac)))
+            dsts = fdbs.get(e.mac)
+            if not dsts or e.public_ip not in dsts:
+                repairs.append((f"fdb entry {e.mac} {'missing' if not dsts else 'wrong'}",
+                                FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip)))
+            if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
+                repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
+                                RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
+        for ip, n in neighs.items():
+            if ip not in want_neigh and n.state & NUD_PERMANENT:
+                repairs.append((f"stale neighbour {ip}", NeighDelete(index=self.dev_index, ip=ip)))
+        for mac, dsts in fdbs.items():
+            if mac not in want_mac and mac != ZERO_MAC:
+                for dst in dsts:
+                    if dst is not None:
+                        repairs.append((f"stale fdb entry {mac}", FdbDelete(index=self.dev_index, mac=mac, dst=dst)))
+        for dst, r in routes.items():
+            if r.oif == self.dev_index and dst not in want_dst and dst.subnet_of(self.cluster):  # type: ignore[arg-type]
+                repairs.append((f"stale route to {dst}", RouteDelete(dst=dst, oif=self.dev_index)))
+        return repairs
+
+
+def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None = None) -> int:
+    """Apply a batch, logging one line per kernel change and one warning per failure; return failures."""
+    if not ops:
+        return 0
+    results = nl.apply(ops)  # type: ignore[arg-type]
+    failures = 0
+    for i, (op, err) in enumerate(zip(ops, results, strict=True)):
+        text = op.describe()  # type: ignore[attr-defined]
+        why = f" (repair: {reasons[i]})" if reasons else ""
+        if err is None:
+            log.info("%s%s", text, why)
+        elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and _gone(err):
+            log.debug("%s: already gone", text)
+        else:
+            failures += 1
+            log.warning("%s failed: %s", text, err)
+    return failures
+
+
+def _gone(err: Exception) -> bool:
+    from flannel.netlink import is_gone
+
+    return is_gone(err)  # type: ignore[arg-type]

@@ -1,0 +1,146 @@
+"""flanneld: wire the subnet manager, the backend and the subnet file together, then supervise them.
+
+The start-up order follows upstream (spec §2) so that operators see the same behaviour: config first (retried
+every second until valid), then the external interface, the backend (which acquires the lease), the subnet
+file, and finally the long-running subsystems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from flannel import UPSTREAM_VERSION, __version__
+from flannel.daemon import flags
+from flannel.daemon.lifecycle import install_signal_handlers, notify_systemd, supervise, until_stopped
+from flannel.daemon.logs import setup_logging
+from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, NotImplementedYetError
+
+log = logging.getLogger("flanneld")
+T = TypeVar("T")
+
+CONFIG_RETRY_SECONDS = 1.0
+BACKOFF_START, BACKOFF_CAP = 1.0, 30.0
+
+
+def not_implemented(opts: flags.Options) -> list[str]:
+    """Flags that parse (they exist upstream) but whose feature is not built yet."""
+    missing = []
+    if opts.kube_subnet_mgr:
+        missing.append("--kube-subnet-mgr (Kubernetes mode)")
+    if opts.ip_masq:
+        missing.append("--ip-masq (masquerade rules)")
+    if opts.healthz_port > 0:
+        missing.append("--healthz-port (health server)")
+    if opts.ip_blackhole_route:
+        missing.append("--ip-blackhole-route")
+    if "iptables-forward-rules" in opts.explicit and opts.iptables_forward_rules:
+        missing.append("--iptables-forward-rules (forward rules)")
+    return missing
+
+
+async def retry(what: str, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, *, fixed: float | None = None) -> T:
+    """Call ``fn`` until it succeeds: config errors every ``fixed`` seconds, datastore errors with back-off.
+
+    Every failure is logged with the reason; nothing else is touched meanwhile.
+    """
+    delay = BACKOFF_START
+    while True:
+        try:
+            return await fn()
+        except ConfigError as exc:
+            log.error("%s: %s", what, exc)
+            wait = fixed if fixed is not None else delay
+        except DatastoreUnavailableError as exc:
+            log.error("%s: datastore unavailable: %s (retrying in %.0fs)", what, exc, delay)
+            wait = delay
+            delay = min(delay * 2, BACKOFF_CAP)
+        stopped, _ = await until_stopped(asyncio.sleep(wait), stop)
+        if stopped:
+            raise asyncio.CancelledError
+
+
+async def run(opts: flags.Options) -> int:
+    from flannel.backend.base import BackendContext, create_backend
+    from flannel.daemon.startup import build_subnet_manager, check_br_netfilter, select_external, write_env
+
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    sm = build_subnet_manager(opts)
+    try:
+        config = await retry("failed to retrieve network config", sm.get_network_config, stop,
+                             fixed=CONFIG_RETRY_SECONDS)
+        if config.backend_missing:
+            log.warning("network config has no Backend section: using upstream's default backend type 'udp'")
+        if not (config.enable_ipv4 or config.enable_ipv6):
+            log.error("none defined stack")
+            return 1
+        check_br_netfilter(config)
+        ext = select_external(opts, config)
+        backend = create_backend(BackendContext(sm, ext), config)
+        network = await retry("failed to register network", lambda: backend.register_network(config), stop)
+        write_env(opts, config, network)
+        log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
+        notify_systemd()
+        code = await supervise(
+            {
+                "lease-watch": network.run(sm.watch_leases()),
+                "lease-renewal": sm.complete_lease(network.lease),
+            },
+            stop,
+        )
+    except asyncio.CancelledError:
+        log.info("stopped during start-up")
+        code = 0
+    finally:
+        await sm.close()
+    if code == 0:
+        log.info("Exiting cleanly...")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit status."""
+    try:
+        opts = flags.parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except flags.HelpRequested:
+        print(flags.usage_text())
+        return 0
+    except flags.VersionRequested:
+        print(f"{UPSTREAM_VERSION} (flannel-py {__version__})", file=sys.stderr)
+        return 0
+    except flags.UsageError as exc:
+        print(f"flanneld: {exc}\n\n{flags.usage_text()}", file=sys.stderr)
+        return 2
+    setup_logging(opts.v)
+    try:
+        flags.validate(opts)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    missing = not_implemented(opts)
+    if missing:
+        log.error("not implemented yet in this release: %s", ", ".join(missing))
+        return 1
+    try:
+        return asyncio.run(run(opts))
+    except (ConfigError, NotImplementedYetError) as exc:
+        log.error("%s", exc)
+        return 1
+    except FlannelError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("unexpected error")
+        return 1
+
+
+def entry() -> None:
+    """``flanneld`` console script."""
+    sys.exit(main())

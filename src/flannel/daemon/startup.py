@@ -1,0 +1,87 @@
+"""The start-up steps of flanneld that touch the outside world: datastore client, sysctls, interface, file.
+
+Kept apart from ``main`` so that each step has one place, one error message and can be read on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flannel.backend.base import ExternalInterface, Network
+from flannel.config import NetworkConfig
+from flannel.daemon.flags import Options
+from flannel.errors import FlannelError
+from flannel.subnet.etcd_manager import EtcdSubnetManager
+from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
+from flannel.subnetenv import SubnetEnv, read_previous, write_subnet_env
+
+log = logging.getLogger(__name__)
+
+
+def build_subnet_manager(opts: Options) -> EtcdSubnetManager:
+    """The etcd subnet manager, remembering the previous subnets from the old subnet file (spec §6.3)."""
+    previous = read_previous(opts.subnet_file)
+    store = EtcdStore(EtcdStoreOptions(
+        endpoints=[e for e in opts.etcd_endpoints.split(",") if e],
+        keyfile=opts.etcd_keyfile,
+        certfile=opts.etcd_certfile,
+        cafile=opts.etcd_cafile,
+        username=opts.etcd_username,
+        password=opts.etcd_password,
+    ))
+    return EtcdSubnetManager(
+        store,
+        prefix=opts.etcd_prefix,
+        previous_subnet=previous.subnet,
+        previous_ipv6_subnet=previous.ipv6_subnet,
+        renew_margin_minutes=opts.subnet_lease_renew_margin,
+    )
+
+
+def check_br_netfilter(config: NetworkConfig) -> None:
+    """Upstream refuses to start without br_netfilter's sysctls (unless nftables mode is on)."""
+    if config.enable_nftables:
+        return
+    needed = []
+    if config.enable_ipv4:
+        needed.append("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if config.enable_ipv6:
+        needed.append("/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+    for path in needed:
+        if not os.path.exists(path):
+            raise FlannelError(f"{path} does not exist: load the br_netfilter kernel module (modprobe br_netfilter)")
+
+
+def select_external(opts: Options, config: NetworkConfig) -> ExternalInterface:
+    """Pick the external interface per spec §9."""
+    from flannel.iface import IfaceOptions, select_interface
+    from flannel.netlink import Netlink
+
+    with Netlink() as nl:
+        return select_interface(nl, IfaceOptions(
+            ifaces=tuple(opts.iface),
+            regexes=tuple(opts.iface_regex),
+            can_reach=opts.iface_can_reach,
+            public_ip=opts.public_ip,
+            public_ipv6=opts.public_ipv6,
+            ipv4=config.enable_ipv4,
+            ipv6=config.enable_ipv6,
+        ))
+
+
+def write_env(opts: Options, config: NetworkConfig, network: Network) -> None:
+    """Write subnet.env; like upstream, a failure is logged and flanneld carries on (unready)."""
+    lease = network.lease
+    env = SubnetEnv(
+        network=config.network if config.enable_ipv4 else None,
+        subnet=lease.subnet if config.enable_ipv4 else None,
+        ipv6_network=config.ipv6_network if config.enable_ipv6 else None,
+        ipv6_subnet=lease.ipv6_subnet if config.enable_ipv6 else None,
+        mtu=network.mtu,
+        ipmasq=opts.ip_masq,
+    )
+    try:
+        write_subnet_env(opts.subnet_file, env)
+    except OSError as exc:
+        log.warning("failed to write subnet file %s: %s", opts.subnet_file, exc)

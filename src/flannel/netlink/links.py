@@ -1,0 +1,171 @@
+"""Network devices: what flanneld needs to know about a link, and the requests that change links.
+
+Only the attributes the VXLAN backend compares when deciding whether to adopt an existing device are
+decoded; everything else the kernel sends (statistics, queues, XDP, ...) is skipped unread.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from flannel.netlink import wire
+from flannel.netlink.consts import (
+    IFF_UP,
+    IFINFOMSG,
+    IFLA_ADDRESS,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    IFLA_VXLAN_GBP,
+    IFLA_VXLAN_GROUP,
+    IFLA_VXLAN_GROUP6,
+    IFLA_VXLAN_ID,
+    IFLA_VXLAN_L2MISS,
+    IFLA_VXLAN_LEARNING,
+    IFLA_VXLAN_LINK,
+    IFLA_VXLAN_LOCAL,
+    IFLA_VXLAN_LOCAL6,
+    IFLA_VXLAN_PORT,
+    IFLA_VXLAN_TOS,
+    IFLA_VXLAN_TTL,
+)
+from flannel.netlink.wire import IPAddress
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    """The VXLAN-specific settings of a device (``ip -d link show``'s ``vxlan ...`` part)."""
+
+    vni: int
+    underlay_index: int
+    """IFLA_VXLAN_LINK, 0 when the device is not bound to an underlay."""
+    local: IPAddress | None
+    port: int
+    """Destination UDP port; 0 when the kernel did not report one."""
+    learning: bool
+    gbp: bool
+    l2miss: bool
+    group: IPAddress | None
+    """Multicast group or default remote; flannel's devices have none."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network device as seen in one namespace."""
+
+    index: int
+    name: str
+    mtu: int
+    mac: str
+    """Lower-case ``aa:bb:..``; empty for devices without a hardware address."""
+    up: bool
+    """Administratively up (IFF_UP), not necessarily carrier."""
+    kind: str
+    """``vxlan``, ``dummy``, ``veth``...; empty for physical devices and loopback."""
+    vxlan: VxlanInfo | None = None
+
+
+def parse_link(data: bytes, start: int, end: int) -> Link:
+    """Decode one RTM_NEWLINK message body."""
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, start)
+    a = wire.attrs(data, start + IFINFOMSG.size, end)
+    kind = ""
+    vxlan = None
+    info_raw = a.get(IFLA_LINKINFO)
+    if info_raw is not None:
+        info = wire.nested(info_raw)
+        kind = wire.cstr(info.get(IFLA_INFO_KIND, b""))
+        if kind == "vxlan" and IFLA_INFO_DATA in info:
+            vxlan = _parse_vxlan(wire.nested(info[IFLA_INFO_DATA]))
+    mac = a.get(IFLA_ADDRESS)
+    return Link(
+        index=index,
+        name=wire.cstr(a.get(IFLA_IFNAME, b"")),
+        mtu=wire.u32(a[IFLA_MTU]) if IFLA_MTU in a else 0,
+        mac=wire.mac_str(mac) if mac else "",
+        up=bool(flags & IFF_UP),
+        kind=kind,
+        vxlan=vxlan,
+    )
+
+
+def _parse_vxlan(d: dict[int, bytes]) -> VxlanInfo:
+    local = d.get(IFLA_VXLAN_LOCAL) or d.get(IFLA_VXLAN_LOCAL6)
+    group = d.get(IFLA_VXLAN_GROUP) or d.get(IFLA_VXLAN_GROUP6)
+    return VxlanInfo(
+        vni=wire.u32(d[IFLA_VXLAN_ID]) if IFLA_VXLAN_ID in d else 0,
+        underlay_index=wire.u32(d[IFLA_VXLAN_LINK]) if IFLA_VXLAN_LINK in d else 0,
+        local=wire.ip_from(local) if local else None,
+        port=wire.be16(d[IFLA_VXLAN_PORT]) if IFLA_VXLAN_PORT in d else 0,
+        learning=bool(d.get(IFLA_VXLAN_LEARNING, b"\0")[0]),
+        gbp=IFLA_VXLAN_GBP in d,
+        l2miss=bool(d.get(IFLA_VXLAN_L2MISS, b"\0")[0]),
+        group=wire.ip_from(group) if group else None,
+    )
+
+
+def ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
+    return IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
+
+
+def vxlan_body(
+    name: str,
+    vni: int,
+    underlay_index: int,
+    local: IPAddress | None,
+    port: int,
+    learning: bool,
+    gbp: bool,
+    mtu: int,
+    mac: str | None,
+) -> bytes:
+    """RTM_NEWLINK body for ``ip link add NAME [address MAC] mtu M type vxlan id VNI dev UNDERLAY ...``.
+
+    TTL and TOS are sent as 0 (inherit), like Go's netlink library does, so a device we create looks the
+    same as one upstream flanneld created and is adopted across a switch between the two.
+    """
+    data = [wire.attr_u32(IFLA_VXLAN_ID, vni)]
+    if underlay_index:
+        data.append(wire.attr_u32(IFLA_VXLAN_LINK, underlay_index))
+    if local is not None:
+        atype = IFLA_VXLAN_LOCAL if local.version == 4 else IFLA_VXLAN_LOCAL6
+        data.append(wire.attr(atype, local.packed))
+    data += [
+        wire.attr_u8(IFLA_VXLAN_TTL, 0),
+        wire.attr_u8(IFLA_VXLAN_TOS, 0),
+        wire.attr_u8(IFLA_VXLAN_LEARNING, int(learning)),
+    ]
+    if port > 0:
+        data.append(wire.attr_be16(IFLA_VXLAN_PORT, port))
+    if gbp:
+        data.append(wire.attr(IFLA_VXLAN_GBP, b""))
+    linkinfo = wire.attr_str(IFLA_INFO_KIND, "vxlan") + wire.attr(IFLA_INFO_DATA, b"".join(data))
+    parts = [ifinfo(), wire.attr_str(IFLA_IFNAME, name)]
+    if mac:
+        parts.append(wire.attr(IFLA_ADDRESS, wire.mac_bytes(mac)))
+    if mtu > 0:
+        parts.append(wire.attr_u32(IFLA_MTU, mtu))
+    parts.append(wire.attr(IFLA_LINKINFO, linkinfo))
+    return b"".join(parts)
+
+
+def vxlan_describe(name: str, vni: int, underlay_index: int, local: IPAddress | None, port: int,
+                   learning: bool, gbp: bool, mtu: int, mac: str | None) -> str:
+    """The ``ip link add`` command equivalent to ``vxlan_body``, for logs and errors."""
+    text = f"link add {name}" + (f" address {mac}" if mac else "") + (f" mtu {mtu}" if mtu > 0 else "")
+    text += f" type vxlan id {vni}" + (f" dev #{underlay_index}" if underlay_index else "")
+    text += f" local {local}" if local is not None else ""
+    text += "" if learning else " nolearning"
+    text += f" dstport {port}" if port > 0 else ""
+    return text + (" gbp" if gbp else "")
+
+
+def mtu_body(index: int, mtu: int) -> bytes:
+    return ifinfo(index) + wire.attr_u32(IFLA_MTU, mtu)
+
+
+def name_body(name: str) -> bytes:
+    return ifinfo() + wire.attr_str(IFLA_IFNAME, name)
