@@ -1,9 +1,9 @@
 """Decoding JSON the way Go's ``encoding/json`` matches struct fields.
 
-Go matches object keys to fields case-insensitively (an exact match preferred, otherwise the last
-case-insensitive match wins), so a Go node accepts ``"network"`` for ``Network``. Every reader of
-flannel's JSON documents (network config, lease values, backend sections) goes through here to stay
-compatible.
+Go matches object keys to fields case-insensitively (a key picks a field by exact name first, then by
+case folding, and when several keys land on one field the last one wins), so a Go node accepts
+``"network"`` for ``Network``. Every reader of flannel's JSON documents (network config, lease values,
+backend sections) goes through here to stay compatible.
 """
 
 from __future__ import annotations
@@ -12,11 +12,30 @@ import json
 from typing import Any
 
 
+def _last_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated key moves to the end, so that iterating the dict visits keys in the order of their
+    # last occurrence: ``fold`` then lets the last one win, as Go does.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.pop(key, None)
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+def loads(data: str | bytes) -> Any:
+    """``json.loads`` restricted to what Go accepts (no NaN/Infinity); raises ``ValueError``."""
+    return json.loads(data, object_pairs_hook=_last_wins, parse_constant=_reject_constant)
+
+
 def load_object(data: str | bytes, what: str) -> dict[str, Any]:
     """Parse ``data`` as a JSON object; raise ``ValueError`` naming ``what`` otherwise."""
     try:
-        value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value = loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what}: invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
@@ -26,20 +45,25 @@ def load_object(data: str | bytes, what: str) -> dict[str, Any]:
 def fold(obj: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     """Map ``obj``'s keys onto ``fields`` with Go's matching rules; unknown keys are dropped.
 
+    Each key picks its field by exact name, else case-insensitively; every key that lands on a field
+    overwrites it, so the last one in the document wins (``{"Network":..,"network":..}`` keeps the second).
     Returns a dict keyed by the canonical field names, holding only the fields that appear.
     """
-    lower = {f.lower(): f for f in fields}
+    exact = set(fields)
+    folded = {_fold_name(f): f for f in fields}
     out: dict[str, Any] = {}
-    exact: set[str] = set()
     for key, value in obj.items():
-        if key in fields:
-            out[key] = value
-            exact.add(key)
-            continue
-        canon = lower.get(key.lower())
-        if canon is not None and canon not in exact:
+        canon = key if key in exact else folded.get(_fold_name(key))
+        if canon is not None:
+            out.pop(canon, None)
             out[canon] = value
     return out
+
+
+def _fold_name(name: str) -> str:
+    # Go folds with Unicode simple folding: besides ASCII case, U+017F (long s) matches "s" and U+212A
+    # (Kelvin sign) matches "k"; ``str.lower`` already maps the Kelvin sign.
+    return name.lower().replace("\u017f", "s")
 
 
 def compact(value: Any) -> str:

@@ -104,7 +104,7 @@ def _by_regex(nl: Netlink, pattern: str, families: list[int]) -> Link | None:
 
 
 def _families(opts: IfaceOptions) -> list[int]:
-    fams = []
+    fams: list[int] = []
     if opts.ipv4:
         fams.append(socket.AF_INET)
     if opts.ipv6:
@@ -189,8 +189,8 @@ def select_interface(nl: Netlink, opts: IfaceOptions) -> ExternalInterface:
         name=link.name, index=link.index, mtu=link.mtu,
         iface_addr=v4 if isinstance(v4, IPv4Address) else None,
         iface_v6_addr=v6 if isinstance(v6, IPv6Address) else None,
-        ext_addr=ext4 if opts.ipv4 else None,  # type: ignore[arg-type]
-        ext_v6_addr=ext6 if opts.ipv6 else None,  # type: ignore[arg-type]
+        ext_addr=ext4 if opts.ipv4 else None,
+        ext_v6_addr=ext6 if opts.ipv6 else None,
     )
     log.info("Using interface with name %s and address %s", ext.name, ext.iface_addr or ext.iface_v6_addr)
     log.info("Defaulting external address to interface address (%s)" if not opts.public_ip else

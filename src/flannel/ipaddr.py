@@ -51,4 +51,4 @@ def first_host(net: IPNetwork) -> IPAddress:
 
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     """True when the two networks share any address (always False across address families)."""
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)

@@ -25,6 +25,7 @@ from flannel.netlink import (
     Netlink,
     RouteDelete,
     RouteReplace,
+    is_gone,
 )
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,9 @@ class VXLANPlane:
                 for dst in dsts:
                     if dst is not None:
                         repairs.append((f"stale fdb entry {mac}", FdbDelete(index=self.dev_index, mac=mac, dst=dst)))
-        for dst, r in routes.items():
-            if r.oif == self.dev_index and dst not in want_dst and dst.subnet_of(self.cluster):  # type: ignore[arg-type]
-                repairs.append((f"stale route to {dst}", RouteDelete(dst=dst, oif=self.dev_index)))
+        for net, r in routes.items():
+            if r.oif == self.dev_index and net not in want_dst and _inside(net, self.cluster):
+                repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         return repairs
 
 
@@ -195,7 +196,7 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
         why = f" (repair: {reasons[i]})" if reasons else ""
         if err is None:
             log.info("%s%s", text, why)
-        elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and _gone(err):
+        elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and is_gone(err):
             log.debug("%s: already gone", text)
         else:
             failures += 1
@@ -203,7 +204,5 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
     return failures
 
 
-def _gone(err: Exception) -> bool:
-    from flannel.netlink import is_gone
-
-    return is_gone(err)  # type: ignore[arg-type]
+def _inside(net: Network, cluster: Network) -> bool:
+    return net.version == cluster.version and net.subnet_of(cluster)  # type: ignore[arg-type]

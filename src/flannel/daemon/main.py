@@ -81,7 +81,7 @@ async def run(opts: flags.Options) -> int:
             return 1
         check_br_netfilter(config)
         ext = select_external(opts, config)
-        backend = create_backend(BackendContext(sm, ext), config)
+        backend = create_backend(BackendContext(sm, ext, float(opts.reconcile_interval)), config)
         network = await retry("failed to register network", lambda: backend.register_network(config), stop)
         write_env(opts, config, network)
         log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)

@@ -152,8 +152,17 @@ def vxlan_body(
     return b"".join(parts)
 
 
-def vxlan_describe(name: str, vni: int, underlay_index: int, local: IPAddress | None, port: int,
-                   learning: bool, gbp: bool, mtu: int, mac: str | None) -> str:
+def vxlan_describe(
+    name: str,
+    vni: int,
+    underlay_index: int,
+    local: IPAddress | None,
+    port: int,
+    learning: bool,
+    gbp: bool,
+    mtu: int,
+    mac: str | None,
+) -> str:
     """The ``ip link add`` command equivalent to ``vxlan_body``, for logs and errors."""
     text = f"link add {name}" + (f" address {mac}" if mac else "") + (f" mtu {mtu}" if mtu > 0 else "")
     text += f" type vxlan id {vni}" + (f" dev #{underlay_index}" if underlay_index else "")

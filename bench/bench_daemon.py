@@ -1,0 +1,248 @@
+"""Whole-daemon benchmarks: start to ready, convergence latency with 1000 peers, peak RSS with 5000 peers.
+
+Runs in one fresh network namespace (a veth ``eth0`` underlay with 198.18.0.1/24) holding its own etcd on
+the namespace's loopback, so nothing touches the root namespace. The script re-executes itself inside the
+namespace. Bounded: a few hundred lease writes and a handful of daemon starts.
+
+Usage: .venv/bin/python bench/bench_daemon.py [--peers-convergence 1000] [--peers-rss 5000] [--events 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = str(REPO / ".venv" / "bin" / "python")
+FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
+PREFIX = "/coreos.com/network"
+RTMGRP_IPV4_ROUTE = 0x40
+RTM_NEWROUTE = 24
+
+
+def outer(args: argparse.Namespace) -> int:
+    ns = f"fbench{os.getpid()}x"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def ns_run(*cmd: str) -> None:
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
+        ns_run("ip", "link", "set", "lo", "up")
+        # This kernel has no dummy driver: a veth whose peer stays in the namespace serves as the underlay.
+        ns_run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ns_run("ip", "addr", "add", "198.18.0.1/24", "dev", "eth0")
+        ns_run("ip", "link", "set", "eth0p", "up")
+        ns_run("ip", "link", "set", "eth0", "up")
+        ns_run("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "onlink")
+        return subprocess.run(["ip", "netns", "exec", ns, PY, __file__, "--inner", *sys.argv[1:]]).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def peer_lease(i: int) -> tuple[str, str]:
+    a, b = divmod(i + 1, 256)
+    key = f"{PREFIX}/subnets/10.{100 + a}.{b}.0-24"
+    mac = f"02:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:00:01"
+    pub = f"198.19.{(i >> 8) & 255}.{i & 255}"
+    value = (f'{{"PublicIP":"{pub}","PublicIPv6":null,"BackendType":"vxlan",'
+             f'"BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}')
+    return key, value
+
+
+class Etcd:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.proc = subprocess.Popen(
+            [shutil.which("etcd") or "etcd", "--data-dir", str(tmp / "etcd"),
+             "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+             "--listen-peer-urls", "http://127.0.0.1:2380"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def put_leases(start: int, count: int) -> None:
+    from etcd3aio import Etcd3Client
+
+    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+        for _ in range(100):
+            try:
+                await c.kv.get("x")
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        lease = await c.lease.grant(86400)
+        for base in range(start, start + count, 64):
+            ops = [c.kv.txn_op_put(*peer_lease(i), lease=lease.ID) for i in range(base, min(base + 64, start + count))]
+            await c.kv.txn(compare=[], success=ops, failure=[])
+
+
+async def put_config() -> None:
+    from etcd3aio import Etcd3Client
+
+    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+        for _ in range(100):
+            try:
+                await c.kv.put(f"{PREFIX}/config", '{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}')
+                return
+            except Exception:
+                await asyncio.sleep(0.1)
+        raise RuntimeError("etcd did not come up")
+
+
+def start_flanneld(tmp: Path) -> subprocess.Popen[bytes]:
+    log = open(tmp / "flanneld.log", "ab")  # noqa: SIM115
+    return subprocess.Popen([FLANNELD, "--etcd-endpoints=http://127.0.0.1:2379", f"--subnet-file={tmp}/subnet.env",
+                             "--iface=eth0"], stdout=log, stderr=log)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def wait_file(path: Path, timeout: float = 30) -> float:
+    t0 = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"{path} not written")
+        time.sleep(0.002)
+    return time.monotonic()
+
+
+def count_routes() -> int:
+    out = subprocess.run(["ip", "route", "show", "dev", "flannel.1"], capture_output=True, text=True).stdout
+    return out.count("\n")
+
+
+def wait_routes(n: int, timeout: float = 60) -> float:
+    t0 = time.monotonic()
+    while count_routes() < n:
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError(f"only {count_routes()} of {n} routes programmed")
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def route_socket() -> socket.socket:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.bind((0, RTMGRP_IPV4_ROUTE))
+    return s
+
+
+def wait_route_msg(s: socket.socket, dst: bytes, timeout: float = 5) -> float:
+    """Block until an RTM_NEWROUTE for ``dst`` (4 bytes) arrives; return its arrival time."""
+    s.settimeout(timeout)
+    while True:
+        data = s.recv(65536)
+        now = time.monotonic()
+        off = 0
+        while off + 16 <= len(data):
+            length, mtype = struct.unpack_from("=IH", data, off)
+            if mtype == RTM_NEWROUTE and dst in data[off:off + length]:
+                return now
+            off += (length + 3) & ~3
+
+
+def vm_hwm_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def inner(args: argparse.Namespace) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="flannel-bench-"))
+    etcd = Etcd(tmp)
+    rows: list[str] = []
+    try:
+        asyncio.run(put_config())
+        # 1. start to ready, no peers
+        times = []
+        for _ in range(args.starts):
+            (tmp / "subnet.env").unlink(missing_ok=True)
+            t0 = time.monotonic()
+            p = start_flanneld(tmp)
+            times.append(wait_file(tmp / "subnet.env") - t0)
+            stop(p)
+        med = statistics.median(times) * 1000
+        rows.append(f"| start to ready (subnet.env written), 0 peers | median {med:.0f} ms, "
+                    f"max {max(times) * 1000:.0f} ms over {len(times)} starts | ≤ 1 s |")
+        # 2. convergence with N existing peers
+        asyncio.run(put_leases(0, args.peers_convergence))
+        (tmp / "subnet.env").unlink(missing_ok=True)
+        t0 = time.monotonic()
+        p = start_flanneld(tmp)
+        wait_file(tmp / "subnet.env")
+        t_sync = wait_routes(args.peers_convergence) - t0
+        rows.append(f"| start to {args.peers_convergence} peers programmed | {t_sync * 1000:.0f} ms | - |")
+        s = route_socket()
+        lat = asyncio.run(measure_events(s, args.events))
+        lat.sort()
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        rows.append(f"| lease put → route on peer, {args.peers_convergence} existing peers | "
+                    f"p50 {statistics.median(lat) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms ({len(lat)} events) "
+                    "| p99 ≤ 50 ms |")
+        stop(p)
+        # 3. peak RSS with many peers
+        asyncio.run(put_leases(args.peers_convergence, args.peers_rss - args.peers_convergence - args.events))
+        p = start_flanneld(tmp)
+        wait_file(tmp / "subnet.env")
+        wait_routes(args.peers_rss - 1)
+        time.sleep(2)
+        rss = vm_hwm_kib(p.pid) / 1024
+        rows.append(f"| peak RSS (VmHWM) holding {count_routes()} peers | {rss:.1f} MiB | ≤ 50 MiB |")
+        stop(p)
+    finally:
+        etcd.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("| benchmark | result | target |\n|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+async def measure_events(s: socket.socket, events: int) -> list[float]:
+    """Put ``events`` new leases one by one over one connection; time each until its route is announced."""
+    from etcd3aio import Etcd3Client
+
+    lat = []
+    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+        lease = await c.lease.grant(86400)
+        for k in range(events):
+            i = 20000 + k
+            key, value = peer_lease(i)
+            a, b = divmod(i + 1, 256)
+            dst = bytes([10, 100 + a, b, 0])
+            t_put = time.monotonic()
+            await c.kv.put(key, value, lease=lease.ID)
+            lat.append(wait_route_msg(s, dst) - t_put)
+    return lat
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--inner", action="store_true")
+    ap.add_argument("--starts", type=int, default=5)
+    ap.add_argument("--peers-convergence", type=int, default=1000)
+    ap.add_argument("--peers-rss", type=int, default=5000)
+    ap.add_argument("--events", type=int, default=200)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 1
+    return inner(args) if args.inner else outer(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""``Netlink``: flanneld's whole view of the kernel's network configuration, one method per question.
+
+Methods are synchronous on purpose. The kernel answers an rtnetlink request in microseconds, within the
+``send``/``recv`` pair, so the asyncio daemon calls them directly instead of paying for a thread hop.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Mapping
+from functools import partial
+from ipaddress import ip_address
+
+from flannel.netlink import addrs, links, neigh, routes
+from flannel.netlink.addrs import Addr
+from flannel.netlink.consts import (
+    IFF_UP,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    RT_TABLE_MAIN,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+)
+from flannel.netlink.errors import NetlinkError, is_gone, is_unreachable
+from flannel.netlink.links import Link
+from flannel.netlink.neigh import FdbEntry, Neigh
+from flannel.netlink.routes import Route, RouteInfo
+from flannel.netlink.transport import Transport
+from flannel.netlink.wire import IPAddress
+
+
+class Netlink(Transport):
+    """One rtnetlink socket, in the caller's namespace or (``netns="name"``) in a named one.
+
+    Use as a context manager or call ``close()``. Not thread-safe: one socket, one conversation.
+    """
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    # -- links ---------------------------------------------------------------------------------------
+
+    def links(self) -> list[Link]:
+        return self._dump(RTM_GETLINK, links.ifinfo(), links.parse_link, "link show")
+
+    def link_by_index(self, index: int) -> Link | None:
+        return self._get_link(links.ifinfo(index), f"link show #{index}")
+
+    def link_by_name(self, name: str) -> Link | None:
+        return self._get_link(links.name_body(name), f"link show {name}")
+
+    def _get_link(self, body: bytes, op: str) -> Link | None:
+        try:
+            replies = self._transact(RTM_GETLINK, 0, body, op)
+        except NetlinkError as err:
+            if is_gone(err):
+                return None
+            raise
+        for data, rtype, start, end in replies:
+            if rtype == RTM_NEWLINK:
+                return links.parse_link(data, start, end)
+        return None
+
+    def create_vxlan(
+        self,
+        name: str,
+        vni: int,
+        underlay_index: int,
+        local: IPAddress | None,
+        port: int,
+        learning: bool,
+        gbp: bool,
+        mtu: int,
+        mac: str | None,
+    ) -> Link:
+        """Create a VXLAN device (fails with EEXIST when the name is taken) and return it as created."""
+        args = (name, vni, underlay_index, local, port, learning, gbp, mtu, mac)
+        op = links.vxlan_describe(*args)
+        self._transact(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, links.vxlan_body(*args), op)
+        link = self.link_by_name(name)
+        if link is None:  # deleted between the two requests by someone else
+            raise NetlinkError(errno.ENODEV, op, "device vanished right after creation")
+        return link
+
+    def delete_link(self, index: int) -> None:
+        self._transact(RTM_DELLINK, 0, links.ifinfo(index), f"link del #{index}")
+
+    def set_link_up(self, index: int) -> None:
+        self._transact(RTM_NEWLINK, 0, links.ifinfo(index, IFF_UP, IFF_UP), f"link set #{index} up")
+
+    def set_link_mtu(self, index: int, mtu: int) -> None:
+        self._transact(RTM_NEWLINK, 0, links.mtu_body(index, mtu), f"link set #{index} mtu {mtu}")
+
+    def _names(self) -> Mapping[int, str]:
+        return {link.index: link.name for link in self.links()}
+
+    # -- addresses -----------------------------------------------------------------------------------
+
+    def addresses(self, index: int | None = None, family: int | None = None) -> list[Addr]:
+        """Addresses of one device (or all), of one family (or both)."""
+        found = self._dump(RTM_GETADDR, addrs.dump_body(family, index), addrs.parse_addr, "addr show")
+        want = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(family or 0)
+        if index is not None:
+            found = [a for a in found if a.index == index]
+        return found if want is None else [a for a in found if a.address.version == want]
+
+    def add_address(self, index: int, address: IPAddress, prefixlen: int) -> None:
+        """Add (or refresh) ADDRESS/PREFIXLEN on a device; an existing identical address is no error."""
+        op = f"addr replace {address}/{prefixlen} dev #{index}"
+        body = addrs.addr_body(index, address, prefixlen)
+        self._transact(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body, op)
+
+    def delete_address(self, index: int, address: IPAddress, prefixlen: int) -> None:
+        op = f"addr del {address}/{prefixlen} dev #{index}"
+        self._transact(RTM_DELADDR, 0, addrs.addr_body(index, address, prefixlen), op)
+
+    # -- routes --------------------------------------------------------------------------------------
+
+    def routes(self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN) -> list[Route]:
+        """Routes of one table (None: every table), without cached clones."""
+        parse = partial(routes.parse_route, table=table)
+        return self._dump(RTM_GETROUTE, routes.dump_body(family, table), parse, "route show")
+
+    def route_get(self, dst: IPAddress | str) -> RouteInfo | None:
+        """How the kernel would route a packet to ``dst``; None when it has no route."""
+        addr = ip_address(dst) if isinstance(dst, str) else dst
+        try:
+            replies = self._transact(RTM_GETROUTE, 0, routes.get_body(addr), f"route get {addr}")
+        except NetlinkError as err:
+            if is_unreachable(err):
+                return None
+            raise
+        for data, rtype, start, end in replies:
+            if rtype == RTM_NEWROUTE:
+                return routes.parse_route_info(data, start, end, addr)
+        return None
+
+    # -- neighbours and FDB --------------------------------------------------------------------------
+
+    def neighbours(self, index: int, family: int = socket.AF_INET) -> list[Neigh]:
+        """Neighbour entries of one device (``ip neigh show dev DEV``)."""
+        parse = partial(neigh.parse_neigh, index=index)
+        body = neigh.neigh_dump_body(index, family)
+        return self._dump(RTM_GETNEIGH, body, parse, f"neigh show dev #{index}")
+
+    def fdb(self, index: int) -> list[FdbEntry]:
+        """Forwarding-database entries of one device (``bridge fdb show dev DEV``)."""
+        parse = partial(neigh.parse_fdb, index=index)
+        return self._dump(RTM_GETNEIGH, neigh.fdb_dump_body(index), parse, f"fdb show dev #{index}")

@@ -1,0 +1,124 @@
+"""Routes: the main-table listing, single-address lookups (``ip route get``), and parsing.
+
+Route *changes* are batch operations and live in ``ops``; this module reads.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from flannel.netlink import wire
+from flannel.netlink.consts import (
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTA_PREFSRC,
+    RTA_TABLE,
+    RTATTR,
+    RTM_F_CLONED,
+    RTMSG,
+    RTNH_F_ONLINK,
+)
+from flannel.netlink.wire import IPAddress, IPNetwork
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of a routing table."""
+
+    dst: IPNetwork
+    """Destination; ``0.0.0.0/0`` (or ``::/0``) for a default route, which has no RTA_DST."""
+    gateway: IPAddress | None
+    oif: int | None
+    onlink: bool
+    """RTNH_F_ONLINK: the gateway is taken as directly reachable on ``oif`` whatever its addresses."""
+    type: int
+    """RTN_*: 1 unicast, 2 local, 3 broadcast, 6 blackhole, 7 unreachable..."""
+    scope: int
+    protocol: int
+    table: int
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """What the kernel would do with a packet to one address (``ip route get``)."""
+
+    dst: IPAddress
+    oif: int | None
+    prefsrc: IPAddress | None
+    gateway: IPAddress | None
+
+
+_RTMSG = RTMSG.unpack_from
+_ATTR = RTATTR.unpack_from
+_U32 = struct.Struct("=I").unpack_from
+_V4 = IPv4Address
+_V4NET = IPv4Network
+
+
+def parse_route(data: bytes, start: int, end: int, table: int | None) -> Route | None:
+    """Decode one RTM_NEWROUTE body; None for cached clones and for routes of other tables.
+
+    The attribute loop is inlined (rather than ``wire.attrs``) because route dumps are the largest ones
+    flanneld reads: this keeps 15 000 routes well under 100 ms.
+    """
+    family, dst_len, _src_len, _tos, rtable, proto, scope, rtype, flags = _RTMSG(data, start)
+    if flags & RTM_F_CLONED:
+        return None
+    dst = gw = None
+    oif = None
+    pos = start + 12
+    while pos + 4 <= end:
+        alen, atype = _ATTR(data, pos)
+        if alen < 4:
+            break
+        if atype == RTA_DST:
+            dst = data[pos + 4 : pos + alen]
+        elif atype == RTA_GATEWAY:
+            gw = data[pos + 4 : pos + alen]
+        elif atype == RTA_OIF:
+            oif = _U32(data, pos + 4)[0]
+        elif atype == RTA_TABLE:
+            rtable = _U32(data, pos + 4)[0]
+        pos += (alen + 3) & ~3
+    if table is not None and rtable != table:
+        return None
+    if family == socket.AF_INET:
+        net: IPNetwork = _V4NET((int.from_bytes(dst, "big") if dst else 0, dst_len), False)
+        gateway: IPAddress | None = _V4(gw) if gw else None
+    else:
+        net = wire.network_from(dst, dst_len, True)
+        gateway = wire.ip_from(gw) if gw else None
+    return Route(net, gateway, oif, bool(flags & RTNH_F_ONLINK), rtype, scope, proto, rtable)
+
+
+def parse_route_info(data: bytes, start: int, end: int, dst: IPAddress) -> RouteInfo:
+    a = wire.attrs(data, start + RTMSG.size, end)
+    oif, src, gw = a.get(RTA_OIF), a.get(RTA_PREFSRC), a.get(RTA_GATEWAY)
+    return RouteInfo(
+        dst=dst,
+        oif=wire.u32(oif) if oif else None,
+        prefsrc=wire.ip_from(src) if src else None,
+        gateway=wire.ip_from(gw) if gw else None,
+    )
+
+
+def dump_body(family: int, table: int | None) -> bytes:
+    """RTM_GETROUTE dump request. With strict checking the kernel filters by table itself; for tables
+    above 255 only RTA_TABLE can say which, so both are sent."""
+    hdr_table = table if table is not None and table < 256 else 0
+    body = RTMSG.pack(family, 0, 0, 0, hdr_table, 0, 0, 0, 0)
+    if table is not None and table != RT_TABLE_MAIN and table >= 256:
+        body += wire.attr_u32(RTA_TABLE, table)
+    return body
+
+
+def get_body(dst: IPAddress) -> bytes:
+    """RTM_GETROUTE for one address, like ``ip route get DST``."""
+    v4 = dst.version == 4
+    family = socket.AF_INET if v4 else socket.AF_INET6
+    return RTMSG.pack(family, 32 if v4 else 128, 0, 0, 0, 0, 0, 0, 0) + wire.attr(RTA_DST, dst.packed)

@@ -1,0 +1,215 @@
+"""The request/response machinery under ``Netlink``: one socket, sequence numbers, dumps and batches.
+
+Two patterns cover everything flanneld does: a *dump* (one request, many multi-part replies until
+NLMSG_DONE) and a *batch* (many requests packed into few ``sendto`` calls, one ACK each). The batch is
+why this layer exists: waiting for each ACK before sending the next request, as pyroute2 does, is 15-20x
+slower than ``ip -batch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeAlias, TypeVar
+
+from flannel.netlink import nsenter, wire
+from flannel.netlink.consts import (
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_GET_STRICT_CHK,
+    NLM_F_ACK,
+    NLM_F_ACK_TLVS,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_OVERRUN,
+    NLMSGERR,
+    NLMSGERR_ATTR_MSG,
+    NLMSGHDR,
+    SOL_NETLINK,
+)
+from flannel.netlink.errors import NetlinkError
+from flannel.netlink.ops import Op
+
+T = TypeVar("T")
+Parser: TypeAlias = Callable[[bytes, int, int], T | None]
+"""Decodes one message (datagram, body start, end); None skips it."""
+
+_RECV_SIZE = 1 << 18  # dump datagrams are at most 32 KiB; room to spare
+_CHUNK_BYTES = 128 << 10  # bytes of requests per sendto
+_ACK_COST = 1024  # receive-buffer bytes one queued ACK costs (skb truesize, measured ~768), rounded up
+_MAX_INFLIGHT = 4096
+_DUMP_RETRIES = 5
+_HDR = NLMSGHDR.unpack_from
+_ERR = NLMSGERR.unpack_from
+
+
+class Transport:
+    """One NETLINK_ROUTE socket, optionally created inside a named network namespace."""
+
+    def __init__(self, netns: str | None = None, *, bufsize: int = 4 << 20) -> None:
+        self.netns = netns
+        self._sock = nsenter.route_socket(netns)
+        try:
+            rcvbuf = nsenter.set_buffers(self._sock, bufsize)
+            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+                # Older kernels lack some: ACKs get bigger, errors terser, dumps filtered only by us.
+                with contextlib.suppress(OSError):
+                    self._sock.setsockopt(SOL_NETLINK, opt, 1)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._max_inflight = max(8, min(_MAX_INFLIGHT, rcvbuf // _ACK_COST))
+        self._seq = 0
+        self._buf = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buf)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_seqs(self, count: int) -> int:
+        first = (self._seq + 1) & 0xFFFFFFFF
+        self._seq = (self._seq + count) & 0xFFFFFFFF
+        return first
+
+    def _recv(self) -> bytes:
+        n = self._sock.recv_into(self._buf)
+        return bytes(self._view[:n])
+
+    def _transact(self, mtype: int, flags: int, body: bytes, op: str) -> list[tuple[bytes, int, int, int]]:
+        """Send one request with NLM_F_ACK; return its replies as (datagram, type, start, end).
+
+        Raises NetlinkError when the kernel refuses it.
+        """
+        seq = self._next_seqs(1)
+        self._sock.send(wire.message(mtype, flags | NLM_F_REQUEST | NLM_F_ACK, seq, body))
+        replies: list[tuple[bytes, int, int, int]] = []
+        while True:
+            data = self._recv()
+            for rtype, _flags, rseq, start, end in wire.iter_messages(data):
+                if rseq != seq:
+                    continue  # a stale reply to an earlier, abandoned request
+                if rtype == NLMSG_ERROR:
+                    code = _ERR(data, start)[0]
+                    if code:
+                        raise NetlinkError(-code, op, _ack_detail(data, start, end, _flags))
+                    return replies
+                replies.append((data, rtype, start, end))
+
+    def _dump(self, mtype: int, body: bytes, parse: Parser[T], op: str) -> list[T]:
+        """Run a dump request to completion, retrying when the kernel flags it as interrupted."""
+        for _attempt in range(_DUMP_RETRIES):
+            out, interrupted = self._dump_once(mtype, body, parse, op)
+            if not interrupted:
+                return out
+        raise NetlinkError(errno.EINTR, op, "dump kept being interrupted by concurrent changes")
+
+    def _dump_once(self, mtype: int, body: bytes, parse: Parser[T], op: str) -> tuple[list[T], bool]:
+        seq = self._next_seqs(1)
+        self._sock.send(wire.message(mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, body))
+        out: list[T] = []
+        append = out.append
+        interrupted = False
+        while True:
+            data = self._recv()
+            pos, size = 0, len(data)
+            while pos + 16 <= size:
+                length, rtype, flags, rseq, _pid = _HDR(data, pos)
+                if length < 16 or pos + length > size:
+                    break
+                if rseq == seq:
+                    if flags & NLM_F_DUMP_INTR:
+                        interrupted = True
+                    if rtype == NLMSG_DONE:
+                        code = _ERR(data, pos + 16)[0] if length >= 20 else 0
+                        if code:
+                            detail = _ack_detail(data, pos + 16, pos + length, flags, echoes_request=False)
+                            raise NetlinkError(-code, op, detail)
+                        return out, interrupted
+                    if rtype == NLMSG_ERROR:
+                        code = _ERR(data, pos + 16)[0] or -errno.EIO
+                        raise NetlinkError(-code, op, _ack_detail(data, pos + 16, pos + length, flags))
+                    if rtype == NLMSG_OVERRUN:
+                        raise NetlinkError(errno.ENOBUFS, op, "dump overrun")
+                    item = parse(data, pos + 16, pos + length)
+                    if item is not None:
+                        append(item)
+                pos += (length + 3) & ~3
+
+    def apply(self, ops: Sequence[Op]) -> list[NetlinkError | None]:
+        """Send every operation, pipelined, and return one result per operation, in order.
+
+        None means the kernel applied it; a NetlinkError (whose ``op`` reads like the ``ip`` command)
+        means it refused that one. A refusal does not stop the others: the kernel processes each request
+        in a datagram independently. Requests in flight are bounded so that their ACKs always fit in the
+        receive buffer; an overflow would silently drop ACKs.
+        """
+        total = len(ops)
+        results: list[NetlinkError | None] = [None] * total
+        if not total:
+            return results
+        first = self._next_seqs(total)
+        # Pack everything before sending anything: a malformed op (say, a bad MAC) raises here, with
+        # nothing half-applied.
+        msgs = [op.pack((first + n) & 0xFFFFFFFF) for n, op in enumerate(ops)]
+        failed: list[tuple[int, int, str]] = []
+        send, recv = self._sock.send, self._recv
+        i = 0
+        while i < total:
+            size = 0
+            stop = min(total, i + self._max_inflight)
+            start_i = i
+            while i < stop and size < _CHUNK_BYTES:
+                size += len(msgs[i])
+                i += 1
+            send(b"".join(msgs[start_i:i]))
+            pending = i - start_i
+            while pending:
+                data = recv()
+                pos, dsize = 0, len(data)
+                while pos + 20 <= dsize:
+                    length, rtype, flags, rseq, _pid = _HDR(data, pos)
+                    if length < 16:
+                        break
+                    idx = (rseq - first) & 0xFFFFFFFF
+                    if rtype == NLMSG_ERROR and start_i <= idx < i:
+                        pending -= 1
+                        code = _ERR(data, pos + 16)[0]
+                        if code:
+                            failed.append((idx, -code, _ack_detail(data, pos + 16, pos + length, flags)))
+                    pos += (length + 3) & ~3
+        if failed:
+            names = self._names()
+            for idx, code, detail in failed:
+                results[idx] = NetlinkError(code, ops[idx].describe(names), detail)
+        return results
+
+    def _names(self) -> Mapping[int, str]:
+        """Device names by index, to make error texts readable; overridden by ``Netlink``."""
+        return {}
+
+
+def _ack_detail(data: bytes, start: int, end: int, flags: int, echoes_request: bool = True) -> str:
+    """The kernel's extended-ACK message (NLMSGERR_ATTR_MSG) of an NLMSG_ERROR/DONE body, if any."""
+    if not flags & NLM_F_ACK_TLVS:
+        return ""
+    tlv_start = start + 4
+    if echoes_request:
+        if end - start < 20:
+            return ""
+        # The error code is followed by the request's header, and by its payload unless capped (0x100).
+        tlv_start += 16 if flags & 0x100 else _HDR(data, start + 4)[0]
+    msg = wire.attrs(data, tlv_start, end).get(NLMSGERR_ATTR_MSG)
+    return wire.cstr(msg) if msg else ""

@@ -1,0 +1,243 @@
+"""The etcd subnet manager (spec §6): config, allocation, and the all-leases watch over a ``KVStore``.
+
+Keys and values are exactly what Go flanneld reads and writes, so Python and Go nodes share one etcd.
+Renewal and the own-lease watch live in ``lease_keeper``. Where upstream has a known bug (spec §17) we
+keep the wire format and fix the behaviour:
+
+* a lost creation race is retried (§17.3);
+* a reservation (a key without an etcd lease) is reused without attaching a TTL and is never handed to
+  another node (§17.4);
+* one undecodable watch event is skipped with a warning instead of wiping every route (§17.5);
+* listing and watching use ``<prefix>/subnets/`` (with the slash), so ``<prefix>/subnetsXYZ`` keys are
+  not mistaken for leases (§6.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from ipaddress import IPv4Network, IPv6Network
+
+from flannel.config import NetworkConfig, check_network_config, compatible_subnet, parse_network_config
+from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, LeaseDecodeError
+from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
+from flannel.subnet.allocate import overlaps_any, pick_subnets
+from flannel.subnet.kvstore import KV, CompactedError, KVStore, WatchEvent, WatchEventType
+from flannel.subnet.lease_keeper import Backoff, EtcdManagerTimings, LeaseKeeper
+from flannel.subnet.manager import WatchResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/coreos.com/network"
+RACE_RETRIES = 10
+CONFIG_NOT_FOUND = "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
+
+
+def join_key(*parts: str) -> str:
+    """Join and clean key paths as Go's ``path.Join`` does (duplicate and trailing slashes removed)."""
+    joined = posixpath.normpath(posixpath.join(*parts))
+    return "/" + joined.lstrip("/") if joined.startswith("//") else joined
+
+
+class EtcdSubnetManager:
+    """``SubnetManager`` on etcd (v3 API), wire-compatible with Go flanneld v0.28.9."""
+
+    def __init__(
+        self,
+        store: KVStore,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        previous_subnet: IPv4Network | None = None,
+        previous_ipv6_subnet: IPv6Network | None = None,
+        renew_margin_minutes: float = 60,
+        ttl_seconds: int = 86400,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+        timings: EtcdManagerTimings | None = None,
+        on_lease_changed: Callable[[Lease], None] | None = None,
+    ) -> None:
+        if renew_margin_minutes * 60.0 >= ttl_seconds - 1:
+            margin = f"{renew_margin_minutes:g} min"
+            raise ValueError(f"renew margin ({margin}) must be shorter than the lease TTL ({ttl_seconds}s)")
+        self.store = store
+        self.config_key = join_key(prefix, "config")
+        self.subnets_prefix = join_key(prefix, "subnets")
+        self.previous_subnet = previous_subnet
+        self.previous_ipv6_subnet = previous_ipv6_subnet
+        self.renew_margin = renew_margin_minutes * 60.0
+        self.ttl = ttl_seconds
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.timings = timings or EtcdManagerTimings()
+        self.on_lease_changed = on_lease_changed
+        self.own_lease: Lease | None = None
+        """The lease this node holds, as last acquired or re-acquired."""
+
+    def subnet_key(self, v4: IPv4Network | None, v6: IPv6Network | None) -> str:
+        """The full etcd key of a lease, e.g. ``/coreos.com/network/subnets/10.5.52.0-24``."""
+        return join_key(self.subnets_prefix, make_subnet_key(v4, v6))
+
+    async def get_network_config(self) -> NetworkConfig:
+        kv = await self.store.get(self.config_key)
+        if kv is None:
+            raise ConfigError(CONFIG_NOT_FOUND)
+        try:
+            return check_network_config(parse_network_config(kv.value))
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config_key}: {exc}", exc.field) from None
+
+    async def list_leases(self) -> tuple[list[Lease], int]:
+        """Every decodable lease under ``<prefix>/subnets/`` and the revision of the listing (§6.2)."""
+        kvs, revision = await self.store.get_prefix(self.subnets_prefix + "/")
+        ttls = await asyncio.gather(*(self.store.time_to_live(kv.lease_id) for kv in kvs))
+        leases = [lease for kv, ttl in zip(kvs, ttls, strict=True) if (lease := self._decode(kv, ttl))]
+        return leases, revision
+
+    def _decode(self, kv: KV, ttl: int) -> Lease | None:
+        """The lease stored at ``kv``, or ``None`` (with a warning naming the key) when it cannot be read."""
+        subnets = parse_subnet_key(kv.key)
+        if subnets is None:
+            log.warning("skipping %s: not a subnet key", kv.key)
+            return None
+        try:
+            attrs = LeaseAttrs.from_json(kv.value)
+        except LeaseDecodeError as exc:
+            log.warning("skipping lease %s: %s", kv.key, exc)
+            return None
+        reserved = kv.lease_id == 0
+        expiration = 0.0 if reserved else self.clock() + ttl
+        return Lease(subnets[0], subnets[1], attrs, expiration, kv.mod_revision, reserved)
+
+    async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        """Get this node a lease (§6.3): reuse by public IP, else the previous subnet, else a free one."""
+        for attempt in range(1, RACE_RETRIES + 1):
+            cfg = await self.get_network_config()
+            if not cfg.enable_ipv4:
+                raise ConfigError(
+                    "IPv6-only networks are not supported with etcd: subnet keys need an IPv4 part",
+                    "EnableIPv4",
+                )
+            leases, _ = await self.list_leases()
+            lease = await self._try_acquire(cfg, leases, attrs)
+            if lease is not None:
+                self.own_lease = lease
+                return lease
+            log.info(
+                "subnet taken by another node meanwhile; retrying (attempt %d of %d)", attempt, RACE_RETRIES
+            )
+        raise FlannelError("max retries reached trying to acquire a subnet")
+
+    async def _try_acquire(self, cfg: NetworkConfig, leases: list[Lease], attrs: LeaseAttrs) -> Lease | None:
+        """One attempt; ``None`` when another node created the chosen key first."""
+        mine = [
+            lease
+            for lease in leases
+            if attrs.public_ip != UNSET_IPV4 and lease.attrs.public_ip == attrs.public_ip
+        ]
+        for lease in mine:
+            key = self.subnet_key(lease.subnet, lease.ipv6_subnet)
+            if compatible_subnet(cfg, lease.subnet, lease.ipv6_subnet):
+                return await self._reuse(lease, attrs)
+            if lease.reserved:
+                log.warning(
+                    "reservation %s for %s does not fit the network config; ignoring it", key, attrs.public_ip
+                )
+                continue
+            log.info("deleting lease %s of this node: it does not fit the network config", key)
+            await self.store.delete(key)
+            leases.remove(lease)
+        chosen = self._previous(cfg, leases) or pick_subnets(cfg, leases, self.rng)
+        return await self.create(chosen[0], chosen[1], attrs)
+
+    async def _reuse(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
+        """Re-publish a lease that already carries our public IP; a reservation stays without TTL."""
+        key = self.subnet_key(lease.subnet, lease.ipv6_subnet)
+        if lease.reserved:
+            res = await self.store.put(key, attrs.to_json(), None)
+            log.info("reusing reservation %s", key)
+            return Lease(lease.subnet, lease.ipv6_subnet, attrs, 0.0, res.revision, reserved=True)
+        res = await self.store.put(key, attrs.to_json(), self.ttl)
+        log.info("reusing lease %s", key)
+        return Lease(lease.subnet, lease.ipv6_subnet, attrs, self.clock() + res.ttl, res.revision)
+
+    def _previous(
+        self, cfg: NetworkConfig, leases: Sequence[Lease]
+    ) -> tuple[IPv4Network, IPv6Network | None] | None:
+        """The subnet(s) from the previous subnet file, when still free and config-compatible."""
+        v4 = self.previous_subnet
+        if v4 is None:
+            return None
+        v6 = self.previous_ipv6_subnet if cfg.enable_ipv6 else None
+        holder = overlaps_any(v4, v6, leases)
+        if holder is not None:
+            log.error("previous subnet %s is held by lease %s; not reusing it", v4, holder.key)
+            return None
+        if not compatible_subnet(cfg, v4, v6):
+            log.error(
+                "previous subnet %s%s does not fit the network config; not reusing it",
+                v4,
+                f" {v6}" if v6 else "",
+            )
+            return None
+        return v4, v6
+
+    async def create(self, v4: IPv4Network, v6: IPv6Network | None, attrs: LeaseAttrs) -> Lease | None:
+        """Atomically create the lease key with a fresh TTL; ``None`` when the key already exists."""
+        key = self.subnet_key(v4, v6)
+        res = await self.store.create(key, attrs.to_json(), self.ttl)
+        if res is None:
+            return None
+        log.info("allocated lease %s", key)
+        return Lease(v4, v6, attrs, self.clock() + res.ttl, res.revision)
+
+    async def watch_leases(self) -> AsyncIterator[WatchResult]:
+        """A snapshot, then incremental events; a fresh snapshot after compaction or a lost watch (§6.5)."""
+        backoff = Backoff(self.timings)
+        while True:
+            try:
+                leases, revision = await self.list_leases()
+                yield WatchResult(snapshot=tuple(leases))
+                backoff.reset()
+                watch = self.store.watch(self.subnets_prefix + "/", revision + 1, prefix=True)
+                async with contextlib.aclosing(watch):
+                    async for batch in watch:
+                        backoff.reset()
+                        events = [e for ev in batch if (e := await self._event(ev)) is not None]
+                        if events:
+                            yield WatchResult(events=tuple(events))
+            except CompactedError as exc:
+                log.warning("lease watch on %s: %s; re-listing", self.subnets_prefix, exc)
+            except DatastoreUnavailableError as exc:
+                log.warning(
+                    "lease watch on %s lost (%s); re-listing in %.1fs",
+                    self.subnets_prefix,
+                    exc,
+                    backoff.next_delay,
+                )
+                await backoff.sleep()
+
+    async def _event(self, ev: WatchEvent) -> tuple[bool, Lease] | None:
+        """The lease event for one watch event; ``None`` (with a warning naming the key) if undecodable."""
+        if ev.type is WatchEventType.DELETE:
+            subnets = parse_subnet_key(ev.kv.key)
+            if subnets is None:
+                log.warning("ignoring deletion of %s: not a subnet key", ev.kv.key)
+                return None
+            return False, Lease(subnets[0], subnets[1], revision=ev.kv.mod_revision)
+        lease = self._decode(ev.kv, await self.store.time_to_live(ev.kv.lease_id))
+        return None if lease is None else (True, lease)
+
+    async def complete_lease(self, lease: Lease) -> None:
+        """Renew the own lease and re-acquire it if it disappears; runs until cancelled (§6.4).
+
+        Raises ``LeaseRevokedError`` when the lease was lost and its subnet cannot be had again.
+        """
+        await LeaseKeeper(self, lease).run()
+
+    async def close(self) -> None:
+        await self.store.close()

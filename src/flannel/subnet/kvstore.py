@@ -1,0 +1,103 @@
+"""The storage interface under the etcd subnet manager: a handful of key/value operations and a watch.
+
+Upstream splits its etcd code the same way (``registry.go`` under ``local_manager.go``): the allocation and
+renewal logic sees only ``KVStore``, so tests replace the store with an in-memory one and keep the logic.
+``etcd_store.EtcdStore`` is the real implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class KV:
+    """One key as stored in etcd."""
+
+    key: str
+    """The full key."""
+    value: bytes
+    """The raw value (empty for a deletion)."""
+    mod_revision: int
+    """Revision of the last change (for a deletion: the revision of the delete)."""
+    lease_id: int = 0
+    """etcd lease the key is attached to; 0 for none (a reservation)."""
+
+
+class WatchEventType(enum.Enum):
+    """What happened to a watched key."""
+
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by a watch."""
+
+    type: WatchEventType
+    """Put (created or modified) or delete (removed or expired)."""
+    kv: KV
+    """The key after the change; for a delete only key and mod_revision are meaningful."""
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """Outcome of a successful write."""
+
+    revision: int
+    """Store revision of the write."""
+    lease_id: int
+    """etcd lease the key now hangs off; 0 when written without a TTL."""
+    ttl: int
+    """TTL granted by the server in seconds; 0 when written without a TTL."""
+
+
+class CompactedError(Exception):
+    """A watch's start revision was compacted away: the caller must re-list and watch afresh."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"watch revision compacted (compact revision {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+class KVStore(Protocol):
+    """The storage operations the etcd subnet manager needs; nothing more."""
+
+    async def get(self, key: str) -> KV | None:
+        """The key, or ``None`` when absent."""
+        ...
+
+    async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        """Every key starting with ``prefix`` and the store revision the listing reflects."""
+        ...
+
+    async def put(self, key: str, value: str, ttl: int | None) -> PutResult:
+        """Write unconditionally; with ``ttl`` the key hangs off a freshly granted lease."""
+        ...
+
+    async def create(self, key: str, value: str, ttl: int | None) -> PutResult | None:
+        """Write only if the key does not exist; ``None`` when it does (a lost race)."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Delete the key; ``True`` when something was deleted."""
+        ...
+
+    async def time_to_live(self, lease_id: int) -> int:
+        """Remaining seconds of an etcd lease; -1 for no lease or an expired one."""
+        ...
+
+    def watch(self, key: str, start_revision: int, prefix: bool) -> AsyncGenerator[list[WatchEvent], None]:
+        """Changes from ``start_revision`` on; one (possibly empty) list per server response.
+
+        Ends only by raising: ``CompactedError`` or ``DatastoreUnavailableError``.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...

@@ -1,0 +1,101 @@
+"""Turning watch results into Added/Removed lease events for a backend (spec §5.2).
+
+A backend needs events it can apply idempotently, but a watch sometimes delivers a whole snapshot (at
+start, after compaction or a lost watch). ``LeaseTracker`` remembers the remote leases so that a snapshot
+becomes the difference to what the backend already programmed, and so that a removal carries the attributes
+(VtepMAC, public IP...) the backend needs to undo its state.
+
+Three deliberate differences from upstream's ``LeaseWatcher``:
+
+* a result with neither events nor a snapshot changes nothing (upstream treats it as an empty snapshot and
+  removes every route: quirk §6.6/§17.5);
+* in a snapshot, a lease present before and after whose attributes or revision changed is reported as
+  Added, so a changed VtepMAC or public IP is reprogrammed (upstream reports nothing until the next renewal);
+* a snapshot's removals come before its additions (upstream: additions first), see ``_reset``.
+"""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Network, IPv6Network
+
+from flannel.lease import EventType, Lease, LeaseEvent
+from flannel.subnet.manager import WatchResult
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[IPv4Network | None, IPv6Network | None]
+
+
+def _key(lease: Lease) -> _Key:
+    return lease.subnet, lease.ipv6_subnet
+
+
+class LeaseTracker:
+    """The known remote leases of one network, and the events that keep a backend in step with them."""
+
+    def __init__(self, own: Lease | None = None) -> None:
+        self._own = own
+        self._leases: dict[_Key, Lease] = {}
+
+    @property
+    def own(self) -> Lease | None:
+        """This node's lease, whose events are filtered out."""
+        return self._own
+
+    @own.setter
+    def own(self, lease: Lease | None) -> None:
+        self._own = lease
+        if lease is not None:
+            self._leases = {k: v for k, v in self._leases.items() if not self.is_own(v)}
+
+    @property
+    def leases(self) -> list[Lease]:
+        """The remote leases currently known."""
+        return list(self._leases.values())
+
+    def is_own(self, lease: Lease) -> bool:
+        """Whether ``lease`` is this node's, by the subnets it carries (§5.2).
+
+        A family the event does not carry is not compared: an IPv4-only event matches on IPv4 alone, a
+        dual-stack event must match both.
+        """
+        own = self._own
+        if own is None or (lease.subnet is None and lease.ipv6_subnet is None):
+            return False
+        if lease.subnet is not None and lease.subnet != own.subnet:
+            return False
+        return lease.ipv6_subnet is None or lease.ipv6_subnet == own.ipv6_subnet
+
+    def apply(self, result: WatchResult) -> list[LeaseEvent]:
+        """Apply one watch result; return the events the backend must apply, in order."""
+        if result.snapshot is not None:
+            return self._reset(result.snapshot)
+        out: list[LeaseEvent] = []
+        for added, lease in result.events:
+            if self.is_own(lease):
+                continue
+            key = _key(lease)
+            if added:
+                self._leases[key] = lease
+                out.append(LeaseEvent(EventType.ADDED, lease))
+                continue
+            known = self._leases.pop(key, None)
+            if known is None:
+                log.error("removed lease %s was not known; passing on the bare removal", lease.key)
+                out.append(LeaseEvent(EventType.REMOVED, lease))
+            else:
+                out.append(LeaseEvent(EventType.REMOVED, known))
+        return out
+
+    def _reset(self, snapshot: tuple[Lease, ...]) -> list[LeaseEvent]:
+        fresh = {_key(lease): lease for lease in snapshot if not self.is_own(lease)}
+        # Removals first: a node that moved to a new subnet keeps its VtepMAC, and removing the old lease
+        # after adding the new one would delete the neighbour entries just written.
+        out = [LeaseEvent(EventType.REMOVED, old) for key, old in self._leases.items() if key not in fresh]
+        for key, lease in fresh.items():
+            old = self._leases.get(key)
+            if old is None or old.attrs != lease.attrs or old.revision != lease.revision:
+                out.append(LeaseEvent(EventType.ADDED, lease))
+        self._leases = fresh
+        return out

@@ -1,0 +1,260 @@
+"""A multi-host flannel cluster built from network namespaces, for the end-to-end tests and the demo.
+
+Layout (all inside namespaces; the root namespace is never touched):
+
+* ``<p>ul``: the underlay "switch", a bridge ``br0`` holding 198.18.0.1/24 (the hosts' default gateway);
+* ``<p>etcd``: etcd on 198.18.0.2:2379;
+* ``<p>h<N>``: host N, ``eth0`` = 198.18.0.(10+N)/24, running ``flanneld``;
+* ``<p>h<N>p<M>``: pod M of host N, attached to the host's ``cni0`` bridge, addressed from subnet.env.
+
+The prefix embeds the owning PID, so stale namespaces from a dead run can be told apart from a live one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+NS_FAMILY = "fle"
+ETCD_IP = "198.18.0.2"
+ETCD_URL = f"http://{ETCD_IP}:2379"
+
+
+def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing text output."""
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def in_ns(ns: str, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run a command inside namespace ``ns``."""
+    return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
+
+
+def cleanup_stale() -> None:
+    """Remove namespaces of this family whose owning process is gone."""
+    for line in sh("ip", "netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = re.match(rf"^{NS_FAMILY}(\d+)x", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            sh("ip", "netns", "del", name, check=False)
+
+
+@dataclass
+class Host:
+    """One simulated host."""
+
+    n: int
+    ns: str
+    ip: str
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    pods: list[str] = field(default_factory=list)
+
+    @property
+    def subnet_file(self) -> Path:
+        return self.workdir / "subnet.env"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "flanneld.log"
+
+    def env(self) -> dict[str, str]:
+        """subnet.env as a dict (empty when not written yet)."""
+        if not self.subnet_file.exists():
+            return {}
+        out = {}
+        for line in self.subnet_file.read_text().splitlines():
+            k, _, v = line.partition("=")
+            out[k] = v
+        return out
+
+
+class Cluster:
+    """Build, drive and tear down the namespaces, etcd and flanneld processes."""
+
+    def __init__(self, network: str = "10.244.0.0/16", backend: str = '{"Type":"vxlan"}') -> None:
+        cleanup_stale()
+        self.prefix = f"{NS_FAMILY}{os.getpid()}x{os.urandom(2).hex()}"
+        self.network = network
+        self.backend = backend
+        self.tmp = Path(tempfile.mkdtemp(prefix="flannel-e2e-"))
+        self.hosts: dict[int, Host] = {}
+        self.namespaces: list[str] = []
+        self.etcd: subprocess.Popen[bytes] | None = None
+
+    # -- building -------------------------------------------------------------------------------------
+
+    def _add_ns(self, name: str) -> str:
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        in_ns(name, "ip", "link", "set", "lo", "up")
+        return name
+
+    def _plug(self, ns: str, ifname: str, cidr: str) -> None:
+        """Connect ``ns`` to the underlay bridge with a veth named ``ifname``."""
+        peer = f"v{len(self.namespaces)}{os.urandom(2).hex()}"
+        ul = f"{self.prefix}ul"
+        in_ns(ul, "ip", "link", "add", peer, "type", "veth", "peer", "name", ifname, "netns", ns)
+        in_ns(ul, "ip", "link", "set", peer, "master", "br0", "up")
+        in_ns(ns, "ip", "addr", "add", cidr, "dev", ifname)
+        in_ns(ns, "ip", "link", "set", ifname, "up")
+
+    def start(self) -> None:
+        """Underlay switch and etcd, with the network config stored."""
+        ul = self._add_ns(f"{self.prefix}ul")
+        in_ns(ul, "ip", "link", "add", "br0", "type", "bridge")
+        in_ns(ul, "ip", "addr", "add", "198.18.0.1/24", "dev", "br0")
+        in_ns(ul, "ip", "link", "set", "br0", "up")
+        ens = self._add_ns(f"{self.prefix}etcd")
+        self._plug(ens, "eth0", f"{ETCD_IP}/24")
+        data = self.tmp / "etcd"
+        log = open(self.tmp / "etcd.log", "wb")  # noqa: SIM115 - closed with the process
+        self.etcd = subprocess.Popen(
+            ["ip", "netns", "exec", ens, ETCD, "--name", "e2e", "--data-dir", str(data),
+             "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
+             "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls",
+             "http://127.0.0.1:2380", "--initial-cluster", "e2e=http://127.0.0.1:2380"],
+            stdout=log, stderr=log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.etcdctl("endpoint", "health", check=False).returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"etcd did not become healthy; log in {self.tmp / 'etcd.log'}")
+        self.put_config(f'{{"Network":"{self.network}","Backend":{self.backend}}}')
+
+    def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return in_ns(f"{self.prefix}etcd", ETCDCTL, f"--endpoints={ETCD_URL}", *args, check=check,
+                     timeout=15)
+
+    def put_config(self, text: str) -> None:
+        self.etcdctl("put", "/coreos.com/network/config", text)
+
+    def leases(self) -> dict[str, str]:
+        """Subnet keys → lease JSON, read straight from etcd."""
+        out = self.etcdctl("get", "--prefix", "/coreos.com/network/subnets").stdout.splitlines()
+        return {out[i].rsplit("/", 1)[-1]: out[i + 1] for i in range(0, len(out) - 1, 2)}
+
+    def add_host(self, n: int) -> Host:
+        ns = self._add_ns(f"{self.prefix}h{n}")
+        ip = f"198.18.0.{10 + n}"
+        self._plug(ns, "eth0", f"{ip}/24")
+        in_ns(ns, "ip", "route", "add", "default", "via", "198.18.0.1")
+        in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        workdir = self.tmp / f"h{n}"
+        workdir.mkdir()
+        host = Host(n=n, ns=ns, ip=ip, workdir=workdir)
+        self.hosts[n] = host
+        return host
+
+    def start_flanneld(self, host: Host, *extra: str) -> None:
+        log = open(host.log_file, "ab")  # noqa: SIM115 - closed with the process
+        host.started = time.time()
+        host.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.ns, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
+             f"--subnet-file={host.subnet_file}", *extra],
+            stdout=log, stderr=log)
+
+    def wait_ready(self, host: Host, timeout: float = 20) -> dict[str, str]:
+        """Wait until the running flanneld has written subnet.env (a file left by an earlier run does not count)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            env = host.env()
+            if "FLANNEL_SUBNET" in env and host.subnet_file.stat().st_mtime >= host.started - 0.01:
+                return env
+            if host.proc is not None and host.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"flanneld on h{host.n} not ready:\n{host.log_file.read_text()[-3000:]}")
+
+    def stop_flanneld(self, host: Host, sig: int = signal.SIGTERM) -> int | None:
+        if host.proc is None:
+            return None
+        if host.proc.poll() is None:
+            host.proc.send_signal(sig)
+            try:
+                host.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                host.proc.kill()
+                host.proc.wait(5)
+        code = host.proc.returncode
+        host.proc = None
+        return code
+
+    def add_pod(self, host: Host) -> str:
+        """A pod namespace on the host's cni0 bridge, addressed from subnet.env. Returns the pod IP."""
+        env = host.env()
+        gw_cidr = env["FLANNEL_SUBNET"]
+        gw, plen = gw_cidr.split("/")
+        base = gw.rsplit(".", 1)[0]
+        m = len(host.pods) + 1
+        pod_ip = f"{base}.{m + 1}"
+        ns = self._add_ns(f"{self.prefix}h{host.n}p{m}")
+        if in_ns(host.ns, "ip", "link", "show", "cni0", check=False).returncode != 0:
+            in_ns(host.ns, "ip", "link", "add", "cni0", "type", "bridge")
+            in_ns(host.ns, "ip", "addr", "add", gw_cidr, "dev", "cni0")
+            in_ns(host.ns, "ip", "link", "set", "cni0", "up")
+        veth = f"veth{m}"
+        in_ns(host.ns, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        in_ns(host.ns, "ip", "link", "set", veth, "master", "cni0", "mtu", env["FLANNEL_MTU"], "up")
+        in_ns(ns, "ip", "link", "set", "eth0", "mtu", env["FLANNEL_MTU"], "up")
+        in_ns(ns, "ip", "addr", "add", f"{pod_ip}/{plen}", "dev", "eth0")
+        in_ns(ns, "ip", "route", "add", "default", "via", gw)
+        host.pods.append(pod_ip)
+        return pod_ip
+
+    def pod_ns(self, host: Host, m: int) -> str:
+        return f"{self.prefix}h{host.n}p{m}"
+
+    def ping(self, src_ns: str, dst_ip: str, count: int = 1, timeout: int = 2) -> bool:
+        r = in_ns(src_ns, "ping", "-c", str(count), "-W", str(timeout), dst_ip, check=False,
+                  timeout=timeout * count + 5)
+        return r.returncode == 0
+
+    def matrix(self) -> dict[tuple[str, str], bool]:
+        """Ping every pod from every pod; (src pod ip, dst pod ip) → reachable."""
+        pods = [(self.pod_ns(h, i + 1), ip) for h in self.hosts.values() for i, ip in enumerate(h.pods)]
+        return {(s_ip, d_ip): self.ping(s_ns, d_ip) for s_ns, s_ip in pods for _, d_ip in pods if s_ip != d_ip}
+
+    def routes(self, host: Host) -> str:
+        return in_ns(host.ns, "ip", "route", "show").stdout
+
+    # -- tearing down ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every process we started (by PID) and delete every namespace we made."""
+        for host in self.hosts.values():
+            with contextlib.suppress(Exception):
+                self.stop_flanneld(host)
+        if self.etcd is not None and self.etcd.poll() is None:
+            self.etcd.terminate()
+            try:
+                self.etcd.wait(10)
+            except subprocess.TimeoutExpired:
+                self.etcd.kill()
+                self.etcd.wait(5)
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+        if os.environ.get("KEEP_LOGS") is None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,278 @@
+"""A real, throw-away etcd server for integration tests.
+
+Starts Debian's ``/usr/bin/etcd`` on 127.0.0.1 with free ports and a temporary data directory, optionally
+with TLS and client-certificate authentication (certificates made here with ``cryptography``), and stops it
+by PID. The store under test talks gRPC to it exactly as it would to a production cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS-enabled server and one client."""
+
+    ca: Path
+    """CA certificate that signed both the server and the client certificate."""
+    server_cert: Path
+    """Server certificate for 127.0.0.1 and localhost."""
+    server_key: Path
+    """Server private key."""
+    client_cert: Path
+    """Client certificate (CN ``root``)."""
+    client_key: Path
+    """Client private key."""
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate a CA, a server certificate (127.0.0.1, localhost) and a client certificate."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def build(
+        subject: str,
+        pub: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name | None,
+        signer: ec.EllipticCurvePrivateKey,
+    ) -> x509.CertificateBuilder:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(pub.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flannel-test-ca")])
+    ca = (
+        build("flannel-test-ca", ca_key, None, ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = key()
+    server = (
+        build("localhost", server_key, ca_name, ca_key)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    client_key = key()
+    client = (
+        build("root", client_key, ca_name, ca_key)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TlsFiles(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server-key.pem",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client-key.pem",
+    )
+
+    def write_key(path: Path, k: ec.EllipticCurvePrivateKey) -> None:
+        path.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    files.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    write_key(files.server_key, server_key)
+    write_key(files.client_key, client_key)
+    return files
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EtcdServer:
+    """One running etcd member; ``stop()`` kills it and removes its data."""
+
+    workdir: Path
+    """Temporary directory holding the data dir and certificates; removed on stop."""
+    client_port: int
+    """Port of the client URL on 127.0.0.1."""
+    tls: TlsFiles | None = None
+    """Certificates when the server requires TLS client certificates."""
+    proc: subprocess.Popen[bytes] | None = None
+    """The etcd process."""
+    user: tuple[str, str] | None = None
+    """(user, password) once ``enable_auth`` ran; used by ``etcdctl``."""
+
+    @property
+    def endpoint(self) -> str:
+        """The client URL as flanneld takes it (``http://127.0.0.1:P`` or ``https://...``)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+
+    def etcdctl(self, *args: str, check: bool = True, stdin: bytes | None = None) -> str:
+        """Run ``etcdctl`` (API v3) against this server and return its stdout."""
+        cmd = [ETCDCTL, f"--endpoints={self.endpoint}", "--command-timeout=5s"]
+        if self.tls:
+            cmd += [
+                f"--cacert={self.tls.ca}",
+                f"--cert={self.tls.client_cert}",
+                f"--key={self.tls.client_key}",
+            ]
+        if self.user:
+            cmd.append(f"--user={self.user[0]}:{self.user[1]}")
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        res = subprocess.run(
+            [*cmd, *args], capture_output=True, input=stdin, env=env, timeout=20, check=False
+        )
+        if check and res.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {res.stderr.decode().strip()}")
+        return res.stdout.decode()
+
+    def revision(self) -> int:
+        """The server's current revision."""
+        out = json.loads(self.etcdctl("endpoint", "status", "-w", "json"))
+        return int(out[0]["Status"]["header"]["revision"])
+
+    def compact(self) -> int:
+        """Compact away all history up to the current revision; return that revision."""
+        rev = self.revision()
+        self.etcdctl("compaction", "--physical", str(rev))
+        return rev
+
+    def ttl_of(self, key: str) -> int | None:
+        """Remaining TTL of ``key``'s etcd lease; ``None`` when the key has no lease."""
+        out = json.loads(self.etcdctl("get", key, "-w", "json"))
+        lease = int(out["kvs"][0].get("lease", 0))
+        if not lease:
+            return None
+        ttl = json.loads(self.etcdctl("lease", "timetolive", f"{lease:x}", "-w", "json"))
+        return int(ttl["ttl"])
+
+    def enable_auth(self, user: str = "root", password: str = "pw") -> None:
+        """Create the root user and turn authentication on."""
+        self.etcdctl("user", "add", f"{user}:{password}")
+        if user == "root":
+            with contextlib.suppress(RuntimeError):
+                self.etcdctl("role", "add", "root")
+            self.etcdctl("user", "grant-role", "root", "root")
+        self.etcdctl("auth", "enable")
+        self.user = (user, password)
+
+    def stop(self) -> None:
+        """Terminate the process (kill after 5 s) and remove the working directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _healthy(self) -> bool:
+        context: ssl.SSLContext | None = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1, context=context) as resp:
+                return bool(json.loads(resp.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+
+def start_etcd(tls: bool = False, timeout: float = 20.0) -> EtcdServer:
+    """Start an etcd member and wait until it reports healthy."""
+    workdir = Path(tempfile.mkdtemp(prefix="flannel-etcd-"))
+    server = EtcdServer(workdir, free_port(), make_tls_files(workdir) if tls else None)
+    peer = f"http://127.0.0.1:{free_port()}"
+    cmd = [
+        ETCD,
+        "--name=test",
+        f"--data-dir={workdir / 'data'}",
+        f"--listen-client-urls={server.endpoint}",
+        f"--advertise-client-urls={server.endpoint}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=test={peer}",
+        "--logger=zap",
+        "--log-level=error",
+        "--log-outputs=stderr",
+    ]
+    if server.tls:
+        cmd += [
+            f"--cert-file={server.tls.server_cert}",
+            f"--key-file={server.tls.server_key}",
+            f"--trusted-ca-file={server.tls.ca}",
+            "--client-cert-auth",
+        ]
+    log = (workdir / "etcd.log").open("wb")
+    try:
+        server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while not server._healthy():
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            output = (workdir / "etcd.log").read_text(errors="replace")[-2000:]
+            server.stop()
+            raise RuntimeError(f"etcd did not become healthy: {output}")
+        time.sleep(0.05)
+    return server

@@ -1,0 +1,114 @@
+"""The vxlan backend's pure logic: its config section and the per-lease entry diffing."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import pytest
+
+from flannel.backend.vxlan_config import VXLANConfig, parse_vxlan_config
+from flannel.backend.vxlan_plane import PeerEntries, VXLANPlane
+from flannel.errors import ConfigError, LeaseDecodeError
+from flannel.lease import Lease, LeaseAttrs
+from flannel.netlink import FdbDelete, FdbReplace, NeighDelete, NeighReplace, RouteDelete, RouteReplace
+
+
+def test_vxlan_defaults_match_upstream() -> None:
+    cfg = parse_vxlan_config({"Type": "vxlan"})
+    assert cfg == VXLANConfig(vni=1, port=0, mtu=0, gbp=False, learning=False, direct_routing=False)
+    assert cfg.device_name == "flannel.1" and cfg.v6_device_name == "flannel-v6.1"
+
+
+def test_vxlan_keys_are_case_insensitive() -> None:
+    cfg = parse_vxlan_config({"type": "vxlan", "vni": 4096, "port": 4789, "directrouting": True, "GBP": True})
+    assert (cfg.vni, cfg.port, cfg.direct_routing, cfg.gbp) == (4096, 4789, True, True)
+    assert cfg.device_name == "flannel.4096"
+
+
+@pytest.mark.parametrize(
+    ("backend", "field"),
+    [
+        ({"VNI": "1"}, "Backend.VNI"),
+        ({"VNI": 1 << 24}, "Backend.VNI"),
+        ({"Port": 70000}, "Backend.Port"),
+        ({"Port": -1}, "Backend.Port"),
+        ({"DirectRouting": "yes"}, "Backend.DirectRouting"),
+        ({"MTU": 100}, "Backend.MTU"),
+        ({"Learning": 1}, "Backend.Learning"),
+    ],
+)
+def test_bad_vxlan_values_name_the_key(backend: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_vxlan_config(backend)
+    assert err.value.field == field
+    assert field in str(err.value)
+
+
+def test_unknown_key_is_a_warning_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    parse_vxlan_config({"Type": "vxlan", "VNl": 2})
+    assert "Backend.VNl" in caplog.text
+
+
+def plane() -> VXLANPlane:
+    return VXLANPlane(nl=None, family=socket.AF_INET, dev_name="flannel.1",  # type: ignore[arg-type]
+                      cluster=IPv4Network("10.244.0.0/16"), own_subnet=IPv4Network("10.244.1.0/24"), dev_index=7)
+
+
+def lease(subnet: str, pub: str, data: str | None) -> Lease:
+    return Lease(subnet=IPv4Network(subnet), attrs=LeaseAttrs(public_ip=IPv4Address(pub), backend_type="vxlan",
+                                                              backend_data=data))
+
+
+MAC = "aa:bb:cc:dd:ee:01"
+
+
+def test_lease_becomes_neighbour_fdb_and_onlink_route() -> None:
+    p = plane()
+    e = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VNI":1,"VtepMAC":"{MAC}"}}'))
+    assert e == PeerEntries(dst=IPv4Network("10.244.3.0/24"), gateway=IPv4Address("10.244.3.0"), direct=False,
+                            mac=MAC, public_ip=IPv4Address("198.18.0.13"))
+    assert p.ops_for_change(None, e) == [
+        NeighReplace(index=7, ip=IPv4Address("10.244.3.0"), mac=MAC),
+        FdbReplace(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")),
+        RouteReplace(dst=IPv4Network("10.244.3.0/24"), gateway=IPv4Address("10.244.3.0"), oif=7, onlink=True),
+    ]
+
+
+def test_replaying_the_same_lease_changes_nothing() -> None:
+    p = plane()
+    e = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VNI":1,"VtepMAC":"{MAC}"}}'))
+    assert p.ops_for_change(e, e) == []
+
+
+def test_changed_mac_replaces_fdb_and_drops_the_old_entry() -> None:
+    p = plane()
+    old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
+    new = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", '{"VtepMAC":"aa:bb:cc:dd:ee:02"}'))
+    ops = p.ops_for_change(old, new)
+    assert FdbDelete(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")) in ops
+    assert not any(isinstance(o, RouteDelete | NeighDelete) for o in ops)
+    assert FdbReplace(index=7, mac="aa:bb:cc:dd:ee:02", dst=IPv4Address("198.18.0.13")) in ops
+
+
+def test_removal_deletes_route_fdb_and_neighbour() -> None:
+    p = plane()
+    old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
+    assert p.ops_for_change(old, None) == [
+        RouteDelete(dst=IPv4Network("10.244.3.0/24")),
+        FdbDelete(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")),
+        NeighDelete(index=7, ip=IPv4Address("10.244.3.0")),
+    ]
+
+
+@pytest.mark.parametrize("data", [None, '{"VNI":1}', '{"VtepMAC":"not-a-mac"}', '{"VtepMAC":5}', '"text"'])
+def test_unusable_backend_data_is_a_decode_error(data: str | None) -> None:
+    with pytest.raises(LeaseDecodeError):
+        plane().entries_for(lease("10.244.3.0/24", "198.18.0.13", data))
+
+
+def test_lease_without_this_family_needs_nothing() -> None:
+    p = VXLANPlane(nl=None, family=socket.AF_INET6, dev_name="flannel-v6.1",  # type: ignore[arg-type]
+                   cluster=IPv4Network("10.244.0.0/16"), own_subnet=IPv4Network("10.244.1.0/24"))
+    assert p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}')) is None
