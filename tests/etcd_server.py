@@ -177,9 +177,7 @@ class EtcdServer:
         if self.user:
             cmd.append(f"--user={self.user[0]}:{self.user[1]}")
         env = {**os.environ, "ETCDCTL_API": "3"}
-        res = subprocess.run(
-            [*cmd, *args], capture_output=True, input=stdin, env=env, timeout=20, check=False
-        )
+        res = subprocess.run([*cmd, *args], capture_output=True, input=stdin, env=env, timeout=20, check=False)
         if check and res.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)} failed: {res.stderr.decode().strip()}")
         return res.stdout.decode()

@@ -88,9 +88,7 @@ async def test_lease_is_stored_as_go_stores_it(store: EtcdStore, etcd: EtcdServe
     etcd.etcdctl("del", "--prefix", prefix)
 
 
-async def test_restarted_node_gets_its_lease_back_by_public_ip(
-    store: EtcdStore, prefix: str, etcd: EtcdServer
-) -> None:
+async def test_restarted_node_gets_its_lease_back_by_public_ip(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
     put_config(etcd, prefix, '{"Network":"10.3.0.0/16"}')
     first = await mgr(store, prefix).acquire_lease(attrs())
     other = await mgr(store, prefix).acquire_lease(attrs("5.6.7.8"))
@@ -124,9 +122,7 @@ async def test_concurrent_acquirers_get_distinct_subnets(
     leases = await asyncio.gather(*(m.acquire_lease(attrs(f"9.9.9.{i}")) for i, m in enumerate(managers)))
     assert len({lease.subnet for lease in leases}) == 3
     assert "subnet taken by another node meanwhile; retrying" in caplog.text
-    with pytest.raises(
-        OutOfSubnetsError, match=r"^out of subnets in 192\.168\.0\.4-192\.168\.0\.12 \(/30\)$"
-    ):
+    with pytest.raises(OutOfSubnetsError, match=r"^out of subnets in 192\.168\.0\.4-192\.168\.0\.12 \(/30\)$"):
         await mgr(store, prefix).acquire_lease(attrs("9.9.9.9"))
 
 
@@ -183,9 +179,7 @@ async def next_result(it: AsyncIterator[WatchResult]) -> WatchResult:
     return await asyncio.wait_for(anext(it), 10)
 
 
-async def test_watch_reports_other_leases_but_not_our_own(
-    store: EtcdStore, prefix: str, etcd: EtcdServer
-) -> None:
+async def test_watch_reports_other_leases_but_not_our_own(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
     put_config(etcd, prefix, '{"Network":"10.3.0.0/16"}')
     m = mgr(store, prefix)
     own = await m.acquire_lease(attrs())

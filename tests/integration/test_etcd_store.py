@@ -38,9 +38,7 @@ async def test_put_get_create_delete_and_ttl(store: EtcdStore, prefix: str, etcd
     assert await store.get(key) is None
 
 
-async def test_a_lost_create_revokes_its_granted_lease(
-    store: EtcdStore, prefix: str, etcd: EtcdServer
-) -> None:
+async def test_a_lost_create_revokes_its_granted_lease(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
     key = f"{prefix}/k"
     await store.put(key, "x", None)
     before = set(etcd.etcdctl("lease", "list").split()[3:])  # other tests' short leases may expire meanwhile
@@ -89,9 +87,7 @@ def test_endpoints_are_parsed_as_flanneld_takes_them() -> None:
         parse_endpoint("ftp://x:1")
 
 
-async def test_plain_http_logs_the_insecure_warning(
-    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_plain_http_logs_the_insecure_warning(etcd: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         s = await EtcdStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,)))
     await s.close()
@@ -132,9 +128,7 @@ async def test_tls_server_without_a_client_certificate_is_unavailable(etcd_tls: 
 
 
 async def test_username_and_password(etcd_auth: EtcdServer, prefix: str) -> None:
-    opts = EtcdStoreOptions(
-        endpoints=(etcd_auth.endpoint,), username="root", password="pw", request_timeout=5
-    )
+    opts = EtcdStoreOptions(endpoints=(etcd_auth.endpoint,), username="root", password="pw", request_timeout=5)
     s = await EtcdStore.open(opts)
     try:
         await s.put(f"{prefix}/k", "v", 30)
@@ -149,9 +143,7 @@ async def test_username_and_password(etcd_auth: EtcdServer, prefix: str) -> None
 
 
 async def test_wrong_password_is_a_clear_error(etcd_auth: EtcdServer) -> None:
-    opts = EtcdStoreOptions(
-        endpoints=(etcd_auth.endpoint,), username="root", password="nope", request_timeout=5
-    )
+    opts = EtcdStoreOptions(endpoints=(etcd_auth.endpoint,), username="root", password="nope", request_timeout=5)
     with pytest.raises(DatastoreUnavailableError, match="authenticate as 'root'"):
         await EtcdStore.open(opts)
 
@@ -199,9 +191,7 @@ async def test_unresolvable_endpoint_is_a_clear_error() -> None:
         await EtcdStore.open(EtcdStoreOptions(endpoints=("http://no-such-host.invalid:2379",)))
 
 
-async def test_watch_sends_hasleader_like_the_go_clients_require_leader(
-    store: EtcdStore, prefix: str
-) -> None:
+async def test_watch_sends_hasleader_like_the_go_clients_require_leader(store: EtcdStore, prefix: str) -> None:
     assert store._client is not None
     service = store._client.watch
     assert service is not None

@@ -61,9 +61,7 @@ def test_many_taken_subnets_are_walked_quickly() -> None:
 
 
 def test_ipv6_candidates() -> None:
-    got = free_subnets(
-        IPv6Address("fd00:0:0:1::"), IPv6Address("fd00:0:0:ff::"), 64, [IPv6Network("fd00:0:0:1::/64")]
-    )
+    got = free_subnets(IPv6Address("fd00:0:0:1::"), IPv6Address("fd00:0:0:ff::"), 64, [IPv6Network("fd00:0:0:1::/64")])
     assert got[0] == IPv6Network("fd00:0:0:2::/64")
     assert len(got) == MAX_CANDIDATES
 
@@ -83,9 +81,7 @@ def test_pick_is_deterministic_with_a_seeded_rng() -> None:
 
 def test_pick_dual_stack_gives_both_families() -> None:
     cfg = check_network_config(
-        NetworkConfig(
-            network=IPv4Network("10.0.0.0/16"), enable_ipv6=True, ipv6_network=IPv6Network("fd00::/56")
-        )
+        NetworkConfig(network=IPv4Network("10.0.0.0/16"), enable_ipv6=True, ipv6_network=IPv6Network("fd00::/56"))
     )
     v4, v6 = pick_subnets(cfg, [lease("10.0.1.0/24", "fd00:0:0:1::/64")], random.Random(1))
     assert v4.prefixlen == 24 and v4 != IPv4Network("10.0.1.0/24")
@@ -100,9 +96,7 @@ def test_out_of_subnets_names_the_range() -> None:
 
 def test_out_of_ipv6_subnets_names_the_ipv6_range() -> None:
     cfg = check_network_config(
-        NetworkConfig(
-            network=IPv4Network("10.0.0.0/16"), enable_ipv6=True, ipv6_network=IPv6Network("fd00::/124")
-        )
+        NetworkConfig(network=IPv4Network("10.0.0.0/16"), enable_ipv6=True, ipv6_network=IPv6Network("fd00::/124"))
     )
     taken = [lease(f"10.0.{i}.0/24", f"fd00::{i * 4:x}/126") for i in range(1, 4)]
     with pytest.raises(OutOfSubnetsError, match=r"^out of subnets in fd00::4-fd00::c \(/126\)$"):

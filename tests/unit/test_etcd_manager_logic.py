@@ -123,9 +123,7 @@ class FakeStore:
         ttl, at = self.leases[lease_id]
         return max(int(ttl - (time.monotonic() - at)), -1)
 
-    async def watch(
-        self, key: str, start_revision: int, prefix: bool
-    ) -> AsyncGenerator[list[WatchEvent], None]:
+    async def watch(self, key: str, start_revision: int, prefix: bool) -> AsyncGenerator[list[WatchEvent], None]:
         self._check("watch")
         if start_revision <= self.compacted:
             raise CompactedError(self.compacted)
@@ -306,9 +304,7 @@ async def test_out_of_subnets(store: FakeStore) -> None:
     store.raw_put(f"{P}/config", '{"Network":"192.168.0.0/28"}')
     for i in (4, 8, 12):
         store.raw_put(f"{P}/subnets/192.168.0.{i}-30", '{"PublicIP":"9.9.9.9"}', 0)
-    with pytest.raises(
-        OutOfSubnetsError, match=r"^out of subnets in 192\.168\.0\.4-192\.168\.0\.12 \(/30\)$"
-    ):
+    with pytest.raises(OutOfSubnetsError, match=r"^out of subnets in 192\.168\.0\.4-192\.168\.0\.12 \(/30\)$"):
         await manager(store).acquire_lease(attrs("1.1.1.1"))
 
 
@@ -325,9 +321,7 @@ async def test_dual_stack_lease_key_carries_both_subnets(store: FakeStore) -> No
     assert subnet_keys(store) == [f"{P}/subnets/{lease.key}"]
 
 
-async def test_listing_skips_undecodable_keys_and_values(
-    store: FakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_listing_skips_undecodable_keys_and_values(store: FakeStore, caplog: pytest.LogCaptureFixture) -> None:
     store.raw_put(f"{P}/subnets/10.5.1.0-24", '{"PublicIP":"9.9.9.1"}', 0)
     store.raw_put(f"{P}/subnets/garbage", '{"PublicIP":"9.9.9.2"}', 0)
     store.raw_put(f"{P}/subnets/10.5.2.0-24", "not json", 0)
@@ -429,9 +423,7 @@ async def test_lease_is_renewed_before_expiry_with_a_fresh_etcd_lease(store: Fak
     await stop(task)
 
 
-async def test_failed_renewal_is_logged_and_retried(
-    store: FakeStore, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_failed_renewal_is_logged_and_retried(store: FakeStore, caplog: pytest.LogCaptureFixture) -> None:
     m = manager(store, ttl_seconds=2, renew_margin_minutes=0.9 / 60)
     lease = dataclasses.replace(await m.acquire_lease(attrs()), expiration=time.time())  # renew at once
     store.failing.add("put")

@@ -12,9 +12,7 @@ from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
 
-def lease(
-    v4: str | None, ip: str = "192.168.0.1", v6: str | None = None, rev: int = 1, mac: str = ""
-) -> Lease:
+def lease(v4: str | None, ip: str = "192.168.0.1", v6: str | None = None, rev: int = 1, mac: str = "") -> Lease:
     data = f'{{"VtepMAC":"{mac}"}}' if mac else None
     attrs = LeaseAttrs(public_ip=IPv4Address(ip), backend_type="vxlan", backend_data=data)
     return Lease(IPv4Network(v4) if v4 else None, IPv6Network(v6) if v6 else None, attrs, revision=rev)

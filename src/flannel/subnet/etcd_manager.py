@@ -127,26 +127,18 @@ class EtcdSubnetManager:
             if lease is not None:
                 self.own_lease = lease
                 return lease
-            log.info(
-                "subnet taken by another node meanwhile; retrying (attempt %d of %d)", attempt, RACE_RETRIES
-            )
+            log.info("subnet taken by another node meanwhile; retrying (attempt %d of %d)", attempt, RACE_RETRIES)
         raise FlannelError("max retries reached trying to acquire a subnet")
 
     async def _try_acquire(self, cfg: NetworkConfig, leases: list[Lease], attrs: LeaseAttrs) -> Lease | None:
         """One attempt; ``None`` when another node created the chosen key first."""
-        mine = [
-            lease
-            for lease in leases
-            if attrs.public_ip != UNSET_IPV4 and lease.attrs.public_ip == attrs.public_ip
-        ]
+        mine = [lease for lease in leases if attrs.public_ip != UNSET_IPV4 and lease.attrs.public_ip == attrs.public_ip]
         for lease in mine:
             key = self.subnet_key(lease.subnet, lease.ipv6_subnet)
             if compatible_subnet(cfg, lease.subnet, lease.ipv6_subnet):
                 return await self._reuse(lease, attrs)
             if lease.reserved:
-                log.warning(
-                    "reservation %s for %s does not fit the network config; ignoring it", key, attrs.public_ip
-                )
+                log.warning("reservation %s for %s does not fit the network config; ignoring it", key, attrs.public_ip)
                 continue
             log.info("deleting lease %s of this node: it does not fit the network config", key)
             await self.store.delete(key)
@@ -165,9 +157,7 @@ class EtcdSubnetManager:
         log.info("reusing lease %s", key)
         return Lease(lease.subnet, lease.ipv6_subnet, attrs, self.clock() + res.ttl, res.revision)
 
-    def _previous(
-        self, cfg: NetworkConfig, leases: Sequence[Lease]
-    ) -> tuple[IPv4Network, IPv6Network | None] | None:
+    def _previous(self, cfg: NetworkConfig, leases: Sequence[Lease]) -> tuple[IPv4Network, IPv6Network | None] | None:
         """The subnet(s) from the previous subnet file, when still free and config-compatible."""
         v4 = self.previous_subnet
         if v4 is None:

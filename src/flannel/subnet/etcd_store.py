@@ -194,9 +194,7 @@ class EtcdStore:
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         kv, _ = await self._services()
-        resp = await self._call(
-            kv.get(prefix, prefix_range_end(prefix), timeout=self._timeout), f"list {prefix}"
-        )
+        resp = await self._call(kv.get(prefix, prefix_range_end(prefix), timeout=self._timeout), f"list {prefix}")
         return [_kv(item) for item in resp.kvs], int(resp.header.revision)
 
     async def put(self, key: str, value: str, ttl: int | None) -> PutResult:
@@ -232,14 +230,10 @@ class EtcdStore:
         if lease_id == 0:
             return -1  # what etcd answers for "no lease"; saves a round trip
         _, lease = await self._services()
-        resp = await self._call(
-            lease.time_to_live(lease_id, timeout=self._timeout), f"look up lease {lease_id:x}"
-        )
+        resp = await self._call(lease.time_to_live(lease_id, timeout=self._timeout), f"look up lease {lease_id:x}")
         return int(resp.TTL)
 
-    async def watch(
-        self, key: str, start_revision: int, prefix: bool
-    ) -> AsyncGenerator[list[WatchEvent], None]:
+    async def watch(self, key: str, start_revision: int, prefix: bool) -> AsyncGenerator[list[WatchEvent], None]:
         await self._services()
         service = self._client.watch if self._client is not None else None
         if not isinstance(service, _LeaderWatchService):

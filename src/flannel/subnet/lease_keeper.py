@@ -152,9 +152,7 @@ class LeaseKeeper:
             except CompactedError as exc:
                 log.info("watch on own lease %s: %s; re-reading it", key, exc)
             except DatastoreUnavailableError as exc:
-                log.warning(
-                    "watch on own lease %s lost (%s); retrying in %.1fs", key, exc, backoff.next_delay
-                )
+                log.warning("watch on own lease %s lost (%s); retrying in %.1fs", key, exc, backoff.next_delay)
                 await backoff.sleep()
 
     async def _note(self, kv: KV, expiry: _Expiry) -> None:
@@ -172,9 +170,7 @@ class LeaseKeeper:
             try:
                 return await self._try_reacquire(lost)
             except DatastoreUnavailableError as exc:
-                log.warning(
-                    "re-acquiring %s failed (%s); retrying in %.1fs", lost.key, exc, backoff.next_delay
-                )
+                log.warning("re-acquiring %s failed (%s); retrying in %.1fs", lost.key, exc, backoff.next_delay)
                 await backoff.sleep()
 
     async def _try_reacquire(self, lost: Lease) -> Lease:
@@ -191,9 +187,7 @@ class LeaseKeeper:
             # deletion, or an operator re-created it for us), it is ours: take it over.
             holder = await self._m.store.get(key)
             if holder is None or not self._ours(holder, lost.attrs):
-                raise LeaseRevokedError(
-                    f"lease for {lost.key} was revoked and the subnet is now held by another node"
-                )
+                raise LeaseRevokedError(f"lease for {lost.key} was revoked and the subnet is now held by another node")
             res = await self._m.store.put(key, value, None if holder.lease_id == 0 else self._m.ttl)
         reserved = res.lease_id == 0
         expiration = 0.0 if reserved else self._m.clock() + res.ttl
