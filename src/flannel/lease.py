@@ -28,7 +28,7 @@ _ATTR_FIELDS = ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "Backend
 _KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$", re.ASCII)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseAttrs:
     """What a node publishes about itself: how to reach its subnet."""
 
@@ -116,7 +116,7 @@ def _raw(value: Any) -> str | None:
     return compact(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Lease:
     """One node's claim on a subnet, as read from or written to the datastore."""
 
@@ -150,7 +150,7 @@ class EventType(enum.Enum):
     REMOVED = "removed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeaseEvent:
     """One change to the set of remote leases. Backends apply these idempotently."""
 

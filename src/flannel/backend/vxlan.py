@@ -28,6 +28,10 @@ from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
+OPS_PER_BATCH = 1024
+"""Kernel operations sent per netlink batch: large enough to amortise the round trips, small enough that a
+snapshot of thousands of leases does not hold every packed message in memory at once."""
+
 
 @dataclass
 class _Device:
@@ -146,6 +150,9 @@ class VXLANNetwork:
                     plane.desired.pop(lease.key, None)
                 else:
                     plane.desired[lease.key] = new
+            if len(ops) >= OPS_PER_BATCH:
+                apply_ops(self.nl, ops)
+                ops = []
         apply_ops(self.nl, ops)
 
     def reconcile(self) -> int:

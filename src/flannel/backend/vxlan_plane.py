@@ -38,7 +38,7 @@ NTF_SELF = 0x02
 ZERO_MAC = "00:00:00:00:00:00"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerEntries:
     """The kernel entries one remote lease needs on one family's device."""
 
@@ -139,48 +139,57 @@ class VXLANPlane:
     # -- reconcile -----------------------------------------------------------------------------------
 
     def drift_ops(self) -> list[tuple[str, object]]:
-        """Compare the kernel with ``desired``; return ``(reason, op)`` pairs that repair every difference."""
+        """Compare the kernel with ``desired``; return ``(reason, op)`` pairs that repair every difference.
+
+        One table at a time, so that only one kernel dump is held in memory at once (thousands of peers).
+        """
+        tunnel = [e for e in self.desired.values() if not e.direct]
+        return self._neighbour_drift(tunnel) + self._fdb_drift(tunnel) + self._route_drift()
+
+    def _neighbour_drift(self, tunnel: list[PeerEntries]) -> list[tuple[str, object]]:
         repairs: list[tuple[str, object]] = []
         neighs = {n.ip: n for n in self.nl.neighbours(self.dev_index, self.family)}
+        for e in tunnel:
+            n = neighs.pop(e.gateway, None)
+            if n is None or n.lladdr != e.mac or not n.state & NUD_PERMANENT:
+                repairs.append((f"neighbour {e.gateway} {'missing' if n is None else 'wrong'}",
+                                NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac)))
+        for ip, n in neighs.items():
+            if n.state & NUD_PERMANENT:
+                repairs.append((f"stale neighbour {ip}", NeighDelete(index=self.dev_index, ip=ip)))
+        return repairs
+
+    def _fdb_drift(self, tunnel: list[PeerEntries]) -> list[tuple[str, object]]:
+        repairs: list[tuple[str, object]] = []
         fdbs: dict[str, list[Address | None]] = {}
         for f in self.nl.fdb(self.dev_index):
             fdbs.setdefault(f.mac, []).append(f.dst)
+        for e in tunnel:
+            assert e.public_ip is not None
+            dsts = fdbs.pop(e.mac, None)
+            if not dsts or e.public_ip not in dsts:
+                repairs.append((f"fdb entry {e.mac} {'missing' if not dsts else 'wrong'}",
+                                FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip)))
+        for mac, dsts in fdbs.items():
+            if mac != ZERO_MAC:
+                repairs.extend((f"stale fdb entry {mac}", FdbDelete(index=self.dev_index, mac=mac, dst=dst))
+                               for dst in dsts if dst is not None)
+        return repairs
+
+    def _route_drift(self) -> list[tuple[str, object]]:
+        repairs: list[tuple[str, object]] = []
         routes = {r.dst: r for r in self.nl.routes(self.family)}
-        want_neigh: set[Address] = set()
-        want_mac: set[str] = set()
-        want_dst: set[Network] = set()
         for e in self.desired.values():
-            want_dst.add(e.dst)
-            r = routes.get(e.dst)
+            r = routes.pop(e.dst, None)
             if e.direct:
                 if r is None or r.gateway != e.gateway:
                     repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
                                     RouteReplace(dst=e.dst, gateway=e.gateway, oif=None, onlink=False)))
-                continue
-            assert e.public_ip is not None
-            want_neigh.add(e.gateway)
-            want_mac.add(e.mac)
-            n = neighs.get(e.gateway)
-            if n is None or n.lladdr != e.mac or not n.state & NUD_PERMANENT:
-                repairs.append((f"neighbour {e.gateway} {'missing' if n is None else 'wrong'}",
-                                NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac)))
-            dsts = fdbs.get(e.mac)
-            if not dsts or e.public_ip not in dsts:
-                repairs.append((f"fdb entry {e.mac} {'missing' if not dsts else 'wrong'}",
-                                FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip)))
-            if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
+            elif r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
-        for ip, n in neighs.items():
-            if ip not in want_neigh and n.state & NUD_PERMANENT:
-                repairs.append((f"stale neighbour {ip}", NeighDelete(index=self.dev_index, ip=ip)))
-        for mac, dsts in fdbs.items():
-            if mac not in want_mac and mac != ZERO_MAC:
-                for dst in dsts:
-                    if dst is not None:
-                        repairs.append((f"stale fdb entry {mac}", FdbDelete(index=self.dev_index, mac=mac, dst=dst)))
         for net, r in routes.items():
-            if r.oif == self.dev_index and net not in want_dst and _inside(net, self.cluster):
+            if r.oif == self.dev_index and _inside(net, self.cluster):
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         return repairs
 

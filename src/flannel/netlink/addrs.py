@@ -26,7 +26,7 @@ from flannel.netlink.wire import IPAddress
 __all__ = ["IFA_F_DEPRECATED", "IFA_F_PERMANENT", "IFA_F_TEMPORARY", "Addr"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Addr:
     """One address on one device."""
 

@@ -17,7 +17,7 @@ from flannel.netlink.wire import IPAddress
 __all__ = ["NTF_SELF", "FdbEntry", "Neigh"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neigh:
     """One neighbour-table entry."""
 
@@ -30,7 +30,7 @@ class Neigh:
     flags: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FdbEntry:
     """One forwarding-database entry of a device (``bridge fdb show dev DEV``)."""
 

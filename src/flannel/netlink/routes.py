@@ -26,7 +26,7 @@ from flannel.netlink.consts import (
 from flannel.netlink.wire import IPAddress, IPNetwork
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     """One route of a routing table."""
 
@@ -43,7 +43,7 @@ class Route:
     table: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteInfo:
     """What the kernel would do with a packet to one address (``ip route get``)."""
 

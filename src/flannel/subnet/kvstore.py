@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KV:
     """One key as stored in etcd."""
 
@@ -34,7 +34,7 @@ class WatchEventType(enum.Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WatchEvent:
     """One change seen by a watch."""
 
@@ -44,7 +44,7 @@ class WatchEvent:
     """The key after the change; for a delete only key and mod_revision are meaningful."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PutResult:
     """Outcome of a successful write."""
 

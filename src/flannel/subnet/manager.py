@@ -14,7 +14,7 @@ from flannel.config import NetworkConfig
 from flannel.lease import Lease, LeaseAttrs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WatchResult:
     """One step of the all-leases watch: either incremental events or a full snapshot.
 
