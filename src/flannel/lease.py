@@ -77,10 +77,13 @@ class LeaseAttrs:
         text = self.backend_v6_data if v6 else self.backend_data
         if not text:
             return {}
-        try:
-            return load_object(text, "BackendV6Data" if v6 else "BackendData")
-        except ValueError as exc:
-            raise LeaseDecodeError(str(exc)) from None
+        # The text was re-serialised by ``_raw`` from an already validated value (no duplicate keys, no NaN),
+        # so the plain C decoder is enough here; this runs once per peer per event.
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            name = "BackendV6Data" if v6 else "BackendData"
+            raise LeaseDecodeError(f"{name}: expected a JSON object, got {type(value).__name__}")
+        return value
 
 
 def _opt_ip(value: Any, version: int) -> IPv4Address | IPv6Address | None:

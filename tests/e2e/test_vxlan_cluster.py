@@ -195,3 +195,15 @@ def test_invalid_config_is_reported_and_a_fix_is_picked_up_without_restart(clust
     env = c.wait_ready(h5)
     assert env["FLANNEL_NETWORK"] == "10.50.0.0/16"
     c.stop_flanneld(h5)
+
+
+def test_unreachable_etcd_at_start_is_retried_and_reported(cluster: Cluster) -> None:
+    c = cluster
+    h6 = c.add_host(6)
+    c.start_flanneld(h6, "--etcd-endpoints=http://198.18.0.250:2379")
+    time.sleep(4)
+    assert h6.proc is not None and h6.proc.poll() is None, "flanneld must keep retrying, not exit"
+    assert not h6.subnet_file.exists()
+    log = h6.log_file.read_text()
+    assert "datastore unavailable" in log and "198.18.0.250:2379" in log
+    assert c.stop_flanneld(h6) == 0

@@ -112,3 +112,8 @@ def test_lease_without_this_family_needs_nothing() -> None:
     p = VXLANPlane(nl=None, family=socket.AF_INET6, dev_name="flannel-v6.1",  # type: ignore[arg-type]
                    cluster=IPv4Network("10.244.0.0/16"), own_subnet=IPv4Network("10.244.1.0/24"))
     assert p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}')) is None
+
+
+def test_vtep_mac_key_is_matched_case_insensitively_as_go_does() -> None:
+    e = plane().entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"vni":1,"vtepmac":"{MAC.upper()}"}}'))
+    assert e is not None and e.mac == MAC

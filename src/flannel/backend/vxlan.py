@@ -121,6 +121,11 @@ class VXLANNetwork:
         return self._mtu
 
     @property
+    def dev_names(self) -> dict[int, str]:
+        """Device names by index, for readable log lines."""
+        return {d.plane.dev_index: d.spec.name for d in self.devices}
+
+    @property
     def peers(self) -> int:
         """Number of remote leases currently programmed (on any family)."""
         return len({k for d in self.devices for k in d.plane.desired})
@@ -151,9 +156,9 @@ class VXLANNetwork:
                 else:
                     plane.desired[lease.key] = new
             if len(ops) >= OPS_PER_BATCH:
-                apply_ops(self.nl, ops)
+                apply_ops(self.nl, ops, names=self.dev_names)
                 ops = []
-        apply_ops(self.nl, ops)
+        apply_ops(self.nl, ops, names=self.dev_names)
 
     def reconcile(self) -> int:
         """Make the kernel match the leases: recreate missing devices, repair drift. Returns repairs made."""
@@ -173,7 +178,7 @@ class VXLANNetwork:
             if drift:
                 reasons = [r for r, _ in drift]
                 ops = [op for _, op in drift]
-                apply_ops(self.nl, ops, reasons)
+                apply_ops(self.nl, ops, reasons, names=self.dev_names)
                 repairs += len(drift)
         return repairs
 

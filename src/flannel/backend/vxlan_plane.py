@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannel.errors import LeaseDecodeError
+from flannel.gojson import fold
 from flannel.lease import Lease
 from flannel.netlink import (
     FdbDelete,
@@ -92,7 +93,9 @@ class VXLANPlane:
         if subnet is None or public is None or int(public) == 0:
             return None
         data = lease.attrs.backend_json(self.v6)
-        mac = data.get("VtepMAC", data.get("vtepmac"))
+        mac = data.get("VtepMAC")
+        if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
+            mac = fold(data, ["VNI", "VtepMAC"]).get("VtepMAC")
         if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
             field_name = "BackendV6Data" if self.v6 else "BackendData"
             raise LeaseDecodeError(f"{field_name}.VtepMAC is missing or not a MAC address: {mac!r}")
@@ -194,22 +197,30 @@ class VXLANPlane:
         return repairs
 
 
-def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None = None) -> int:
-    """Apply a batch, logging one line per kernel change and one warning per failure; return failures."""
+def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None = None,
+              names: dict[int, str] | None = None) -> int:
+    """Apply a batch, logging one line per kernel change and one warning per failure; return failures.
+
+    The success lines of a batch go out as one multi-line record (the klog formatter heads every line), so
+    that programming thousands of peers is not dominated by per-record logging overhead.
+    """
     if not ops:
         return 0
     results = nl.apply(ops)  # type: ignore[arg-type]
     failures = 0
+    done: list[str] = []
     for i, (op, err) in enumerate(zip(ops, results, strict=True)):
-        text = op.describe()  # type: ignore[attr-defined]
-        why = f" (repair: {reasons[i]})" if reasons else ""
+        text = op.describe(names)  # type: ignore[attr-defined]
         if err is None:
-            log.info("%s%s", text, why)
+            done.append(f"{text} (repair: {reasons[i]})" if reasons else text)
         elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and is_gone(err):
             log.debug("%s: already gone", text)
         else:
             failures += 1
             log.warning("%s failed: %s", text, err)
+    if done:
+        # Repairs mean something changed the kernel behind our back: worth a warning, not just info.
+        log.log(logging.WARNING if reasons else logging.INFO, "%s", "\n".join(done))
     return failures
 
 

@@ -23,7 +23,9 @@ class KlogFormatter(logging.Formatter):
         head = (f"{_LEVEL_CHAR.get(record.levelno, 'I')}{t.tm_mon:02d}{t.tm_mday:02d} "
                 f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{micros:06d} {os.getpid():7d} "
                 f"{record.filename}:{record.lineno}] ")
-        text = head + record.getMessage()
+        # A multi-line message is a batch of events (e.g. kernel changes): every line gets its own header so
+        # that each stays one greppable log line.
+        text = head + record.getMessage().replace("\n", "\n" + head)
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
