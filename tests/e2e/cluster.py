@@ -7,12 +7,17 @@ Layout (all inside namespaces; the root namespace is never touched):
 * ``<p>h<N>``: host N, ``eth0`` = 198.18.0.(10+N)/24, running ``flanneld``;
 * ``<p>h<N>p<M>``: pod M of host N, attached to the host's ``cni0`` bridge, addressed from subnet.env.
 
+With ``ipv6_network`` set (dual stack), the underlay also carries 2001:db8:198:18::/64 (documentation prefix;
+``br0`` ::1, host N ::(10+N), all ``nodad``, hosts' default v6 route via ``br0``), the network config enables
+IPv6, and pods also get an address from ``FLANNEL_IPV6_SUBNET``. etcd stays on IPv4.
+
 The prefix embeds the owning PID, so stale namespaces from a dead run can be told apart from a live one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import shutil
@@ -30,6 +35,8 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 NS_FAMILY = "fle"
 ETCD_IP = "198.18.0.2"
 ETCD_URL = f"http://{ETCD_IP}:2379"
+UNDERLAY_V6 = "2001:db8:198:18::"
+"""Underlay IPv6 /64 (documentation prefix), used only inside the namespaces of a dual-stack cluster."""
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -59,9 +66,12 @@ class Host:
     ns: str
     ip: str
     workdir: Path
+    ip6: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     pods: list[str] = field(default_factory=list)
+    pods6: list[str] = field(default_factory=list)
+    """IPv6 addresses of the pods (dual-stack clusters only), in the order of ``pods``."""
 
     @property
     def subnet_file(self) -> Path:
@@ -85,11 +95,13 @@ class Host:
 class Cluster:
     """Build, drive and tear down the namespaces, etcd and flanneld processes."""
 
-    def __init__(self, network: str = "10.244.0.0/16", backend: str = '{"Type":"vxlan"}') -> None:
+    def __init__(self, network: str = "10.244.0.0/16", backend: str = '{"Type":"vxlan"}',
+                 ipv6_network: str | None = None) -> None:
         cleanup_stale()
         self.prefix = f"{NS_FAMILY}{os.getpid()}x{os.urandom(2).hex()}"
         self.network = network
         self.backend = backend
+        self.ipv6_network = ipv6_network
         self.tmp = Path(tempfile.mkdtemp(prefix="flannel-e2e-"))
         self.hosts: dict[int, Host] = {}
         self.namespaces: list[str] = []
@@ -103,13 +115,19 @@ class Cluster:
         in_ns(name, "ip", "link", "set", "lo", "up")
         return name
 
-    def _plug(self, ns: str, ifname: str, cidr: str) -> None:
+    @property
+    def dual_stack(self) -> bool:
+        return self.ipv6_network is not None
+
+    def _plug(self, ns: str, ifname: str, cidr: str, cidr6: str | None = None) -> None:
         """Connect ``ns`` to the underlay bridge with a veth named ``ifname``."""
         peer = f"v{len(self.namespaces)}{os.urandom(2).hex()}"
         ul = f"{self.prefix}ul"
         in_ns(ul, "ip", "link", "add", peer, "type", "veth", "peer", "name", ifname, "netns", ns)
         in_ns(ul, "ip", "link", "set", peer, "master", "br0", "up")
         in_ns(ns, "ip", "addr", "add", cidr, "dev", ifname)
+        if cidr6 is not None:
+            in_ns(ns, "ip", "-6", "addr", "add", cidr6, "dev", ifname, "nodad")
         in_ns(ns, "ip", "link", "set", ifname, "up")
 
     def start(self) -> None:
@@ -117,6 +135,8 @@ class Cluster:
         ul = self._add_ns(f"{self.prefix}ul")
         in_ns(ul, "ip", "link", "add", "br0", "type", "bridge")
         in_ns(ul, "ip", "addr", "add", "198.18.0.1/24", "dev", "br0")
+        if self.dual_stack:
+            in_ns(ul, "ip", "-6", "addr", "add", f"{UNDERLAY_V6}1/64", "dev", "br0", "nodad")
         in_ns(ul, "ip", "link", "set", "br0", "up")
         ens = self._add_ns(f"{self.prefix}etcd")
         self._plug(ens, "eth0", f"{ETCD_IP}/24")
@@ -135,7 +155,8 @@ class Cluster:
             time.sleep(0.2)
         else:
             raise RuntimeError(f"etcd did not become healthy; log in {self.tmp / 'etcd.log'}")
-        self.put_config(f'{{"Network":"{self.network}","Backend":{self.backend}}}')
+        v6 = f'"EnableIPv6":true,"IPv6Network":"{self.ipv6_network}",' if self.dual_stack else ""
+        self.put_config(f'{{"Network":"{self.network}",{v6}"Backend":{self.backend}}}')
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return in_ns(f"{self.prefix}etcd", ETCDCTL, f"--endpoints={ETCD_URL}", *args, check=check,
@@ -152,12 +173,16 @@ class Cluster:
     def add_host(self, n: int) -> Host:
         ns = self._add_ns(f"{self.prefix}h{n}")
         ip = f"198.18.0.{10 + n}"
-        self._plug(ns, "eth0", f"{ip}/24")
+        ip6 = f"{UNDERLAY_V6}{10 + n}" if self.dual_stack else None
+        self._plug(ns, "eth0", f"{ip}/24", f"{ip6}/64" if ip6 else None)
         in_ns(ns, "ip", "route", "add", "default", "via", "198.18.0.1")
         in_ns(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if ip6 is not None:
+            in_ns(ns, "ip", "-6", "route", "add", "default", "via", f"{UNDERLAY_V6}1", "dev", "eth0")
+            in_ns(ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         workdir = self.tmp / f"h{n}"
         workdir.mkdir()
-        host = Host(n=n, ns=ns, ip=ip, workdir=workdir)
+        host = Host(n=n, ns=ns, ip=ip, workdir=workdir, ip6=ip6)
         self.hosts[n] = host
         return host
 
@@ -214,6 +239,15 @@ class Cluster:
         in_ns(ns, "ip", "link", "set", "eth0", "mtu", env["FLANNEL_MTU"], "up")
         in_ns(ns, "ip", "addr", "add", f"{pod_ip}/{plen}", "dev", "eth0")
         in_ns(ns, "ip", "route", "add", "default", "via", gw)
+        if "FLANNEL_IPV6_SUBNET" in env:
+            gw6_cidr = env["FLANNEL_IPV6_SUBNET"]
+            gw6 = ipaddress.IPv6Interface(gw6_cidr)
+            pod_ip6 = str(gw6.ip + m)
+            if m == 1:
+                in_ns(host.ns, "ip", "-6", "addr", "add", gw6_cidr, "dev", "cni0", "nodad")
+            in_ns(ns, "ip", "-6", "addr", "add", f"{pod_ip6}/{gw6.network.prefixlen}", "dev", "eth0", "nodad")
+            in_ns(ns, "ip", "-6", "route", "add", "default", "via", str(gw6.ip), "dev", "eth0")
+            host.pods6.append(pod_ip6)
         host.pods.append(pod_ip)
         return pod_ip
 
@@ -221,17 +255,22 @@ class Cluster:
         return f"{self.prefix}h{host.n}p{m}"
 
     def ping(self, src_ns: str, dst_ip: str, count: int = 1, timeout: int = 2) -> bool:
-        r = in_ns(src_ns, "ping", "-c", str(count), "-W", str(timeout), dst_ip, check=False,
+        family = ["-6"] if ":" in dst_ip else []
+        r = in_ns(src_ns, "ping", *family, "-c", str(count), "-W", str(timeout), dst_ip, check=False,
                   timeout=timeout * count + 5)
         return r.returncode == 0
 
-    def matrix(self) -> dict[tuple[str, str], bool]:
-        """Ping every pod from every pod; (src pod ip, dst pod ip) → reachable."""
-        pods = [(self.pod_ns(h, i + 1), ip) for h in self.hosts.values() for i, ip in enumerate(h.pods)]
+    def matrix(self, v6: bool = False) -> dict[tuple[str, str], bool]:
+        """Ping every pod from every pod; (src pod ip, dst pod ip) → reachable. ``v6``: over the pods' IPv6."""
+        pods = [(self.pod_ns(h, i + 1), ip) for h in self.hosts.values()
+                for i, ip in enumerate(h.pods6 if v6 else h.pods)]
         return {(s_ip, d_ip): self.ping(s_ns, d_ip) for s_ns, s_ip in pods for _, d_ip in pods if s_ip != d_ip}
 
     def routes(self, host: Host) -> str:
         return in_ns(host.ns, "ip", "route", "show").stdout
+
+    def routes6(self, host: Host) -> str:
+        return in_ns(host.ns, "ip", "-6", "route", "show").stdout
 
     # -- tearing down ---------------------------------------------------------------------------------
 

@@ -21,20 +21,30 @@ def _missing_tools() -> list[str]:
     return [tool for tool in ("etcd", "etcdctl", "ip", "bridge", "ping") if shutil.which(tool) is None]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def _cluster(**kwargs: str) -> Iterator[Cluster]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
     missing = _missing_tools()
     if missing:
         pytest.fail(f"missing tools: {', '.join(missing)} (make test installs them)")
-    c = Cluster()
+    c = Cluster(**kwargs)
     try:
         c.start()
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    yield from _cluster()
+
+
+@pytest.fixture(scope="module")
+def dual_stack_cluster() -> Iterator[Cluster]:
+    """Like ``cluster``, with an IPv6 underlay and ``EnableIPv6`` / ``IPv6Network`` in the config."""
+    yield from _cluster(ipv6_network="fd00:10:244::/56")
 
 
 def _root_state() -> tuple[str, str, str]:
