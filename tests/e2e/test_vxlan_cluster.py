@@ -141,6 +141,19 @@ def test_data_plane_survives_etcd_outage(three_hosts: Cluster) -> None:
         c.etcd.send_signal(signal.SIGCONT)
 
 
+def test_own_lease_deleted_while_running_is_taken_back(three_hosts: Cluster) -> None:
+    c = three_hosts
+    h2 = c.hosts[2]
+    key = subnet_of(h2).replace("/", "-")
+    before = c.leases()[key]
+    c.etcdctl("del", f"/coreos.com/network/subnets/{key}")
+    assert eventually(lambda: c.leases().get(key) == before, timeout=10), c.leases()
+    assert h2.proc is not None and h2.proc.poll() is None
+    assert eventually(lambda: all_reachable(c)), c.matrix()
+    ttl_line = c.etcdctl("get", f"/coreos.com/network/subnets/{key}", "-w", "fields").stdout
+    assert '"Lease" : 0' not in ttl_line, "the re-created key must hang off an etcd lease (TTL)"
+
+
 def test_sigkill_and_restart_keeps_the_same_subnet(three_hosts: Cluster) -> None:
     c = three_hosts
     h1 = c.hosts[1]

@@ -1,0 +1,82 @@
+"""The flanneld executable's exit statuses and messages for things that must fail before any I/O."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flannel.backend.base import BackendContext, create_backend
+from flannel.config import NetworkConfig
+from flannel.errors import ConfigError, NotImplementedYetError
+
+FLANNELD = str(Path(sys.executable).parent / "flanneld")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FLANNELD, *args], capture_output=True, text=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin"})
+
+
+def test_version_goes_to_stderr_and_exits_zero() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout == ""
+    assert r.stderr.startswith("v0.28.9")
+
+
+def test_unknown_flag_exits_2_with_usage() -> None:
+    r = run("--no-such-flag")
+    assert r.returncode == 2
+    assert "flag provided but not defined: -no-such-flag" in r.stderr
+    assert "-etcd-endpoints" in r.stderr
+
+
+def test_help_exits_zero() -> None:
+    r = run("-h")
+    assert r.returncode == 0 and "-etcd-prefix" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "what"),
+    [
+        ("--kube-subnet-mgr", "--kube-subnet-mgr"),
+        ("--ip-masq", "--ip-masq"),
+        ("--healthz-port=8080", "--healthz-port"),
+        ("--ip-blackhole-route", "--ip-blackhole-route"),
+        ("--iptables-forward-rules=true", "--iptables-forward-rules"),
+    ],
+)
+def test_flags_of_later_work_parse_then_fail_clearly(flag: str, what: str) -> None:
+    r = run(flag)
+    assert r.returncode == 1
+    assert "not implemented yet" in r.stderr and what in r.stderr
+
+
+def test_renew_margin_out_of_range_exits_1() -> None:
+    r = run("--subnet-lease-renew-margin=1440")
+    assert r.returncode == 1
+    assert "Invalid subnet-lease-renew-margin option, out of acceptable range" in r.stderr
+
+
+def test_env_flag_of_later_work_fails_the_same_way() -> None:
+    r = subprocess.run([FLANNELD], capture_output=True, text=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin", "FLANNELD_KUBE_SUBNET_MGR": "true"})
+    assert r.returncode == 1 and "not implemented yet" in r.stderr
+
+
+@pytest.mark.parametrize("backend", ["host-gw", "udp", "ipip", "wireguard", "ipsec", "extension", "alloc"])
+def test_other_backends_are_known_but_not_implemented_yet(backend: str) -> None:
+    with pytest.raises(NotImplementedYetError, match="not implemented yet"):
+        create_backend(BackendContext(None, None), NetworkConfig(backend_type=backend))  # type: ignore[arg-type]
+
+
+def test_unknown_backend_type_uses_upstream_text() -> None:
+    with pytest.raises(ConfigError, match="^unknown backend type: bogus$"):
+        create_backend(BackendContext(None, None), NetworkConfig(backend_type="bogus"))  # type: ignore[arg-type]
+
+
+def test_backend_type_lookup_is_case_insensitive() -> None:
+    with pytest.raises(NotImplementedYetError):
+        create_backend(BackendContext(None, None), NetworkConfig(backend_type="HOST-GW"))  # type: ignore[arg-type]
