@@ -73,7 +73,7 @@ def test_other_backends_are_known_but_not_implemented_yet(backend: str) -> None:
 
 
 def test_unknown_backend_type_uses_upstream_text() -> None:
-    with pytest.raises(ConfigError, match="^unknown backend type: bogus$"):
+    with pytest.raises(ConfigError, match=r"^unknown backend type: bogus$"):
         create_backend(BackendContext(None, None), NetworkConfig(backend_type="bogus"))  # type: ignore[arg-type]
 
 
