@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 import pytest
 
-from flannel.backend.vxlan_config import VXLANConfig, parse_vxlan_config
+from flannel.backend.vxlan_config import VXLANConfig, parse_vxlan_config, v6_device_mtu
 from flannel.backend.vxlan_plane import PeerEntries, VXLANPlane
 from flannel.errors import ConfigError, LeaseDecodeError
 from flannel.lease import Lease, LeaseAttrs
-from flannel.netlink import FdbDelete, FdbReplace, NeighDelete, NeighReplace, RouteDelete, RouteReplace
+from flannel.netlink import FdbDelete, FdbReplace, NeighDelete, NeighReplace, Route, RouteDelete, RouteReplace
 
 
 def test_vxlan_defaults_match_upstream() -> None:
@@ -117,3 +117,28 @@ def test_lease_without_this_family_needs_nothing() -> None:
 def test_vtep_mac_key_is_matched_case_insensitively_as_go_does() -> None:
     e = plane().entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"vni":1,"vtepmac":"{MAC.upper()}"}}'))
     assert e is not None and e.mac == MAC
+
+
+def test_v6_device_mtu_is_capped_at_what_the_kernel_allows_over_an_ipv6_underlay() -> None:
+    assert v6_device_mtu(1450, 1500) == 1430  # default: underlay - 50 asked, kernel allows underlay - 70
+    assert v6_device_mtu(1350, 1500) == 1350  # an explicit smaller MTU is kept
+    assert v6_device_mtu(8950, 9000) == 8930
+
+
+class _RoutesOnly:
+    def __init__(self, routes: list[Route]) -> None:
+        self._routes = routes
+
+    def routes(self, family: int) -> list[Route]:
+        return self._routes
+
+
+def test_v6_reconcile_keeps_the_kernel_route_of_the_device_address_and_drops_stale_ones() -> None:
+    own = IPv6Network("fd00:10:244:9::/64")
+    kernel = Route(dst=IPv6Network("fd00:10:244:9::/128"), gateway=None, oif=7, onlink=False, type=1, scope=0,
+                   protocol=2, table=254)
+    stale = Route(dst=IPv6Network("fd00:10:244:5::/64"), gateway=IPv6Address("fd00:10:244:5::"), oif=7,
+                  onlink=True, type=1, scope=0, protocol=3, table=254)
+    p = VXLANPlane(nl=_RoutesOnly([kernel, stale]), family=socket.AF_INET6,  # type: ignore[arg-type]
+                   dev_name="flannel-v6.1", cluster=IPv6Network("fd00:10:244::/56"), own_subnet=own, dev_index=7)
+    assert [op for _, op in p._route_drift()] == [RouteDelete(dst=stale.dst, oif=7)]

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from flannel.backend.base import BackendContext
-from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config
+from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config, v6_device_mtu
 from flannel.backend.vxlan_device import VXLANDeviceSpec, ensure_address, ensure_device
 from flannel.backend.vxlan_plane import VXLANPlane, apply_ops
 from flannel.config import NetworkConfig
@@ -57,7 +57,8 @@ class VXLANBackend:
         if config.enable_ipv4:
             specs[socket.AF_INET] = self._spec(self.cfg.device_name, ext.iface_addr, mtu)
         if config.enable_ipv6:
-            specs[socket.AF_INET6] = self._spec(self.cfg.v6_device_name, ext.iface_v6_addr, mtu)
+            specs[socket.AF_INET6] = self._spec(self.cfg.v6_device_name, ext.iface_v6_addr,
+                                                v6_device_mtu(mtu, ext.mtu))
         links = {}
         for fam, spec in specs.items():
             link = ensure_device(nl, spec)

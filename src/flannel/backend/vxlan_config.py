@@ -19,6 +19,17 @@ _FIELDS = ["Type", "VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting", "Ma
 _WINDOWS_ONLY = {"MacPrefix", "Name"}
 VXLAN_OVERHEAD = 50
 """Bytes of outer headers upstream subtracts from the MTU (⚠ it uses 50 even over an IPv6 underlay)."""
+VXLAN6_OVERHEAD = 70
+"""The kernel's headroom for a vxlan device over an IPv6 underlay (``VXLAN6_HEADROOM``)."""
+
+
+def v6_device_mtu(mtu: int, underlay_mtu: int) -> int:
+    """The MTU to give ``flannel-v6.<VNI>``: ``mtu``, capped at what the kernel allows over an IPv6 underlay.
+
+    Upstream asks for ``mtu`` (underlay − 50) and the kernel silently caps a new device at underlay − 70, but
+    it *rejects* (EINVAL) setting the larger MTU on an existing device, which adopting one on restart does.
+    """
+    return min(mtu, underlay_mtu - VXLAN6_OVERHEAD)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 NUD_PERMANENT = 0x80
+RTPROT_KERNEL = 2
+"""Routes the kernel made itself, e.g. the /128 prefix route of the v6 device's own address."""
 NTF_SELF = 0x02
 ZERO_MAC = "00:00:00:00:00:00"
 
@@ -192,7 +194,8 @@ class VXLANPlane:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
         for net, r in routes.items():
-            if r.oif == self.dev_index and _inside(net, self.cluster):
+            # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
+            if r.oif == self.dev_index and _inside(net, self.cluster) and r.protocol != RTPROT_KERNEL:
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         return repairs
 
