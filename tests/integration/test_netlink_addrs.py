@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from flannel.netlink import Netlink, NetlinkError, is_gone
+from flannel.netlink import Netlink, NetlinkError, VxlanSpec, is_gone
 from flannel.netlink.addrs import IFA_F_PERMANENT
 from tests.netns import UNDERLAY_IP, NetNS, netns_fixture  # noqa: F401
 
@@ -29,7 +29,7 @@ def test_addresses_lists_the_underlay_address_as_permanent(netns: NetNS) -> None
 
 def test_add_is_idempotent_and_delete_removes(netns: NetNS) -> None:
     with Netlink(netns.name) as nl:
-        link = nl.create_vxlan("flannel.1", 1, 0, None, 0, False, False, 1450, None)
+        link = nl.create_vxlan(VxlanSpec("flannel.1", 1, 0, None, 0, False, False, 1450, None))
         nl.add_address(link.index, IPv4Address("10.244.7.0"), 32)
         nl.add_address(link.index, IPv4Address("10.244.7.0"), 32)  # replace semantics: no EEXIST
         nl.add_address(link.index, IPv6Address("fd00:10:244:7::"), 128)

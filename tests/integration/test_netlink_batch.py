@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from flannel.netlink import FdbReplace, NeighReplace, Netlink, NetlinkError, Op, RouteDelete, RouteReplace
+from flannel.netlink import FdbReplace, NeighReplace, Netlink, NetlinkError, Op, RouteDelete, RouteReplace, VxlanSpec
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
@@ -17,7 +17,7 @@ POD_BASE, PUBLIC_BASE = int(IPv4Address("10.244.0.0")), int(IPv4Address("198.18.
 
 
 def _device(nl: Netlink) -> int:
-    link = nl.create_vxlan("flannel.1", 1, 0, IPv4Address("198.18.0.1"), 8472, False, False, 1450, None)
+    link = nl.create_vxlan(VxlanSpec("flannel.1", 1, 0, IPv4Address("198.18.0.1"), 8472, False, False, 1450, None))
     nl.set_link_up(link.index)
     return link.index
 

@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from flannel.netlink import Netlink, NetlinkError, is_exists, is_gone
+from flannel.netlink import Netlink, NetlinkError, VxlanSpec, is_exists, is_gone
 from tests.netns import UNDERLAY_IP, NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
@@ -24,15 +24,17 @@ def test_create_vxlan_sets_every_attribute_as_ip_would(netns: NetNS) -> None:
         eth0 = nl.link_by_name("eth0")
         assert eth0 is not None
         link = nl.create_vxlan(
-            "flannel.1",
-            vni=1,
-            underlay_index=eth0.index,
-            local=IPv4Address(UNDERLAY_IP),
-            port=8472,
-            learning=False,
-            gbp=True,
-            mtu=1450,
-            mac="0A:58:0a:f4:01:00",
+            VxlanSpec(
+                "flannel.1",
+                vni=1,
+                underlay_index=eth0.index,
+                local=IPv4Address(UNDERLAY_IP),
+                port=8472,
+                learning=False,
+                gbp=True,
+                mtu=1450,
+                mac="0A:58:0a:f4:01:00",
+            )
         )
     got = _info(netns, "flannel.1")
     assert got["ifindex"] == link.index
@@ -49,7 +51,7 @@ def test_create_vxlan_sets_every_attribute_as_ip_would(netns: NetNS) -> None:
 
 def test_vxlan_without_port_gets_the_kernel_default_8472(netns: NetNS) -> None:
     with Netlink(netns.name) as nl:
-        link = nl.create_vxlan("vx0", 42, 0, None, 0, True, False, 0, None)
+        link = nl.create_vxlan(VxlanSpec("vx0", 42, 0, None, 0, True, False, 0, None))
     assert link.vxlan is not None and link.vxlan.port == 8472 and link.vxlan.learning
     got = _info(netns, "vx0")
     assert got["port"] == 8472 and got["learning"] is True and "gbp" not in got and got["mtu"] == 1500
@@ -58,7 +60,7 @@ def test_vxlan_without_port_gets_the_kernel_default_8472(netns: NetNS) -> None:
 def test_vxlan_with_ipv6_local_uses_local6(netns: NetNS) -> None:
     with Netlink(netns.name) as nl:
         local = IPv6Address("fd00:198:18::1")
-        link = nl.create_vxlan("flannel-v6.1", 1, 0, local, 4789, False, False, 1430, None)
+        link = nl.create_vxlan(VxlanSpec("flannel-v6.1", 1, 0, local, 4789, False, False, 1430, None))
     assert link.vxlan is not None and link.vxlan.local == IPv6Address("fd00:198:18::1")
     got = _info(netns, "flannel-v6.1")
     assert got["local6"] == "fd00:198:18::1" and got["port"] == 4789 and got["mtu"] == 1430
@@ -92,7 +94,7 @@ def test_adopting_reads_a_device_created_by_ip(netns: NetNS) -> None:
         assert nl.link_by_index(link.index) == link
         assert link in nl.links()
         with pytest.raises(NetlinkError) as exc:
-            nl.create_vxlan("flannel.1", 1, 0, None, 0, False, False, 1450, None)
+            nl.create_vxlan(VxlanSpec("flannel.1", 1, 0, None, 0, False, False, 1450, None))
     assert is_exists(exc.value) and "link add flannel.1" in exc.value.op
 
 
@@ -104,7 +106,7 @@ def test_missing_links_are_none(netns: NetNS) -> None:
 
 def test_set_up_mtu_and_delete(netns: NetNS) -> None:
     with Netlink(netns.name) as nl:
-        link = nl.create_vxlan("vx1", 5, 0, None, 0, False, False, 1450, None)
+        link = nl.create_vxlan(VxlanSpec("vx1", 5, 0, None, 0, False, False, 1450, None))
         nl.set_link_mtu(link.index, 1400)
         nl.set_link_up(link.index)
         again = nl.link_by_index(link.index)

@@ -7,7 +7,7 @@ import select
 
 import pytest
 
-from flannel.netlink import LinkEvent, LinkMonitor, Netlink, link_events
+from flannel.netlink import LinkEvent, LinkMonitor, Netlink, VxlanSpec, link_events
 from tests.netns import NetNS, netns_factory_fixture, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
@@ -26,7 +26,7 @@ def _wait_for(mon: LinkMonitor, want: LinkEvent) -> list[LinkEvent]:
 def test_monitor_sees_creation_and_deletion(netns: NetNS) -> None:
     with LinkMonitor(netns.name) as mon, Netlink(netns.name) as nl:
         assert mon.read_events() == []  # non-blocking when nothing happened
-        link = nl.create_vxlan("flannel.1", 1, 0, None, 0, False, False, 1450, None)
+        link = nl.create_vxlan(VxlanSpec("flannel.1", 1, 0, None, 0, False, False, 1450, None))
         _wait_for(mon, LinkEvent("new", link.index, "flannel.1"))
         netns.ip("link", "del", "flannel.1")
         _wait_for(mon, LinkEvent("del", link.index, "flannel.1"))

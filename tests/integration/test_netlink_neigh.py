@@ -7,7 +7,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from flannel.netlink import FdbDelete, FdbReplace, NeighDelete, NeighReplace, Netlink, Op, is_gone
+from flannel.netlink import FdbDelete, FdbReplace, NeighDelete, NeighReplace, Netlink, Op, VxlanSpec, is_gone
 from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
@@ -17,7 +17,8 @@ VTEP, MAC, PUBLIC = IPv4Address("10.244.3.0"), "0a:58:0a:f4:03:00", IPv4Address(
 
 
 def _vxlan(nl: Netlink) -> int:
-    return nl.create_vxlan("flannel.1", 1, 0, IPv4Address("198.18.0.1"), 8472, False, False, 1450, None).index
+    spec = VxlanSpec("flannel.1", 1, 0, IPv4Address("198.18.0.1"), 8472, False, False, 1450, None)
+    return nl.create_vxlan(spec).index
 
 
 def _fdb_show(ns: NetNS) -> list[tuple[str, str | None, str]]:

@@ -16,6 +16,7 @@ from flannel.netlink import (
     Route,
     RouteDelete,
     RouteReplace,
+    VxlanSpec,
     is_gone,
 )
 from flannel.netlink.consts import RTN_BLACKHOLE, RTPROT_BOOT
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.root
 
 
 def _vxlan(nl: Netlink) -> int:
-    link = nl.create_vxlan("flannel.1", 1, 0, None, 0, False, False, 1450, None)
+    link = nl.create_vxlan(VxlanSpec("flannel.1", 1, 0, None, 0, False, False, 1450, None))
     nl.set_link_up(link.index)  # the kernel refuses onlink routes over a device that is down
     return link.index
 
@@ -111,7 +112,7 @@ def test_ipv6_route_neigh_and_fdb(netns: NetNS) -> None:
     netns.ip("addr", "add", "fd00:198:18::1/64", "dev", "eth0", "nodad")
     with Netlink(netns.name) as nl:
         local = IPv6Address("fd00:198:18::1")
-        link = nl.create_vxlan("flannel-v6.1", 1, 0, local, 0, False, False, 1430, None)
+        link = nl.create_vxlan(VxlanSpec("flannel-v6.1", 1, 0, local, 0, False, False, 1430, None))
         nl.set_link_up(link.index)
         ops: list[Op] = [
             NeighReplace(link.index, gw, mac),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -64,7 +65,7 @@ class VXLANBackend:
             link = ensure_device(nl, spec)
             links[fam] = link
             # The advertised MAC is the kernel's, so a recreated device keeps the one peers have programmed.
-            specs[fam] = spec = VXLANDeviceSpec(**{**spec.__dict__, "mac": link.mac})
+            specs[fam] = spec = dataclasses.replace(spec, mac=link.mac)
             data[fam] = compact({"VNI": self.cfg.vni, "VtepMAC": link.mac})
         attrs = LeaseAttrs(
             public_ip=ext.ext_addr if config.enable_ipv4 and ext.ext_addr else LeaseAttrs().public_ip,

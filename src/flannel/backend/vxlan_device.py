@@ -6,41 +6,22 @@ with its MAC (which remote nodes have programmed), while an incompatible one is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
-from flannel.netlink import Link, Netlink
+from flannel.netlink import Link, Netlink, VxlanSpec
+from flannel.netlink.links import vxlan_describe
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VXLAN_PORT = 8472
 
 
-@dataclass(frozen=True)
-class VXLANDeviceSpec:
-    """How the device should look."""
-
-    name: str
-    """Device name, ``flannel.<VNI>`` or ``flannel-v6.<VNI>``."""
-    vni: int
-    """VXLAN network identifier."""
-    underlay_index: int
-    """Index of the external interface the tunnel runs over."""
-    local: IPv4Address | IPv6Address | None
-    """Outer source address."""
-    port: int
-    """Destination UDP port; 0 for the kernel default."""
-    learning: bool
-    """Kernel FDB learning."""
-    gbp: bool
-    """Group Based Policy extension."""
-    mtu: int
-    """Device MTU (underlay MTU minus the VXLAN overhead)."""
-    mac: str | None = None
-    """MAC to create the device with; None for a random locally administered one."""
+VXLANDeviceSpec = VxlanSpec
+"""How the device should look: the netlink layer's own description of a VXLAN device."""
 
 
 def random_vtep_mac() -> str:
@@ -87,24 +68,10 @@ def ensure_device(nl: Netlink, spec: VXLANDeviceSpec) -> Link:
         log.warning("existing device %s cannot be adopted: %s; recreating it", spec.name, reason)
         nl.delete_link(link.index)
         log.info("link del %s", spec.name)
-    mac = spec.mac or random_vtep_mac()
-    link = nl.create_vxlan(
-        spec.name,
-        vni=spec.vni,
-        underlay_index=spec.underlay_index,
-        local=spec.local,
-        port=spec.port,
-        learning=spec.learning,
-        gbp=spec.gbp,
-        mtu=spec.mtu,
-        mac=mac,
-    )
-    log.info(
-        "link add %s address %s mtu %d type vxlan id %d dev-index %d local %s%s%s%s",
-        spec.name, mac, spec.mtu, spec.vni, spec.underlay_index, spec.local,
-        "" if spec.learning else " nolearning", f" dstport {spec.port}" if spec.port else "",
-        " gbp" if spec.gbp else "",
-    )
+    if not spec.mac:
+        spec = dataclasses.replace(spec, mac=random_vtep_mac())
+    link = nl.create_vxlan(spec)
+    log.info("%s", vxlan_describe(spec))
     _disable_accept_ra(spec.name)
     return link
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flannel.netlink.addrs import Addr
 from flannel.netlink.client import Netlink
 from flannel.netlink.errors import NetlinkError, is_exists, is_gone, is_unreachable
-from flannel.netlink.links import Link, VxlanInfo
+from flannel.netlink.links import Link, VxlanInfo, VxlanSpec
 from flannel.netlink.monitor import LinkEvent, LinkMonitor, link_events
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.ops import (
@@ -45,6 +45,7 @@ __all__ = [
     "RouteInfo",
     "RouteReplace",
     "VxlanInfo",
+    "VxlanSpec",
     "is_exists",
     "is_gone",
     "is_unreachable",

@@ -31,7 +31,7 @@ from flannel.netlink.consts import (
     RTM_NEWROUTE,
 )
 from flannel.netlink.errors import NetlinkError, is_gone, is_unreachable
-from flannel.netlink.links import Link
+from flannel.netlink.links import Link, VxlanSpec
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.routes import Route, RouteInfo
 from flannel.netlink.transport import Transport
@@ -70,23 +70,11 @@ class Netlink(Transport):
                 return links.parse_link(data, start, end)
         return None
 
-    def create_vxlan(
-        self,
-        name: str,
-        vni: int,
-        underlay_index: int,
-        local: IPAddress | None,
-        port: int,
-        learning: bool,
-        gbp: bool,
-        mtu: int,
-        mac: str | None,
-    ) -> Link:
+    def create_vxlan(self, spec: VxlanSpec) -> Link:
         """Create a VXLAN device (fails with EEXIST when the name is taken) and return it as created."""
-        args = (name, vni, underlay_index, local, port, learning, gbp, mtu, mac)
-        op = links.vxlan_describe(*args)
-        self._transact(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, links.vxlan_body(*args), op)
-        link = self.link_by_name(name)
+        op = links.vxlan_describe(spec)
+        self._transact(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, links.vxlan_body(spec), op)
+        link = self.link_by_name(spec.name)
         if link is None:  # deleted between the two requests by someone else
             raise NetlinkError(errno.ENODEV, op, "device vanished right after creation")
         return link

@@ -111,22 +111,38 @@ def ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
     return IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
 
 
-def vxlan_body(
-    name: str,
-    vni: int,
-    underlay_index: int,
-    local: IPAddress | None,
-    port: int,
-    learning: bool,
-    gbp: bool,
-    mtu: int,
-    mac: str | None,
-) -> bytes:
+@dataclass(frozen=True)
+class VxlanSpec:
+    """A VXLAN device as ``ip link add NAME [address MAC] mtu M type vxlan id VNI dev UNDERLAY ...`` makes it."""
+
+    name: str
+    """Device name."""
+    vni: int
+    """VXLAN network identifier."""
+    underlay_index: int
+    """Index of the device the tunnel runs over; 0 for none."""
+    local: IPAddress | None
+    """Outer source address."""
+    port: int
+    """Destination UDP port; 0 for the kernel default (8472)."""
+    learning: bool
+    """Kernel FDB learning."""
+    gbp: bool
+    """Group Based Policy extension."""
+    mtu: int
+    """Device MTU; 0 for the kernel's choice."""
+    mac: str | None = None
+    """MAC address; None for a random one chosen by the kernel."""
+
+
+def vxlan_body(spec: VxlanSpec) -> bytes:
     """RTM_NEWLINK body for ``ip link add NAME [address MAC] mtu M type vxlan id VNI dev UNDERLAY ...``.
 
     TTL and TOS are sent as 0 (inherit), like Go's netlink library does, so a device we create looks the
     same as one upstream flanneld created and is adopted across a switch between the two.
     """
+    name, vni, underlay_index, local, port = spec.name, spec.vni, spec.underlay_index, spec.local, spec.port
+    learning, gbp, mtu, mac = spec.learning, spec.gbp, spec.mtu, spec.mac
     data = [wire.attr_u32(IFLA_VXLAN_ID, vni)]
     if underlay_index:
         data.append(wire.attr_u32(IFLA_VXLAN_LINK, underlay_index))
@@ -152,24 +168,15 @@ def vxlan_body(
     return b"".join(parts)
 
 
-def vxlan_describe(
-    name: str,
-    vni: int,
-    underlay_index: int,
-    local: IPAddress | None,
-    port: int,
-    learning: bool,
-    gbp: bool,
-    mtu: int,
-    mac: str | None,
-) -> str:
+def vxlan_describe(spec: VxlanSpec) -> str:
     """The ``ip link add`` command equivalent to ``vxlan_body``, for logs and errors."""
-    text = f"link add {name}" + (f" address {mac}" if mac else "") + (f" mtu {mtu}" if mtu > 0 else "")
-    text += f" type vxlan id {vni}" + (f" dev #{underlay_index}" if underlay_index else "")
-    text += f" local {local}" if local is not None else ""
-    text += "" if learning else " nolearning"
-    text += f" dstport {port}" if port > 0 else ""
-    return text + (" gbp" if gbp else "")
+    text = f"link add {spec.name}" + (f" address {spec.mac}" if spec.mac else "")
+    text += f" mtu {spec.mtu}" if spec.mtu > 0 else ""
+    text += f" type vxlan id {spec.vni}" + (f" dev #{spec.underlay_index}" if spec.underlay_index else "")
+    text += f" local {spec.local}" if spec.local is not None else ""
+    text += "" if spec.learning else " nolearning"
+    text += f" dstport {spec.port}" if spec.port > 0 else ""
+    return text + (" gbp" if spec.gbp else "")
 
 
 def mtu_body(index: int, mtu: int) -> bytes:
