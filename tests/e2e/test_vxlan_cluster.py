@@ -220,3 +220,34 @@ def test_unreachable_etcd_at_start_is_retried_and_reported(cluster: Cluster) -> 
     log = h6.log_file.read_text()
     assert "datastore unavailable" in log and "198.18.0.250:2379" in log
     assert c.stop_flanneld(h6) == 0
+
+
+def test_invalid_backend_section_waits_for_a_fix(cluster: Cluster) -> None:
+    c = cluster
+    h7 = c.add_host(7)
+    c.etcdctl("put", "/badbackend/network/config", '{"Network":"10.70.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}')
+    c.start_flanneld(h7, "--etcd-prefix=/badbackend/network")
+    time.sleep(2.5)
+    assert h7.proc is not None and h7.proc.poll() is None
+    log = h7.log_file.read_text()
+    assert "/badbackend/network/config" in log and "Backend.VNI must be an integer" in log
+    c.etcdctl("put", "/badbackend/network/config", '{"Network":"10.70.0.0/16","Backend":{"Type":"vxlan","VNI":7}}')
+    assert c.wait_ready(h7)["FLANNEL_NETWORK"] == "10.70.0.0/16"
+    assert in_ns(h7.ns, "ip", "link", "show", "flannel.7", check=False).returncode == 0
+    assert c.stop_flanneld(h7) == 0
+
+
+def test_out_of_subnets_is_reported_and_waits_for_a_free_one(cluster: Cluster) -> None:
+    c = cluster
+    h8 = c.add_host(8)
+    # A /28 with /30 subnets holds 3 allocatable subnets (the first is skipped); reserve all three.
+    c.etcdctl("put", "/tiny/network/config", '{"Network":"10.80.0.0/28","Backend":{"Type":"vxlan"}}')
+    for n, sub in enumerate(("10.80.0.4-30", "10.80.0.8-30", "10.80.0.12-30")):
+        c.etcdctl("put", f"/tiny/network/subnets/{sub}", f'{{"PublicIP":"198.18.1.{n + 1}","PublicIPv6":null}}')
+    c.start_flanneld(h8, "--etcd-prefix=/tiny/network")
+    time.sleep(2.5)
+    assert h8.proc is not None and h8.proc.poll() is None, "a full range must not crash-loop flanneld"
+    assert "out of subnets in 10.80.0.4-10.80.0.12 (/30)" in h8.log_file.read_text()
+    c.etcdctl("del", "/tiny/network/subnets/10.80.0.8-30")
+    assert c.wait_ready(h8, timeout=40)["FLANNEL_SUBNET"] == "10.80.0.9/30"
+    assert c.stop_flanneld(h8) == 0

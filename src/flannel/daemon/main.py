@@ -18,7 +18,13 @@ from flannel import UPSTREAM_VERSION, __version__
 from flannel.daemon import flags
 from flannel.daemon.lifecycle import install_signal_handlers, notify_systemd, supervise, until_stopped
 from flannel.daemon.logs import setup_logging
-from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, NotImplementedYetError
+from flannel.errors import (
+    ConfigError,
+    DatastoreUnavailableError,
+    FlannelError,
+    NotImplementedYetError,
+    OutOfSubnetsError,
+)
 
 log = logging.getLogger("flanneld")
 T = TypeVar("T")
@@ -44,7 +50,8 @@ def not_implemented(opts: flags.Options) -> list[str]:
 
 
 async def retry(what: str, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, *, fixed: float | None = None) -> T:
-    """Call ``fn`` until it succeeds: config errors every ``fixed`` seconds, datastore errors with back-off.
+    """Call ``fn`` until it succeeds: config errors every ``fixed`` seconds, datastore errors and a full
+    subnet range with back-off.
 
     Every failure is logged with the reason; nothing else is touched meanwhile.
     """
@@ -59,29 +66,42 @@ async def retry(what: str, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, 
             log.error("%s: datastore unavailable: %s (retrying in %.0fs)", what, exc, delay)
             wait = delay
             delay = min(delay * 2, BACKOFF_CAP)
+        except OutOfSubnetsError as exc:
+            # Waiting beats a crash loop: a subnet frees up when another node's lease expires or is deleted.
+            log.error("%s: %s (retrying in %.0fs)", what, exc, delay)
+            wait = delay
+            delay = min(delay * 2, BACKOFF_CAP)
         stopped, _ = await until_stopped(asyncio.sleep(wait), stop)
         if stopped:
             raise asyncio.CancelledError
 
 
 async def run(opts: flags.Options) -> int:
-    from flannel.backend.base import BackendContext, create_backend
+    from flannel.backend.base import Backend, BackendContext, create_backend
+    from flannel.config import NetworkConfig
     from flannel.daemon.startup import build_subnet_manager, check_br_netfilter, select_external, write_env
 
     stop = asyncio.Event()
     install_signal_handlers(stop)
     sm = build_subnet_manager(opts)
-    try:
-        config = await retry("failed to retrieve network config", sm.get_network_config, stop,
-                             fixed=CONFIG_RETRY_SECONDS)
-        if config.backend_missing:
-            log.warning("network config has no Backend section: using upstream's default backend type 'udp'")
+    source = getattr(sm, "config_key", "network config")
+
+    async def load() -> tuple[NetworkConfig, Backend]:
+        """The config and the backend built from it; a bad Backend section is a config error like any other."""
+        config = await sm.get_network_config()
         if not (config.enable_ipv4 or config.enable_ipv6):
-            log.error("none defined stack")
-            return 1
+            raise FlannelError("none defined stack")
         check_br_netfilter(config)
         ext = select_external(opts, config)
-        backend = create_backend(BackendContext(sm, ext, float(opts.reconcile_interval)), config)
+        if config.backend_missing:
+            log.warning("%s has no Backend section: using upstream's default backend type 'udp'", source)
+        try:
+            return config, create_backend(BackendContext(sm, ext, float(opts.reconcile_interval)), config)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}", exc.field) from None
+
+    try:
+        config, backend = await retry("failed to retrieve network config", load, stop, fixed=CONFIG_RETRY_SECONDS)
         network = await retry("failed to register network", lambda: backend.register_network(config), stop)
         write_env(opts, config, network)
         log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
