@@ -137,13 +137,15 @@ class VXLANNetwork:
         ops: list[object] = []
         for ev in events:
             lease = ev.lease
-            if ev.type is EventType.ADDED and lease.attrs.backend_type != "vxlan":
+            foreign = ev.type is EventType.ADDED and lease.attrs.backend_type != "vxlan"
+            if foreign:
+                # Upstream ignores such a lease but keeps whatever it programmed for it before; a node that
+                # switched backends must not keep stale vxlan entries, so those are removed.
                 log.info("ignoring non-vxlan lease %s (BackendType %r)", lease.key, lease.attrs.backend_type)
-                continue
             for dev in self.devices:
                 plane = dev.plane
                 old = plane.desired.get(lease.key)
-                if ev.type is EventType.REMOVED:
+                if ev.type is EventType.REMOVED or foreign:
                     new = None
                 else:
                     try:
@@ -168,8 +170,10 @@ class VXLANNetwork:
         for dev in self.devices:
             plane = dev.plane
             link = self.nl.link_by_name(dev.spec.name)
-            if link is None or link.index != plane.dev_index:
-                log.warning("device %s is missing; recreating it with mac %s", dev.spec.name, dev.spec.mac)
+            if link is None or link.index != plane.dev_index or link.mac != dev.spec.mac:
+                # Also when it was recreated or re-addressed behind our back: peers send to the MAC we advertised.
+                what = "is missing" if link is None else f"changed (index {link.index}, mac {link.mac})"
+                log.warning("device %s %s; recreating it with mac %s", dev.spec.name, what, dev.spec.mac)
                 link = ensure_device(self.nl, dev.spec)
                 plane.dev_index = link.index
                 repairs += 1

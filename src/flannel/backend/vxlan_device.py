@@ -51,6 +51,8 @@ def incompatibility(link: Link, spec: VXLANDeviceSpec) -> str | None:
         return "it has l2miss set"
     if info.gbp != spec.gbp:
         return f"its GBP flag is {info.gbp}, want {spec.gbp}"
+    if spec.mac and link.mac != spec.mac.lower():  # only when recreating: the MAC peers have from our lease
+        return f"its mac is {link.mac}, want {spec.mac.lower()}"
     return None
 
 

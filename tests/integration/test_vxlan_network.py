@@ -1,0 +1,555 @@
+"""The vxlan backend against the real kernel: registration, lease events and reconcile, read back with ``ip -j``.
+
+Each test gets a fresh namespace (``tests.netns``) with a veth underlay ``eth0`` (198.18.0.1/24). The network
+is built through the real ``VXLANBackend(ctx, config).register_network(config)``, with a fake
+``SubnetManager`` that hands out a fixed lease, and lease events are fed to ``handle_events``/``reconcile``
+directly: no etcd. Only the link-monitor test drives ``run()``, with an in-test stream of watch results.
+
+How the backend ends up in the namespace: it opens ``Netlink()`` in the *caller's* namespace and writes the
+device's ``accept_ra`` sysctl through /proc, which is also resolved in the caller's namespace. So every call
+into the backend goes through ``Node.call``, which runs it with this thread moved into the test namespace by
+``flannel.netlink.nsenter.entered`` (setns there, setns back in a ``finally``). The Netlink socket stays bound
+to the namespace it was created in, so later calls would be safe anyway, but a recreated device writes
+``accept_ra`` again, and that must never reach the root namespace. The autouse fixture
+``_stays_in_own_namespace`` checks that the thread is back in its own namespace after every test. Reading back
+uses ``ip -n``/``ip netns exec``, which name the namespace explicitly and so work from anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, TypeVar
+
+import pytest
+
+from flannel.backend.base import BackendContext, ExternalInterface
+from flannel.backend.vxlan import VXLANBackend, VXLANNetwork
+from flannel.config import NetworkConfig, parse_network_config
+from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from flannel.netlink.nsenter import entered
+from flannel.subnet.manager import WatchResult
+from tests.netns import UNDERLAY_IP, NetNS, netns_fixture  # noqa: F401
+
+pytestmark = pytest.mark.root
+
+T = TypeVar("T")
+DEV = "flannel.1"
+CLUSTER = "10.0.0.0/8"
+OWN = IPv4Network("10.5.52.0/24")
+PEER_PUBLIC = "198.18.0.9"
+
+
+def _ns_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+@pytest.fixture(autouse=True)
+def _stays_in_own_namespace() -> Iterator[None]:
+    before = _ns_inode()
+    yield
+    assert _ns_inode() == before, "the test thread was left in another network namespace"
+
+
+# -- the network under test ------------------------------------------------------------------------------
+
+
+class FakeSubnetManager:
+    """Hands out one fixed lease and records the attributes it was asked to publish."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.attrs: list[LeaseAttrs] = []
+
+    async def get_network_config(self) -> NetworkConfig:
+        raise AssertionError("the backend must not read the config itself")
+
+    async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        self.attrs.append(attrs)
+        return dataclasses.replace(self.lease, attrs=attrs)
+
+    def watch_leases(self) -> Any:
+        raise AssertionError("events are fed directly in these tests")
+
+    async def complete_lease(self, lease: Lease) -> None:
+        raise AssertionError("not used")
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class Node:
+    """One registered vxlan network inside a namespace."""
+
+    ns: NetNS
+    sm: FakeSubnetManager
+    network: VXLANNetwork
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a backend call with this thread inside the namespace (see the module docstring)."""
+        with entered(self.ns.name):
+            return fn(*args)
+
+    def events(self, *events: LeaseEvent) -> None:
+        self.call(self.network.handle_events, list(events))
+
+    def apply(self, result: WatchResult) -> None:
+        """What ``run()`` does with one watch result."""
+        self.events(*self.network.tracker.apply(result))
+
+    def reconcile(self) -> int:
+        return self.call(self.network.reconcile)
+
+
+def ext_iface(ns: NetNS, dev: str = "eth0") -> ExternalInterface:
+    link = ns.ip_json("link", "show", "dev", dev)[0]
+    addr = IPv4Address(UNDERLAY_IP)
+    return ExternalInterface(name=dev, index=int(link["ifindex"]), mtu=int(link["mtu"]), iface_addr=addr,
+                             iface_v6_addr=None, ext_addr=addr, ext_v6_addr=None)
+
+
+RegisterFn = Callable[..., Node]
+
+
+@pytest.fixture
+def register(netns: NetNS) -> Iterator[RegisterFn]:
+    """``register(backend={...})`` builds the network in ``netns``; its netlink socket is closed afterwards."""
+    made: list[Node] = []
+
+    def make(backend: dict[str, Any] | None = None) -> Node:
+        backend = backend if backend is not None else {"Type": "vxlan"}
+        config = dataclasses.replace(parse_network_config(f'{{"Network":"{CLUSTER}"}}'),
+                                     backend_type="vxlan", backend=backend)
+        sm = FakeSubnetManager(Lease(subnet=OWN))
+        ctx = BackendContext(subnet_manager=sm, ext_iface=ext_iface(netns))
+        with entered(netns.name):
+            network = asyncio.run(VXLANBackend(ctx, config).register_network(config))
+        node = Node(netns, sm, network)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.network.nl.close()
+
+
+def mac_of(i: int) -> str:
+    return f"0a:58:00:{i >> 16 & 0xFF:02x}:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+def peer(i: int, public: str = PEER_PUBLIC, mac: str | None = None, data: str | None = None,
+         backend_type: str = "vxlan") -> Lease:
+    """Remote lease number ``i``: subnet 10.<100+i/256>.<i%256>.0/24, never the own 10.5.52.0/24."""
+    mac = mac or mac_of(i)
+    data = data if data is not None else f'{{"VNI":1,"VtepMAC":"{mac}"}}'
+    subnet = IPv4Network(f"10.{100 + (i >> 8)}.{i & 0xFF}.0/24")
+    return Lease(subnet=subnet, attrs=LeaseAttrs(public_ip=IPv4Address(public), backend_type=backend_type,
+                                                 backend_data=data))
+
+
+def added(lease: Lease) -> LeaseEvent:
+    return LeaseEvent(EventType.ADDED, lease)
+
+
+def removed(lease: Lease) -> LeaseEvent:
+    return LeaseEvent(EventType.REMOVED, lease)
+
+
+# -- reading the kernel back ----------------------------------------------------------------------------
+
+
+def link_info(ns: NetNS) -> dict[str, Any]:
+    link = ns.ip_json("-d", "link", "show", "dev", DEV)[0]
+    return dict(link, **link["linkinfo"]["info_data"], kind=link["linkinfo"]["info_kind"])
+
+
+def inet_addrs(ns: NetNS) -> list[tuple[str, int]]:
+    addrs = ns.ip_json("-4", "addr", "show", "dev", DEV)[0]["addr_info"]
+    return [(a["local"], a["prefixlen"]) for a in addrs]
+
+
+def neighs(ns: NetNS) -> set[tuple[str, str, str]]:
+    return {(n["dst"], n["lladdr"], ",".join(n["state"])) for n in ns.ip_json("neigh", "show", "dev", DEV)}
+
+
+def fdbs(ns: NetNS) -> set[tuple[str, str, str, bool]]:
+    return {(f["mac"], f["dst"], f["state"], "self" in f["flags"])
+            for f in ns.bridge_json("fdb", "show", "dev", DEV)}
+
+
+def routes(ns: NetNS) -> set[tuple[str, str, str, bool]]:
+    """Main-table routes to 10/8 (plus any on the device), as (dst, via, dev, onlink)."""
+    out = set()
+    for r in ns.ip_json("route", "show", "table", "main"):
+        if r["dst"].startswith("10.") or r.get("dev") == DEV:
+            out.add((r["dst"], r.get("gateway", ""), r["dev"], "onlink" in r.get("flags", [])))
+    return out
+
+
+def tunnel_entries(i: int, public: str = PEER_PUBLIC) -> tuple[Any, Any, Any]:
+    """The neighbour, FDB entry and route one tunnelled peer must have."""
+    lease = peer(i)
+    assert lease.subnet is not None
+    gw, mac = str(lease.subnet.network_address), mac_of(i)
+    return (gw, mac, "PERMANENT"), (mac, public, "permanent", True), (str(lease.subnet), gw, DEV, True)
+
+
+def expect_tunnel(ns: NetNS, *peers: int, public: str = PEER_PUBLIC) -> None:
+    want = [tunnel_entries(i, public) for i in peers]
+    assert neighs(ns) == {w[0] for w in want}
+    assert fdbs(ns) == {w[1] for w in want}
+    assert routes(ns) == {w[2] for w in want}
+
+
+def log_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [line for r in caplog.records if r.levelno == level for line in r.getMessage().splitlines()]
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="flannel")
+    return caplog
+
+
+# -- 1. registration --------------------------------------------------------------------------------------
+
+
+def test_register_creates_the_device_and_publishes_its_mac(netns: NetNS, register: RegisterFn) -> None:
+    netns.ip("link", "set", "eth0", "mtu", "1400")
+    node = register({"Type": "vxlan", "Port": 4789})
+
+    got = link_info(netns)
+    assert got["kind"] == "vxlan" and got["id"] == 1 and got["link"] == "eth0"
+    assert (got["local"], got["learning"], got["port"]) == (UNDERLAY_IP, False, 4789)
+    assert got["mtu"] == 1400 - 50 == node.network.mtu
+    assert "UP" in got["flags"]
+    assert inet_addrs(netns) == [("10.5.52.0", 32)]
+    accept_ra = netns.run(["cat", f"/proc/sys/net/ipv6/conf/{DEV}/accept_ra"]).stdout.strip()
+    assert accept_ra == "0"  # written inside the namespace, not the root one
+
+    mac = got["address"]
+    [attrs] = node.sm.attrs
+    assert attrs == LeaseAttrs(public_ip=IPv4Address(UNDERLAY_IP), backend_type="vxlan",
+                               backend_data=f'{{"VNI":1,"VtepMAC":"{mac}"}}')
+    assert attrs.to_json() == (f'{{"PublicIP":"{UNDERLAY_IP}","PublicIPv6":null,"BackendType":"vxlan",'
+                               f'"BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}')
+    assert node.network.lease.subnet == OWN and node.network.lease.attrs == attrs
+
+
+def test_default_port_is_8472(netns: NetNS, register: RegisterFn) -> None:
+    register()
+    assert link_info(netns)["port"] == 8472
+
+
+# -- 2. adopting or replacing an existing device ----------------------------------------------------------
+
+
+def _precreate(ns: NetNS, vni: int, mac: str) -> int:
+    ns.ip("link", "add", DEV, "address", mac, "mtu", "1200", "type", "vxlan", "id", str(vni), "dev", "eth0",
+          "local", UNDERLAY_IP, "dstport", "8472", "nolearning")
+    return ns.ifindex(DEV)
+
+
+def test_compatible_device_is_adopted_with_its_mac(netns: NetNS, register: RegisterFn,
+                                                   logs: pytest.LogCaptureFixture) -> None:
+    index = _precreate(netns, 1, "0a:58:aa:bb:cc:01")
+    netns.ip("addr", "add", "10.5.51.0/32", "dev", DEV)  # a previous lease's address: inside the cluster
+    netns.ip("addr", "add", "192.168.1.1/24", "dev", DEV)  # not flannel's business
+    node = register()
+    got = link_info(netns)
+    assert (got["ifindex"], got["address"]) == (index, "0a:58:aa:bb:cc:01")
+    assert sorted(inet_addrs(netns)) == [("10.5.52.0", 32), ("192.168.1.1", 24)]
+    assert got["mtu"] == 1450 and "UP" in got["flags"]  # the MTU is corrected in place
+    assert node.sm.attrs[0].backend_data == '{"VNI":1,"VtepMAC":"0a:58:aa:bb:cc:01"}'
+    assert any("adopting existing vxlan device flannel.1" in line for line in log_lines(logs, logging.INFO))
+
+
+def test_device_with_another_vni_is_replaced(netns: NetNS, register: RegisterFn,
+                                             logs: pytest.LogCaptureFixture) -> None:
+    index = _precreate(netns, 2, "0a:58:aa:bb:cc:02")
+    node = register()
+    got = link_info(netns)
+    assert got["id"] == 1 and got["ifindex"] != index and got["address"] != "0a:58:aa:bb:cc:02"
+    assert node.sm.attrs[0].backend_data == f'{{"VNI":1,"VtepMAC":"{got["address"]}"}}'
+    assert any("cannot be adopted: its VNI is 2, want 1" in line for line in log_lines(logs, logging.WARNING))
+
+
+# -- 3. lease events --------------------------------------------------------------------------------------
+
+
+def test_added_lease_programs_neighbour_fdb_and_onlink_route(netns: NetNS, register: RegisterFn,
+                                                             logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.events(added(peer(3)))
+    expect_tunnel(netns, 3)
+    assert log_lines(logs, logging.INFO)[-3:] == [
+        f"neigh replace 10.100.3.0 lladdr {mac_of(3)} dev flannel.1 nud permanent",
+        f"fdb replace {mac_of(3)} dev flannel.1 dst {PEER_PUBLIC} self permanent",
+        "route replace 10.100.3.0/24 via 10.100.3.0 dev flannel.1 onlink",
+    ]
+
+    logs.clear()
+    node.events(added(peer(3)))
+    assert log_lines(logs, logging.INFO) == []
+    expect_tunnel(netns, 3)
+
+
+def test_changed_vtep_mac_replaces_neighbour_and_fdb(netns: NetNS, register: RegisterFn,
+                                                     logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.events(added(peer(3)))
+    logs.clear()
+    node.events(added(peer(3, mac="0a:58:ff:ff:ff:03")))
+    assert neighs(netns) == {("10.100.3.0", "0a:58:ff:ff:ff:03", "PERMANENT")}
+    assert fdbs(netns) == {("0a:58:ff:ff:ff:03", PEER_PUBLIC, "permanent", True)}
+    assert routes(netns) == {("10.100.3.0/24", "10.100.3.0", DEV, True)}
+    assert f"fdb del {mac_of(3)} dev flannel.1 dst {PEER_PUBLIC} self" in log_lines(logs, logging.INFO)
+
+
+def test_moved_public_ip_moves_the_fdb_entry(netns: NetNS, register: RegisterFn) -> None:
+    node = register()
+    node.events(added(peer(3)))
+    node.events(added(peer(3, public="198.18.0.77")))
+    expect_tunnel(netns, 3, public="198.18.0.77")
+
+
+def test_removed_lease_deletes_all_three_entries(netns: NetNS, register: RegisterFn) -> None:
+    node = register()
+    node.events(added(peer(3)), added(peer(4)))
+    node.events(removed(peer(3)))
+    expect_tunnel(netns, 4)
+
+
+def test_lease_of_another_backend_type_is_ignored(netns: NetNS, register: RegisterFn,
+                                                  logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.events(added(peer(3, backend_type="host-gw")))
+    expect_tunnel(netns)
+    assert any("ignoring non-vxlan lease 10.100.3.0-24" in line for line in log_lines(logs, logging.INFO))
+
+
+def test_peer_switching_to_another_backend_loses_its_vxlan_entries(netns: NetNS, register: RegisterFn) -> None:
+    node = register()
+    node.events(added(peer(3)), added(peer(4)))
+    node.events(added(peer(3, backend_type="host-gw")))
+    expect_tunnel(netns, 4)
+
+
+@pytest.mark.parametrize("data", ['{"VNI":1}', '{"VNI":1,"VtepMAC":"not-a-mac"}', "[1]"])
+def test_malformed_backend_data_skips_only_that_lease(netns: NetNS, register: RegisterFn,
+                                                      logs: pytest.LogCaptureFixture, data: str) -> None:
+    node = register()
+    node.events(added(peer(3)), added(peer(4)))
+    node.events(added(peer(5, data=data)), added(peer(4, data=data)))
+    expect_tunnel(netns, 3, 4)  # 5 never programmed; 4 keeps the entries of its last good version
+    warnings = log_lines(logs, logging.WARNING)
+    assert any("skipping lease 10.100.5.0-24" in w and "BackendData" in w for w in warnings)
+    assert any("skipping lease 10.100.4.0-24" in w for w in warnings)
+
+
+def test_own_lease_is_filtered_by_the_tracker(netns: NetNS, register: RegisterFn) -> None:
+    node = register()
+    own = node.network.lease
+    node.apply(WatchResult(events=((True, own),)))
+    node.apply(WatchResult(snapshot=(own, peer(3))))
+    expect_tunnel(netns, 3)
+    node.apply(WatchResult(events=((False, own),)))
+    expect_tunnel(netns, 3)
+
+
+# -- 4. reconcile -----------------------------------------------------------------------------------------
+
+
+def test_reconcile_restores_entries_deleted_by_hand(netns: NetNS, register: RegisterFn,
+                                                    logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.apply(WatchResult(snapshot=(peer(3), peer(4))))
+    node.network.synced = True
+    netns.ip("route", "del", "10.100.3.0/24")
+    netns.ip("neigh", "del", "10.100.4.0", "dev", DEV)
+    logs.clear()
+    assert node.reconcile() == 2
+    expect_tunnel(netns, 3, 4)
+    warnings = log_lines(logs, logging.WARNING)
+    assert f"neigh replace 10.100.4.0 lladdr {mac_of(4)} dev flannel.1 nud permanent " \
+           "(repair: neighbour 10.100.4.0 missing)" in warnings
+    assert "route replace 10.100.3.0/24 via 10.100.3.0 dev flannel.1 onlink (repair: route to 10.100.3.0/24 missing)" \
+           in warnings
+    assert node.reconcile() == 0
+
+
+def test_stale_entries_are_removed_only_after_the_first_snapshot(netns: NetNS, register: RegisterFn,
+                                                                 logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    stale_mac = "0a:58:de:ad:00:09"
+    netns.ip("neigh", "replace", "10.9.9.0", "lladdr", stale_mac, "dev", DEV, "nud", "permanent")
+    netns.run(["bridge", "fdb", "append", stale_mac, "dev", DEV, "dst", "198.18.0.99", "self", "permanent"])
+    netns.ip("route", "replace", "10.9.9.0/24", "via", "10.9.9.0", "dev", DEV, "onlink")
+    netns.ip("route", "replace", "192.168.77.0/24", "dev", DEV)  # on the device, outside the cluster network
+    node.events(added(peer(3)))
+    stale = ({("10.9.9.0", stale_mac, "PERMANENT")}, {(stale_mac, "198.18.0.99", "permanent", True)},
+             {("10.9.9.0/24", "10.9.9.0", DEV, True), ("192.168.77.0/24", "", DEV, False)})
+    want = tunnel_entries(3)
+
+    assert node.reconcile() == 0  # no snapshot yet: unknown entries may belong to leases still to come
+    assert (neighs(netns), fdbs(netns), routes(netns)) == tuple({w} | s for w, s in zip(want, stale, strict=True))
+
+    node.network.synced = True
+    logs.clear()
+    assert node.reconcile() == 3
+    assert (neighs(netns), fdbs(netns)) == ({want[0]}, {want[1]})
+    assert routes(netns) == {want[2], ("192.168.77.0/24", "", DEV, False)}
+    warnings = log_lines(logs, logging.WARNING)
+    assert any(w.endswith("(repair: stale neighbour 10.9.9.0)") for w in warnings)
+    assert any(w.endswith(f"(repair: stale fdb entry {stale_mac})") for w in warnings)
+    assert any(w.endswith("(repair: stale route to 10.9.9.0/24)") for w in warnings)
+
+
+def test_entries_changed_by_hand_are_put_back(netns: NetNS, register: RegisterFn,
+                                              logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.apply(WatchResult(snapshot=(peer(3),)))
+    node.network.synced = True
+    netns.run(["bridge", "fdb", "replace", mac_of(3), "dev", DEV, "dst", "198.18.0.99", "self", "permanent"])
+    netns.ip("neigh", "replace", "10.100.3.0", "lladdr", "0a:58:de:ad:00:03", "dev", DEV, "nud", "permanent")
+    netns.ip("route", "replace", "10.100.3.0/24", "via", "198.18.0.3", "dev", "eth0")
+    logs.clear()
+    assert node.reconcile() == 3
+    expect_tunnel(netns, 3)
+    warnings = " ".join(log_lines(logs, logging.WARNING))
+    for what in ("neighbour 10.100.3.0 wrong", f"fdb entry {mac_of(3)} wrong", "route to 10.100.3.0/24 wrong"):
+        assert f"(repair: {what})" in warnings
+
+
+def test_device_deleted_by_hand_is_recreated_with_its_mac_and_entries(netns: NetNS, register: RegisterFn,
+                                                                      logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.apply(WatchResult(snapshot=(peer(3), peer(4))))
+    node.network.synced = True
+    before = link_info(netns)
+    netns.ip("link", "del", DEV)
+    assert node.reconcile() == 1 + 6
+    after = link_info(netns)
+    assert after["ifindex"] != before["ifindex"]
+    assert (after["address"], after["mtu"], after["id"], after["local"]) == (
+        before["address"], before["mtu"], 1, UNDERLAY_IP)
+    assert "UP" in after["flags"]
+    assert inet_addrs(netns) == [("10.5.52.0", 32)]
+    expect_tunnel(netns, 3, 4)
+    assert any(f"device flannel.1 is missing; recreating it with mac {before['address']}" in w
+               for w in log_lines(logs, logging.WARNING))
+    assert node.reconcile() == 0
+
+
+@pytest.mark.parametrize("how", ["recreated by hand", "changed in place"])
+def test_device_with_another_mac_than_advertised_is_replaced(netns: NetNS, register: RegisterFn, how: str) -> None:
+    node = register()
+    node.apply(WatchResult(snapshot=(peer(3),)))
+    node.network.synced = True
+    mac = link_info(netns)["address"]
+    if how == "recreated by hand":
+        netns.ip("link", "del", DEV)
+        _precreate(netns, 1, "0a:58:aa:bb:cc:09")
+    else:
+        netns.ip("link", "set", DEV, "address", "0a:58:aa:bb:cc:09")
+    assert node.reconcile() >= 1
+    assert link_info(netns)["address"] == mac  # peers send to the MAC in our lease: the device must have it
+    assert inet_addrs(netns) == [("10.5.52.0", 32)]
+    expect_tunnel(netns, 3)
+
+
+async def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_run_recreates_a_deleted_device_as_soon_as_the_link_monitor_sees_it(netns: NetNS,
+                                                                            register: RegisterFn) -> None:
+    node = register()
+    node.network.reconcile_interval = 600.0  # only the link monitor can trigger a repair within the test
+
+    def has_device() -> bool:
+        return netns.ip("link", "show", "dev", DEV, check=False).returncode == 0
+
+    async def scenario() -> None:
+        async def results() -> AsyncIterator[WatchResult]:
+            yield WatchResult(snapshot=(peer(3),))
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(node.network.run(results()))
+        try:
+            await _eventually(lambda: node.network.synced and len(routes(netns)) == 1)
+            mac = link_info(netns)["address"]
+            netns.ip("link", "del", DEV)
+            await _eventually(lambda: has_device() and len(routes(netns)) == 1)
+            assert link_info(netns)["address"] == mac
+            expect_tunnel(netns, 3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # The whole loop runs in the namespace: run() opens its link monitor in the caller's namespace.
+    node.call(asyncio.run, scenario())
+
+
+# -- 5. DirectRouting -------------------------------------------------------------------------------------
+
+
+def test_direct_routing_uses_the_underlay_for_on_link_peers_only(netns: NetNS, register: RegisterFn) -> None:
+    netns.ip("route", "add", "203.0.113.0/24", "via", "198.18.0.254", "dev", "eth0")
+    node = register({"Type": "vxlan", "DirectRouting": True})
+    node.events(added(peer(3, public="198.18.0.5")), added(peer(4, public="203.0.113.7")))
+    direct = ("10.100.3.0/24", "198.18.0.5", "eth0", False)
+    n4, f4, r4 = tunnel_entries(4, public="203.0.113.7")
+    assert (neighs(netns), fdbs(netns), routes(netns)) == ({n4}, {f4}, {direct, r4})
+
+    node.network.synced = True
+    netns.ip("route", "del", "10.100.3.0/24")
+    assert node.reconcile() == 1
+    assert routes(netns) == {direct, r4}
+
+    node.events(removed(peer(3, public="198.18.0.5")))
+    assert (neighs(netns), fdbs(netns), routes(netns)) == ({n4}, {f4}, {r4})
+
+
+def test_direct_routing_follows_a_peer_moving_on_and_off_link(netns: NetNS, register: RegisterFn) -> None:
+    netns.ip("route", "add", "203.0.113.0/24", "via", "198.18.0.254", "dev", "eth0")
+    node = register({"Type": "vxlan", "DirectRouting": True})
+    node.events(added(peer(3, public="203.0.113.7")))
+    expect_tunnel(netns, 3, public="203.0.113.7")
+    node.events(added(peer(3, public="198.18.0.5")))
+    assert (neighs(netns), fdbs(netns)) == (set(), set())
+    assert routes(netns) == {("10.100.3.0/24", "198.18.0.5", "eth0", False)}
+    node.events(added(peer(3, public="203.0.113.7")))
+    expect_tunnel(netns, 3, public="203.0.113.7")
+
+
+# -- 6. thousands of peers --------------------------------------------------------------------------------
+
+
+def test_two_thousand_peers_in_one_snapshot_then_half_removed(netns: NetNS, register: RegisterFn) -> None:
+    node = register()
+    peers = [peer(i, public=f"198.18.{1 + (i >> 8)}.{i & 0xFF}") for i in range(2000)]
+    node.apply(WatchResult(snapshot=tuple(peers)))
+    assert len(neighs(netns)) == len(fdbs(netns)) == len(routes(netns)) == 2000
+    assert node.network.peers == 2000
+
+    node.network.synced = True
+    assert node.reconcile() == 0
+
+    node.apply(WatchResult(snapshot=tuple(peers[::2])))
+    kept = {str(p.subnet) for p in peers[::2]}
+    assert {r[0] for r in routes(netns)} == kept
+    assert {n[0] for n in neighs(netns)} == {str(p.subnet.network_address) for p in peers[::2] if p.subnet}
+    assert {f[0] for f in fdbs(netns)} == {mac_of(i) for i in range(0, 2000, 2)}
+    assert node.network.peers == 1000
