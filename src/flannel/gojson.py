@@ -37,6 +37,9 @@ def load_object(data: str | bytes, what: str) -> dict[str, Any]:
         value = loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what}: invalid JSON: {exc}") from None
+    except RecursionError:
+        # Python's decoder gives up on deep nesting far earlier than Go's; either way it is not a usable value.
+        raise ValueError(f"{what}: JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
     return value

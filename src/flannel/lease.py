@@ -71,6 +71,8 @@ class LeaseAttrs:
             )
         except ValueError as exc:
             raise LeaseDecodeError(str(exc)) from None
+        except RecursionError:  # re-serialising a value nested just below the decoder's limit
+            raise LeaseDecodeError("lease value: JSON nested too deeply") from None
 
     def backend_json(self, v6: bool = False) -> dict[str, Any]:
         """The backend data decoded as an object (``{}`` when absent); ``LeaseDecodeError`` if not an object."""
@@ -79,7 +81,10 @@ class LeaseAttrs:
             return {}
         # The text was re-serialised by ``_raw`` from an already validated value (no duplicate keys, no NaN),
         # so the plain C decoder is enough here; this runs once per peer per event.
-        value = json.loads(text)
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise LeaseDecodeError(f"{'BackendV6Data' if v6 else 'BackendData'}: {exc}") from None
         if not isinstance(value, dict):
             name = "BackendV6Data" if v6 else "BackendData"
             raise LeaseDecodeError(f"{name}: expected a JSON object, got {type(value).__name__}")

@@ -308,6 +308,21 @@ async def test_out_of_subnets(store: FakeStore) -> None:
         await manager(store).acquire_lease(attrs("1.1.1.1"))
 
 
+@pytest.mark.parametrize("seed", range(5))
+async def test_key_with_an_unreadable_value_still_occupies_its_subnet(store: FakeStore, seed: int) -> None:
+    store.raw_put(f"{P}/config", '{"Network":"192.168.0.0/28"}')
+    store.raw_put(f"{P}/subnets/192.168.0.4-30", "not json", 0)
+    store.raw_put(f"{P}/subnets/192.168.0.8-30", '{"PublicIP":"9.9.9.9","BackendData":' + "[" * 3000 + "]" * 3000 + "}")
+    lease = await manager(store, rng=random.Random(seed)).acquire_lease(attrs("1.1.1.1"))
+    assert lease.subnet == IPv4Network("192.168.0.12/30")
+
+
+async def test_previous_subnet_with_an_unreadable_value_is_not_reused(store: FakeStore) -> None:
+    store.raw_put(f"{P}/subnets/10.5.200.0-24", "garbage", 0)
+    lease = await manager(store, previous_subnet=IPv4Network("10.5.200.0/24")).acquire_lease(attrs())
+    assert lease.subnet != IPv4Network("10.5.200.0/24")
+
+
 async def test_ipv6_only_is_refused_with_etcd(store: FakeStore) -> None:
     store.raw_put(f"{P}/config", '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}')
     with pytest.raises(ConfigError, match="IPv6-only"):
@@ -364,7 +379,7 @@ async def test_watch_skips_an_undecodable_event_and_keeps_the_others(
     await it.aclose()  # type: ignore[attr-defined]
 
 
-async def test_watch_relists_after_compaction_and_after_a_lost_watch(store: FakeStore) -> None:
+async def test_watch_relists_after_compaction_but_resumes_after_a_lost_watch(store: FakeStore) -> None:
     tracker = LeaseTracker()
     it = manager(store).watch_leases()
     tracker.apply(await next_result(it))
@@ -380,11 +395,13 @@ async def test_watch_relists_after_compaction_and_after_a_lost_watch(store: Fake
     await asyncio.sleep(0.02)
     store.failing.add("get_prefix")
     store.break_watches()
-    await asyncio.sleep(0.1)  # a few back-off rounds with etcd "down"
+    await asyncio.sleep(0.1)  # a few back-off rounds with the watch "down"
     store.raw_put(f"{P}/subnets/10.5.6.0-24", '{"PublicIP":"9.9.9.6"}', 0)
     store.failing.clear()
     result = await pending
-    assert result.snapshot is not None and len(result.snapshot) == 2
+    # No re-list (listing is even failing): the watch resumed from the last revision and saw the put.
+    assert result.snapshot is None
+    assert [(added, lease.key) for added, lease in result.events] == [(True, "10.5.6.0-24")]
     await it.aclose()  # type: ignore[attr-defined]
 
 
@@ -420,6 +437,26 @@ async def test_lease_is_renewed_before_expiry_with_a_fresh_etcd_lease(store: Fak
     await wait_for(lambda: len([p for p in store.puts if p[0] == key]) >= 2)
     assert store.data[key].lease_id != first_lease_id
     assert store.data[key].value == b'{"PublicIP":"1.2.3.4","PublicIPv6":null}'
+    await stop(task)
+
+
+async def test_own_lease_watch_after_compaction_does_not_spin(store: FakeStore) -> None:
+    m = manager(store)
+    lease = await m.acquire_lease(attrs())
+    store.raw_put(f"{P}/unrelated", "x")  # the store moves on past the own key's revision...
+    store.compact()  # ...and forgets the history before now
+    calls = 0
+    original = store.get_prefix
+
+    async def counting(prefix: str) -> tuple[list[KV], int]:
+        nonlocal calls
+        calls += 1
+        return await original(prefix)
+
+    store.get_prefix = counting  # type: ignore[method-assign]
+    task = await run_keeper(m, lease)
+    await asyncio.sleep(0.3)
+    assert calls <= 2, f"the own-lease watch re-read its key {calls} times in 0.3 s"
     await stop(task)
 
 

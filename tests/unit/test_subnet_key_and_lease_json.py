@@ -257,3 +257,9 @@ def test_load_object_keeps_last_duplicate_in_document_order() -> None:
 def test_load_object_rejects_non_objects_and_non_go_json(text: str) -> None:
     with pytest.raises(ValueError):
         load_object(text, "thing")
+
+
+def test_absurdly_nested_backend_data_is_a_decode_error_not_a_crash() -> None:
+    deep = '{"PublicIP":"1.2.3.4","BackendData":' + "[" * 100000 + "]" * 100000 + "}"
+    with pytest.raises(LeaseDecodeError):
+        LeaseAttrs.from_json(deep)

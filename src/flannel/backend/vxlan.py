@@ -211,6 +211,7 @@ class VXLANNetwork:
     async def _reconcile_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.reconcile_interval)
+                async with asyncio.timeout(self.reconcile_interval):
+                    await self._kick.wait()
             self._kick.clear()
             self.reconcile()

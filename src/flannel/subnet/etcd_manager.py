@@ -14,7 +14,6 @@ keep the wire format and fix the behaviour:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import posixpath
@@ -42,10 +41,6 @@ def join_key(*parts: str) -> str:
     """Join and clean key paths as Go's ``path.Join`` does (duplicate and trailing slashes removed)."""
     joined = posixpath.normpath(posixpath.join(*parts))
     return "/" + joined.lstrip("/") if joined.startswith("//") else joined
-
-
-TTL_CONCURRENCY = 16
-"""TimeToLive calls in flight at once while listing leases."""
 
 
 class EtcdSubnetManager:
@@ -97,28 +92,28 @@ class EtcdSubnetManager:
 
     async def list_leases(self) -> tuple[list[Lease], int]:
         """Every decodable lease under ``<prefix>/subnets/`` and the revision of the listing (§6.2)."""
-        kvs, revision = await self.store.get_prefix(self.subnets_prefix + "/")
-        ttls = await self._ttls({kv.lease_id for kv in kvs})
-        leases = [lease for kv in kvs if (lease := self._decode(kv, ttls.get(kv.lease_id, -1)))]
+        leases, _, revision = await self._list()
         return leases, revision
 
-    async def _ttls(self, lease_ids: set[int]) -> dict[int, int]:
-        """TimeToLive of each distinct etcd lease, with a bounded number of calls in flight.
+    async def _list(self) -> tuple[list[Lease], list[Lease], int]:
+        """Decodable leases, placeholders for subnet keys whose value is unreadable, and the revision.
 
-        Thousands of concurrent gRPC calls cost tens of MiB of memory for no gain in speed (measured:
-        2000 at once raised peak RSS by 51 MiB), so at most ``TTL_CONCURRENCY`` run at a time.
+        Upstream asks etcd for each key's TimeToLive here; remote expirations are never used (only this
+        node's own, which the lease keeper tracks), so we skip thousands of round trips and leave them 0.
+        Unreadable keys still occupy their subnet: allocation must never hand it out.
         """
-        ids = [i for i in lease_ids if i]
-        out: dict[int, int] = {}
+        kvs, revision = await self.store.get_prefix(self.subnets_prefix + "/")
+        leases: list[Lease] = []
+        unreadable: list[Lease] = []
+        for kv in kvs:
+            lease = self._decode(kv)
+            if lease is not None:
+                leases.append(lease)
+            elif (subnets := parse_subnet_key(kv.key)) is not None:
+                unreadable.append(Lease(subnets[0], subnets[1], revision=kv.mod_revision))
+        return leases, unreadable, revision
 
-        async def worker(chunk: list[int]) -> None:
-            for lease_id in chunk:
-                out[lease_id] = await self.store.time_to_live(lease_id)
-
-        await asyncio.gather(*(worker(ids[k::TTL_CONCURRENCY]) for k in range(TTL_CONCURRENCY)))
-        return out
-
-    def _decode(self, kv: KV, ttl: int) -> Lease | None:
+    def _decode(self, kv: KV) -> Lease | None:
         """The lease stored at ``kv``, or ``None`` (with a warning naming the key) when it cannot be read."""
         subnets = parse_subnet_key(kv.key)
         if subnets is None:
@@ -129,9 +124,7 @@ class EtcdSubnetManager:
         except LeaseDecodeError as exc:
             log.warning("skipping lease %s: %s", kv.key, exc)
             return None
-        reserved = kv.lease_id == 0
-        expiration = 0.0 if reserved else self.clock() + ttl
-        return Lease(subnets[0], subnets[1], attrs, expiration, kv.mod_revision, reserved)
+        return Lease(subnets[0], subnets[1], attrs, 0.0, kv.mod_revision, reserved=kv.lease_id == 0)
 
     async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
         """Get this node a lease (§6.3): reuse by public IP, else the previous subnet, else a free one."""
@@ -142,15 +135,17 @@ class EtcdSubnetManager:
                     "IPv6-only networks are not supported with etcd: subnet keys need an IPv4 part",
                     "EnableIPv4",
                 )
-            leases, _ = await self.list_leases()
-            lease = await self._try_acquire(cfg, leases, attrs)
+            leases, unreadable, _ = await self._list()
+            lease = await self._try_acquire(cfg, leases, unreadable, attrs)
             if lease is not None:
                 self.own_lease = lease
                 return lease
             log.info("subnet taken by another node meanwhile; retrying (attempt %d of %d)", attempt, RACE_RETRIES)
         raise FlannelError("max retries reached trying to acquire a subnet")
 
-    async def _try_acquire(self, cfg: NetworkConfig, leases: list[Lease], attrs: LeaseAttrs) -> Lease | None:
+    async def _try_acquire(
+        self, cfg: NetworkConfig, leases: list[Lease], unreadable: list[Lease], attrs: LeaseAttrs
+    ) -> Lease | None:
         """One attempt; ``None`` when another node created the chosen key first."""
         mine = [lease for lease in leases if attrs.public_ip != UNSET_IPV4 and lease.attrs.public_ip == attrs.public_ip]
         for lease in mine:
@@ -163,8 +158,14 @@ class EtcdSubnetManager:
             log.info("deleting lease %s of this node: it does not fit the network config", key)
             await self.store.delete(key)
             leases.remove(lease)
-        chosen = self._previous(cfg, leases) or pick_subnets(cfg, leases, self.rng)
-        return await self.create(chosen[0], chosen[1], attrs)
+        taken = leases + unreadable
+        previous = self._previous(cfg, taken)
+        chosen = previous or pick_subnets(cfg, taken, self.rng)
+        created = await self.create(chosen[0], chosen[1], attrs)
+        if created is None and previous is not None:
+            log.info("previous subnet %s was taken meanwhile; choosing another", previous[0])
+            self.previous_subnet = self.previous_ipv6_subnet = None
+        return created
 
     async def _reuse(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
         """Re-publish a lease that already carries our public IP; a reservation stays without TTL."""
@@ -206,32 +207,40 @@ class EtcdSubnetManager:
         return Lease(v4, v6, attrs, self.clock() + res.ttl, res.revision)
 
     async def watch_leases(self) -> AsyncIterator[WatchResult]:
-        """A snapshot, then incremental events; a fresh snapshot after compaction or a lost watch (§6.5)."""
+        """A snapshot, then incremental events (§6.5).
+
+        A lost watch resumes from the last revision seen, so nothing is missed and nothing is re-listed;
+        only compaction (the revision is gone) forces a fresh listing and snapshot. Every retry backs off,
+        and the back-off resets only once events flow again.
+        """
         backoff = Backoff(self.timings)
+        revision: int | None = None
         while True:
             try:
-                leases, revision = await self.list_leases()
-                yield WatchResult(snapshot=tuple(leases))
-                backoff.reset()
+                if revision is None:
+                    leases, revision = await self.list_leases()
+                    yield WatchResult(snapshot=tuple(leases))
                 watch = self.store.watch(self.subnets_prefix + "/", revision + 1, prefix=True)
                 async with contextlib.aclosing(watch):
                     async for batch in watch:
+                        if not batch:
+                            continue
                         backoff.reset()
-                        events = [e for ev in batch if (e := await self._event(ev)) is not None]
+                        revision = max(revision, *(ev.kv.mod_revision for ev in batch))
+                        events = [e for ev in batch if (e := self._event(ev)) is not None]
                         if events:
                             yield WatchResult(events=tuple(events))
             except CompactedError as exc:
-                log.warning("lease watch on %s: %s; re-listing", self.subnets_prefix, exc)
+                log.warning("lease watch on %s: %s; re-listing in %.1fs", self.subnets_prefix, exc, backoff.next_delay)
+                revision = None
+                await backoff.sleep()
             except DatastoreUnavailableError as exc:
                 log.warning(
-                    "lease watch on %s lost (%s); re-listing in %.1fs",
-                    self.subnets_prefix,
-                    exc,
-                    backoff.next_delay,
+                    "lease watch on %s lost (%s); resuming in %.1fs", self.subnets_prefix, exc, backoff.next_delay
                 )
                 await backoff.sleep()
 
-    async def _event(self, ev: WatchEvent) -> tuple[bool, Lease] | None:
+    def _event(self, ev: WatchEvent) -> tuple[bool, Lease] | None:
         """The lease event for one watch event; ``None`` (with a warning naming the key) if undecodable."""
         if ev.type is WatchEventType.DELETE:
             subnets = parse_subnet_key(ev.kv.key)
@@ -239,7 +248,7 @@ class EtcdSubnetManager:
                 log.warning("ignoring deletion of %s: not a subnet key", ev.kv.key)
                 return None
             return False, Lease(subnets[0], subnets[1], revision=ev.kv.mod_revision)
-        lease = self._decode(ev.kv, await self.store.time_to_live(ev.kv.lease_id))
+        lease = self._decode(ev.kv)
         return None if lease is None else (True, lease)
 
     async def complete_lease(self, lease: Lease) -> None:

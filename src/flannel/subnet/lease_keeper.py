@@ -118,8 +118,10 @@ class LeaseKeeper:
                 continue
             delay = expiry.at - self._m.renew_margin - self._m.clock()
             if delay > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races the event
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(expiry.changed.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await expiry.changed.wait()
                     continue  # the watch learnt a new expiry: reschedule
             try:
                 res = await self._m.store.put(key, value, self._m.ttl)
@@ -136,21 +138,25 @@ class LeaseKeeper:
         backoff = Backoff(self._m.timings)
         while True:
             try:
-                kv = await self._m.store.get(key)
+                # Watch from the store's current revision, not the key's own (possibly day-old) one, which
+                # etcd may have compacted away: that would fail at once and spin.
+                kvs, revision = await self._m.store.get_prefix(key)
+                kv = next((item for item in kvs if item.key == key), None)
                 if kv is None:
                     return "key not found"
                 await self._note(kv, expiry)
-                backoff.reset()
-                watch = self._m.store.watch(key, kv.mod_revision + 1, prefix=False)
+                watch = self._m.store.watch(key, revision + 1, prefix=False)
                 async with contextlib.aclosing(watch):
                     async for batch in watch:
-                        backoff.reset()
+                        if batch:
+                            backoff.reset()
                         for ev in batch:
                             if ev.type is WatchEventType.DELETE:
                                 return "deleted or expired"
                             await self._note(ev.kv, expiry)
             except CompactedError as exc:
-                log.info("watch on own lease %s: %s; re-reading it", key, exc)
+                log.info("watch on own lease %s: %s; re-reading it in %.1fs", key, exc, backoff.next_delay)
+                await backoff.sleep()
             except DatastoreUnavailableError as exc:
                 log.warning("watch on own lease %s lost (%s); retrying in %.1fs", key, exc, backoff.next_delay)
                 await backoff.sleep()
