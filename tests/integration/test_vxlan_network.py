@@ -275,7 +275,8 @@ def test_device_with_another_vni_is_replaced(netns: NetNS, register: RegisterFn,
     index = _precreate(netns, 2, "0a:58:aa:bb:cc:02")
     node = register()
     got = link_info(netns)
-    assert got["id"] == 1 and got["ifindex"] != index and got["address"] != "0a:58:aa:bb:cc:02"
+    # Replaced, but with the MAC peers already know (a Go-made device with another local address keeps it too).
+    assert got["id"] == 1 and got["ifindex"] != index and got["address"] == "0a:58:aa:bb:cc:02"
     assert node.sm.attrs[0].backend_data == f'{{"VNI":1,"VtepMAC":"{got["address"]}"}}'
     assert any("cannot be adopted: its VNI is 2, want 1" in line for line in log_lines(logs, logging.WARNING))
 
@@ -553,3 +554,40 @@ def test_two_thousand_peers_in_one_snapshot_then_half_removed(netns: NetNS, regi
     assert {n[0] for n in neighs(netns)} == {str(p.subnet.network_address) for p in peers[::2] if p.subnet}
     assert {f[0] for f in fdbs(netns)} == {mac_of(i) for i in range(0, 2000, 2)}
     assert node.network.peers == 1000
+
+
+# -- 7. hardening against bad records and odd kernels ---------------------------------------------------
+
+
+@pytest.mark.parametrize("subnet", ["0.0.0.0/0", "10.0.0.0/8", "192.168.7.0/24", str(OWN)])
+def test_lease_outside_the_cluster_or_on_our_subnet_is_never_routed(netns: NetNS, register: RegisterFn,
+                                                                   logs: pytest.LogCaptureFixture,
+                                                                   subnet: str) -> None:
+    netns.ip("route", "add", "default", "via", "198.18.0.254", "dev", "eth0")
+    node = register()
+    node.events(added(peer(3)))
+    bad = dataclasses.replace(peer(4), subnet=IPv4Network(subnet))
+    node.events(added(bad))
+    expect_tunnel(netns, 3)
+    assert netns.ip("route", "show", "default").stdout.strip() == "default via 198.18.0.254 dev eth0"
+    assert any("is not a peer subnet" in line for line in log_lines(logs, logging.WARNING))
+
+
+def test_direct_routing_peer_behind_a_blackhole_route_is_tunnelled_not_fatal(netns: NetNS,
+                                                                            register: RegisterFn) -> None:
+    netns.ip("route", "add", "blackhole", "203.0.113.0/24")
+    node = register({"Type": "vxlan", "DirectRouting": True})
+    node.events(added(peer(3, public="203.0.113.7")), added(peer(4, public="198.18.0.5")))
+    n3, f3, r3 = tunnel_entries(3, public="203.0.113.7")
+    assert (neighs(netns), fdbs(netns)) == ({n3}, {f3})
+    assert r3 in routes(netns) and ("10.100.4.0/24", "198.18.0.5", "eth0", False) in routes(netns)
+
+
+def test_learned_fdb_entries_are_not_swept_as_stale(netns: NetNS, register: RegisterFn) -> None:
+    node = register({"Type": "vxlan", "Learning": True})
+    node.events(added(peer(3)))
+    node.network.synced = True
+    learned = ["0a:58:99:99:99:99", "dev", "flannel.1", "dst", "198.18.0.77", "self", "dynamic"]
+    netns.run(["bridge", "fdb", "add", *learned])
+    assert node.reconcile() == 0
+    assert "0a:58:99:99:99:99" in netns.run(["bridge", "fdb", "show", "dev", "flannel.1"]).stdout

@@ -150,7 +150,7 @@ class VXLANNetwork:
                 else:
                     try:
                         new = plane.entries_for(lease)
-                    except LeaseDecodeError as exc:
+                    except (LeaseDecodeError, ValueError) as exc:
                         log.warning("skipping lease %s: %s (its current entries are left as they are)",
                                     lease.key, exc)
                         continue

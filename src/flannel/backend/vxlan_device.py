@@ -70,6 +70,9 @@ def ensure_device(nl: Netlink, spec: VXLANDeviceSpec) -> Link:
         log.warning("existing device %s cannot be adopted: %s; recreating it", spec.name, reason)
         nl.delete_link(link.index)
         log.info("link del %s", spec.name)
+        if not spec.mac and link.mac:
+            # Keep the MAC peers already know (e.g. a device made by Go flanneld with another local address).
+            spec = dataclasses.replace(spec, mac=link.mac)
     if not spec.mac:
         spec = dataclasses.replace(spec, mac=random_vtep_mac())
     link = nl.create_vxlan(spec)

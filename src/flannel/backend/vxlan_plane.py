@@ -24,20 +24,20 @@ from flannel.netlink import (
     NeighDelete,
     NeighReplace,
     Netlink,
+    NetlinkError,
     RouteDelete,
     RouteReplace,
     is_gone,
 )
+from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT
 
 log = logging.getLogger(__name__)
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-NUD_PERMANENT = 0x80
 RTPROT_KERNEL = 2
 """Routes the kernel made itself, e.g. the /128 prefix route of the v6 device's own address."""
-NTF_SELF = 0x02
 ZERO_MAC = "00:00:00:00:00:00"
 
 
@@ -94,6 +94,10 @@ class VXLANPlane:
         public: Address | None = lease.attrs.public_ipv6 if self.v6 else lease.attrs.public_ip
         if subnet is None or public is None or int(public) == 0:
             return None
+        # Never route what is not a peer's share of the cluster network: a hand-written key such as
+        # 0.0.0.0-0 would otherwise replace the host's default route (upstream programs it blindly).
+        if not _inside(subnet, self.cluster) or subnet.overlaps(self.own_subnet):
+            raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
         data = lease.attrs.backend_json(self.v6)
         mac = data.get("VtepMAC")
         if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
@@ -107,7 +111,12 @@ class VXLANPlane:
                            public_ip=public)
 
     def _on_link(self, public: Address) -> bool:
-        info = self.nl.route_get(public)
+        """True when the kernel reaches ``public`` without a gateway (DirectRouting applies)."""
+        try:
+            info = self.nl.route_get(public)
+        except NetlinkError as exc:  # e.g. a blackhole or prohibit route: not on-link, tunnel instead
+            log.warning("route lookup for %s failed (%s); using the vxlan tunnel for it", public, exc)
+            return False
         return info is not None and info.gateway is None
 
     def ops_for_change(self, old: PeerEntries | None, new: PeerEntries | None) -> list[object]:
@@ -168,7 +177,9 @@ class VXLANPlane:
         repairs: list[tuple[str, object]] = []
         fdbs: dict[str, list[Address | None]] = {}
         for f in self.nl.fdb(self.dev_index):
-            fdbs.setdefault(f.mac, []).append(f.dst)
+            # Only permanent entries on the device itself are ours; learned ones (Backend.Learning) are not.
+            if f.flags & NTF_SELF and f.state & NUD_PERMANENT:
+                fdbs.setdefault(f.mac, []).append(f.dst)
         for e in tunnel:
             assert e.public_ip is not None
             dsts = fdbs.pop(e.mac, None)

@@ -92,7 +92,10 @@ async def run(opts: flags.Options) -> int:
         if not (config.enable_ipv4 or config.enable_ipv6):
             raise FlannelError("none defined stack")
         check_br_netfilter(config)
-        ext = select_external(opts, config)
+        try:
+            ext = select_external(opts, config)
+        except ConfigError as exc:  # a bad --iface-regex or --public-ip: no config change can fix a flag
+            raise FlannelError(str(exc)) from None
         if config.backend_missing:
             log.warning("%s has no Backend section: using upstream's default backend type 'udp'", source)
         try:
@@ -126,16 +129,10 @@ async def run(opts: flags.Options) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit status."""
     try:
-        opts = flags.parse_args(sys.argv[1:] if argv is None else argv, os.environ)
-    except flags.HelpRequested:
-        print(flags.usage_text())
-        return 0
-    except flags.VersionRequested:
-        print(f"{UPSTREAM_VERSION} (flannel-py {__version__})", file=sys.stderr)
-        return 0
-    except flags.UsageError as exc:
-        print(f"flanneld: {exc}\n\n{flags.usage_text()}", file=sys.stderr)
-        return 2
+        opts = flags.parse_or_exit(sys.argv[1:] if argv is None else argv, os.environ,
+                                   version_text=f"{UPSTREAM_VERSION} (flannel-py {__version__})")
+    except SystemExit as exc:  # help, version, or a usage error (2): already printed
+        return int(exc.code or 0)
     setup_logging(opts.v)
     try:
         flags.validate(opts)
@@ -146,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         log.error("not implemented yet in this release: %s", ", ".join(missing))
         return 1
+    if opts.iptables_forward_rules:
+        log.warning("FORWARD accept rules are not installed yet (--iptables-forward-rules is on by default): "
+                    "if this host's FORWARD policy is DROP, cross-host pod traffic is dropped")
     try:
         return asyncio.run(run(opts))
     except (ConfigError, NotImplementedYetError) as exc:

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 def build_subnet_manager(opts: Options) -> EtcdSubnetManager:
     """The etcd subnet manager, remembering the previous subnets from the old subnet file (spec §6.3)."""
     previous = read_previous(opts.subnet_file)
-    store = EtcdStore(EtcdStoreOptions(
-        endpoints=[e for e in opts.etcd_endpoints.split(",") if e],
+    store = EtcdStore(EtcdStoreOptions.from_flag(
+        opts.etcd_endpoints,
         keyfile=opts.etcd_keyfile,
         certfile=opts.etcd_certfile,
         cafile=opts.etcd_cafile,
