@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from flannel import UPSTREAM_VERSION, __version__
+from flannel.backoff import Backoff
 from flannel.daemon import flags
 from flannel.daemon.lifecycle import install_signal_handlers, notify_systemd, supervise, until_stopped
 from flannel.daemon.logs import setup_logging
@@ -55,22 +56,20 @@ async def retry(what: str, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, 
 
     Every failure is logged with the reason; nothing else is touched meanwhile.
     """
-    delay = BACKOFF_START
+    backoff = Backoff(BACKOFF_START, BACKOFF_CAP)
     while True:
         try:
             return await fn()
         except ConfigError as exc:
             log.error("%s: %s", what, exc)
-            wait = fixed if fixed is not None else delay
+            wait = fixed if fixed is not None else backoff.advance()
         except DatastoreUnavailableError as exc:
-            log.error("%s: datastore unavailable: %s (retrying in %.0fs)", what, exc, delay)
-            wait = delay
-            delay = min(delay * 2, BACKOFF_CAP)
+            wait = backoff.advance()
+            log.error("%s: datastore unavailable: %s (retrying in %.0fs)", what, exc, wait)
         except OutOfSubnetsError as exc:
             # Waiting beats a crash loop: a subnet frees up when another node's lease expires or is deleted.
-            log.error("%s: %s (retrying in %.0fs)", what, exc, delay)
-            wait = delay
-            delay = min(delay * 2, BACKOFF_CAP)
+            wait = backoff.advance()
+            log.error("%s: %s (retrying in %.0fs)", what, exc, wait)
         stopped, _ = await until_stopped(asyncio.sleep(wait), stop)
         if stopped:
             raise asyncio.CancelledError

@@ -22,12 +22,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 
+from flannel.backoff import Backoff
 from flannel.config import NetworkConfig, check_network_config, compatible_subnet, parse_network_config
 from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, LeaseDecodeError
 from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
 from flannel.subnet.allocate import overlaps_any, pick_subnets
 from flannel.subnet.kvstore import KV, CompactedError, KVStore, WatchEvent, WatchEventType
-from flannel.subnet.lease_keeper import Backoff, EtcdManagerTimings, LeaseKeeper
+from flannel.subnet.lease_keeper import EtcdManagerTimings, LeaseKeeper
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class EtcdSubnetManager:
         only compaction (the revision is gone) forces a fresh listing and snapshot. Every retry backs off,
         and the back-off resets only once events flow again.
         """
-        backoff = Backoff(self.timings)
+        backoff = Backoff(self.timings.backoff_initial, self.timings.backoff_max)
         revision: int | None = None
         while True:
             try:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from flannel.backoff import Backoff
 from flannel.config import compatible_subnet
 from flannel.errors import DatastoreUnavailableError, LeaseDecodeError, LeaseRevokedError
 from flannel.lease import Lease, LeaseAttrs
@@ -35,27 +36,6 @@ class EtcdManagerTimings:
     """First delay before re-watching after a lost watch."""
     backoff_max: float = 5.0
     """Cap of the doubling re-watch delay."""
-
-
-class Backoff:
-    """Capped doubling delay between reconnections; ``reset()`` after a success."""
-
-    def __init__(self, timings: EtcdManagerTimings) -> None:
-        self._initial = timings.backoff_initial
-        self._max = timings.backoff_max
-        self._next = self._initial
-
-    @property
-    def next_delay(self) -> float:
-        """The delay the next ``sleep()`` waits."""
-        return self._next
-
-    def reset(self) -> None:
-        self._next = self._initial
-
-    async def sleep(self) -> None:
-        delay, self._next = self._next, min(self._next * 2, self._max)
-        await asyncio.sleep(delay)
 
 
 class _Expiry:
@@ -135,7 +115,7 @@ class LeaseKeeper:
 
     async def _watch_own(self, key: str, expiry: _Expiry) -> str:
         """Follow the own key; return when it is deleted, expired, or found missing."""
-        backoff = Backoff(self._m.timings)
+        backoff = Backoff(self._m.timings.backoff_initial, self._m.timings.backoff_max)
         while True:
             try:
                 # Watch from the store's current revision, not the key's own (possibly day-old) one, which
@@ -171,7 +151,7 @@ class LeaseKeeper:
 
     async def _reacquire(self, lost: Lease) -> Lease:
         """Put the lost lease back with a fresh TTL if its subnet is still ours to take."""
-        backoff = Backoff(self._m.timings)
+        backoff = Backoff(self._m.timings.backoff_initial, self._m.timings.backoff_max)
         while True:
             try:
                 return await self._try_reacquire(lost)
