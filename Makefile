@@ -8,7 +8,7 @@ PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping procps \
                 containernetworking-plugins iperf3 python3-venv python3-dev ca-certificates
 
-.PHONY: all deps venv demo test lint unit integration e2e bench clean
+.PHONY: all deps venv demo demo-clean test lint unit integration e2e bench clean
 
 all: test
 
@@ -31,6 +31,10 @@ venv: deps $(VENV)/.installed
 
 demo: venv
 	$(PY) demo/demo.py
+
+# Removes what `make demo KEEP=1` left running.
+demo-clean:
+	$(PY) demo/clean.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench demo

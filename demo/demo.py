@@ -47,10 +47,8 @@ def main() -> int:
               f" ({sum(matrix.values())}/{len(matrix)} pairs)")
         if keep:
             print(f"\nKEEP=1: left running. Explore with: ip netns exec {cluster.prefix}h1 ip route")
-            print(f"Logs and subnet files: {cluster.tmp}. Remove with: "
-                  f"delete the {cluster.prefix}* namespaces and kill the flanneld/etcd PIDs:")
-            print("  " + " ".join(str(h.proc.pid) for h in cluster.hosts.values() if h.proc)
-                  + (f" {cluster.etcd.pid}" if cluster.etcd else ""))
+            print(f"Logs and subnet files: {cluster.tmp}")
+            print("Remove everything with: make demo-clean")
     finally:
         if not keep:
             cluster.close()
