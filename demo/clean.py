@@ -48,8 +48,10 @@ def main() -> int:
     for pid in stopped:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for tmp in Path(tempfile.gettempdir()).glob("flannel-e2e-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in Path(tempfile.gettempdir()).glob(f"flannel-e2e-{NS_FAMILY}*"):
+        m = re.match(rf"^flannel-e2e-{NS_FAMILY}(\d+)x", tmp.name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"removed {removed} namespaces")
     return 0
 

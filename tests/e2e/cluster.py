@@ -102,7 +102,7 @@ class Cluster:
         self.network = network
         self.backend = backend
         self.ipv6_network = ipv6_network
-        self.tmp = Path(tempfile.mkdtemp(prefix="flannel-e2e-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"flannel-e2e-{self.prefix}-"))
         self.hosts: dict[int, Host] = {}
         self.namespaces: list[str] = []
         self.etcd: subprocess.Popen[bytes] | None = None
