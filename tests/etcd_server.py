@@ -1,8 +1,9 @@
 """A real, throw-away etcd server for integration tests.
 
-Starts Debian's ``/usr/bin/etcd`` on 127.0.0.1 with free ports and a temporary data directory, optionally
-with TLS and client-certificate authentication (certificates made here with ``cryptography``), and stops it
-by PID. The store under test talks gRPC to it exactly as it would to a production cluster.
+Starts Debian's ``/usr/bin/etcd`` on a loopback address (127.0.0.1 unless told) with free ports and a
+temporary data directory, optionally with TLS and client-certificate authentication (certificates made here
+with ``cryptography``; servers on other addresses can share one CA), and stops it by PID. The store under
+test talks gRPC to it exactly as it would to a production cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +39,10 @@ class TlsFiles:
 
     ca: Path
     """CA certificate that signed both the server and the client certificate."""
+    ca_key: Path
+    """The CA's private key, so that servers on other addresses can get certificates from the same CA."""
     server_cert: Path
-    """Server certificate for 127.0.0.1 and localhost."""
+    """Server certificate for the names given to ``make_tls_files`` (127.0.0.1 and localhost by default)."""
     server_key: Path
     """Server private key."""
     client_cert: Path
@@ -47,8 +51,11 @@ class TlsFiles:
     """Client private key."""
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """Generate a CA, a server certificate (127.0.0.1, localhost) and a client certificate."""
+def make_tls_files(
+    directory: Path, names: Sequence[str] = ("localhost", "127.0.0.1"), ca: TlsFiles | None = None
+) -> TlsFiles:
+    """Generate a server certificate whose SAN holds exactly ``names`` (IP addresses or DNS names), and a
+    client certificate, both signed by ``ca``'s CA, or by a new CA when ``ca`` is ``None``."""
     now = datetime.datetime.now(datetime.UTC)
 
     def key() -> ec.EllipticCurvePrivateKey:
@@ -71,36 +78,43 @@ def make_tls_files(directory: Path) -> TlsFiles:
             .not_valid_after(now + datetime.timedelta(days=1))
         )
 
-    ca_key = key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flannel-test-ca")])
-    ca = (
-        build("flannel-test-ca", ca_key, None, ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+    if ca is not None:
+        ca_cert = x509.load_pem_x509_certificate(ca.ca.read_bytes())
+        loaded = serialization.load_pem_private_key(ca.ca_key.read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
+    else:
+        ca_key = key()
+        ca_cert = (
+            build("flannel-test-ca", ca_key, None, ca_key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
         )
-        .sign(ca_key, hashes.SHA256())
-    )
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
     server_key = key()
     server = (
-        build("localhost", server_key, ca_name, ca_key)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        build(names[0], server_key, ca_name, ca_key)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
@@ -115,6 +129,7 @@ def make_tls_files(directory: Path) -> TlsFiles:
     )
     files = TlsFiles(
         ca=directory / "ca.pem",
+        ca_key=directory / "ca-key.pem",
         server_cert=directory / "server.pem",
         server_key=directory / "server-key.pem",
         client_cert=directory / "client.pem",
@@ -130,18 +145,19 @@ def make_tls_files(directory: Path) -> TlsFiles:
             )
         )
 
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
     files.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    write_key(files.ca_key, ca_key)
     write_key(files.server_key, server_key)
     write_key(files.client_key, client_key)
     return files
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the kernel's pick)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now on ``host`` (the kernel's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -152,9 +168,11 @@ class EtcdServer:
     workdir: Path
     """Temporary directory holding the data dir and certificates; removed on stop."""
     client_port: int
-    """Port of the client URL on 127.0.0.1."""
+    """Port of the client URL on ``host``."""
     tls: TlsFiles | None = None
     """Certificates when the server requires TLS client certificates."""
+    host: str = "127.0.0.1"
+    """Loopback address the server listens on (client and peer URLs)."""
     proc: subprocess.Popen[bytes] | None = None
     """The etcd process."""
     user: tuple[str, str] | None = None
@@ -163,7 +181,7 @@ class EtcdServer:
     @property
     def endpoint(self) -> str:
         """The client URL as flanneld takes it (``http://127.0.0.1:P`` or ``https://...``)."""
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def etcdctl(self, *args: str, check: bool = True, stdin: bytes | None = None) -> str:
         """Run ``etcdctl`` (API v3) against this server and return its stdout."""
@@ -236,11 +254,21 @@ class EtcdServer:
             return False
 
 
-def start_etcd(tls: bool = False, timeout: float = 20.0) -> EtcdServer:
-    """Start an etcd member and wait until it reports healthy."""
+def start_etcd(
+    tls: bool = False, timeout: float = 20.0, host: str = "127.0.0.1", ca: TlsFiles | None = None
+) -> EtcdServer:
+    """Start an etcd member on the loopback address ``host`` and wait until it reports healthy.
+
+    With ``tls``, the server certificate names 127.0.0.1 and localhost on the default address, and only
+    ``host`` on any other (like a kubeadm member's); ``ca`` (another server's files) makes it share that CA.
+    """
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"test etcd servers listen on loopback addresses only, not {host}")
     workdir = Path(tempfile.mkdtemp(prefix="flannel-etcd-"))
-    server = EtcdServer(workdir, free_port(), make_tls_files(workdir) if tls else None)
-    peer = f"http://127.0.0.1:{free_port()}"
+    names = ("localhost", "127.0.0.1") if host == "127.0.0.1" else (host,)
+    tls_files = make_tls_files(workdir, names, ca) if tls or ca else None
+    server = EtcdServer(workdir, free_port(host), tls_files, host=host)
+    peer = f"http://{host}:{free_port(host)}"
     cmd = [
         ETCD,
         "--name=test",

@@ -161,7 +161,7 @@ async def test_a_dead_first_endpoint_fails_over_to_the_next(etcd: EtcdServer, pr
     dead = f"http://127.0.0.1:{free_port()}"
     s = await EtcdStore.open(EtcdStoreOptions(endpoints=(dead, etcd.endpoint), request_timeout=5))
     try:
-        for i in range(6):  # round robin: every request must still succeed
+        for i in range(6):  # the first request fails over; every one must succeed
             await s.put(f"{prefix}/k{i}", "v", None)
         kvs, _ = await s.get_prefix(f"{prefix}/")
         assert len(kvs) == 6
@@ -192,9 +192,9 @@ async def test_unresolvable_endpoint_is_a_clear_error() -> None:
 
 
 async def test_watch_sends_hasleader_like_the_go_clients_require_leader(store: EtcdStore, prefix: str) -> None:
-    assert store._client is not None
-    service = store._client.watch
-    assert service is not None
+    client = store._failover.current().client
+    assert client is not None
+    _, _, service = client.services()
     real = service._stub.Watch
     sent: list[object] = []
 

@@ -535,6 +535,79 @@ def test_direct_routing_follows_a_peer_moving_on_and_off_link(netns: NetNS, regi
     expect_tunnel(netns, 3, public="203.0.113.7")
 
 
+class RouteListings:
+    """Records every ``Netlink.routes`` call of a node, to tell filtered listings from whole-table ones."""
+
+    def __init__(self, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict[str, Any]] = []
+        real = node.network.nl.routes
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(node.network.nl, "routes", spy)
+
+    @property
+    def whole_table(self) -> int:
+        return sum(1 for kw in self.calls if kw.get("oif") is None)
+
+
+def test_reconcile_on_a_host_with_a_big_routing_table_lists_only_the_device_routes(
+        netns: NetNS, register: RegisterFn, monkeypatch: pytest.MonkeyPatch) -> None:
+    netns.ip("route", "add", "203.0.113.0/24", "via", "198.18.0.254", "dev", "eth0")
+    bgp = (f"route add 100.{i >> 8 & 0xFF}.{i & 0xFF}.0/24 via 198.18.0.254 proto bird" for i in range(20000))
+    netns.run(["ip", "-batch", "-"], input="\n".join(bgp) + "\n")
+    netns.ip("route", "add", "10.77.0.0/24", "via", "198.18.0.254", "proto", "bird")  # in 10/8, not ours
+    node = register({"Type": "vxlan", "DirectRouting": True})
+    node.apply(WatchResult(snapshot=(peer(3, public="198.18.0.5"), peer(4, public="203.0.113.7"))))
+    node.network.synced = True
+    netns.ip("route", "replace", "10.9.9.0/24", "via", "10.9.9.0", "dev", DEV, "onlink")
+    listings = RouteListings(node, monkeypatch)
+    assert node.reconcile() == 1
+    assert ("10.9.9.0/24", "10.9.9.0", DEV, True) not in routes(netns)
+    assert ("10.77.0.0/24", "198.18.0.254", "eth0", False) in routes(netns)
+    assert node.reconcile() == 0
+    assert listings.calls and listings.whole_table == 0
+
+
+def test_direct_route_changed_by_hand_is_put_back_without_listing_the_table(
+        netns: NetNS, register: RegisterFn, logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = register({"Type": "vxlan", "DirectRouting": True})
+    node.apply(WatchResult(snapshot=(peer(3, public="198.18.0.5"),)))
+    node.network.synced = True
+    direct = ("10.100.3.0/24", "198.18.0.5", "eth0", False)
+    listings = RouteListings(node, monkeypatch)
+    netns.ip("route", "replace", "10.100.3.0/24", "via", "198.18.0.6")
+    logs.clear()
+    assert node.reconcile() == 1
+    assert routes(netns) == {direct}
+    assert "route replace 10.100.3.0/24 via 198.18.0.5 (repair: route to 10.100.3.0/24 wrong)" \
+           in log_lines(logs, logging.WARNING)
+    assert listings.whole_table == 0
+    # A missing one is told from a hidden one only by the table: listed then, and only then.
+    netns.ip("route", "del", "10.100.3.0/24")
+    assert node.reconcile() == 1 and routes(netns) == {direct}
+    assert listings.whole_table == 1
+    assert node.reconcile() == 0 and listings.whole_table == 1
+
+
+@pytest.mark.parametrize("hider", ["policy rule", "more specific route"])
+def test_direct_route_hidden_from_lookups_is_not_repaired_again_and_again(netns: NetNS, register: RegisterFn,
+                                                                          hider: str) -> None:
+    node = register({"Type": "vxlan", "DirectRouting": True})
+    node.apply(WatchResult(snapshot=(peer(3, public="198.18.0.5"),)))
+    node.network.synced = True
+    if hider == "policy rule":
+        netns.ip("route", "add", "10.100.3.0/24", "via", "198.18.0.6", "table", "100")
+        netns.ip("rule", "add", "to", "10.100.3.0/24", "lookup", "100", "pref", "100")
+    else:
+        netns.ip("route", "add", "10.100.3.0/25", "via", "198.18.0.6")
+    assert node.reconcile() == 0
+    assert node.reconcile() == 0
+    assert ("10.100.3.0/24", "198.18.0.5", "eth0", False) in routes(netns)
+
+
 # -- 6. thousands of peers --------------------------------------------------------------------------------
 
 

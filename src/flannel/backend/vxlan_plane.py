@@ -25,11 +25,12 @@ from flannel.netlink import (
     NeighReplace,
     Netlink,
     NetlinkError,
+    Route,
     RouteDelete,
     RouteReplace,
     is_gone,
 )
-from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT
+from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,13 @@ class VXLANPlane:
 
     def _route_drift(self) -> list[tuple[str, object]]:
         repairs: list[tuple[str, object]] = []
-        routes = {r.dst: r for r in self.nl.routes(self.family)}
+        # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
+        # million routes in main, and decoding them all every reconcile would stall the event loop.
+        routes = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
+        elsewhere = self._main_routes([e.dst for e in self.desired.values() if e.dst not in routes],
+                                      exact={e.dst for e in self.desired.values() if e.direct})
         for e in self.desired.values():
-            r = routes.pop(e.dst, None)
+            r = routes.pop(e.dst, None) or elsewhere.get(e.dst)
             if e.direct:
                 if r is None or r.gateway != e.gateway:
                     repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
@@ -209,6 +214,28 @@ class VXLANPlane:
             if r.oif == self.dev_index and _inside(net, self.cluster) and r.protocol != RTPROT_KERNEL:
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         return repairs
+
+    def _main_routes(self, dsts: list[Network], exact: set[Network]) -> dict[Network, Route]:
+        """The main-table routes to exactly ``dsts``, wherever they point, without listing the table.
+
+        Each is one fib-match lookup, all sent at once. A lookup that ends anywhere but in that very prefix
+        of main leaves the route missing or hidden (by a more specific route, or a policy rule). For the
+        ``exact`` ones, DirectRouting routes whose presence decides whether to repair, only the table can
+        tell, so it is then listed, as before: only on drift or in an unusual routing setup. For the others
+        (tunnel routes not on the device, repaired in any case) only the log's "missing"/"wrong" hangs on it.
+        """
+        found: dict[Network, Route] = {}
+        if not dsts:
+            return found
+        unsure: set[Network] = set()
+        for dst, r in zip(dsts, self.nl.route_matches([d.network_address for d in dsts]), strict=True):
+            if r is not None and r.dst == dst and r.table == RT_TABLE_MAIN:
+                found[dst] = r
+            elif dst in exact:
+                unsure.add(dst)
+        if unsure:
+            found.update((r.dst, r) for r in self.nl.routes(self.family) if r.dst in unsure)
+        return found
 
 
 def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None = None,

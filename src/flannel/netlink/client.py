@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from ipaddress import ip_address
 
@@ -30,7 +30,7 @@ from flannel.netlink.consts import (
     RTM_NEWLINK,
     RTM_NEWROUTE,
 )
-from flannel.netlink.errors import NetlinkError, is_gone, is_unreachable
+from flannel.netlink.errors import NetlinkError, is_gone, is_rejected, is_unreachable
 from flannel.netlink.links import Link, VxlanSpec
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.routes import Route, RouteInfo
@@ -113,10 +113,24 @@ class Netlink(Transport):
 
     # -- routes --------------------------------------------------------------------------------------
 
-    def routes(self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN) -> list[Route]:
-        """Routes of one table (None: every table), without cached clones."""
-        parse = partial(routes.parse_route, table=table)
-        return self._dump(RTM_GETROUTE, routes.dump_body(family, table), parse, "route show")
+    def routes(
+        self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN, oif: int | None = None
+    ) -> list[Route]:
+        """Routes of one table (None: every table), without cached clones; with ``oif``, only the routes
+        through that device (none when it does not exist).
+
+        The kernel does the filtering (see ``routes.dump_body``): ``oif`` keeps a host's full BGP table
+        out of a listing of one device's routes.
+        """
+        parse = partial(routes.parse_route, table=table, oif=oif)
+        op = "route show" + (f" table {table}" if table not in (None, RT_TABLE_MAIN) else "")
+        op += f" dev #{oif}" if oif is not None else ""
+        try:
+            return self._dump(RTM_GETROUTE, routes.dump_body(family, table, oif), parse, op)
+        except NetlinkError as err:
+            if oif is not None and err.errno == errno.ENODEV:  # strict checking looks the device up
+                return []
+            raise
 
     def route_get(self, dst: IPAddress | str) -> RouteInfo | None:
         """How the kernel would route a packet to ``dst``; None when it has no route."""
@@ -131,6 +145,30 @@ class Netlink(Transport):
             if rtype == RTM_NEWROUTE:
                 return routes.parse_route_info(data, start, end, addr)
         return None
+
+    def route_matches(self, dsts: Sequence[IPAddress]) -> list[Route | None]:
+        """For each address, the routing-table entry a lookup for it ends in, with its prefix and table
+        (``ip route get fibmatch DST``): cheap questions, all in flight at once, instead of a table dump.
+
+        None when the lookup ends in no route, or in a blackhole/unreachable/prohibit route (the kernel
+        answers those with an error, not an entry). The lookup follows the policy rules, so the entry may
+        come from a table other than main, and a more specific route may hide the one asked about.
+        """
+        bodies = [routes.get_body(dst, fib_match=True) for dst in dsts]
+        found: list[Route | None] = []
+        for dst, answer in zip(dsts, self._get_each(RTM_GETROUTE, bodies, "route get fibmatch"), strict=True):
+            if isinstance(answer, int):
+                err = NetlinkError(answer, f"route get fibmatch {dst}")
+                if not (is_unreachable(err) or is_rejected(err)):
+                    raise err
+                found.append(None)
+            else:
+                found.append(routes.parse_route(*answer, table=None))
+        return found
+
+    def route_match(self, dst: IPAddress | str) -> Route | None:
+        """``route_matches`` for one address."""
+        return self.route_matches([ip_address(dst) if isinstance(dst, str) else dst])[0]
 
     # -- neighbours and FDB --------------------------------------------------------------------------
 

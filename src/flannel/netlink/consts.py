@@ -26,6 +26,7 @@ NLM_F_REQUEST: Final = 0x01
 NLM_F_MULTI: Final = 0x02
 NLM_F_ACK: Final = 0x04
 NLM_F_DUMP_INTR: Final = 0x10
+NLM_F_DUMP_FILTERED: Final = 0x20  # on dump replies: the kernel applied the request's filter
 NLM_F_DUMP: Final = 0x300
 NLM_F_REPLACE: Final = 0x100
 NLM_F_EXCL: Final = 0x200
@@ -59,6 +60,8 @@ RT_SCOPE_NOWHERE: Final = 255
 RTN_UNICAST: Final = 1
 RTN_BLACKHOLE: Final = 6
 RTM_F_CLONED: Final = 0x200
+RTM_F_LOOKUP_TABLE: Final = 0x1000  # route get: report the table the lookup used (IPv4; IPv6 always does)
+RTM_F_FIB_MATCH: Final = 0x2000  # route get: return the matching FIB entry, not the resolved route
 RTNH_F_ONLINK: Final = 4
 
 RTA_DST: Final = 1

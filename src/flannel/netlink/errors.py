@@ -13,6 +13,7 @@ import os
 
 _GONE = frozenset({_errno.ENOENT, _errno.ESRCH, _errno.ENODEV, _errno.EADDRNOTAVAIL})
 _UNREACHABLE = frozenset({_errno.ENETUNREACH, _errno.EHOSTUNREACH})
+_REJECTED = frozenset({_errno.EINVAL, _errno.EACCES})
 
 
 class NetlinkError(Exception):
@@ -50,3 +51,8 @@ def is_gone(err: BaseException | None) -> bool:
 def is_unreachable(err: BaseException | None) -> bool:
     """True when a route lookup found no route (ENETUNREACH/EHOSTUNREACH)."""
     return isinstance(err, NetlinkError) and err.errno in _UNREACHABLE
+
+
+def is_rejected(err: BaseException | None) -> bool:
+    """True when a route lookup ended in a blackhole (EINVAL) or prohibit (EACCES) route."""
+    return isinstance(err, NetlinkError) and err.errno in _REJECTED

@@ -4,12 +4,19 @@ Two patterns cover everything flanneld does: a *dump* (one request, many multi-p
 NLMSG_DONE) and a *batch* (many requests packed into few ``sendto`` calls, one ACK each). The batch is
 why this layer exists: waiting for each ACK before sending the next request, as pyroute2 does, is 15-20x
 slower than ``ip -batch``.
+
+Every wait for the kernel is bounded (SO_RCVTIMEO, ``REQUEST_TIMEOUT``): a reply that never comes raises
+``NetlinkError(ETIMEDOUT)`` instead of hanging the daemon. The socket is then replaced, not drained: its
+late replies, or a dump the kernel is still holding open for it (which would fail every later dump with
+EBUSY), go away with it, and draining would mean waiting on the very kernel that just stopped answering.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import socket
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias, TypeVar
 
@@ -41,31 +48,57 @@ Parser: TypeAlias = Callable[[bytes, int, int], T | None]
 _RECV_SIZE = 1 << 18  # dump datagrams are at most 32 KiB; room to spare
 _CHUNK_BYTES = 128 << 10  # bytes of requests per sendto
 _ACK_COST = 1024  # receive-buffer bytes one queued ACK costs (skb truesize, measured ~768), rounded up
+_REPLY_COST = 8192  # the same for one queued answer to a get request (at most a page, plus overhead)
 _MAX_INFLIGHT = 4096
 _DUMP_RETRIES = 5
 _HDR = NLMSGHDR.unpack_from
 _ERR = NLMSGERR.unpack_from
 
+REQUEST_TIMEOUT = 30.0
+"""Seconds to wait for any one reply datagram before the request fails with ETIMEDOUT.
+
+The kernel answers in microseconds; only a lost reply or a wedged kernel gets near this. It does not bound
+a request stuck *inside* the kernel behind a held rtnl lock: that thread sleeps uninterruptibly in
+``send``/``recv`` and no socket option can wake it.
+"""
+
 
 class Transport:
-    """One NETLINK_ROUTE socket, optionally created inside a named network namespace."""
+    """One NETLINK_ROUTE socket, optionally created inside a named network namespace.
 
-    def __init__(self, netns: str | None = None, *, bufsize: int = 4 << 20) -> None:
+    ``timeout`` bounds every wait for a reply (see ``REQUEST_TIMEOUT``); after one expires the socket is
+    replaced by a fresh one in the same namespace.
+    """
+
+    def __init__(
+        self, netns: str | None = None, *, bufsize: int = 4 << 20, timeout: float = REQUEST_TIMEOUT
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
         self.netns = netns
-        self._sock = nsenter.route_socket(netns)
-        try:
-            rcvbuf = nsenter.set_buffers(self._sock, bufsize)
-            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
-                # Older kernels lack some: ACKs get bigger, errors terser, dumps filtered only by us.
-                with contextlib.suppress(OSError):
-                    self._sock.setsockopt(SOL_NETLINK, opt, 1)
-        except BaseException:
-            self._sock.close()
-            raise
+        self.timeout = timeout
+        self._bufsize = bufsize
+        self._sock, rcvbuf = self._open()
         self._max_inflight = max(8, min(_MAX_INFLIGHT, rcvbuf // _ACK_COST))
+        self._max_gets = max(8, min(_MAX_INFLIGHT, rcvbuf // _REPLY_COST))
         self._seq = 0
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
+
+    def _open(self) -> tuple[socket.socket, int]:
+        """A configured request socket and its receive-buffer size."""
+        sock = nsenter.route_socket(self.netns)
+        try:
+            rcvbuf = nsenter.set_buffers(sock, self._bufsize)
+            for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
+                # Older kernels lack some: ACKs get bigger, errors terser, dumps filtered only by us.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(SOL_NETLINK, opt, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.timeout))
+        except BaseException:
+            sock.close()
+            raise
+        return sock, rcvbuf
 
     def close(self) -> None:
         self._sock.close()
@@ -84,9 +117,20 @@ class Transport:
         self._seq = (self._seq + count) & 0xFFFFFFFF
         return first
 
-    def _recv(self) -> bytes:
-        n = self._sock.recv_into(self._buf)
+    def _recv(self, op: str) -> bytes:
+        try:
+            n = self._sock.recv_into(self._buf)
+        except BlockingIOError:  # SO_RCVTIMEO ran out: recv fails with EAGAIN
+            err = NetlinkError(errno.ETIMEDOUT, op, f"no answer from the kernel within {self.timeout:g} s")
+            self._replace_socket()
+            raise err from None
         return bytes(self._view[:n])
+
+    def _replace_socket(self) -> None:
+        """Swap in a fresh socket; the old one takes its late replies and any unfinished dump with it."""
+        old = self._sock
+        self._sock, _rcvbuf = self._open()  # same size as before: _max_inflight still holds
+        old.close()
 
     def _transact(self, mtype: int, flags: int, body: bytes, op: str) -> list[tuple[bytes, int, int, int]]:
         """Send one request with NLM_F_ACK; return its replies as (datagram, type, start, end).
@@ -97,7 +141,7 @@ class Transport:
         self._sock.send(wire.message(mtype, flags | NLM_F_REQUEST | NLM_F_ACK, seq, body))
         replies: list[tuple[bytes, int, int, int]] = []
         while True:
-            data = self._recv()
+            data = self._recv(op)
             for rtype, _flags, rseq, start, end in wire.iter_messages(data):
                 if rseq != seq:
                     continue  # a stale reply to an earlier, abandoned request
@@ -123,7 +167,7 @@ class Transport:
         append = out.append
         interrupted = False
         while True:
-            data = self._recv()
+            data = self._recv(op)
             pos, size = 0, len(data)
             while pos + 16 <= size:
                 length, rtype, flags, rseq, _pid = _HDR(data, pos)
@@ -148,6 +192,40 @@ class Transport:
                         append(item)
                 pos += (length + 3) & ~3
 
+    def _get_each(self, mtype: int, bodies: Sequence[bytes], op: str) -> list[tuple[bytes, int, int] | int]:
+        """Many get requests, pipelined like ``apply``; per request, its answer's (datagram, body start,
+        end), or the positive errno the kernel refused it with.
+
+        Sent without NLM_F_ACK, so the kernel answers each with exactly one message: the object asked
+        for, or an NLMSG_ERROR. Requests in flight are bounded so that the answers fit the receive buffer.
+        """
+        total = len(bodies)
+        out: list[tuple[bytes, int, int] | int] = [0] * total
+        first = self._next_seqs(total)
+        msgs = [wire.message(mtype, NLM_F_REQUEST, (first + n) & 0xFFFFFFFF, b) for n, b in enumerate(bodies)]
+        send, recv = self._sock.send, self._recv
+        i = 0
+        while i < total:
+            start_i, i = i, min(total, i + self._max_gets)
+            send(b"".join(msgs[start_i:i]))
+            pending = i - start_i
+            while pending:
+                data = recv(op)
+                pos, size = 0, len(data)
+                while pos + 16 <= size:
+                    length, rtype, _flags, rseq, _pid = _HDR(data, pos)
+                    if length < 16:
+                        break
+                    idx = (rseq - first) & 0xFFFFFFFF
+                    if start_i <= idx < i:
+                        pending -= 1
+                        if rtype == NLMSG_ERROR:
+                            out[idx] = -_ERR(data, pos + 16)[0] or errno.EIO
+                        else:
+                            out[idx] = (data, pos + 16, pos + length)
+                    pos += (length + 3) & ~3
+        return out
+
     def apply(self, ops: Sequence[Op]) -> list[NetlinkError | None]:
         """Send every operation, pipelined, and return one result per operation, in order.
 
@@ -155,6 +233,8 @@ class Transport:
         means it refused that one. A refusal does not stop the others: the kernel processes each request
         in a datagram independently. Requests in flight are bounded so that their ACKs always fit in the
         receive buffer; an overflow would silently drop ACKs.
+
+        Raises NetlinkError(ETIMEDOUT) when ACKs stop coming; an unknown part of the batch is applied then.
         """
         total = len(ops)
         results: list[NetlinkError | None] = [None] * total
@@ -166,6 +246,7 @@ class Transport:
         msgs = [op.pack((first + n) & 0xFFFFFFFF) for n, op in enumerate(ops)]
         failed: list[tuple[int, int, str]] = []
         send, recv = self._sock.send, self._recv
+        batch_op = f"batch of {total} changes"
         i = 0
         while i < total:
             size = 0
@@ -177,7 +258,7 @@ class Transport:
             send(b"".join(msgs[start_i:i]))
             pending = i - start_i
             while pending:
-                data = recv()
+                data = recv(batch_op)
                 pos, dsize = 0, len(data)
                 while pos + 20 <= dsize:
                     length, rtype, flags, rseq, _pid = _HDR(data, pos)
@@ -199,6 +280,12 @@ class Transport:
     def _names(self) -> Mapping[int, str]:
         """Device names by index, to make error texts readable; overridden by ``Netlink``."""
         return {}
+
+
+def _timeval(seconds: float) -> bytes:
+    """``struct timeval`` for SO_RCVTIMEO; never all zero, which would mean "wait forever"."""
+    sec, frac = divmod(seconds, 1.0)
+    return struct.pack("@ll", int(sec), int(frac * 1e6) or (0 if sec else 1))
 
 
 def _ack_detail(data: bytes, start: int, end: int, flags: int, echoes_request: bool = True) -> str:
