@@ -49,6 +49,18 @@ def first_host(net: IPNetwork) -> IPAddress:
     return net.network_address + 1
 
 
+def within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    """True when ``inner`` lies inside ``outer`` (always False across address families).
+
+    Integer arithmetic on purpose: ``ipaddress``'s ``subnet_of``/``overlaps`` cache a ``broadcast_address``
+    object on every network they touch, which costs memory on each of thousands of long-lived peer leases.
+    """
+    if inner.version != outer.version or inner.prefixlen < outer.prefixlen:
+        return False
+    shift = inner.max_prefixlen - outer.prefixlen
+    return int(inner.network_address) >> shift == int(outer.network_address) >> shift
+
+
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     """True when the two networks share any address (always False across address families)."""
-    return a.version == b.version and a.overlaps(b)
+    return within(a, b) or within(b, a)

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold
+from flannel.ipaddr import overlaps, within
 from flannel.lease import Lease
 from flannel.netlink import (
     FdbDelete,
@@ -97,7 +98,7 @@ class VXLANPlane:
             return None
         # Never route what is not a peer's share of the cluster network: a hand-written key such as
         # 0.0.0.0-0 would otherwise replace the host's default route (upstream programs it blindly).
-        if not _inside(subnet, self.cluster) or subnet.overlaps(self.own_subnet):
+        if not within(subnet, self.cluster) or overlaps(subnet, self.own_subnet):
             raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
         data = lease.attrs.backend_json(self.v6)
         mac = data.get("VtepMAC")
@@ -211,7 +212,7 @@ class VXLANPlane:
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
         for net, r in routes.items():
             # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
-            if r.oif == self.dev_index and _inside(net, self.cluster) and r.protocol != RTPROT_KERNEL:
+            if r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL:
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         return repairs
 
@@ -265,5 +266,3 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
     return failures
 
 
-def _inside(net: Network, cluster: Network) -> bool:
-    return net.version == cluster.version and net.subnet_of(cluster)  # type: ignore[arg-type]
