@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold
-from flannel.ipaddr import overlaps, within
+from flannel.ipaddr import within
 from flannel.lease import Lease
 from flannel.netlink import (
     FdbDelete,
@@ -98,7 +98,7 @@ class VXLANPlane:
             return None
         # Never route what is not a peer's share of the cluster network: a hand-written key such as
         # 0.0.0.0-0 would otherwise replace the host's default route (upstream programs it blindly).
-        if not within(subnet, self.cluster) or overlaps(subnet, self.own_subnet):
+        if not self._is_peer_subnet(subnet):
             raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
         data = lease.attrs.backend_json(self.v6)
         mac = data.get("VtepMAC")
@@ -111,6 +111,18 @@ class VXLANPlane:
             return PeerEntries(dst=subnet, gateway=public, direct=True)
         return PeerEntries(dst=subnet, gateway=subnet.network_address, direct=False, mac=mac.lower(),
                            public_ip=public)
+
+    def _is_peer_subnet(self, subnet: Network) -> bool:
+        """Inside the cluster network and clear of our own subnet: ``within``/``overlaps``, on this plane's
+        fixed networks, with the shifts precomputed (this runs once per peer per event)."""
+        if subnet.version != self.cluster.version:
+            return False
+        bits, plen, addr = subnet.max_prefixlen, subnet.prefixlen, int(subnet.network_address)
+        cplen, oplen = self.cluster.prefixlen, self.own_subnet.prefixlen
+        if plen < cplen or addr >> (bits - cplen) != int(self.cluster.network_address) >> (bits - cplen):
+            return False
+        shortest = min(plen, oplen)
+        return addr >> (bits - shortest) != int(self.own_subnet.network_address) >> (bits - shortest)
 
     def _on_link(self, public: Address) -> bool:
         """True when the kernel reaches ``public`` without a gateway (DirectRouting applies)."""
