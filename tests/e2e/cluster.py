@@ -5,7 +5,7 @@ Layout (all inside namespaces; the root namespace is never touched):
 * ``<p>ul``: the underlay "switch", a bridge ``br0`` holding 198.18.0.1/24 (the hosts' default gateway);
 * ``<p>etcd``: etcd on 198.18.0.2:2379;
 * ``<p>h<N>``: host N, ``eth0`` = 198.18.0.(10+N)/24, running ``flanneld``;
-* ``<p>h<N>p<M>``: pod M of host N, attached to the host's ``cni0`` bridge, addressed from subnet.env.
+* ``<p>h<N>p<M>``: pod M of host N, attached by the ``flannel`` CNI plugin (bridge ``cni0`` + host-local).
 
 With ``ipv6_network`` set (dual stack), the underlay also carries 2001:db8:198:18::/64 (documentation prefix;
 ``br0`` ::1, host N ::(10+N), all ``nodad``, hosts' default v6 route via ``br0``), the network config enables
@@ -17,7 +17,7 @@ The prefix embeds the owning PID, so stale namespaces from a dead run can be tol
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import json
 import os
 import re
 import shutil
@@ -27,11 +27,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+FLANNEL_CNI = str(REPO / ".venv" / "bin" / "flannel")
+CNI_BIN_DIR = "/usr/lib/cni"
 NS_FAMILY = "fle"
 ETCD_IP = "198.18.0.2"
 ETCD_URL = f"http://{ETCD_IP}:2379"
@@ -220,36 +223,50 @@ class Cluster:
         host.proc = None
         return code
 
+    def cni(self, host: Host, command: str, pod_ns: str, container_id: str) -> dict[str, Any]:
+        """Call the ``flannel`` CNI plugin inside the host namespace exactly as a runtime would."""
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "cbr0",
+            "type": "flannel",
+            "subnetFile": str(host.subnet_file),
+            "dataDir": str(host.workdir / "cni"),
+            # host-local keeps its reservations here rather than in the real /var/lib/cni
+            "ipam": {"dataDir": str(host.workdir / "ipam")},
+            "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+        }
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": f"/var/run/netns/{pod_ns}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": f"{REPO / '.venv' / 'bin'}:{CNI_BIN_DIR}",
+        }
+        r = subprocess.run(["ip", "netns", "exec", host.ns, FLANNEL_CNI], input=json.dumps(conf), env=env,
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise RuntimeError(f"CNI {command} failed ({r.returncode}): {r.stdout} {r.stderr}")
+        return json.loads(r.stdout) if r.stdout.strip() else {}
+
     def add_pod(self, host: Host) -> str:
-        """A pod namespace on the host's cni0 bridge, addressed from subnet.env. Returns the pod IP."""
-        env = host.env()
-        gw_cidr = env["FLANNEL_SUBNET"]
-        gw, plen = gw_cidr.split("/")
-        base = gw.rsplit(".", 1)[0]
+        """A pod namespace attached by the flannel CNI plugin (bridge + host-local). Returns its IPv4 address."""
         m = len(host.pods) + 1
-        pod_ip = f"{base}.{m + 1}"
         ns = self._add_ns(f"{self.prefix}h{host.n}p{m}")
-        if in_ns(host.ns, "ip", "link", "show", "cni0", check=False).returncode != 0:
-            in_ns(host.ns, "ip", "link", "add", "cni0", "type", "bridge")
-            in_ns(host.ns, "ip", "addr", "add", gw_cidr, "dev", "cni0")
-            in_ns(host.ns, "ip", "link", "set", "cni0", "up")
-        veth = f"veth{m}"
-        in_ns(host.ns, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        in_ns(host.ns, "ip", "link", "set", veth, "master", "cni0", "mtu", env["FLANNEL_MTU"], "up")
-        in_ns(ns, "ip", "link", "set", "eth0", "mtu", env["FLANNEL_MTU"], "up")
-        in_ns(ns, "ip", "addr", "add", f"{pod_ip}/{plen}", "dev", "eth0")
-        in_ns(ns, "ip", "route", "add", "default", "via", gw)
-        if "FLANNEL_IPV6_SUBNET" in env:
-            gw6_cidr = env["FLANNEL_IPV6_SUBNET"]
-            gw6 = ipaddress.IPv6Interface(gw6_cidr)
-            pod_ip6 = str(gw6.ip + m)
-            if m == 1:
-                in_ns(host.ns, "ip", "-6", "addr", "add", gw6_cidr, "dev", "cni0", "nodad")
-            in_ns(ns, "ip", "-6", "addr", "add", f"{pod_ip6}/{gw6.network.prefixlen}", "dev", "eth0", "nodad")
-            in_ns(ns, "ip", "-6", "route", "add", "default", "via", str(gw6.ip), "dev", "eth0")
-            host.pods6.append(pod_ip6)
-        host.pods.append(pod_ip)
-        return pod_ip
+        result = self.cni(host, "ADD", ns, f"pod{m}")
+        ips = [ip["address"].split("/")[0] for ip in result.get("ips", [])]
+        v4 = [ip for ip in ips if ":" not in ip]
+        v6 = [ip for ip in ips if ":" in ip]
+        if not v4 and not v6:
+            raise RuntimeError(f"CNI ADD gave no address: {result}")
+        host.pods.append(v4[0] if v4 else "")
+        if v6:
+            host.pods6.append(v6[0])
+        return v4[0] if v4 else v6[0]
+
+    def del_pod(self, host: Host, m: int) -> None:
+        """CNI DEL of pod ``m`` (1-based) of ``host``; its namespace stays until ``close``."""
+        self.cni(host, "DEL", self.pod_ns(host, m), f"pod{m}")
 
     def pod_ns(self, host: Host, m: int) -> str:
         return f"{self.prefix}h{host.n}p{m}"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.cluster import Cluster, Host, in_ns
+from tests.e2e.cluster import Cluster, Host, in_ns, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -92,6 +92,25 @@ def test_kernel_entries_match_upstream_layout(three_hosts: Cluster) -> None:
     assert "vxlan id 1" in link and "mtu 1450" in link and "nolearning" in link
     addr = in_ns(h1.ns, "ip", "-4", "addr", "show", "dev", "flannel.1").stdout
     assert f"inet {subnet_of(h1).split('/')[0]}/32" in addr
+
+
+def test_pods_are_attached_by_the_cni_plugin_with_flannels_mtu_and_subnet(three_hosts: Cluster) -> None:
+    c = three_hosts
+    h2 = c.hosts[2]
+    ip = c.add_pod(h2)  # a second pod on h2, through `flannel` → bridge + host-local
+    m = len(h2.pods)
+    ns = c.pod_ns(h2, m)
+    assert ip.startswith(subnet_of(h2).rsplit(".", 1)[0] + ".")
+    assert "mtu 1450" in in_ns(ns, "ip", "link", "show", "eth0").stdout
+    assert eventually(lambda: all(c.ping(ns, other) for h in c.hosts.values() for other in h.pods if other != ip))
+    reservations = h2.workdir / "ipam" / "cbr0" / ip
+    assert reservations.exists()
+    c.del_pod(h2, m)
+    assert not reservations.exists(), "CNI DEL must release the pod's address"
+    c.del_pod(h2, m)  # a second DEL succeeds too
+    h2.pods.pop()
+    c.namespaces.remove(ns)
+    sh("ip", "netns", "del", ns)
 
 
 def test_route_deleted_by_hand_is_restored_by_reconcile(three_hosts: Cluster) -> None:
