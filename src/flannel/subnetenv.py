@@ -8,13 +8,12 @@ never stop the daemon.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 
+from flannel.atomicfile import write_atomically
 from flannel.ipaddr import IPNetwork, first_host, go_ip_text, go_net_text, parse_cidr_masked
 
 log = logging.getLogger(__name__)
@@ -100,29 +99,8 @@ def write_subnet_env(path: str | os.PathLike[str], env: SubnetEnv) -> None:
     file in the same directory, is fsynced, renamed over the target, and the directory is fsynced.
     """
     target = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(target)
-    _make_dirs(directory)
-    data = render(env).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # explicit, so the umask cannot narrow it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _make_dirs(os.path.dirname(target))
+    write_atomically(target, render(env).encode(), FILE_MODE)
 
 
 def read_subnet_env_values(path: str | os.PathLike[str]) -> dict[str, str]:

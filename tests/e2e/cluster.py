@@ -17,6 +17,7 @@ The prefix embeds the owning PID, so stale namespaces from a dead run can be tol
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,21 @@ def sh(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
 def in_ns(ns: str, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a command inside namespace ``ns``."""
     return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15, every: float = 0.2) -> bool:
+    """Poll ``check`` until it holds or ``timeout`` passes; the last answer is returned."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return check()
+
+
+def subnet_of(host: Host) -> str:
+    """The host's IPv4 lease subnet as written in subnet.env, e.g. ``10.244.7.0/24``."""
+    return str(ipaddress.IPv4Interface(host.env()["FLANNEL_SUBNET"]).network)
 
 
 def cleanup_stale() -> None:

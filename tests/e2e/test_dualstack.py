@@ -10,12 +10,10 @@ import ipaddress
 import json
 import re
 import signal
-import time
-from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.cluster import Cluster, Host, in_ns
+from tests.e2e.cluster import Cluster, Host, eventually, in_ns, subnet_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -24,18 +22,8 @@ V6_DEV = "flannel-v6.1"
 KEY_RE = re.compile(r"^10\.244\.\d{1,3}\.0-24&fd00:10:244:[0-9a-f]{1,4}::-64$")
 
 
-def eventually(check: Callable[[], bool], timeout: float = 15, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
 
 
-def subnet_of(host: Host) -> str:
-    """The host's IPv4 lease subnet, e.g. ``10.244.7.0/24``."""
-    return str(ipaddress.IPv4Interface(host.env()["FLANNEL_SUBNET"]).network)
 
 
 def subnet6_of(host: Host) -> str:

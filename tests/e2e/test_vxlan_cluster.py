@@ -8,30 +8,18 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.cluster import Cluster, Host, in_ns, sh
+from tests.e2e.cluster import Cluster, eventually, in_ns, sh, subnet_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 RECONCILE = "--reconcile-interval=2"
 
 
-def eventually(check: Callable[[], bool], timeout: float = 15, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
 
 
-def subnet_of(host: Host) -> str:
-    """The host's lease subnet (network address), e.g. ``10.244.7.0/24``."""
-    gw, plen = host.env()["FLANNEL_SUBNET"].split("/")
-    return f"{gw.rsplit('.', 1)[0]}.0/{plen}"
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 
+from flannel.atomicfile import TMP_PREFIX, TMP_SUFFIX, write_atomically
 from flannel.cni.errors import IO_FAILURE, CNIError, os_error_text
 from flannel.cni.netconf import is_valid_name
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
-_TMP_PREFIX = "."
-_TMP_SUFFIX = ".tmp"
 STALE_TMP_SECONDS = 3600.0
 """GC removes temporary files older than this (left by a crash between write and rename)."""
 
@@ -28,22 +27,11 @@ def saved_path(data_dir: str, container_id: str) -> str:
 def save(data_dir: str, container_id: str, data: bytes) -> str:
     """Write ``data`` durably and atomically as ``<data_dir>/<container_id>``; returns the path."""
     path = saved_path(data_dir, container_id)
-    tmp = os.path.join(data_dir, f"{_TMP_PREFIX}{container_id}.{os.getpid()}{_TMP_SUFFIX}")
     try:
         os.makedirs(data_dir, DIR_MODE, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.fchmod(fd, FILE_MODE)  # exactly 0600, whatever the umask
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        _sync_dir(data_dir)
+        # Durable before DEL can need it: a lost file at DEL time would leak the pod's address.
+        write_atomically(path, data, FILE_MODE)
     except OSError as exc:
-        unlink_quietly(tmp)
         raise CNIError(IO_FAILURE, f"failed to save the delegate config: {os_error_text('write', path, exc)}") from None
     return path
 
@@ -93,7 +81,7 @@ def remove_stale_tmp(data_dir: str, now: float, max_age: float = STALE_TMP_SECON
     try:
         with os.scandir(data_dir) as entries:
             for e in entries:
-                if not (e.name.startswith(_TMP_PREFIX) and e.name.endswith(_TMP_SUFFIX)):
+                if not (e.name.startswith(TMP_PREFIX) and e.name.endswith(TMP_SUFFIX)):
                     continue
                 try:
                     if now - e.stat(follow_symlinks=False).st_mtime > max_age:
@@ -104,15 +92,6 @@ def remove_stale_tmp(data_dir: str, now: float, max_age: float = STALE_TMP_SECON
     except OSError:
         return removed
     return removed
-
-
-def _sync_dir(path: str) -> None:
-    # The rename is durable only once the directory is; a lost file at DEL time would leak the pod's address.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unlink_quietly(path: str) -> None:
