@@ -129,8 +129,8 @@ class _RoutesOnly:
     def __init__(self, routes: list[Route]) -> None:
         self._routes = routes
 
-    def routes(self, family: int, oif: int | None = None) -> list[Route]:
-        return [r for r in self._routes if oif is None or r.oif == oif]
+    def routes(self, family: int, oif: int | None = None, *, protocol: int = 0) -> list[Route]:
+        return [r for r in self._routes if (oif is None or r.oif == oif) and protocol in (0, r.protocol)]
 
 
 def test_v6_reconcile_keeps_the_kernel_route_of_the_device_address_and_drops_stale_ones() -> None:

@@ -93,15 +93,27 @@ def _vxlan(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return VXLANBackend(ctx, config)
 
 
+def _host_gw(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.hostgw import HostGWBackend
+
+    return HostGWBackend(ctx, config)
+
+
+def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.alloc import AllocBackend
+
+    return AllocBackend(ctx, config)
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "vxlan": _vxlan,
-    "host-gw": _not_yet("host-gw"),
+    "host-gw": _host_gw,
     "udp": _not_yet("udp"),
     "ipip": _not_yet("ipip"),
     "ipsec": _not_yet("ipsec"),
     "wireguard": _not_yet("wireguard"),
     "extension": _not_yet("extension"),
-    "alloc": _not_yet("alloc"),
+    "alloc": _alloc,
     "tencent-vpc": _not_yet("tencent-vpc"),
 }
 

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from flannel.backend.base import BackendContext
+from flannel.backend.route_plane import apply_ops
 from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config, v6_device_mtu
 from flannel.backend.vxlan_device import VXLANDeviceSpec, ensure_address, ensure_device
-from flannel.backend.vxlan_plane import VXLANPlane, apply_ops
+from flannel.backend.vxlan_plane import VXLANPlane
 from flannel.config import NetworkConfig
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.gojson import compact

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from flannel.backend.route_plane import PeerRoute, is_peer_subnet, main_routes, route_drift
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold
 from flannel.ipaddr import within
@@ -26,12 +26,10 @@ from flannel.netlink import (
     NeighReplace,
     Netlink,
     NetlinkError,
-    Route,
     RouteDelete,
     RouteReplace,
-    is_gone,
 )
-from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN
+from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +55,11 @@ class PeerEntries:
     """The remote VTEP MAC (tunnel only)."""
     public_ip: Address | None = None
     """The remote public IP, the FDB destination (tunnel only)."""
+
+    @property
+    def route(self) -> PeerRoute:
+        """The underlay route of a direct entry (the device is left to the kernel: the peer is on-link)."""
+        return PeerRoute(dst=self.dst, gateway=self.gateway)
 
 
 @dataclass
@@ -96,9 +99,7 @@ class VXLANPlane:
         public: Address | None = lease.attrs.public_ipv6 if self.v6 else lease.attrs.public_ip
         if subnet is None or public is None or int(public) == 0:
             return None
-        # Never route what is not a peer's share of the cluster network: a hand-written key such as
-        # 0.0.0.0-0 would otherwise replace the host's default route (upstream programs it blindly).
-        if not self._is_peer_subnet(subnet):
+        if not is_peer_subnet(subnet, self.cluster, self.own_subnet):
             raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
         data = lease.attrs.backend_json(self.v6)
         mac = data.get("VtepMAC")
@@ -111,18 +112,6 @@ class VXLANPlane:
             return PeerEntries(dst=subnet, gateway=public, direct=True)
         return PeerEntries(dst=subnet, gateway=subnet.network_address, direct=False, mac=mac.lower(),
                            public_ip=public)
-
-    def _is_peer_subnet(self, subnet: Network) -> bool:
-        """Inside the cluster network and clear of our own subnet: ``within``/``overlaps``, on this plane's
-        fixed networks, with the shifts precomputed (this runs once per peer per event)."""
-        if subnet.version != self.cluster.version:
-            return False
-        bits, plen, addr = subnet.max_prefixlen, subnet.prefixlen, int(subnet.network_address)
-        cplen, oplen = self.cluster.prefixlen, self.own_subnet.prefixlen
-        if plen < cplen or addr >> (bits - cplen) != int(self.cluster.network_address) >> (bits - cplen):
-            return False
-        shortest = min(plen, oplen)
-        return addr >> (bits - shortest) != int(self.own_subnet.network_address) >> (bits - shortest)
 
     def _on_link(self, public: Address) -> bool:
         """True when the kernel reaches ``public`` without a gateway (DirectRouting applies)."""
@@ -144,7 +133,7 @@ class VXLANPlane:
 
     def _add_ops(self, e: PeerEntries) -> list[object]:
         if e.direct:
-            return [RouteReplace(dst=e.dst, gateway=e.gateway, oif=None, onlink=False)]
+            return [e.route.replace_op()]
         assert e.public_ip is not None
         return [
             NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac),
@@ -155,7 +144,7 @@ class VXLANPlane:
     def _remove_ops(self, e: PeerEntries, keep: PeerEntries | None) -> list[object]:
         ops: list[object] = []
         if keep is None or keep.dst != e.dst:
-            ops.append(RouteDelete(dst=e.dst))
+            ops.append(e.route.delete_op() if e.direct else RouteDelete(dst=e.dst))
         if not e.direct:
             assert e.public_ip is not None
             if keep is None or keep.direct or keep.mac != e.mac:
@@ -208,73 +197,25 @@ class VXLANPlane:
 
     def _route_drift(self) -> list[tuple[str, object]]:
         repairs: list[tuple[str, object]] = []
+        tunnel = [e for e in self.desired.values() if not e.direct]
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
         # million routes in main, and decoding them all every reconcile would stall the event loop.
         routes = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
-        elsewhere = self._main_routes([e.dst for e in self.desired.values() if e.dst not in routes],
-                                      exact={e.dst for e in self.desired.values() if e.direct})
-        for e in self.desired.values():
-            r = routes.pop(e.dst, None) or elsewhere.get(e.dst)
-            if e.direct:
-                if r is None or r.gateway != e.gateway:
-                    repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
-                                    RouteReplace(dst=e.dst, gateway=e.gateway, oif=None, onlink=False)))
-            elif r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
+        elsewhere = main_routes(self.nl, self.family, [e.dst for e in tunnel if e.dst not in routes])
+        for e in tunnel:
+            r = routes.get(e.dst) or elsewhere.get(e.dst)
+            if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
+        wanted = {e.dst for e in self.desired.values()}
         for net, r in routes.items():
             # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
-            if r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL:
+            if (net not in wanted and r.oif == self.dev_index and within(net, self.cluster)
+                    and r.protocol != RTPROT_KERNEL):
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
-        return repairs
-
-    def _main_routes(self, dsts: list[Network], exact: set[Network]) -> dict[Network, Route]:
-        """The main-table routes to exactly ``dsts``, wherever they point, without listing the table.
-
-        Each is one fib-match lookup, all sent at once. A lookup that ends anywhere but in that very prefix
-        of main leaves the route missing or hidden (by a more specific route, or a policy rule). For the
-        ``exact`` ones, DirectRouting routes whose presence decides whether to repair, only the table can
-        tell, so it is then listed, as before: only on drift or in an unusual routing setup. For the others
-        (tunnel routes not on the device, repaired in any case) only the log's "missing"/"wrong" hangs on it.
-        """
-        found: dict[Network, Route] = {}
-        if not dsts:
-            return found
-        unsure: set[Network] = set()
-        for dst, r in zip(dsts, self.nl.route_matches([d.network_address for d in dsts]), strict=True):
-            if r is not None and r.dst == dst and r.table == RT_TABLE_MAIN:
-                found[dst] = r
-            elif dst in exact:
-                unsure.add(dst)
-        if unsure:
-            found.update((r.dst, r) for r in self.nl.routes(self.family) if r.dst in unsure)
-        return found
-
-
-def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None = None,
-              names: dict[int, str] | None = None) -> int:
-    """Apply a batch, logging one line per kernel change and one warning per failure; return failures.
-
-    The success lines of a batch go out as one multi-line record (the klog formatter heads every line), so
-    that programming thousands of peers is not dominated by per-record logging overhead.
-    """
-    if not ops:
-        return 0
-    results = nl.apply(ops)  # type: ignore[arg-type]
-    failures = 0
-    done: list[str] = []
-    for i, (op, err) in enumerate(zip(ops, results, strict=True)):
-        text = op.describe(names)  # type: ignore[attr-defined]
-        if err is None:
-            done.append(f"{text} (repair: {reasons[i]})" if reasons else text)
-        elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and is_gone(err):
-            log.debug("%s: already gone", text)
-        else:
-            failures += 1
-            log.warning("%s failed: %s", text, err)
-    if done:
-        # Repairs mean something changed the kernel behind our back: worth a warning, not just info.
-        log.log(logging.WARNING if reasons else logging.INFO, "%s", "\n".join(done))
-    return failures
+        # DirectRouting routes: the reconciler shared with host-gw; tunnel destinations are not its to delete.
+        direct = [e.route for e in self.desired.values() if e.direct]
+        return repairs + route_drift(self.nl, self.family, self.cluster, direct,
+                                     claimed={e.dst for e in tunnel})
 
 

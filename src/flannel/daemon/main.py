@@ -43,8 +43,6 @@ def not_implemented(opts: flags.Options) -> list[str]:
         missing.append("--ip-masq (masquerade rules)")
     if opts.healthz_port > 0:
         missing.append("--healthz-port (health server)")
-    if opts.ip_blackhole_route:
-        missing.append("--ip-blackhole-route")
     if "iptables-forward-rules" in opts.explicit and opts.iptables_forward_rules:
         missing.append("--iptables-forward-rules (forward rules)")
     return missing
@@ -108,13 +106,17 @@ async def run(opts: flags.Options) -> int:
         write_env(opts, config, network)
         log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
         notify_systemd()
-        code = await supervise(
-            {
-                "lease-watch": network.run(sm.watch_leases()),
-                "lease-renewal": sm.complete_lease(network.lease),
-            },
-            stop,
-        )
+        subsystems = {
+            "lease-watch": network.run(sm.watch_leases()),
+            "lease-renewal": sm.complete_lease(network.lease),
+        }
+        if opts.ip_blackhole_route:
+            from flannel.daemon.blackhole import keep_blackholes
+
+            own = [s for s in (network.lease.subnet if config.enable_ipv4 else None,
+                               network.lease.ipv6_subnet if config.enable_ipv6 else None) if s is not None]
+            subsystems["blackhole-route"] = keep_blackholes(own, float(max(opts.iptables_resync, 1)))  # 0 would spin
+        code = await supervise(subsystems, stop)
     except asyncio.CancelledError:
         log.info("stopped during start-up")
         code = 0

@@ -114,19 +114,21 @@ class Netlink(Transport):
     # -- routes --------------------------------------------------------------------------------------
 
     def routes(
-        self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN, oif: int | None = None
+        self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN, oif: int | None = None,
+        *, protocol: int = 0, rtype: int = 0,
     ) -> list[Route]:
         """Routes of one table (None: every table), without cached clones; with ``oif``, only the routes
-        through that device (none when it does not exist).
+        through that device (none when it does not exist); with ``protocol``/``rtype``, only routes of that
+        protocol (``proto N``) or type (RTN_*).
 
         The kernel does the filtering (see ``routes.dump_body``): ``oif`` keeps a host's full BGP table
         out of a listing of one device's routes.
         """
-        parse = partial(routes.parse_route, table=table, oif=oif)
+        parse = partial(routes.parse_route, table=table, oif=oif, protocol=protocol, rtype=rtype)
         op = "route show" + (f" table {table}" if table not in (None, RT_TABLE_MAIN) else "")
         op += f" dev #{oif}" if oif is not None else ""
         try:
-            return self._dump(RTM_GETROUTE, routes.dump_body(family, table, oif), parse, op)
+            return self._dump(RTM_GETROUTE, routes.dump_body(family, table, oif, protocol, rtype), parse, op)
         except NetlinkError as err:
             if oif is not None and err.errno == errno.ENODEV:  # strict checking looks the device up
                 return []

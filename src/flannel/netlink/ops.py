@@ -2,7 +2,8 @@
 
 Each operation knows its wire form (``pack``) and its ``ip``/``bridge`` command equivalent (``describe``,
 for logs and errors). All of them are idempotent "replace"/"delete" requests, in felix's spirit: applying
-the same batch twice leaves the kernel in the same state.
+the same batch twice leaves the kernel in the same state. The one exception, an exclusive blackhole add,
+fails with EEXIST on a second apply rather than change anything.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flannel.netlink.consts import (
     NDMSG,
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
     NTF_SELF,
@@ -44,6 +46,7 @@ from flannel.netlink.consts import (
 from flannel.netlink.wire import IPAddress, IPNetwork
 
 _REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+_ADD = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 _DELETE = NLM_F_REQUEST | NLM_F_ACK
 _INET = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -145,13 +148,15 @@ class RouteReplace:
     """``ip route replace DST [via GW] [dev DEV] [onlink]`` in the main table.
 
     Protocol ``boot`` and scope ``universe`` (``link`` without a gateway) are what ``ip`` and Go's
-    netlink library send, so routes made by upstream flanneld and by us compare equal.
+    netlink library send, so routes made by upstream flanneld and by us compare equal. ``protocol`` marks a
+    route as made by a given owner (``ip route ... proto N``), so that it can be told apart later.
     """
 
     dst: IPNetwork
     gateway: IPAddress | None
     oif: int | None = None
     onlink: bool = False
+    protocol: int = RTPROT_BOOT
 
     def pack(self, seq: int) -> bytes:
         dst = self.dst
@@ -162,7 +167,7 @@ class RouteReplace:
             0,
             0,
             RT_TABLE_MAIN,
-            RTPROT_BOOT,
+            self.protocol,
             scope,
             RTN_UNICAST,
             RTNH_F_ONLINK if self.onlink else 0,
@@ -174,34 +179,47 @@ class RouteReplace:
         text = f"route replace {self.dst}"
         text += f" via {self.gateway}" if self.gateway is not None else ""
         text += f" dev {_dev(self.oif, names)}" if self.oif is not None else ""
-        return text + (" onlink" if self.onlink else "")
+        text += " onlink" if self.onlink else ""
+        return text + (f" proto {self.protocol}" if self.protocol != RTPROT_BOOT else "")
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDelete:
-    """``ip route del DST [via GW] [dev DEV]`` from the main table; unset fields match any route."""
+    """``ip route del DST [via GW] [dev DEV] [proto N]`` from the main table; unset fields match any route.
+
+    The kernel honours ``protocol`` on delete (IPv4 and IPv6), so a delete restricted to our own protocol can
+    never remove a route someone else made, even one that raced in since we looked.
+    """
 
     dst: IPNetwork
     gateway: IPAddress | None = None
     oif: int | None = None
+    protocol: int = 0
 
     def pack(self, seq: int) -> bytes:
         dst = self.dst
-        body = RTMSG.pack(_INET[dst.version], dst.prefixlen, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+        body = RTMSG.pack(_INET[dst.version], dst.prefixlen, 0, 0, RT_TABLE_MAIN, self.protocol,
+                          RT_SCOPE_NOWHERE, 0, 0)
         body += _route_attrs(dst, self.gateway, self.oif)
         return wire.message(RTM_DELROUTE, _DELETE, seq, body)
 
     def describe(self, names: Names = None) -> str:
         text = f"route del {self.dst}"
         text += f" via {self.gateway}" if self.gateway is not None else ""
-        return text + (f" dev {_dev(self.oif, names)}" if self.oif is not None else "")
+        text += f" dev {_dev(self.oif, names)}" if self.oif is not None else ""
+        return text + (f" proto {self.protocol}" if self.protocol else "")
 
 
 @dataclass(frozen=True, slots=True)
 class BlackholeRouteReplace:
-    """``ip route replace blackhole DST``: drop traffic to a network instead of leaking it elsewhere."""
+    """``ip route replace blackhole DST``: drop traffic to a network instead of leaking it elsewhere.
+
+    With ``exclusive`` it is ``ip route add`` instead (upstream's ``RouteAdd``): it fails with EEXIST rather
+    than replacing another route to the same destination, such as the bridge's route to the own subnet.
+    """
 
     dst: IPNetwork
+    exclusive: bool = False
 
     def pack(self, seq: int) -> bytes:
         dst = self.dst
@@ -217,10 +235,10 @@ class BlackholeRouteReplace:
             0,
         )
         body += _route_attrs(dst, None, None)
-        return wire.message(RTM_NEWROUTE, _REPLACE, seq, body)
+        return wire.message(RTM_NEWROUTE, _ADD if self.exclusive else _REPLACE, seq, body)
 
     def describe(self, names: Names = None) -> str:
-        return f"route replace blackhole {self.dst}"
+        return f"route {'add' if self.exclusive else 'replace'} blackhole {self.dst}"
 
 
 Op: TypeAlias = (

@@ -1,0 +1,52 @@
+"""The alloc backend (spec §10.9): acquire a subnet lease and program nothing.
+
+For setups where something else (a cloud route table, a router) moves the packets and flanneld only hands
+out subnets and writes ``subnet.env``. The lease carries the public IP(s) and no ``BackendType``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from flannel.backend.base import BackendContext
+from flannel.backend.hostgw import warn_unknown_keys
+from flannel.config import NetworkConfig
+from flannel.lease import Lease, LeaseAttrs
+from flannel.subnet.manager import WatchResult
+
+
+class AllocBackend:
+    """Registers the lease; that is all."""
+
+    def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
+        warn_unknown_keys("alloc", config.backend)
+        self.ctx = ctx
+
+    async def register_network(self, config: NetworkConfig) -> AllocNetwork:
+        ext = self.ctx.ext_iface
+        attrs = LeaseAttrs(
+            public_ip=ext.ext_addr if config.enable_ipv4 and ext.ext_addr else LeaseAttrs().public_ip,
+            public_ipv6=ext.ext_v6_addr if config.enable_ipv6 else None,
+        )
+        return AllocNetwork(await self.ctx.subnet_manager.acquire_lease(attrs), ext.mtu)
+
+
+class AllocNetwork:
+    """The lease and the MTU (the external interface's); ``run`` waits until cancelled."""
+
+    def __init__(self, lease: Lease, mtu: int) -> None:
+        self._lease = lease
+        self._mtu = mtu
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        # Other nodes' leases concern nothing here, so the watch is never even started (upstream: <-ctx.Done()).
+        await asyncio.Event().wait()

@@ -1,0 +1,146 @@
+"""A network made only of underlay routes to peers: host-gw today, ipip's DirectRouting part later.
+
+Upstream's ``RouteNetwork`` with its one per-backend hook (``route_for``: what route does this lease need?).
+Like the vxlan plane it keeps the *desired* route per lease, so that an event is a diff (replaying one changes
+nothing), and a periodic reconcile repairs drift with ``route_drift``: a missing or wrong route is re-added
+and logged as a repair warning; a stale route of ours is removed (upstream's 10 s "Route recovered" check, plus
+stale removal and wrong-route replacement). Until the first lease snapshot, nothing is considered stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from flannel.backend.route_plane import (
+    Address,
+    Network,
+    PeerRoute,
+    apply_ops,
+    is_peer_subnet,
+    route_drift,
+    route_ops,
+)
+from flannel.errors import LeaseDecodeError
+from flannel.lease import EventType, Lease, LeaseEvent
+from flannel.netlink import Netlink
+from flannel.subnet.lease_tracker import LeaseTracker
+from flannel.subnet.manager import WatchResult
+
+log = logging.getLogger(__name__)
+
+OPS_PER_BATCH = 1024
+"""Kernel operations per netlink batch (as vxlan): amortises round trips without holding a whole snapshot."""
+
+
+@dataclass
+class RoutePlane:
+    """One address family's routes: ``<remote subnet> via <remote public IP> dev <oif>`` per peer."""
+
+    family: int
+    """``socket.AF_INET`` or ``socket.AF_INET6``."""
+    cluster: Network
+    """The cluster network of this family: our routes are inside it."""
+    own_subnet: Network
+    """This node's subnet of the family (never routed to a peer)."""
+    oif: int
+    """The external interface the routes go out of."""
+    desired: dict[str, PeerRoute] = field(default_factory=dict)
+    """Wanted route by lease key."""
+
+    def route_for(self, lease: Lease) -> PeerRoute | None:
+        """The hook: the route a lease needs on this family, None if it has none.
+
+        Raises ``LeaseDecodeError`` for a lease that must not be routed, so that it is skipped alone.
+        """
+        v6 = self.family == socket.AF_INET6
+        subnet: Network | None = lease.ipv6_subnet if v6 else lease.subnet
+        public: Address | None = lease.attrs.public_ipv6 if v6 else lease.attrs.public_ip
+        if subnet is None or public is None or int(public) == 0:
+            return None
+        if not is_peer_subnet(subnet, self.cluster, self.own_subnet):
+            raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
+        return PeerRoute(dst=subnet, gateway=public, oif=self.oif)
+
+
+class RouteNetwork:
+    """A running route-only network: applies lease events to every family and keeps the kernel reconciled."""
+
+    def __init__(self, nl: Netlink, lease: Lease, mtu: int, backend_type: str, planes: list[RoutePlane],
+                 reconcile_interval: float, dev_name: str = "") -> None:
+        self.nl = nl
+        self._lease = lease
+        self._mtu = mtu
+        self.backend_type = backend_type
+        self.planes = planes
+        self.reconcile_interval = reconcile_interval
+        self.names = {p.oif: dev_name for p in planes} if dev_name else {}
+        self.tracker = LeaseTracker(lease)
+        self.synced = False
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    def handle_events(self, events: list[LeaseEvent]) -> None:
+        """Apply lease events to every family. Idempotent: replaying an event changes nothing."""
+        ops: list[object] = []
+        for ev in events:
+            lease = ev.lease
+            foreign = ev.type is EventType.ADDED and lease.attrs.backend_type != self.backend_type
+            if foreign:
+                # Upstream ignores such a lease but keeps the route it made for it before; a peer that
+                # switched backends must not keep a stale route, so that is removed.
+                log.info("ignoring non-%s lease %s (BackendType %r)", self.backend_type, lease.key,
+                         lease.attrs.backend_type)
+            for plane in self.planes:
+                old = plane.desired.get(lease.key)
+                new: PeerRoute | None = None
+                if not (ev.type is EventType.REMOVED or foreign):
+                    try:
+                        new = plane.route_for(lease)
+                    except (LeaseDecodeError, ValueError) as exc:
+                        log.warning("skipping lease %s: %s (its current route is left as it is)", lease.key, exc)
+                        continue
+                ops.extend(route_ops(old, new))
+                if new is None:
+                    plane.desired.pop(lease.key, None)
+                else:
+                    plane.desired[lease.key] = new
+            if len(ops) >= OPS_PER_BATCH:
+                apply_ops(self.nl, ops, names=self.names)
+                ops = []
+        apply_ops(self.nl, ops, names=self.names)
+
+    def reconcile(self) -> int:
+        """Repair every difference between the kernel and the leases; returns the repairs made."""
+        if not self.synced:
+            return 0  # until the first snapshot, "not desired" does not mean "stale"
+        repairs = 0
+        for plane in self.planes:
+            drift = route_drift(self.nl, plane.family, plane.cluster, list(plane.desired.values()))
+            if drift:
+                apply_ops(self.nl, [op for _, op in drift], [r for r, _ in drift], names=self.names)
+                repairs += len(drift)
+        return repairs
+
+    async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._reconcile_loop(), name=f"{self.backend_type}-reconcile")
+            async for result in results:
+                self.handle_events(self.tracker.apply(result))
+                if result.snapshot is not None and not self.synced:
+                    self.synced = True
+                    self.reconcile()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            self.reconcile()
