@@ -58,6 +58,7 @@ bench: venv
 	$(PY) bench/bench_program_peers.py
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_cni.py
+	$(PY) bench/bench_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
