@@ -99,6 +99,18 @@ def _host_gw(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return HostGWBackend(ctx, config)
 
 
+def _ipip(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.ipip import IPIPBackend
+
+    return IPIPBackend(ctx, config)
+
+
+def _extension(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.extension import ExtensionBackend
+
+    return ExtensionBackend(ctx, config)
+
+
 def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
     from flannel.backend.alloc import AllocBackend
 
@@ -109,10 +121,10 @@ BACKENDS: dict[str, BackendFactory] = {
     "vxlan": _vxlan,
     "host-gw": _host_gw,
     "udp": _not_yet("udp"),
-    "ipip": _not_yet("ipip"),
+    "ipip": _ipip,
     "ipsec": _not_yet("ipsec"),
     "wireguard": _not_yet("wireguard"),
-    "extension": _not_yet("extension"),
+    "extension": _extension,
     "alloc": _alloc,
     "tencent-vpc": _not_yet("tencent-vpc"),
 }

@@ -1,4 +1,4 @@
-"""A network made only of underlay routes to peers: host-gw today, ipip's DirectRouting part later.
+"""A network made only of routes to peers' public IPs: host-gw, and ipip (tunnel and DirectRouting routes).
 
 Upstream's ``RouteNetwork`` with its one per-backend hook (``route_for``: what route does this lease need?).
 Like the vxlan plane it keeps the *desired* route per lease, so that an event is a diff (replaying one changes
@@ -70,7 +70,7 @@ class RouteNetwork:
     """A running route-only network: applies lease events to every family and keeps the kernel reconciled."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, backend_type: str, planes: list[RoutePlane],
-                 reconcile_interval: float, dev_name: str = "") -> None:
+                 reconcile_interval: float, dev_name: str = "", names: dict[int, str] | None = None) -> None:
         self.nl = nl
         self._lease = lease
         self._mtu = mtu
@@ -78,6 +78,7 @@ class RouteNetwork:
         self.planes = planes
         self.reconcile_interval = reconcile_interval
         self.names = {p.oif: dev_name for p in planes} if dev_name else {}
+        self.names.update(names or {})
         self.tracker = LeaseTracker(lease)
         self.synced = False
 

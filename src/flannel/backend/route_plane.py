@@ -1,4 +1,4 @@
-"""The one route reconciler: plain underlay routes to peers, shared by host-gw and vxlan's DirectRouting.
+"""The one route reconciler: routes to peers' public IPs, shared by host-gw, ipip and vxlan's DirectRouting.
 
 Upstream has one "route network" (``pkg/backend/route_network.go``) reused by host-gw and ipip; this is ours.
 A ``PeerRoute`` is what a remote lease needs (``<subnet> via <gateway> [dev <device>]``); ``route_drift``
@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannel.ipaddr import within
-from flannel.netlink import FdbDelete, NeighDelete, Netlink, Route, RouteDelete, RouteReplace, is_gone
+from flannel.netlink import (
+    FdbDelete,
+    NeighDelete,
+    Netlink,
+    NetlinkError,
+    Route,
+    RouteDelete,
+    RouteReplace,
+    is_gone,
+)
 from flannel.netlink.consts import RT_TABLE_MAIN, RTN_UNICAST
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,7 @@ RTPROT_FLANNEL = 70
 
 @dataclass(frozen=True, slots=True)
 class PeerRoute:
-    """``<dst> via <gateway> [dev <oif>]`` in the main table, no onlink: one remote lease's underlay route."""
+    """``<dst> via <gateway> [dev <oif>] [onlink]`` in the main table: one remote lease's route."""
 
     dst: Network
     """The remote subnet."""
@@ -44,9 +53,11 @@ class PeerRoute:
     """The remote public IP."""
     oif: int | None = None
     """The device (host-gw: the external interface); None lets the kernel choose (vxlan DirectRouting)."""
+    onlink: bool = False
+    """The gateway is taken as on the device without a lookup (ipip: the tunnel's far end)."""
 
     def replace_op(self) -> RouteReplace:
-        return RouteReplace(dst=self.dst, gateway=self.gateway, oif=self.oif, onlink=False,
+        return RouteReplace(dst=self.dst, gateway=self.gateway, oif=self.oif, onlink=self.onlink,
                             protocol=RTPROT_FLANNEL)
 
     def delete_op(self) -> RouteDelete:
@@ -56,7 +67,7 @@ class PeerRoute:
 
     def matches(self, r: Route) -> bool:
         """Whether the kernel route ``r`` (same destination) does what this one wants."""
-        return (r.type == RTN_UNICAST and r.gateway == self.gateway and not r.onlink
+        return (r.type == RTN_UNICAST and r.gateway == self.gateway and r.onlink == self.onlink
                 and (self.oif is None or r.oif == self.oif))
 
 
@@ -75,6 +86,16 @@ def is_peer_subnet(subnet: Network, cluster: Network, own: Network) -> bool:
         return False
     shortest = min(plen, oplen)
     return addr >> (bits - shortest) != int(own.network_address) >> (bits - shortest)
+
+
+def is_on_link(nl: Netlink, public: Address) -> bool:
+    """True when the kernel reaches ``public`` without a gateway: DirectRouting's test (vxlan and ipip)."""
+    try:
+        info = nl.route_get(public)
+    except NetlinkError as exc:  # e.g. a blackhole or prohibit route: not on-link, tunnel instead
+        log.warning("route lookup for %s failed (%s); using the tunnel for it", public, exc)
+        return False
+    return info is not None and info.gateway is None
 
 
 def route_ops(old: PeerRoute | None, new: PeerRoute | None) -> list[object]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flannel.netlink.addrs import Addr
 from flannel.netlink.client import Netlink
 from flannel.netlink.errors import NetlinkError, is_exists, is_gone, is_unreachable
-from flannel.netlink.links import Link, VxlanInfo, VxlanSpec
+from flannel.netlink.links import IptunInfo, IptunSpec, Link, VxlanInfo, VxlanSpec
 from flannel.netlink.monitor import LinkEvent, LinkMonitor, link_events
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.ops import (
@@ -31,6 +31,8 @@ __all__ = [
     "FdbDelete",
     "FdbEntry",
     "FdbReplace",
+    "IptunInfo",
+    "IptunSpec",
     "Link",
     "LinkEvent",
     "LinkMonitor",

@@ -31,7 +31,7 @@ from flannel.netlink.consts import (
     RTM_NEWROUTE,
 )
 from flannel.netlink.errors import NetlinkError, is_gone, is_rejected, is_unreachable
-from flannel.netlink.links import Link, VxlanSpec
+from flannel.netlink.links import IptunSpec, Link, VxlanSpec
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.routes import Route, RouteInfo
 from flannel.netlink.transport import Transport
@@ -76,6 +76,15 @@ class Netlink(Transport):
         self._transact(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, links.vxlan_body(spec), op)
         link = self.link_by_name(spec.name)
         if link is None:  # deleted between the two requests by someone else
+            raise NetlinkError(errno.ENODEV, op, "device vanished right after creation")
+        return link
+
+    def create_ipip(self, spec: IptunSpec) -> Link:
+        """Create an ipip device (EEXIST when the name is taken; EOPNOTSUPP when the kernel has no ipip)."""
+        op = links.ipip_describe(spec)
+        self._transact(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, links.ipip_body(spec), op)
+        link = self.link_by_name(spec.name)
+        if link is None:
             raise NetlinkError(errno.ENODEV, op, "device vanished right after creation")
         return link
 

@@ -92,6 +92,14 @@ IFLA_VXLAN_GROUP6: Final = 16
 IFLA_VXLAN_LOCAL6: Final = 17
 IFLA_VXLAN_GBP: Final = 23
 
+# ipip tunnels: linux/if_tunnel.h
+IFLA_IPTUN_LINK: Final = 1
+IFLA_IPTUN_LOCAL: Final = 2
+IFLA_IPTUN_REMOTE: Final = 3
+IFLA_IPTUN_TTL: Final = 4
+IFLA_IPTUN_TOS: Final = 5
+IFLA_IPTUN_PMTUDISC: Final = 10
+
 # addresses: linux/if_addr.h
 IFA_ADDRESS: Final = 1
 IFA_LOCAL: Final = 2

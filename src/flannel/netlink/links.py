@@ -17,6 +17,12 @@ from flannel.netlink.consts import (
     IFLA_IFNAME,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
+    IFLA_IPTUN_LINK,
+    IFLA_IPTUN_LOCAL,
+    IFLA_IPTUN_PMTUDISC,
+    IFLA_IPTUN_REMOTE,
+    IFLA_IPTUN_TOS,
+    IFLA_IPTUN_TTL,
     IFLA_LINKINFO,
     IFLA_MTU,
     IFLA_VXLAN_GBP,
@@ -53,6 +59,18 @@ class VxlanInfo:
 
 
 @dataclass(frozen=True)
+class IptunInfo:
+    """The settings of an ipip device (``ip -d link show``'s ``ipip ...`` part)."""
+
+    local: IPAddress | None
+    """Outer source address; None for "any"."""
+    remote: IPAddress | None
+    """Outer destination; None for "any" (flannel's device: one device, many peers)."""
+    underlay_index: int
+    """IFLA_IPTUN_LINK, 0 when the device is not bound to an underlay."""
+
+
+@dataclass(frozen=True)
 class Link:
     """A network device as seen in one namespace."""
 
@@ -66,6 +84,8 @@ class Link:
     kind: str
     """``vxlan``, ``dummy``, ``veth``...; empty for physical devices and loopback."""
     vxlan: VxlanInfo | None = None
+    iptun: IptunInfo | None = None
+    """Set for ``ipip`` devices."""
 
 
 def parse_link(data: bytes, start: int, end: int) -> Link:
@@ -74,12 +94,15 @@ def parse_link(data: bytes, start: int, end: int) -> Link:
     a = wire.attrs(data, start + IFINFOMSG.size, end)
     kind = ""
     vxlan = None
+    iptun = None
     info_raw = a.get(IFLA_LINKINFO)
     if info_raw is not None:
         info = wire.nested(info_raw)
         kind = wire.cstr(info.get(IFLA_INFO_KIND, b""))
         if kind == "vxlan" and IFLA_INFO_DATA in info:
             vxlan = _parse_vxlan(wire.nested(info[IFLA_INFO_DATA]))
+        elif kind == "ipip":
+            iptun = _parse_iptun(wire.nested(info.get(IFLA_INFO_DATA, b"")))
     mac = a.get(IFLA_ADDRESS)
     return Link(
         index=index,
@@ -89,6 +112,21 @@ def parse_link(data: bytes, start: int, end: int) -> Link:
         up=bool(flags & IFF_UP),
         kind=kind,
         vxlan=vxlan,
+        iptun=iptun,
+    )
+
+
+def _addr_or_none(raw: bytes | None) -> IPAddress | None:
+    if not raw or not any(raw):  # 0.0.0.0 is how the kernel says "any"
+        return None
+    return wire.ip_from(raw)
+
+
+def _parse_iptun(d: dict[int, bytes]) -> IptunInfo:
+    return IptunInfo(
+        local=_addr_or_none(d.get(IFLA_IPTUN_LOCAL)),
+        remote=_addr_or_none(d.get(IFLA_IPTUN_REMOTE)),
+        underlay_index=wire.u32(d[IFLA_IPTUN_LINK]) if IFLA_IPTUN_LINK in d else 0,
     )
 
 
@@ -177,6 +215,46 @@ def vxlan_describe(spec: VxlanSpec) -> str:
     text += "" if spec.learning else " nolearning"
     text += f" dstport {spec.port}" if spec.port > 0 else ""
     return text + (" gbp" if spec.gbp else "")
+
+
+@dataclass(frozen=True)
+class IptunSpec:
+    """An ipip device as ``ip link add NAME mtu M type ipip local LOCAL [dev UNDERLAY]`` makes it."""
+
+    name: str
+    """Device name."""
+    local: IPAddress | None
+    """Outer source address (IPv4); None for any."""
+    mtu: int
+    """Device MTU; 0 for the kernel's choice."""
+    underlay_index: int = 0
+    """Index of the device the tunnel is bound to; 0 for none (flannel's choice, as upstream)."""
+
+
+def ipip_body(spec: IptunSpec) -> bytes:
+    """RTM_NEWLINK body for ``ip link add NAME mtu M type ipip local LOCAL remote any``.
+
+    TTL and TOS 0 (inherit) and path-MTU discovery on, as Go's netlink library sends them.
+    """
+    data = []
+    if spec.local is not None:
+        data.append(wire.attr(IFLA_IPTUN_LOCAL, spec.local.packed))
+    if spec.underlay_index:
+        data.append(wire.attr_u32(IFLA_IPTUN_LINK, spec.underlay_index))
+    data += [wire.attr_u8(IFLA_IPTUN_TTL, 0), wire.attr_u8(IFLA_IPTUN_TOS, 0), wire.attr_u8(IFLA_IPTUN_PMTUDISC, 1)]
+    linkinfo = wire.attr_str(IFLA_INFO_KIND, "ipip") + wire.attr(IFLA_INFO_DATA, b"".join(data))
+    parts = [ifinfo(), wire.attr_str(IFLA_IFNAME, spec.name)]
+    if spec.mtu > 0:
+        parts.append(wire.attr_u32(IFLA_MTU, spec.mtu))
+    parts.append(wire.attr(IFLA_LINKINFO, linkinfo))
+    return b"".join(parts)
+
+
+def ipip_describe(spec: IptunSpec) -> str:
+    """The ``ip link add`` command equivalent to ``ipip_body``, for logs and errors."""
+    text = f"link add {spec.name}" + (f" mtu {spec.mtu}" if spec.mtu > 0 else "") + " type ipip"
+    text += f" local {spec.local}" if spec.local is not None else " local any"
+    return text + " remote any" + (f" dev #{spec.underlay_index}" if spec.underlay_index else "")
 
 
 def mtu_body(index: int, mtu: int) -> bytes:

@@ -1,0 +1,124 @@
+"""The ipip backend against the real kernel, in a fresh namespace per test (as ``test_hostgw_network.py``).
+
+This machine's kernel has no ipip (``CONFIG_NET_IPIP`` is not set): there the start-up error is what is
+tested, and the tests that need a working ``flannel.ipip`` skip; where the kernel has it, the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, TypeVar
+
+import pytest
+
+from flannel.backend.base import BackendContext, create_backend
+from flannel.backend.ipip import DEVICE_NAME, NO_KERNEL_SUPPORT
+from flannel.backend.route_network import RouteNetwork
+from flannel.config import parse_network_config
+from flannel.errors import FlannelError
+from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from flannel.netlink.nsenter import entered
+from tests.integration.test_vxlan_network import FakeSubnetManager, ext_iface
+from tests.ipip_support import IPIP_MISSING, ipip_unavailable
+from tests.netns import NetNS, netns_fixture  # noqa: F401
+
+pytestmark = pytest.mark.root
+
+T = TypeVar("T")
+OWN = IPv4Network("10.5.52.0/24")
+
+
+def needs_ipip() -> None:
+    reason = ipip_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@dataclasses.dataclass
+class Node:
+    ns: NetNS
+    sm: FakeSubnetManager
+    network: RouteNetwork
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        with entered(self.ns.name):
+            return fn(*args)
+
+
+def build(ns: NetNS, backend: str = '{"Type":"ipip"}') -> tuple[FakeSubnetManager, Any]:
+    config = parse_network_config(f'{{"Network":"10.0.0.0/8","Backend":{backend}}}')
+    sm = FakeSubnetManager(Lease(subnet=OWN))
+    with entered(ns.name):
+        backend_obj = create_backend(BackendContext(subnet_manager=sm, ext_iface=ext_iface(ns)), config)
+        return sm, asyncio.run(backend_obj.register_network(config))
+
+
+@pytest.fixture
+def register(netns: NetNS) -> Iterator[Callable[..., Node]]:
+    made: list[Node] = []
+
+    def make(backend: str = '{"Type":"ipip"}') -> Node:
+        sm, network = build(netns, backend)
+        node = Node(netns, sm, network)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.network.nl.close()
+
+
+def peer(i: int, public: str) -> Lease:
+    return Lease(subnet=IPv4Network(f"10.100.{i}.0/24"),
+                 attrs=LeaseAttrs(public_ip=IPv4Address(public), backend_type="ipip"))
+
+
+def route_of(ns: NetNS, dst: str) -> dict[str, Any]:
+    found = ns.ip_json("route", "show", dst)
+    return found[0] if found else {}
+
+
+def test_without_kernel_ipip_support_startup_fails_naming_it_and_acquires_no_lease(netns: NetNS) -> None:
+    if ipip_unavailable() != IPIP_MISSING:
+        pytest.skip("the kernel has ipip support (or namespaces are unavailable)")
+    with pytest.raises(FlannelError) as info:
+        build(netns)
+    assert str(info.value).startswith(NO_KERNEL_SUPPORT)
+    assert "Unknown device type" in str(info.value)
+    assert netns.ip("link", "show", DEVICE_NAME, check=False).returncode != 0
+
+
+def test_device_is_ipip_with_local_mtu_and_lease_address(register: Callable[..., Node]) -> None:
+    needs_ipip()
+    node = register()
+    link = node.ns.ip_json("-d", "link", "show", "dev", DEVICE_NAME)[0]
+    assert link["linkinfo"]["info_kind"] == "ipip" and link["mtu"] == 1480
+    assert link["linkinfo"]["info_data"]["local"] == "198.18.0.1"
+    addrs = node.ns.ip_json("-4", "addr", "show", "dev", DEVICE_NAME)[0]["addr_info"]
+    assert [(a["local"], a["prefixlen"]) for a in addrs] == [("10.5.52.0", 32)]
+    assert node.sm.attrs[-1].backend_type == "ipip" and node.network.mtu == 1480
+
+
+def test_peer_routes_are_onlink_on_the_tunnel_and_restored_by_reconcile(register: Callable[..., Node]) -> None:
+    needs_ipip()
+    node = register()
+    node.call(node.network.handle_events, [LeaseEvent(EventType.ADDED, peer(1, "203.0.113.9"))])
+    r = route_of(node.ns, "10.100.1.0/24")
+    assert (r["gateway"], r["dev"], "onlink" in r["flags"]) == ("203.0.113.9", DEVICE_NAME, True)
+    node.network.synced = True
+    node.ns.ip("route", "del", "10.100.1.0/24")
+    assert node.call(node.network.reconcile) == 1
+    assert route_of(node.ns, "10.100.1.0/24")["dev"] == DEVICE_NAME
+    node.call(node.network.handle_events, [LeaseEvent(EventType.REMOVED, peer(1, "203.0.113.9"))])
+    assert route_of(node.ns, "10.100.1.0/24") == {}
+
+
+def test_direct_routing_sends_on_link_peers_over_eth0(register: Callable[..., Node]) -> None:
+    needs_ipip()
+    node = register('{"Type":"ipip","DirectRouting":true}')
+    node.call(node.network.handle_events, [LeaseEvent(EventType.ADDED, peer(2, "198.18.0.9"))])
+    r = route_of(node.ns, "10.100.2.0/24")
+    assert (r["gateway"], r["dev"], "onlink" in r["flags"]) == ("198.18.0.9", "eth0", True)

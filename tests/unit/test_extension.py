@@ -1,0 +1,179 @@
+"""The extension backend's command contract, with real ``/bin/sh`` commands writing what they see to files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+
+import pytest
+
+from flannel.backend.base import BackendContext, ExternalInterface, create_backend
+from flannel.backend.extension import (
+    CommandError,
+    ExtensionBackend,
+    ExtensionConfig,
+    ExtensionNetwork,
+    parse_extension_config,
+    run_command,
+)
+from flannel.config import parse_network_config
+from flannel.errors import ConfigError
+from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+
+EXT = ExternalInterface(name="eth0", index=2, mtu=1400, iface_addr=IPv4Address("198.18.0.1"),
+                        iface_v6_addr=IPv6Address("2001:db8::1"), ext_addr=IPv4Address("203.0.113.1"),
+                        ext_v6_addr=IPv6Address("2001:db8::99"))
+DUAL = ',"EnableIPv6":true,"IPv6Network":"fd00:10::/48"'
+
+
+class FakeSM:
+    def __init__(self) -> None:
+        self.attrs: list[LeaseAttrs] = []
+
+    async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
+        self.attrs.append(attrs)
+        return Lease(subnet=IPv4Network("10.244.7.0/24"), ipv6_subnet=IPv6Network("fd00:10:0:7::/64"), attrs=attrs)
+
+
+def config(backend: dict[str, object], extra: str = DUAL) -> object:
+    return parse_network_config(f'{{"Network":"10.244.0.0/16"{extra},"Backend":{json.dumps(backend)}}}')
+
+
+def dump(tmp: Path, name: str) -> str:
+    """A command writing its variables to ``name.env`` and its stdin to ``name.in``."""
+    return (f'env | grep -E "^(NETWORK|SUBNET|IPV6SUBNET|PUBLIC_IP|PUBLIC_IPV6)=" | sort > {tmp}/{name}.env; '
+            f"cat > {tmp}/{name}.in")
+
+
+def env_of(tmp: Path, name: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (tmp / f"{name}.env").read_text().splitlines())
+
+
+def peer(i: int, public: str = "198.18.0.9", data: str | None = '"peer-data"', v6: bool = True,
+         backend_type: str = "extension") -> Lease:
+    return Lease(subnet=IPv4Network(f"10.244.{i}.0/24"),
+                 ipv6_subnet=IPv6Network(f"fd00:10:0:{i}::/64") if v6 else None,
+                 attrs=LeaseAttrs(public_ip=IPv4Address(public), backend_type=backend_type, backend_data=data,
+                                  public_ipv6=IPv6Address(f"2001:db8::{i}") if v6 else None))
+
+
+def test_config_reads_the_four_commands_and_rejects_non_strings(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = parse_extension_config({"Type": "extension", "subnetaddcommand": "echo a", "ShutdownCommand": "x",
+                                  "Bogus": 1})
+    assert cfg == ExtensionConfig(subnet_add="echo a")
+    assert "Backend.ShutdownCommand is not implemented" in caplog.text
+    assert "ignoring unknown key Backend.Bogus" in caplog.text
+    with pytest.raises(ConfigError, match=r"Backend\.PreStartupCommand must be a string"):
+        parse_extension_config({"PreStartupCommand": ["echo"]})
+
+
+async def test_commands_run_through_the_shell_with_pipes_variables_and_stdin(tmp_path: Path) -> None:
+    out = await run_command("X", 'read line; echo "$line-$FOO" | tr a-z A-Z', {"FOO": "bar"}, stdin="abc")
+    assert out == "ABC-BAR"
+
+
+async def test_a_failing_command_reports_its_status_and_stderr() -> None:
+    with pytest.raises(CommandError, match=r"'echo oops >&2; exit 3' exited with status 3: oops"):
+        await run_command("SubnetAddCommand", "echo oops >&2; exit 3", {})
+
+
+async def test_a_command_running_too_long_is_killed(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandError, match=r"timed out after 0\.3s"):
+        await run_command("X", f"sleep 5 & echo $! > {tmp_path}/pid; wait", {}, timeout=0.3)
+    assert time.monotonic() - started < 3
+    pid = (tmp_path / "pid").read_text().strip()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+async def test_startup_commands_publish_backend_data_and_see_the_documented_variables(tmp_path: Path) -> None:
+    sm = FakeSM()
+    cfg = config({"Type": "extension", "PreStartupCommand": "echo '<my \"data\">' | tr a-z A-Z",
+                  "PostStartupCommand": dump(tmp_path, "post")})
+    backend = create_backend(BackendContext(subnet_manager=sm, ext_iface=EXT), cfg)  # type: ignore[arg-type]
+    assert isinstance(backend, ExtensionBackend)
+    network = await backend.register_network(cfg)  # type: ignore[arg-type]
+    attrs = sm.attrs[0]
+    assert (attrs.backend_type, attrs.public_ip, attrs.public_ipv6) == (
+        "extension", EXT.iface_addr, EXT.iface_v6_addr)  # the interface addresses (as upstream)
+    assert json.loads(attrs.backend_data or "") == '<MY "DATA">'
+    assert attrs.to_json().endswith('"BackendType":"extension","BackendData":"<MY \\"DATA\\">"}')
+    assert env_of(tmp_path, "post") == {"NETWORK": "10.244.0.0/16", "SUBNET": "10.244.7.0/24",
+                                        "IPV6SUBNET": "fd00:10:0:7::/64", "PUBLIC_IP": "198.18.0.1",
+                                        "PUBLIC_IPV6": "2001:db8::1"}
+    assert (tmp_path / "post.in").read_text() == "\n"
+    assert network.mtu == 1400
+
+
+async def test_without_a_pre_startup_command_there_is_no_backend_data() -> None:
+    sm = FakeSM()
+    cfg = config({"Type": "extension"}, extra="")
+    await ExtensionBackend(BackendContext(subnet_manager=sm, ext_iface=EXT), cfg).register_network(  # type: ignore[arg-type]
+        cfg)  # type: ignore[arg-type]
+    assert sm.attrs[0].backend_data is None and sm.attrs[0].public_ipv6 is None
+    assert sm.attrs[0].to_json() == '{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"extension"}'
+
+
+async def test_a_failing_pre_startup_command_is_fatal() -> None:
+    cfg = config({"Type": "extension", "PreStartupCommand": "false"})
+    with pytest.raises(CommandError, match="PreStartupCommand 'false' exited with status 1"):
+        await ExtensionBackend(BackendContext(subnet_manager=FakeSM(), ext_iface=EXT), cfg).register_network(  # type: ignore[arg-type]
+            cfg)  # type: ignore[arg-type]
+
+
+def network(tmp_path: Path, add: str | None = None, remove: str | None = None) -> ExtensionNetwork:
+    cfg = ExtensionConfig(subnet_add=add if add is not None else dump(tmp_path, "add"),
+                          subnet_remove=remove if remove is not None else dump(tmp_path, "remove"))
+    own = Lease(subnet=IPv4Network("10.244.7.0/24"))
+    return ExtensionNetwork(own, 1400, cfg, timeout=5)
+
+
+async def test_subnet_add_and_remove_get_the_lease_variables_and_backend_data_on_stdin(tmp_path: Path) -> None:
+    net = network(tmp_path)
+    await net.handle_events([LeaseEvent(EventType.ADDED, peer(3))])
+    want = {"SUBNET": "10.244.3.0/24", "PUBLIC_IP": "198.18.0.9", "IPV6SUBNET": "fd00:10:0:3::/64",
+            "PUBLIC_IPV6": "2001:db8::3"}
+    assert env_of(tmp_path, "add") == want
+    assert (tmp_path / "add.in").read_text() == "peer-data\n"
+    await net.handle_events([LeaseEvent(EventType.REMOVED, peer(3))])
+    assert env_of(tmp_path, "remove") == want and (tmp_path / "remove.in").read_text() == "peer-data\n"
+
+
+async def test_an_unchanged_readd_runs_nothing_and_a_changed_lease_is_removed_then_added(tmp_path: Path) -> None:
+    log_file = tmp_path / "calls"
+    net = network(tmp_path, add=f'echo "add $SUBNET $PUBLIC_IP" >> {log_file}',
+                  remove=f'echo "del $SUBNET $PUBLIC_IP" >> {log_file}')
+    await net.handle_events([LeaseEvent(EventType.ADDED, peer(3, v6=False))])
+    await net.handle_events([LeaseEvent(EventType.ADDED, dataclasses.replace(peer(3, v6=False), revision=9))])
+    await net.handle_events([LeaseEvent(EventType.ADDED, peer(3, public="198.18.0.10", v6=False))])
+    assert log_file.read_text().splitlines() == [
+        "add 10.244.3.0/24 198.18.0.9", "del 10.244.3.0/24 198.18.0.9", "add 10.244.3.0/24 198.18.0.10"]
+
+
+async def test_failures_are_logged_with_status_and_stderr_and_never_stop_the_network(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    marker = tmp_path / "ok"
+    net = network(tmp_path, add=f'if [ "$SUBNET" = 10.244.3.0/24 ]; then echo no route >&2; exit 2; fi; '
+                                f"touch {marker}")
+    await net.handle_events([LeaseEvent(EventType.ADDED, peer(3)), LeaseEvent(EventType.ADDED, peer(4))])
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "SubnetAddCommand for lease 10.244.3.0-24&fd00:10:0:3::-64 failed" in errors[0]
+    assert "exited with status 2: no route" in errors[0]
+    assert "attempt 2 of 3" in caplog.text  # retried before giving up
+    assert marker.exists() and "10.244.3.0-24&fd00:10:0:3::-64" not in net.applied
+
+
+async def test_foreign_and_malformed_leases_are_skipped_with_a_message(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    net = network(tmp_path)
+    await net.handle_events([LeaseEvent(EventType.ADDED, peer(3, backend_type="host-gw")),
+                             LeaseEvent(EventType.ADDED, peer(4, data='{"not":"a string"}'))])
+    assert not (tmp_path / "add.env").exists()
+    assert "ignoring non-extension lease 10.244.3.0-24" in caplog.text
+    assert "skipping SubnetAddCommand for lease 10.244.4.0-24" in caplog.text
