@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.route_plane import (
     Address,
     Network,
@@ -25,16 +26,12 @@ from flannel.backend.route_plane import (
     route_ops,
 )
 from flannel.errors import LeaseDecodeError
-from flannel.lease import EventType, Lease, LeaseEvent
+from flannel.lease import Lease, LeaseEvent
 from flannel.netlink import Netlink
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
-
-OPS_PER_BATCH = 1024
-"""Kernel operations per netlink batch (as vxlan): amortises round trips without holding a whole snapshot."""
-
 
 @dataclass
 class RoutePlane:
@@ -65,6 +62,13 @@ class RoutePlane:
             raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
         return PeerRoute(dst=subnet, gateway=public, oif=self.oif)
 
+    # The ``PeerPlane`` interface of ``peer_events``: a route plane wants one route per lease.
+    def entries_for(self, lease: Lease) -> PeerRoute | None:
+        return self.route_for(lease)
+
+    def ops_for_change(self, old: PeerRoute | None, new: PeerRoute | None) -> list[object]:
+        return route_ops(old, new)
+
 
 class RouteNetwork:
     """A running route-only network: applies lease events to every family and keeps the kernel reconciled."""
@@ -92,33 +96,7 @@ class RouteNetwork:
 
     def handle_events(self, events: list[LeaseEvent]) -> None:
         """Apply lease events to every family. Idempotent: replaying an event changes nothing."""
-        ops: list[object] = []
-        for ev in events:
-            lease = ev.lease
-            foreign = ev.type is EventType.ADDED and lease.attrs.backend_type != self.backend_type
-            if foreign:
-                # Upstream ignores such a lease but keeps the route it made for it before; a peer that
-                # switched backends must not keep a stale route, so that is removed.
-                log.info("ignoring non-%s lease %s (BackendType %r)", self.backend_type, lease.key,
-                         lease.attrs.backend_type)
-            for plane in self.planes:
-                old = plane.desired.get(lease.key)
-                new: PeerRoute | None = None
-                if not (ev.type is EventType.REMOVED or foreign):
-                    try:
-                        new = plane.route_for(lease)
-                    except (LeaseDecodeError, ValueError) as exc:
-                        log.warning("skipping lease %s: %s (its current route is left as it is)", lease.key, exc)
-                        continue
-                ops.extend(route_ops(old, new))
-                if new is None:
-                    plane.desired.pop(lease.key, None)
-                else:
-                    plane.desired[lease.key] = new
-            if len(ops) >= OPS_PER_BATCH:
-                apply_ops(self.nl, ops, names=self.names)
-                ops = []
-        apply_ops(self.nl, ops, names=self.names)
+        apply_lease_events(self.nl, events, self.backend_type, self.planes, self.names)
 
     def reconcile(self) -> int:
         """Repair every difference between the kernel and the leases; returns the repairs made."""

@@ -16,23 +16,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from flannel.backend.base import BackendContext
+from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.route_plane import apply_ops
 from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config, v6_device_mtu
 from flannel.backend.vxlan_device import VXLANDeviceSpec, ensure_address, ensure_device
 from flannel.backend.vxlan_plane import VXLANPlane
 from flannel.config import NetworkConfig
-from flannel.errors import FlannelError, LeaseDecodeError
+from flannel.errors import FlannelError
 from flannel.gojson import compact
-from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from flannel.lease import Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import LinkMonitor, Netlink, link_events
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
-
-OPS_PER_BATCH = 1024
-"""Kernel operations sent per netlink batch: large enough to amortise the round trips, small enough that a
-snapshot of thousands of leases does not hold every packed message in memory at once."""
 
 
 @dataclass
@@ -135,35 +132,7 @@ class VXLANNetwork:
 
     def handle_events(self, events: list[LeaseEvent]) -> None:
         """Apply lease events to every plane. Idempotent: replaying an event changes nothing."""
-        ops: list[object] = []
-        for ev in events:
-            lease = ev.lease
-            foreign = ev.type is EventType.ADDED and lease.attrs.backend_type != "vxlan"
-            if foreign:
-                # Upstream ignores such a lease but keeps whatever it programmed for it before; a node that
-                # switched backends must not keep stale vxlan entries, so those are removed.
-                log.info("ignoring non-vxlan lease %s (BackendType %r)", lease.key, lease.attrs.backend_type)
-            for dev in self.devices:
-                plane = dev.plane
-                old = plane.desired.get(lease.key)
-                if ev.type is EventType.REMOVED or foreign:
-                    new = None
-                else:
-                    try:
-                        new = plane.entries_for(lease)
-                    except (LeaseDecodeError, ValueError) as exc:
-                        log.warning("skipping lease %s: %s (its current entries are left as they are)",
-                                    lease.key, exc)
-                        continue
-                ops.extend(plane.ops_for_change(old, new))
-                if new is None:
-                    plane.desired.pop(lease.key, None)
-                else:
-                    plane.desired[lease.key] = new
-            if len(ops) >= OPS_PER_BATCH:
-                apply_ops(self.nl, ops, names=self.dev_names)
-                ops = []
-        apply_ops(self.nl, ops, names=self.dev_names)
+        apply_lease_events(self.nl, events, "vxlan", [d.plane for d in self.devices], self.dev_names)
 
     def reconcile(self) -> int:
         """Make the kernel match the leases: recreate missing devices, repair drift. Returns repairs made."""
