@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from flannel.backend.route_plane import PeerRoute, is_peer_subnet, main_routes, route_drift
+from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_subnet, main_routes, route_drift
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold
 from flannel.ipaddr import within
@@ -25,7 +25,6 @@ from flannel.netlink import (
     NeighDelete,
     NeighReplace,
     Netlink,
-    NetlinkError,
     RouteDelete,
     RouteReplace,
 )
@@ -108,19 +107,10 @@ class VXLANPlane:
         if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
             field_name = "BackendV6Data" if self.v6 else "BackendData"
             raise LeaseDecodeError(f"{field_name}.VtepMAC is missing or not a MAC address: {mac!r}")
-        if self.direct_routing and self._on_link(public):
+        if self.direct_routing and is_on_link(self.nl, public):
             return PeerEntries(dst=subnet, gateway=public, direct=True)
         return PeerEntries(dst=subnet, gateway=subnet.network_address, direct=False, mac=mac.lower(),
                            public_ip=public)
-
-    def _on_link(self, public: Address) -> bool:
-        """True when the kernel reaches ``public`` without a gateway (DirectRouting applies)."""
-        try:
-            info = self.nl.route_get(public)
-        except NetlinkError as exc:  # e.g. a blackhole or prohibit route: not on-link, tunnel instead
-            log.warning("route lookup for %s failed (%s); using the vxlan tunnel for it", public, exc)
-            return False
-        return info is not None and info.gateway is None
 
     def ops_for_change(self, old: PeerEntries | None, new: PeerEntries | None) -> list[object]:
         """Netlink operations turning ``old`` into ``new`` (either may be None)."""
