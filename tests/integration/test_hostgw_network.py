@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -25,32 +25,16 @@ from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
-from tests.integration.test_vxlan_network import FakeSubnetManager, ext_iface
+from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
 
-T = TypeVar("T")
 OWN = IPv4Network("10.5.52.0/24")
 OWN6 = IPv6Network("fd00:10:0:34::/64")
 V6_LOCAL = "2001:db8:18::1"
 
 
-@dataclasses.dataclass
-class Node:
-    ns: NetNS
-    sm: FakeSubnetManager
-    network: RouteNetwork
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        with entered(self.ns.name):
-            return fn(*args)
-
-    def events(self, *events: LeaseEvent) -> None:
-        self.call(self.network.handle_events, list(events))
-
-    def reconcile(self) -> int:
-        return self.call(self.network.reconcile)
 
 
 @pytest.fixture

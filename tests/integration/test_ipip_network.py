@@ -7,27 +7,24 @@ tested, and the tests that need a working ``flannel.ipip`` skip; where the kerne
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from flannel.backend.base import BackendContext, create_backend
 from flannel.backend.ipip import DEVICE_NAME, NO_KERNEL_SUPPORT
-from flannel.backend.route_network import RouteNetwork
 from flannel.config import parse_network_config
 from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink.nsenter import entered
-from tests.integration.test_vxlan_network import FakeSubnetManager, ext_iface
+from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.ipip_support import IPIP_MISSING, ipip_unavailable
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
 
-T = TypeVar("T")
 OWN = IPv4Network("10.5.52.0/24")
 
 
@@ -37,15 +34,6 @@ def needs_ipip() -> None:
         pytest.skip(reason)
 
 
-@dataclasses.dataclass
-class Node:
-    ns: NetNS
-    sm: FakeSubnetManager
-    network: RouteNetwork
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        with entered(self.ns.name):
-            return fn(*args)
 
 
 def build(ns: NetNS, backend: str = '{"Type":"ipip"}') -> tuple[FakeSubnetManager, Any]:

@@ -11,7 +11,7 @@ into the backend goes through ``Node.call``, which runs it with this thread move
 ``flannel.netlink.nsenter.entered`` (setns there, setns back in a ``finally``). The Netlink socket stays bound
 to the namespace it was created in, so later calls would be safe anyway, but a recreated device writes
 ``accept_ra`` again, and that must never reach the root namespace. The autouse fixture
-``_stays_in_own_namespace`` checks that the thread is back in its own namespace after every test. Reading back
+``stays_in_own_namespace`` (tests.backend_harness) checks the thread is back home after every test. Reading back
 uses ``ip -n``/``ip netns exec``, which name the namespace explicitly and so work from anywhere.
 """
 
@@ -21,97 +21,30 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from flannel.backend.base import BackendContext, ExternalInterface
-from flannel.backend.vxlan import VXLANBackend, VXLANNetwork
-from flannel.config import NetworkConfig, parse_network_config
+from flannel.backend.base import BackendContext
+from flannel.backend.vxlan import VXLANBackend
+from flannel.config import parse_network_config
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
+from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.netns import UNDERLAY_IP, NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
 
-T = TypeVar("T")
 DEV = "flannel.1"
 CLUSTER = "10.0.0.0/8"
 OWN = IPv4Network("10.5.52.0/24")
 PEER_PUBLIC = "198.18.0.9"
 
 
-def _ns_inode() -> int:
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-@pytest.fixture(autouse=True)
-def _stays_in_own_namespace() -> Iterator[None]:
-    before = _ns_inode()
-    yield
-    assert _ns_inode() == before, "the test thread was left in another network namespace"
-
-
 # -- the network under test ------------------------------------------------------------------------------
-
-
-class FakeSubnetManager:
-    """Hands out one fixed lease and records the attributes it was asked to publish."""
-
-    def __init__(self, lease: Lease) -> None:
-        self.lease = lease
-        self.attrs: list[LeaseAttrs] = []
-
-    async def get_network_config(self) -> NetworkConfig:
-        raise AssertionError("the backend must not read the config itself")
-
-    async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
-        self.attrs.append(attrs)
-        return dataclasses.replace(self.lease, attrs=attrs)
-
-    def watch_leases(self) -> Any:
-        raise AssertionError("events are fed directly in these tests")
-
-    async def complete_lease(self, lease: Lease) -> None:
-        raise AssertionError("not used")
-
-    async def close(self) -> None:
-        pass
-
-
-@dataclasses.dataclass
-class Node:
-    """One registered vxlan network inside a namespace."""
-
-    ns: NetNS
-    sm: FakeSubnetManager
-    network: VXLANNetwork
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a backend call with this thread inside the namespace (see the module docstring)."""
-        with entered(self.ns.name):
-            return fn(*args)
-
-    def events(self, *events: LeaseEvent) -> None:
-        self.call(self.network.handle_events, list(events))
-
-    def apply(self, result: WatchResult) -> None:
-        """What ``run()`` does with one watch result."""
-        self.events(*self.network.tracker.apply(result))
-
-    def reconcile(self) -> int:
-        return self.call(self.network.reconcile)
-
-
-def ext_iface(ns: NetNS, dev: str = "eth0") -> ExternalInterface:
-    link = ns.ip_json("link", "show", "dev", dev)[0]
-    addr = IPv4Address(UNDERLAY_IP)
-    return ExternalInterface(name=dev, index=int(link["ifindex"]), mtu=int(link["mtu"]), iface_addr=addr,
-                             iface_v6_addr=None, ext_addr=addr, ext_v6_addr=None)
 
 
 RegisterFn = Callable[..., Node]
