@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from flannel.backend.base import BackendContext
+from flannel.backend.base import BackendContext, LeasedNetwork
 from flannel.backend.hostgw import warn_unknown_keys
 from flannel.config import NetworkConfig
 from flannel.lease import Lease, LeaseAttrs
@@ -32,20 +32,12 @@ class AllocBackend:
         return AllocNetwork(await self.ctx.subnet_manager.acquire_lease(attrs), ext.mtu)
 
 
-class AllocNetwork:
+class AllocNetwork(LeasedNetwork):
     """The lease and the MTU (the external interface's); ``run`` waits until cancelled."""
 
     def __init__(self, lease: Lease, mtu: int) -> None:
-        self._lease = lease
-        self._mtu = mtu
+        super().__init__(lease, mtu)
 
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         # Other nodes' leases concern nothing here, so the watch is never even started (upstream: <-ctx.Done()).

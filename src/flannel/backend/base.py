@@ -69,6 +69,24 @@ class Network(Protocol):
         ...
 
 
+class LeasedNetwork:
+    """What every ``Network`` implementation shares: this node's lease and the pods' MTU, fixed at registration."""
+
+    def __init__(self, lease: Lease, mtu: int) -> None:
+        self._lease = lease
+        self._mtu = mtu
+
+    @property
+    def lease(self) -> Lease:
+        """This node's lease."""
+        return self._lease
+
+    @property
+    def mtu(self) -> int:
+        """The MTU pods must use (``FLANNEL_MTU``)."""
+        return self._mtu
+
+
 class Backend(Protocol):
     """One data plane (vxlan, host-gw, ...)."""
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flannel.backend.base import BackendContext
+from flannel.backend.base import BackendContext, LeasedNetwork
 from flannel.config import NetworkConfig
 from flannel.errors import ConfigError, FlannelError
 from flannel.gojson import compact, fold
@@ -157,25 +157,17 @@ class ExtensionBackend:
         return ExtensionNetwork(lease, ext.mtu, self.cfg)
 
 
-class ExtensionNetwork:
+class ExtensionNetwork(LeasedNetwork):
     """Runs SubnetAddCommand / SubnetRemoveCommand for remote leases, in event order."""
 
     def __init__(self, lease: Lease, mtu: int, cfg: ExtensionConfig, timeout: float = COMMAND_TIMEOUT) -> None:
-        self._lease = lease
-        self._mtu = mtu
+        super().__init__(lease, mtu)
         self.cfg = cfg
         self.timeout = timeout
         self.tracker = LeaseTracker(lease)
         self.applied: dict[str, Lease] = {}
         """The leases SubnetAddCommand last succeeded for, by key."""
 
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         async for result in results:

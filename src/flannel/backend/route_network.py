@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from flannel.backend.base import LeasedNetwork
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.route_plane import (
     Address,
@@ -70,14 +71,13 @@ class RoutePlane:
         return route_ops(old, new)
 
 
-class RouteNetwork:
+class RouteNetwork(LeasedNetwork):
     """A running route-only network: applies lease events to every family and keeps the kernel reconciled."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, backend_type: str, planes: list[RoutePlane],
                  reconcile_interval: float, dev_name: str = "", names: dict[int, str] | None = None) -> None:
         self.nl = nl
-        self._lease = lease
-        self._mtu = mtu
+        super().__init__(lease, mtu)
         self.backend_type = backend_type
         self.planes = planes
         self.reconcile_interval = reconcile_interval
@@ -86,13 +86,6 @@ class RouteNetwork:
         self.tracker = LeaseTracker(lease)
         self.synced = False
 
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
 
     def handle_events(self, events: list[LeaseEvent]) -> None:
         """Apply lease events to every family. Idempotent: replaying an event changes nothing."""

@@ -15,7 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from flannel.backend.base import BackendContext
+from flannel.backend.base import BackendContext, LeasedNetwork
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.route_plane import apply_ops
 from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config, v6_device_mtu
@@ -97,14 +97,13 @@ class VXLANBackend:
                                gbp=self.cfg.gbp, mtu=mtu)
 
 
-class VXLANNetwork:
+class VXLANNetwork(LeasedNetwork):
     """The running vxlan network: applies lease events and keeps the kernel reconciled."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, devices: list[_Device], config: NetworkConfig,
                  reconcile_interval: float) -> None:
         self.nl = nl
-        self._lease = lease
-        self._mtu = mtu
+        super().__init__(lease, mtu)
         self.devices = devices
         self.config = config
         self.reconcile_interval = reconcile_interval
@@ -112,13 +111,6 @@ class VXLANNetwork:
         self.synced = False
         self._kick = asyncio.Event()
 
-    @property
-    def lease(self) -> Lease:
-        return self._lease
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
 
     @property
     def dev_names(self) -> dict[int, str]:
