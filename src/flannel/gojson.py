@@ -69,6 +69,11 @@ def _fold_name(name: str) -> str:
     return name.lower().replace("\u017f", "s")
 
 
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                              "\u2028": "\\u2028", "\u2029": "\\u2029"})
+"""Go's ``json.Marshal`` escapes these even inside raw messages; none of them can occur outside a string."""
+
+
 def compact(value: Any) -> str:
-    """Serialise as Go's ``json.Marshal`` does for flannel's values: compact, no HTML escaping needed."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Serialise as Go's ``json.Marshal`` does: compact, UTF-8 kept as is, HTML characters escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -13,12 +14,12 @@ import pytest
 from flannel.backend.alloc import AllocBackend, AllocNetwork
 from flannel.backend.base import BackendContext, ExternalInterface, create_backend
 from flannel.backend.hostgw import NAT_ERROR
-from flannel.backend.route_network import RoutePlane
+from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.backend.route_plane import RTPROT_FLANNEL, PeerRoute, route_ops
 from flannel.config import parse_network_config
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.lease import Lease, LeaseAttrs
-from flannel.netlink import BlackholeRouteReplace, Route, RouteDelete, RouteReplace
+from flannel.netlink import BlackholeRouteReplace, NetlinkError, Route, RouteDelete, RouteReplace
 from flannel.netlink.consts import NLM_F_EXCL, NLM_F_REPLACE, RTMSG
 from flannel.netlink.routes import dump_body
 
@@ -142,3 +143,31 @@ def test_exclusive_blackhole_is_an_add_not_a_replace() -> None:
     flags = struct.unpack_from("=H", BlackholeRouteReplace(NET).pack(1), 6)[0]
     assert flags & NLM_F_REPLACE
 
+
+
+class _HiccupNetlink:
+    """A netlink stand-in whose dumps fail, as a busy or interrupted kernel dump does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def routes(self, *args: object, **kwargs: object) -> list[object]:
+        self.calls += 1
+        raise NetlinkError(errno.EBUSY, "route dump")
+
+
+async def test_a_failing_reconcile_is_logged_and_retried_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    nl = _HiccupNetlink()
+    plane = RoutePlane(family=socket.AF_INET, cluster=IPv4Network("10.0.0.0/8"),
+                       own_subnet=IPv4Network("10.5.52.0/24"), oif=2)
+    network = RouteNetwork(nl, Lease(IPv4Network("10.5.52.0/24")), 1500, "host-gw", [plane],  # type: ignore[arg-type]
+                           reconcile_interval=0.01)
+    network.synced = True
+    task = asyncio.create_task(network._reconcile_loop())
+    await asyncio.sleep(0.1)
+    assert not task.done(), "the reconcile loop must survive a failing kernel dump"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert nl.calls >= 2
+    assert "reconcile failed" in caplog.text

@@ -263,3 +263,11 @@ def test_absurdly_nested_backend_data_is_a_decode_error_not_a_crash() -> None:
     deep = '{"PublicIP":"1.2.3.4","BackendData":' + "[" * 100000 + "]" * 100000 + "}"
     with pytest.raises(LeaseDecodeError):
         LeaseAttrs.from_json(deep)
+
+
+def test_backend_data_is_escaped_as_go_marshals_raw_json() -> None:
+    attrs = LeaseAttrs.from_json('{"PublicIP":"1.2.3.4","BackendType":"extension","BackendData":"a<b>&c\\u2028é"}')
+    assert attrs.to_json() == (
+        '{"PublicIP":"1.2.3.4","PublicIPv6":null,"BackendType":"extension",'
+        '"BackendData":"a\\u003cb\\u003e\\u0026c\\u2028é"}'
+    )

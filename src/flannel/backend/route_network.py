@@ -28,7 +28,7 @@ from flannel.backend.route_plane import (
 )
 from flannel.errors import LeaseDecodeError
 from flannel.lease import Lease, LeaseEvent
-from flannel.netlink import Netlink
+from flannel.netlink import Netlink, NetlinkError
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -115,4 +115,7 @@ class RouteNetwork(LeasedNetwork):
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.reconcile_interval)
-            self.reconcile()
+            try:
+                self.reconcile()
+            except (NetlinkError, OSError) as exc:  # a kernel hiccup must not restart the daemon: next round
+                log.warning("reconcile failed, retrying in %gs: %s", self.reconcile_interval, exc)

@@ -25,7 +25,7 @@ from flannel.config import NetworkConfig
 from flannel.errors import FlannelError
 from flannel.gojson import compact
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink import LinkMonitor, Netlink, link_events
+from flannel.netlink import LinkMonitor, Netlink, NetlinkError, link_events
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -176,4 +176,7 @@ class VXLANNetwork(LeasedNetwork):
                 async with asyncio.timeout(self.reconcile_interval):
                     await self._kick.wait()
             self._kick.clear()
-            self.reconcile()
+            try:
+                self.reconcile()
+            except (NetlinkError, OSError) as exc:  # a kernel hiccup must not restart the daemon: next round
+                log.warning("reconcile failed, retrying in %gs: %s", self.reconcile_interval, exc)

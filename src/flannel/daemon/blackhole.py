@@ -18,7 +18,7 @@ import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
-from flannel.netlink import BlackholeRouteReplace, Netlink, is_exists
+from flannel.netlink import BlackholeRouteReplace, Netlink, NetlinkError, is_exists
 from flannel.netlink.consts import RTN_BLACKHOLE
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ async def keep_blackholes(subnets: Sequence[Subnet], period: float) -> None:
     try:
         while True:
             await asyncio.sleep(period)
-            ensure_blackholes(nl, subnets)
+            try:
+                ensure_blackholes(nl, subnets)
+            except (NetlinkError, OSError) as exc:  # a kernel hiccup must not restart the daemon: next round
+                log.warning("blackhole route check failed, retrying in %gs: %s", period, exc)
     finally:
         nl.close()
