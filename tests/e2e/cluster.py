@@ -190,6 +190,14 @@ class Cluster:
         out = self.etcdctl("get", "--prefix", "/coreos.com/network/subnets").stdout.splitlines()
         return {out[i].rsplit("/", 1)[-1]: out[i + 1] for i in range(0, len(out) - 1, 2)}
 
+    def lease_key(self, host: Host) -> str:
+        """The etcd key of the host's lease (from its subnet.env): ``/coreos.com/network/subnets/10.244.7.0-24``."""
+        return f"/coreos.com/network/subnets/{subnet_of(host).replace('/', '-')}"
+
+    def delete_lease(self, host: Host) -> None:
+        """Delete the host's lease from etcd, as an operator would with etcdctl."""
+        self.etcdctl("del", self.lease_key(host))
+
     def add_host(self, n: int) -> Host:
         ns = self._add_ns(f"{self.prefix}h{n}")
         ip = f"198.18.0.{10 + n}"

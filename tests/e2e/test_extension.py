@@ -65,7 +65,7 @@ def test_host_leaving_is_removed_from_the_others_routes(three_hosts: Cluster) ->
     h3 = c.hosts[3]
     sub3 = subnet_of(h3)
     assert c.stop_flanneld(h3, signal.SIGTERM) == 0
-    c.etcdctl("del", f"/coreos.com/network/subnets/{sub3.replace('/', '-')}")
+    c.delete_lease(h3)
     for n in (1, 2):
         assert eventually(lambda n=n: sub3 not in c.routes(c.hosts[n])), c.routes(c.hosts[n])
         assert "SubnetRemoveCommand for lease" in c.hosts[n].log_file.read_text()

@@ -79,7 +79,7 @@ def test_blackhole_route_is_added_when_asked(three_hosts: Cluster) -> None:
     assert eventually(lambda: f"blackhole {sub4}" in c.routes(h4), timeout=5), c.routes(h4)
     assert eventually(lambda: sub4 in c.routes(c.hosts[1]))
     assert c.stop_flanneld(h4) == 0
-    c.etcdctl("del", f"/coreos.com/network/subnets/{sub4.replace('/', '-')}")
+    c.delete_lease(h4)
     assert eventually(lambda: all(sub4 not in c.routes(c.hosts[n]) for n in (1, 2, 3)))
 
 
@@ -88,7 +88,7 @@ def test_host_leaving_is_removed_from_the_others_routes(three_hosts: Cluster) ->
     h3 = c.hosts[3]
     sub3 = subnet_of(h3)
     assert c.stop_flanneld(h3, signal.SIGTERM) == 0
-    c.etcdctl("del", f"/coreos.com/network/subnets/{sub3.replace('/', '-')}")
+    c.delete_lease(h3)
     for n in (1, 2):
         assert eventually(lambda n=n: sub3 not in c.routes(c.hosts[n])), c.routes(c.hosts[n])
     h1, h2 = c.hosts[1], c.hosts[2]

@@ -153,11 +153,11 @@ def test_own_lease_deleted_while_running_is_taken_back(three_hosts: Cluster) -> 
     h2 = c.hosts[2]
     key = subnet_of(h2).replace("/", "-")
     before = c.leases()[key]
-    c.etcdctl("del", f"/coreos.com/network/subnets/{key}")
+    c.delete_lease(h2)
     assert eventually(lambda: c.leases().get(key) == before, timeout=10), c.leases()
     assert h2.proc is not None and h2.proc.poll() is None
     assert eventually(lambda: all_reachable(c)), c.matrix()
-    ttl_line = c.etcdctl("get", f"/coreos.com/network/subnets/{key}", "-w", "fields").stdout
+    ttl_line = c.etcdctl("get", c.lease_key(h2), "-w", "fields").stdout
     assert '"Lease" : 0' not in ttl_line, "the re-created key must hang off an etcd lease (TTL)"
 
 
@@ -194,7 +194,7 @@ def test_host_whose_lease_is_deleted_disappears_from_others_routes(three_hosts: 
     h4 = c.hosts[4]
     sub4 = subnet_of(h4)
     assert c.stop_flanneld(h4) == 0
-    c.etcdctl("del", f"/coreos.com/network/subnets/{sub4.replace('/', '-')}")
+    c.delete_lease(h4)
     for n in (1, 2, 3):
         assert eventually(lambda n=n: sub4 not in c.routes(c.hosts[n])), c.routes(c.hosts[n])
         fdb = in_ns(c.hosts[n].ns, "bridge", "fdb", "show", "dev", "flannel.1").stdout
