@@ -339,3 +339,22 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- the outside world (masquerade tests) -----------------------------------------------------------
+
+    OUTSIDE_IP = "203.0.113.1"
+    """An "internet" address (TEST-NET-3), held by the outside namespace."""
+    OUTSIDE_UNDERLAY_IP = "198.18.0.200"
+
+    def add_outside(self, *routed_by: Host) -> str:
+        """An "outside" host beyond the cluster: namespace ``<p>out`` on the underlay (198.18.0.200) holding
+        ``OUTSIDE_IP``; each host in ``routed_by`` routes 203.0.113.0/24 through it, as a host routes to the
+        internet. It has no route to the pod network, so only masqueraded pod traffic gets an answer.
+        Returns the namespace name.
+        """
+        ns = self._add_ns(f"{self.prefix}out")
+        self._plug(ns, "eth0", f"{self.OUTSIDE_UNDERLAY_IP}/24")
+        in_ns(ns, "ip", "addr", "add", f"{self.OUTSIDE_IP}/32", "dev", "lo")
+        for host in routed_by:
+            in_ns(host.ns, "ip", "route", "add", "203.0.113.0/24", "via", self.OUTSIDE_UNDERLAY_IP)
+        return ns

@@ -1,7 +1,9 @@
 """Three simulated hosts running flanneld with the extension backend and a host-gw-like example.
 
-The example is the one in the docs: ``ip route add $SUBNET via $PUBLIC_IP`` per remote lease and the
-matching ``ip route del``. The commands run through ``/bin/sh -c`` (see docs/backends.md), so ``$VAR`` works.
+The example is the one in the docs: ``ip route replace $SUBNET via $PUBLIC_IP`` per remote lease and the
+matching ``ip route del``, re-run every 2 s (``SubnetAddResyncInterval``) so that a route deleted by hand comes
+back. The commands run through ``/bin/sh -c`` (see docs/backends.md), so ``$VAR`` works. The tests share one
+cluster and run in order; in the last one a host leaves for good.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 BACKEND = json.dumps({
     "Type": "extension",
     "PreStartupCommand": "echo host-$(hostname -s 2>/dev/null || echo x)",
-    "SubnetAddCommand": "ip route add $SUBNET via $PUBLIC_IP",
+    "SubnetAddCommand": "ip route replace $SUBNET via $PUBLIC_IP",
     "SubnetRemoveCommand": "ip route del $SUBNET via $PUBLIC_IP",
+    "SubnetAddResyncInterval": 2,
 })
 
 
@@ -58,6 +61,17 @@ def test_leases_carry_the_pre_startup_output_as_a_json_string(three_hosts: Clust
         assert value["BackendType"] == "extension" and value["PublicIP"] == host.ip
         assert isinstance(value["BackendData"], str) and value["BackendData"].startswith("host-")
         assert host.env()["FLANNEL_MTU"] == "1500"
+
+
+def test_route_deleted_by_hand_is_restored_by_the_resync(three_hosts: Cluster) -> None:
+    c = three_hosts
+    h1, h2 = c.hosts[1], c.hosts[2]
+    sub2 = subnet_of(h2)
+    in_ns(h1.ns, "ip", "route", "del", sub2)
+    assert sub2 not in c.routes(h1)
+    assert eventually(lambda: f"{sub2} via {h2.ip} dev eth0" in c.routes(h1), timeout=15), c.routes(h1)
+    assert eventually(lambda: all(c.matrix().values())), c.matrix()
+    assert "failed" not in h1.log_file.read_text(), "a command (or its resync) failed"
 
 
 def test_host_leaving_is_removed_from_the_others_routes(three_hosts: Cluster) -> None:

@@ -1,12 +1,14 @@
 """The ipip backend against the real kernel, in a fresh namespace per test (as ``test_hostgw_network.py``).
 
 This machine's kernel has no ipip (``CONFIG_NET_IPIP`` is not set): there the start-up error is what is
-tested, and the tests that need a working ``flannel.ipip`` skip; where the kernel has it, the reverse.
+tested, and the tests that need a working ``flannel.ipip`` skip; where the kernel has it, the reverse. What
+is rebuilt when the device is deleted is also unit-tested without a kernel (tests/unit/test_ipip.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -19,6 +21,7 @@ from flannel.config import parse_network_config
 from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink.nsenter import entered
+from flannel.subnet.manager import WatchResult
 from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.ipip_support import IPIP_MISSING, ipip_unavailable
 from tests.netns import NetNS, netns_fixture  # noqa: F401
@@ -32,8 +35,6 @@ def needs_ipip() -> None:
     reason = ipip_unavailable()
     if reason:
         pytest.skip(reason)
-
-
 
 
 def build(ns: NetNS, backend: str = '{"Type":"ipip"}') -> tuple[FakeSubnetManager, Any]:
@@ -110,3 +111,75 @@ def test_direct_routing_sends_on_link_peers_over_eth0(register: Callable[..., No
     node.call(node.network.handle_events, [LeaseEvent(EventType.ADDED, peer(2, "198.18.0.9"))])
     r = route_of(node.ns, "10.100.2.0/24")
     assert (r["gateway"], r["dev"], "onlink" in r["flags"]) == ("198.18.0.9", "eth0", True)
+
+
+def tunnel(ns: NetNS) -> dict[str, Any]:
+    """``ip -d link show flannel.ipip``, decoded; empty when there is no such device."""
+    if ns.ip("link", "show", DEVICE_NAME, check=False).returncode != 0:
+        return {}
+    found: dict[str, Any] = ns.ip_json("-d", "link", "show", "dev", DEVICE_NAME)[0]
+    return found
+
+
+def assert_rebuilt(node: Node, old_index: int) -> None:
+    """The device is back as it was made (new index), with its /32, and the peer route goes via it."""
+    link = tunnel(node.ns)
+    assert link["ifindex"] != old_index and link["ifindex"] == node.network.plane.tunnel_index
+    assert link["linkinfo"]["info_kind"] == "ipip" and link["linkinfo"]["info_data"]["local"] == "198.18.0.1"
+    assert link["mtu"] == 1480 and "UP" in link["flags"]
+    addrs = node.ns.ip_json("-4", "addr", "show", "dev", DEVICE_NAME)[0]["addr_info"]
+    assert [(a["local"], a["prefixlen"]) for a in addrs] == [("10.5.52.0", 32)]
+    r = route_of(node.ns, "10.100.1.0/24")
+    assert (r["gateway"], r["dev"], "onlink" in r["flags"]) == ("203.0.113.9", DEVICE_NAME, True)
+    assert {route.oif for route in node.network.plane.desired.values()} == {link["ifindex"]}
+
+
+def test_a_deleted_device_is_rebuilt_by_reconcile_and_the_routes_follow_it(register: Callable[..., Node]) -> None:
+    needs_ipip()
+    node = register()
+    old = tunnel(node.ns)["ifindex"]
+    node.call(node.network.handle_events, [LeaseEvent(EventType.ADDED, peer(1, "203.0.113.9"))])
+    node.network.synced = True
+    node.ns.ip("link", "del", DEVICE_NAME)
+    assert route_of(node.ns, "10.100.1.0/24") == {}, "the kernel drops the routes with the device"
+    assert node.call(node.network.reconcile) == 2  # the device, then the route
+    assert_rebuilt(node, old)
+    assert node.call(node.network.reconcile) == 0
+
+
+def test_a_running_network_rebuilds_a_deleted_device_on_the_link_event(register: Callable[..., Node]) -> None:
+    needs_ipip()
+    node = register()
+    network = node.network
+    network.reconcile_interval = 3600.0  # so only the link event can be what repairs it
+    old = tunnel(node.ns)["ifindex"]
+
+    def rebuilt() -> bool:
+        link = tunnel(node.ns)
+        return bool(link) and link["ifindex"] != old and route_of(node.ns, "10.100.1.0/24").get("dev") == DEVICE_NAME
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+
+        async def watch() -> Any:
+            yield WatchResult(snapshot=(peer(1, "203.0.113.9"),))
+            await stop.wait()
+
+        task = asyncio.create_task(network.run(watch()))
+        try:
+            for _ in range(100):  # the snapshot programmed (so the link monitor is open)
+                if route_of(node.ns, "10.100.1.0/24"):
+                    break
+                await asyncio.sleep(0.1)
+            node.ns.ip("link", "del", DEVICE_NAME)
+            for _ in range(100):
+                if rebuilt():
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    node.call(asyncio.run, scenario())
+    assert_rebuilt(node, old)

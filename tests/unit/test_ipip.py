@@ -1,4 +1,5 @@
-"""The ipip backend without a kernel: config, netlink packing, the route hook, and the start-up error."""
+"""The ipip backend without a kernel: config, netlink packing, the route hook, the start-up error, and what
+is rebuilt when ``flannel.ipip`` is deleted at runtime."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from flannel.backend.base import BACKENDS, BackendContext, ExternalInterface, cr
 from flannel.backend.ipip import (
     NO_KERNEL_SUPPORT,
     IPIPBackend,
+    IPIPNetwork,
     IPIPRoutePlane,
+    device_fault,
     ensure_ipip_device,
     parse_ipip_config,
+    repoint,
 )
 from flannel.backend.route_plane import PeerRoute
 from flannel.config import parse_network_config
 from flannel.errors import ConfigError, FlannelError
-from flannel.lease import Lease, LeaseAttrs
+from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import IptunSpec, Link, NetlinkError, RouteInfo, wire
 from flannel.netlink.consts import (
     IFINFOMSG,
@@ -159,3 +163,92 @@ def test_direct_routing_uses_the_external_interface_for_on_link_peers_only() -> 
     routed = plane(FakeNL(gateway="198.18.0.254"), direct=True)
     assert routed.route_for(lease("10.244.3.0/24", "203.0.113.5")) == PeerRoute(
         dst, IPv4Address("203.0.113.5"), oif=9, onlink=True)
+
+
+# -- a deleted flannel.ipip is rebuilt: what is recreated, and the routes re-pointed at the new device ------
+
+
+def test_device_fault_says_what_is_wrong_with_the_kernels_device() -> None:
+    def link(index: int = 9, local: str = "198.18.0.1", mtu: int = 1480, remote: str | None = None) -> Link:
+        return Link(index=index, name="flannel.ipip", mtu=mtu, mac="", up=True, kind="ipip",
+                    iptun=IptunInfo(IPv4Address(local), IPv4Address(remote) if remote else None, 0))
+
+    assert device_fault(link(), SPEC, 9) is None
+    assert device_fault(None, SPEC, 9) == "is missing"
+    assert device_fault(link(index=14), SPEC, 9) == "was replaced (index 14, was 9)"
+    assert device_fault(link(local="198.18.0.7"), SPEC, 9) == "has local 198.18.0.7 remote any"
+    assert device_fault(link(remote="203.0.113.1"), SPEC, 9) == "has local 198.18.0.1 remote 203.0.113.1"
+    assert device_fault(link(mtu=1500), SPEC, 9) == "has mtu 1500"
+
+
+def test_repoint_moves_the_tunnel_routes_to_the_new_index_and_leaves_direct_routes_alone() -> None:
+    p = plane(FakeNL(), direct=False)
+    tunnel = PeerRoute(IPv4Network("10.244.3.0/24"), IPv4Address("203.0.113.5"), oif=9, onlink=True)
+    direct = PeerRoute(IPv4Network("10.244.4.0/24"), IPv4Address("198.18.0.9"), oif=2, onlink=True)
+    p.desired = {"a": tunnel, "b": direct}
+    assert repoint(p, 14) == 1
+    assert p.desired == {"a": PeerRoute(tunnel.dst, tunnel.gateway, oif=14, onlink=True), "b": direct}
+    assert p.tunnel_index == 14
+    assert p.route_for(lease("10.244.5.0/24")).oif == 14  # type: ignore[union-attr]  # and future routes too
+    assert repoint(p, 14) == 0
+
+
+class KernelAfterDelete(FakeNL):
+    """Netlink as it answers after ``ip link del flannel.ipip``: no device, and its routes gone with it.
+
+    The real path is tested in tests/integration/test_ipip_network.py, where the kernel has ipip; this
+    records what the network asks for, so the order of the repair can be checked on any machine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[IptunSpec] = []
+        self.calls: list[tuple[Any, ...]] = []
+        self.applied: list[object] = []
+
+    def link_by_name(self, name: str) -> Link | None:
+        if not self.made:
+            return None
+        return Link(index=14, name=name, mtu=1480, mac="", up=bool(self.calls), kind="ipip",
+                    iptun=IptunInfo(self.made[-1].local, None, 0))
+
+    def create_ipip(self, spec: IptunSpec) -> Link:
+        self.made.append(spec)
+        return Link(index=14, name=spec.name, mtu=spec.mtu, mac="", up=False, kind="ipip",
+                    iptun=IptunInfo(spec.local, None, 0))
+
+    def addresses(self, index: int, family: int) -> list[Any]:
+        return []
+
+    def add_address(self, index: int, address: Any, prefixlen: int) -> None:
+        self.calls.append(("addr add", index, address, prefixlen))
+
+    def set_link_up(self, index: int) -> None:
+        self.calls.append(("link up", index))
+
+    def routes(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+    def route_matches(self, dsts: list[Any]) -> list[Any]:
+        return [None] * len(dsts)
+
+    def apply(self, ops: list[object]) -> list[None]:
+        self.applied.extend(ops)
+        return [None] * len(ops)
+
+
+def test_reconcile_rebuilds_a_deleted_device_then_routes_peers_via_its_new_index() -> None:
+    nl = KernelAfterDelete()
+    own = Lease(subnet=IPv4Network("10.244.7.0/24"))
+    network = IPIPNetwork(nl, own, 1480, plane(nl, direct=False), SPEC, 10.0, "eth0")  # type: ignore[arg-type]
+    network.handle_events([LeaseEvent(EventType.ADDED, lease("10.244.3.0/24"))])
+    network.synced = True
+    nl.applied.clear()
+    assert network.reconcile() == 2  # the device, then the one route
+    assert nl.made == [SPEC]  # same name, local and MTU
+    assert nl.calls == [("addr add", 14, IPv4Address("10.244.7.0"), 32), ("link up", 14)]
+    assert nl.applied == [PeerRoute(IPv4Network("10.244.3.0/24"), IPv4Address("198.18.0.9"), oif=14,
+                                    onlink=True).replace_op()]
+    assert network.plane.tunnel_index == 14 and network.names[14] == "flannel.ipip" and 9 not in network.names
+    assert network.reconcile() == 1  # the fake kernel still lacks the route; the device is fine now
+    assert nl.made == [SPEC]

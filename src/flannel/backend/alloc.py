@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from flannel.backend.backend_config import read_section
 from flannel.backend.base import BackendContext, LeasedNetwork
-from flannel.backend.hostgw import warn_unknown_keys
 from flannel.config import NetworkConfig
 from flannel.lease import Lease, LeaseAttrs
 from flannel.subnet.manager import WatchResult
@@ -20,7 +20,7 @@ class AllocBackend:
     """Registers the lease; that is all."""
 
     def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
-        warn_unknown_keys("alloc", config.backend)
+        read_section("alloc", config.backend, [])  # no keys of its own: only the unknown-key warnings
         self.ctx = ctx
 
     async def register_network(self, config: NetworkConfig) -> AllocNetwork:

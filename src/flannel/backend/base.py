@@ -117,6 +117,12 @@ def _host_gw(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return HostGWBackend(ctx, config)
 
 
+def _udp(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.udp import UDPBackend
+
+    return UDPBackend(ctx, config)
+
+
 def _ipip(ctx: BackendContext, config: NetworkConfig) -> Backend:
     from flannel.backend.ipip import IPIPBackend
 
@@ -138,7 +144,7 @@ def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
 BACKENDS: dict[str, BackendFactory] = {
     "vxlan": _vxlan,
     "host-gw": _host_gw,
-    "udp": _not_yet("udp"),
+    "udp": _udp,
     "ipip": _ipip,
     "ipsec": _not_yet("ipsec"),
     "wireguard": _not_yet("wireguard"),

@@ -7,10 +7,9 @@ route plane per enabled family on the external interface.
 
 from __future__ import annotations
 
-import logging
 import socket
-from typing import Any
 
+from flannel.backend.backend_config import read_section
 from flannel.backend.base import BackendContext
 from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.config import NetworkConfig
@@ -18,26 +17,16 @@ from flannel.errors import FlannelError
 from flannel.lease import LeaseAttrs
 from flannel.netlink import Netlink
 
-log = logging.getLogger(__name__)
-
 NAT_ERROR = ("your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not "
              "supported by host-gw backend")
 """Upstream's start-up error, word for word."""
-
-
-def warn_unknown_keys(backend_name: str, backend: dict[str, Any], known: tuple[str, ...] = ("Type",)) -> None:
-    """Log a warning for every ``Backend`` key this backend does not read (Go matches keys case-insensitively)."""
-    lowered = {k.lower() for k in known}
-    for key in backend:
-        if key.lower() not in lowered:
-            log.warning("%s backend: ignoring unknown key Backend.%s", backend_name, key)
 
 
 class HostGWBackend:
     """Checks the interface and registers the lease; the network then programs routes to peers."""
 
     def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
-        warn_unknown_keys("host-gw", config.backend)
+        read_section("host-gw", config.backend, [])  # no keys of its own: only the unknown-key warnings
         ext = ctx.ext_iface
         # Upstream checks IPv4 only; a --public-ipv6 that is not the interface's address breaks the same way.
         if ext.ext_addr != ext.iface_addr or (config.enable_ipv6 and ext.ext_v6_addr != ext.iface_v6_addr):

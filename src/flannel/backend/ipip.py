@@ -7,27 +7,35 @@ the only ipip-specific parts are the device and the ``route_for`` hook.
 
 The kernel needs ipip support (``CONFIG_NET_IPIP``, module ``ipip``). Without it the device cannot be made,
 and flanneld stops at start-up with an error that says so, before it acquires a lease.
+
+Beyond upstream, as for vxlan: a deleted (or replaced) ``flannel.ipip`` is rebuilt at runtime, at once on
+the kernel's link event and otherwise by the periodic reconcile, with the same local address, MTU and /32
+address; the peer routes, which the kernel dropped with the old device, are then re-added via the new one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import errno
 import logging
 import socket
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from flannel.backend.backend_config import bool_key, read_section
 from flannel.backend.base import BackendContext
 from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.backend.route_plane import PeerRoute, is_on_link
 from flannel.backend.vxlan_device import ensure_address
 from flannel.config import NetworkConfig
 from flannel.errors import ConfigError, FlannelError
-from flannel.gojson import fold
 from flannel.lease import Lease, LeaseAttrs
-from flannel.netlink import IptunSpec, Link, Netlink, NetlinkError
+from flannel.netlink import IptunSpec, Link, LinkMonitor, Netlink, NetlinkError, link_events
 from flannel.netlink.links import ipip_describe
+from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ IPIP_OVERHEAD = 20
 """The outer IPv4 header."""
 NO_KERNEL_SUPPORT = "the kernel has no ipip support (CONFIG_NET_IPIP / module ipip)"
 _NO_SUPPORT_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
-_FIELDS = ["Type", "DirectRouting"]
+_FIELDS = ["DirectRouting"]
 
 
 @dataclass(frozen=True)
@@ -47,18 +55,10 @@ class IPIPConfig:
     """Route peers on the same segment over the external interface instead of the tunnel."""
 
 
-def parse_ipip_config(backend: dict[str, Any]) -> IPIPConfig:
+def parse_ipip_config(backend: Mapping[str, Any]) -> IPIPConfig:
     """Read the ``Backend`` object (keys case-insensitive); raise ``ConfigError`` naming a bad key."""
-    known = {f.lower() for f in _FIELDS}
-    for key in backend:
-        if key.lower() not in known:
-            log.warning("ipip backend: ignoring unknown key Backend.%s", key)
-    value = fold(backend, _FIELDS).get("DirectRouting", False)
-    if value is None:
-        value = False
-    if not isinstance(value, bool):
-        raise ConfigError(f"Backend.DirectRouting must be true or false, got {value!r}", "Backend.DirectRouting")
-    return IPIPConfig(direct_routing=value)
+    raw = read_section("ipip", backend, _FIELDS)
+    return IPIPConfig(direct_routing=bool_key(raw, "DirectRouting"))
 
 
 @dataclass
@@ -122,14 +122,15 @@ class IPIPBackend:
             raise FlannelError(f"the ipip backend needs an IPv4 address on {ctx.ext_iface.name}")
         self.ctx = ctx
 
-    async def register_network(self, config: NetworkConfig) -> RouteNetwork:
+    async def register_network(self, config: NetworkConfig) -> IPIPNetwork:
         ext = self.ctx.ext_iface
         mtu = ext.mtu - IPIP_OVERHEAD
         if mtu <= 0:
             raise FlannelError(f"the ipip device MTU would be {mtu} (interface {ext.name} MTU {ext.mtu})")
         nl = Netlink()
+        spec = IptunSpec(name=DEVICE_NAME, local=ext.iface_addr, mtu=mtu)
         try:
-            link = ensure_ipip_device(nl, IptunSpec(name=DEVICE_NAME, local=ext.iface_addr, mtu=mtu))
+            link = ensure_ipip_device(nl, spec)
             attrs = LeaseAttrs(public_ip=ext.ext_addr or IPv4Address(0), backend_type="ipip")
             lease = await self.ctx.subnet_manager.acquire_lease(attrs)
             if lease.subnet is None or config.network is None:
@@ -141,5 +142,97 @@ class IPIPBackend:
         plane = IPIPRoutePlane(family=socket.AF_INET, cluster=config.network, own_subnet=lease.subnet,
                                oif=ext.index, nl=nl, tunnel_index=link.index,
                                direct_routing=self.cfg.direct_routing)
-        return RouteNetwork(nl, lease, mtu, "ipip", [plane], self.ctx.reconcile_interval,
-                            names={link.index: DEVICE_NAME, ext.index: ext.name})
+        return IPIPNetwork(nl, lease, mtu, plane, spec, self.ctx.reconcile_interval, ext.name)
+
+
+def device_fault(link: Link | None, spec: IptunSpec, index: int) -> str | None:
+    """Why the kernel's ``flannel.ipip`` is not the device the routes were made for; None when it is.
+
+    A new index means the device was deleted and made again (by someone else): the routes died with the old
+    one. A changed local address or MTU is repaired in place or by recreation, as at start-up.
+    """
+    if link is None:
+        return "is missing"
+    if link.index != index:
+        return f"was replaced (index {link.index}, was {index})"
+    if link.kind != "ipip" or link.iptun is None:
+        return f"is of type {link.kind or 'unknown'!r}"
+    if link.iptun.local != spec.local or link.iptun.remote is not None:
+        return f"has local {link.iptun.local or 'any'} remote {link.iptun.remote or 'any'}"
+    if link.mtu != spec.mtu:
+        return f"has mtu {link.mtu}"
+    return None
+
+
+def repoint(plane: IPIPRoutePlane, index: int) -> int:
+    """Make the tunnel routes, wanted and future, go via the device's new ``index``; returns how many moved.
+
+    DirectRouting routes, on the external interface, stay as they are.
+    """
+    old, plane.tunnel_index = plane.tunnel_index, index
+    moved = 0
+    for key, route in list(plane.desired.items()):
+        if route.oif == old and old != index:
+            plane.desired[key] = dataclasses.replace(route, oif=index)
+            moved += 1
+    return moved
+
+
+class IPIPNetwork(RouteNetwork):
+    """The shared route network, plus keeping ``flannel.ipip`` itself in place."""
+
+    def __init__(self, nl: Netlink, lease: Lease, mtu: int, plane: IPIPRoutePlane, spec: IptunSpec,
+                 reconcile_interval: float, ext_name: str) -> None:
+        super().__init__(nl, lease, mtu, "ipip", [plane], reconcile_interval,
+                         names={plane.tunnel_index: spec.name, plane.oif: ext_name})
+        if not isinstance(plane.own_subnet, IPv4Network) or not isinstance(plane.cluster, IPv4Network):
+            raise FlannelError("the ipip backend is IPv4 only")
+        self.plane = plane
+        self.spec = spec
+        """How to make the device again: its name, local address and MTU."""
+        self.address = plane.own_subnet.network_address
+        """The device's own /32: the lease's network address."""
+        self.cluster = plane.cluster
+
+    def reconcile(self) -> int:
+        """Rebuild the device if it is gone or changed, then repair the routes; returns the repairs made."""
+        try:
+            repairs = self.ensure_device()
+        except FlannelError as exc:  # e.g. another kind of device took the name: never deleted, tried again
+            log.warning("cannot repair %s, retrying in %gs: %s", self.spec.name, self.reconcile_interval, exc)
+            return 0
+        return repairs + super().reconcile()
+
+    def ensure_device(self) -> int:
+        """Rebuild or adopt the device when ``device_fault`` finds one, and keep its /32 address and link up."""
+        link = self.nl.link_by_name(self.spec.name)
+        fault = device_fault(link, self.spec, self.plane.tunnel_index)
+        repairs = 0
+        if link is None or fault is not None:
+            log.warning("device %s %s; repairing it (local %s, mtu %d)", self.spec.name, fault, self.spec.local,
+                        self.spec.mtu)
+            link = ensure_ipip_device(self.nl, self.spec)
+            self.names.pop(self.plane.tunnel_index, None)
+            self.names[link.index] = self.spec.name
+            moved = repoint(self.plane, link.index)
+            if moved:
+                log.info("%d peer route(s) now go via %s (index %d)", moved, self.spec.name, link.index)
+            repairs = 1
+        ensure_address(self.nl, link, self.address, self.cluster)
+        return repairs
+
+    async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        """The route network's loop, plus a link watch that repairs the device as soon as it is deleted."""
+        with LinkMonitor() as monitor:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch_links(monitor), name="ipip-link-monitor")
+                await super().run(results)
+
+    async def _watch_links(self, monitor: LinkMonitor) -> None:
+        async for events in link_events(monitor):
+            if any(ev.kind == "del" and ev.name == self.spec.name for ev in events):
+                try:
+                    self.reconcile()
+                except (NetlinkError, OSError) as exc:  # as the periodic loop: the next round tries again
+                    log.warning("repairing %s failed, retrying in %gs: %s", self.spec.name,
+                                self.reconcile_interval, exc)

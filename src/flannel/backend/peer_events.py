@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from flannel import metrics
 from flannel.backend.route_plane import apply_ops
 from flannel.errors import LeaseDecodeError
 from flannel.lease import EventType, Lease, LeaseEvent
@@ -52,6 +53,7 @@ def apply_lease_events(nl: Netlink, events: Sequence[LeaseEvent], backend_type: 
     ops: list[object] = []
     for ev in events:
         lease = ev.lease
+        (metrics.LEASE_ADDED if ev.type is EventType.ADDED else metrics.LEASE_REMOVED).inc()
         foreign = ev.type is EventType.ADDED and lease.attrs.backend_type != backend_type
         if foreign:
             log.info("ignoring non-%s lease %s (BackendType %r)", backend_type, lease.key, lease.attrs.backend_type)
@@ -73,3 +75,4 @@ def apply_lease_events(nl: Netlink, events: Sequence[LeaseEvent], backend_type: 
             apply_ops(nl, ops, names=names)
             ops = []
     apply_ops(nl, ops, names=names)
+    metrics.EVENT_LATENCY.programmed()

@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from flannel import metrics
 from flannel.backend.base import LeasedNetwork
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.route_plane import (
@@ -104,6 +105,7 @@ class RouteNetwork(LeasedNetwork):
         return repairs
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._reconcile_loop(), name=f"{self.backend_type}-reconcile")
             async for result in results:

@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from flannel import metrics
 from flannel.ipaddr import within
 from flannel.netlink import (
     FdbDelete,
@@ -169,6 +170,8 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
     """
     if not ops:
         return 0
+    if reasons:  # only reconciles give reasons: these ops repair drift
+        metrics.count_repairs(ops)
     results = nl.apply(ops)  # type: ignore[arg-type]
     failures = 0
     done: list[str] = []

@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from flannel import metrics
 from flannel.backend.base import BackendContext, LeasedNetwork
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.route_plane import apply_ops
@@ -139,6 +140,7 @@ class VXLANNetwork(LeasedNetwork):
                 link = ensure_device(self.nl, dev.spec)
                 plane.dev_index = link.index
                 repairs += 1
+                metrics.RECONCILE_REPAIRS.labels("link_add").inc()
             ensure_address(self.nl, link, plane.own_subnet.network_address, self.config.network)
             if not self.synced:
                 continue  # until the first snapshot, "not desired" does not mean "stale"
@@ -151,6 +153,7 @@ class VXLANNetwork(LeasedNetwork):
         return repairs
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
+        metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
         monitor = LinkMonitor()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -1,22 +1,21 @@
 """The vxlan backend's own ``Backend`` section (spec §10.2).
 
 Each backend parses its own keys, so a typo in one backend's section is reported by that backend with the
-key's name. Keys are matched case-insensitively, as Go does.
+key's name; the rules for doing so (case-insensitive keys, unknown keys warned about, errors naming
+``Backend.<key>``) are the shared ones of ``backend_config.py``.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flannel.backend.backend_config import bool_key, int_key, read_section
 from flannel.errors import ConfigError
-from flannel.gojson import fold
 
-log = logging.getLogger(__name__)
-
-_FIELDS = ["Type", "VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting", "MacPrefix", "Name"]
-_WINDOWS_ONLY = {"MacPrefix", "Name"}
+_FIELDS = ["VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting"]
+_WINDOWS_ONLY = {"macprefix": "only applies on Windows", "name": "only applies on Windows"}
 VXLAN_OVERHEAD = 50
 """Bytes of outer headers upstream subtracts from the MTU (⚠ it uses 50 even over an IPv6 underlay)."""
 VXLAN6_OVERHEAD = 70
@@ -60,45 +59,17 @@ class VXLANConfig:
         return f"flannel-v6.{self.vni}"
 
 
-def parse_vxlan_config(backend: dict[str, Any]) -> VXLANConfig:
+def parse_vxlan_config(backend: Mapping[str, Any]) -> VXLANConfig:
     """Read the ``Backend`` object; raise ``ConfigError`` naming ``Backend.<key>`` on a bad value."""
-    known = {f.lower() for f in _FIELDS}
-    for key in backend:
-        if key.lower() not in known:
-            log.warning("vxlan backend: ignoring unknown key Backend.%s", key)
-    raw = fold(backend, _FIELDS)
-    for key in _WINDOWS_ONLY & raw.keys():
-        log.info("vxlan backend: Backend.%s only applies on Windows; ignored", key)
+    raw = read_section("vxlan", backend, _FIELDS, ignored=_WINDOWS_ONLY)
     cfg = VXLANConfig(
-        vni=_int(raw, "VNI", 1),
-        port=_int(raw, "Port", 0),
-        mtu=_int(raw, "MTU", 0),
-        gbp=_bool(raw, "GBP"),
-        learning=_bool(raw, "Learning"),
-        direct_routing=_bool(raw, "DirectRouting"),
+        vni=int_key(raw, "VNI", 1, lo=0, hi=0xFFFFFF),
+        port=int_key(raw, "Port", 0, lo=0, hi=65535),
+        mtu=int_key(raw, "MTU", 0),
+        gbp=bool_key(raw, "GBP"),
+        learning=bool_key(raw, "Learning"),
+        direct_routing=bool_key(raw, "DirectRouting"),
     )
-    if not 0 <= cfg.vni <= 0xFFFFFF:
-        raise ConfigError(f"Backend.VNI must be between 0 and 16777215, got {cfg.vni}", "Backend.VNI")
-    if not 0 <= cfg.port <= 65535:
-        raise ConfigError(f"Backend.Port must be between 0 and 65535, got {cfg.port}", "Backend.Port")
     if cfg.mtu < 0 or (cfg.mtu and cfg.mtu <= VXLAN_OVERHEAD + 68):
         raise ConfigError(f"Backend.MTU {cfg.mtu} is too small for vxlan", "Backend.MTU")
     return cfg
-
-
-def _int(raw: dict[str, Any], key: str, default: int) -> int:
-    value = raw.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise ConfigError(f"Backend.{key} must be an integer, got {value!r}", f"Backend.{key}")
-    return int(value)
-
-
-def _bool(raw: dict[str, Any], key: str) -> bool:
-    value = raw.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ConfigError(f"Backend.{key} must be true or false, got {value!r}", f"Backend.{key}")
-    return value

@@ -1,8 +1,8 @@
 """flanneld: wire the subnet manager, the backend and the subnet file together, then supervise them.
 
 The start-up order follows upstream (spec §2) so that operators see the same behaviour: config first (retried
-every second until valid), then the external interface, the backend (which acquires the lease), the subnet
-file, and finally the long-running subsystems.
+every second until valid), then the external interface, the backend (which acquires the lease), the traffic
+rules, the subnet file, and finally the long-running subsystems.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from flannel import UPSTREAM_VERSION, __version__
+from flannel import UPSTREAM_VERSION, __version__, metrics
 from flannel.backoff import Backoff
 from flannel.daemon import flags
+from flannel.daemon.health import HealthServer, start_health_server
 from flannel.daemon.lifecycle import install_signal_handlers, notify_systemd, supervise, until_stopped
 from flannel.daemon.logs import setup_logging
 from flannel.errors import (
@@ -39,12 +40,6 @@ def not_implemented(opts: flags.Options) -> list[str]:
     missing = []
     if opts.kube_subnet_mgr:
         missing.append("--kube-subnet-mgr (Kubernetes mode)")
-    if opts.ip_masq:
-        missing.append("--ip-masq (masquerade rules)")
-    if opts.healthz_port > 0:
-        missing.append("--healthz-port (health server)")
-    if "iptables-forward-rules" in opts.explicit and opts.iptables_forward_rules:
-        missing.append("--iptables-forward-rules (forward rules)")
     return missing
 
 
@@ -100,16 +95,28 @@ async def run(opts: flags.Options) -> int:
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}", exc.field) from None
 
+    health: HealthServer | None = None
     try:
+        if opts.healthz_port > 0:  # before the config and the lease, so /readyz says 503 meanwhile (spec §2)
+            health = await start_health_server(opts.healthz_ip, opts.healthz_port)
         config, backend = await retry("failed to retrieve network config", load, stop, fixed=CONFIG_RETRY_SECONDS)
+        metrics.set_build_info(config.backend_type)
         network = await retry("failed to register network", lambda: backend.register_network(config), stop)
-        write_env(opts, config, network)
-        log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
-        notify_systemd()
+        from flannel.traffic.keeper import TrafficSettings, start_traffic_rules
+
+        # Traffic rules before subnet.env (spec §2 steps 11-13); a firewall failure is logged and retried, not fatal.
+        traffic = await start_traffic_rules(TrafficSettings.from_flags(opts, config), config, network.lease)
+        if write_env(opts, config, network):
+            if health is not None:
+                health.mark_ready()
+            log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
+            notify_systemd()
         subsystems = {
             "lease-watch": network.run(sm.watch_leases()),
             "lease-renewal": sm.complete_lease(network.lease),
         }
+        if not traffic.plan.empty:
+            subsystems["traffic-rules"] = traffic.keep()
         if opts.ip_blackhole_route:
             from flannel.daemon.blackhole import keep_blackholes
 
@@ -121,6 +128,8 @@ async def run(opts: flags.Options) -> int:
         log.info("stopped during start-up")
         code = 0
     finally:
+        if health is not None:
+            await health.close()
         await sm.close()
     if code == 0:
         log.info("Exiting cleanly...")
@@ -144,9 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         log.error("not implemented yet in this release: %s", ", ".join(missing))
         return 1
-    if opts.iptables_forward_rules:
-        log.warning("FORWARD accept rules are not installed yet (--iptables-forward-rules is on by default): "
-                    "if this host's FORWARD policy is DROP, cross-host pod traffic is dropped")
     try:
         return asyncio.run(run(opts))
     except (ConfigError, NotImplementedYetError) as exc:

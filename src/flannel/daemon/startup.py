@@ -70,8 +70,8 @@ def select_external(opts: Options, config: NetworkConfig) -> ExternalInterface:
         ))
 
 
-def write_env(opts: Options, config: NetworkConfig, network: Network) -> None:
-    """Write subnet.env; like upstream, a failure is logged and flanneld carries on (unready)."""
+def write_env(opts: Options, config: NetworkConfig, network: Network) -> bool:
+    """Write subnet.env; like upstream, a failure is logged and flanneld carries on, unready. True if written."""
     lease = network.lease
     env = SubnetEnv(
         network=config.network if config.enable_ipv4 else None,
@@ -84,4 +84,7 @@ def write_env(opts: Options, config: NetworkConfig, network: Network) -> None:
     try:
         write_subnet_env(opts.subnet_file, env)
     except OSError as exc:
-        log.warning("failed to write subnet file %s: %s", opts.subnet_file, exc)
+        log.warning("failed to write subnet file %s: %s (flanneld runs on, but never reports ready)",
+                    opts.subnet_file, exc)
+        return False
+    return True

@@ -97,6 +97,11 @@ class Netlink(Transport):
     def set_link_mtu(self, index: int, mtu: int) -> None:
         self._transact(RTM_NEWLINK, 0, links.mtu_body(index, mtu), f"link set #{index} mtu {mtu}")
 
+    def set_link_gso_limits(self, index: int, max_size: int, max_segs: int) -> None:
+        """Cap the segmentation super-packets the stack hands this device (``gso_max_size``/``gso_max_segs``)."""
+        op = f"link set #{index} gso_max_size {max_size} gso_max_segs {max_segs}"
+        self._transact(RTM_NEWLINK, 0, links.gso_body(index, max_size, max_segs), op)
+
     def _names(self) -> Mapping[int, str]:
         return {link.index: link.name for link in self.links()}
 

@@ -14,6 +14,8 @@ from flannel.netlink.consts import (
     IFF_UP,
     IFINFOMSG,
     IFLA_ADDRESS,
+    IFLA_GSO_MAX_SEGS,
+    IFLA_GSO_MAX_SIZE,
     IFLA_IFNAME,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
@@ -259,6 +261,10 @@ def ipip_describe(spec: IptunSpec) -> str:
 
 def mtu_body(index: int, mtu: int) -> bytes:
     return ifinfo(index) + wire.attr_u32(IFLA_MTU, mtu)
+
+
+def gso_body(index: int, max_size: int, max_segs: int) -> bytes:
+    return ifinfo(index) + wire.attr_u32(IFLA_GSO_MAX_SIZE, max_size) + wire.attr_u32(IFLA_GSO_MAX_SEGS, max_segs)
 
 
 def name_body(name: str) -> bytes:

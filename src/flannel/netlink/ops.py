@@ -157,10 +157,13 @@ class RouteReplace:
     oif: int | None = None
     onlink: bool = False
     protocol: int = RTPROT_BOOT
+    scope: int | None = None
+    """None: ``universe`` with a gateway, ``link`` without (as ``ip`` chooses)."""
 
     def pack(self, seq: int) -> bytes:
         dst = self.dst
-        scope = RT_SCOPE_UNIVERSE if self.gateway is not None else RT_SCOPE_LINK
+        scope = self.scope if self.scope is not None else (
+            RT_SCOPE_UNIVERSE if self.gateway is not None else RT_SCOPE_LINK)
         body = RTMSG.pack(
             _INET[dst.version],
             dst.prefixlen,
@@ -180,6 +183,7 @@ class RouteReplace:
         text += f" via {self.gateway}" if self.gateway is not None else ""
         text += f" dev {_dev(self.oif, names)}" if self.oif is not None else ""
         text += " onlink" if self.onlink else ""
+        text += f" scope {self.scope}" if self.scope is not None else ""
         return text + (f" proto {self.protocol}" if self.protocol != RTPROT_BOOT else "")
 
 

@@ -20,6 +20,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeAlias, TypeVar
 
+from flannel import metrics
 from flannel.netlink import nsenter, wire
 from flannel.netlink.consts import (
     NETLINK_CAP_ACK,
@@ -147,6 +148,7 @@ class Transport:
                     continue  # a stale reply to an earlier, abandoned request
                 if rtype == NLMSG_ERROR:
                     code = _ERR(data, start)[0]
+                    metrics.count_kernel_request(op, -code)
                     if code:
                         raise NetlinkError(-code, op, _ack_detail(data, start, end, _flags))
                     return replies
@@ -271,6 +273,7 @@ class Transport:
                         if code:
                             failed.append((idx, -code, _ack_detail(data, pos + 16, pos + length, flags)))
                     pos += (length + 3) & ~3
+        metrics.count_kernel_batch(ops, [(idx, code) for idx, code, _ in failed])
         if failed:
             names = self._names()
             for idx, code, detail in failed:

@@ -29,6 +29,7 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.watch import WatchService
 
+from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
 
 if TYPE_CHECKING:
@@ -218,6 +219,7 @@ class Failover:
             self._conn = None
             self._index = (self._index + 1) % len(self.urls)
             if len(self.urls) > 1:
+                metrics.DATASTORE_FAILOVERS.inc()
                 log.warning("etcd %s failed (%s: %s); switching to %s", conn.url, what, reason, self.urls[self._index])
         await conn.close()
         return reason

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 
+from flannel import metrics
 from flannel.backoff import Backoff
 from flannel.config import NetworkConfig, check_network_config, compatible_subnet, parse_network_config
 from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, LeaseDecodeError
@@ -216,6 +217,7 @@ class EtcdSubnetManager:
         """
         backoff = Backoff(self.timings.backoff_initial, self.timings.backoff_max)
         revision: int | None = None
+        lost = False
         while True:
             try:
                 if revision is None:
@@ -224,18 +226,26 @@ class EtcdSubnetManager:
                 watch = self.store.watch(self.subnets_prefix + "/", revision + 1, prefix=True)
                 async with contextlib.aclosing(watch):
                     async for batch in watch:
+                        if lost:  # the first answer (etcd's "created") of a re-opened watch: it is back
+                            metrics.WATCH_RECONNECTS.inc()
+                            lost = False
                         if not batch:
                             continue
                         backoff.reset()
                         revision = max(revision, *(ev.kv.mod_revision for ev in batch))
                         events = [e for ev in batch if (e := self._event(ev)) is not None]
                         if events:
+                            metrics.EVENT_LATENCY.received()
                             yield WatchResult(events=tuple(events))
             except CompactedError as exc:
+                metrics.WATCH_ERRORS.labels("compacted").inc()
+                lost = True
                 log.warning("lease watch on %s: %s; re-listing in %.1fs", self.subnets_prefix, exc, backoff.next_delay)
                 revision = None
                 await backoff.sleep()
             except DatastoreUnavailableError as exc:
+                metrics.WATCH_ERRORS.labels("unavailable").inc()
+                lost = True
                 log.warning(
                     "lease watch on %s lost (%s); resuming in %.1fs", self.subnets_prefix, exc, backoff.next_delay
                 )

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from flannel import metrics
 from flannel.backoff import Backoff
 from flannel.config import compatible_subnet
 from flannel.errors import DatastoreUnavailableError, LeaseDecodeError, LeaseRevokedError
@@ -45,9 +46,11 @@ class _Expiry:
         self.at = lease.expiration
         self.reserved = lease.reserved
         self.changed = asyncio.Event()
+        metrics.LEASE_EXPIRY.set(self.at)
 
     def set(self, at: float, reserved: bool) -> None:
         self.at, self.reserved = at, reserved
+        metrics.LEASE_EXPIRY.set(at)
         self.changed.set()
 
 

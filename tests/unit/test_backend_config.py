@@ -1,0 +1,160 @@
+"""Every backend reads its ``Backend`` section by the same rules (``backend/backend_config.py``).
+
+Each backend is built the way the daemon builds it, through ``create_backend`` with a ``BackendContext``, so
+these tests prove that the real construction path validates, not just a parse function: a value of the
+wrong type or out of range is a ``ConfigError`` naming ``Backend.<key>``, an unknown key is a warning naming
+it, and keys match case-insensitively (as Go's ``encoding/json`` does). host-gw and alloc have no keys of
+their own, so for them every key but ``Type`` is unknown: a warning, whatever its value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+import pytest
+
+from flannel.backend.alloc import AllocBackend
+from flannel.backend.base import Backend, BackendContext, ExternalInterface, create_backend
+from flannel.backend.extension import ExtensionBackend
+from flannel.backend.hostgw import HostGWBackend
+from flannel.backend.ipip import IPIPBackend
+from flannel.backend.udp import UDPBackend
+from flannel.backend.vxlan import VXLANBackend
+from flannel.config import parse_network_config
+from flannel.errors import ConfigError
+from flannel.lease import Lease
+from tests.backend_harness import FakeSubnetManager
+
+EXT = ExternalInterface(name="eth0", index=2, mtu=1500, iface_addr=IPv4Address("198.18.0.1"), iface_v6_addr=None,
+                        ext_addr=IPv4Address("198.18.0.1"), ext_v6_addr=None)
+CLASSES: dict[str, type] = {"vxlan": VXLANBackend, "host-gw": HostGWBackend, "ipip": IPIPBackend,
+                            "extension": ExtensionBackend, "alloc": AllocBackend, "udp": UDPBackend}
+BACKENDS = list(CLASSES)
+
+
+def build(backend: dict[str, Any]) -> Any:
+    """The backend the daemon would construct for this ``Backend`` section."""
+    config = parse_network_config(json.dumps({"Network": "10.244.0.0/16", "Backend": backend}))
+    sm = FakeSubnetManager(Lease(subnet=IPv4Network("10.244.7.0/24")))
+    made: Backend = create_backend(BackendContext(subnet_manager=sm, ext_iface=EXT), config)  # type: ignore[arg-type]
+    return made
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("backend", "key"),
+    [
+        ({"Type": "vxlan", "VNI": "1"}, "VNI"),
+        ({"Type": "vxlan", "Port": 4789.5}, "Port"),
+        ({"Type": "vxlan", "MTU": True}, "MTU"),
+        ({"Type": "vxlan", "GBP": "true"}, "GBP"),
+        ({"Type": "vxlan", "Learning": 1}, "Learning"),
+        ({"Type": "vxlan", "DirectRouting": "yes"}, "DirectRouting"),
+        ({"Type": "ipip", "DirectRouting": 1}, "DirectRouting"),
+        ({"Type": "udp", "Port": "8285"}, "Port"),
+        ({"Type": "udp", "Port": 8285.5}, "Port"),
+        ({"Type": "udp", "Offload": "yes"}, "Offload"),
+        ({"Type": "extension", "PreStartupCommand": ["echo", "x"]}, "PreStartupCommand"),
+        ({"Type": "extension", "PostStartupCommand": 1}, "PostStartupCommand"),
+        ({"Type": "extension", "SubnetAddCommand": {"sh": "x"}}, "SubnetAddCommand"),
+        ({"Type": "extension", "SubnetRemoveCommand": False}, "SubnetRemoveCommand"),
+        ({"Type": "extension", "SubnetAddResyncInterval": "10"}, "SubnetAddResyncInterval"),
+        ({"Type": "extension", "SubnetAddResyncInterval": 1.5}, "SubnetAddResyncInterval"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_config_error_naming_the_key(backend: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build(backend)
+    assert err.value.field == f"Backend.{key}"
+    assert str(err.value).startswith(f"Backend.{key} must be ")
+
+
+@pytest.mark.parametrize(
+    ("backend", "key", "bounds"),
+    [
+        ({"Type": "vxlan", "VNI": 1 << 24}, "VNI", "between 0 and 16777215, got 16777216"),
+        ({"Type": "vxlan", "VNI": -1}, "VNI", "between 0 and 16777215, got -1"),
+        ({"Type": "vxlan", "Port": 65536}, "Port", "between 0 and 65535, got 65536"),
+        ({"Type": "vxlan", "Port": -1}, "Port", "between 0 and 65535, got -1"),
+        ({"Type": "udp", "Port": 0}, "Port", "between 1 and 65535, got 0"),
+        ({"Type": "udp", "Port": 65536}, "Port", "between 1 and 65535, got 65536"),
+        ({"Type": "extension", "SubnetAddCommand": "true", "SubnetAddResyncInterval": -5},
+         "SubnetAddResyncInterval", "at least 0, got -5"),
+    ],
+)
+def test_a_value_out_of_range_is_a_config_error_naming_the_key_and_the_bounds(
+        backend: dict[str, Any], key: str, bounds: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build(backend)
+    assert err.value.field == f"Backend.{key}"
+    assert str(err.value) == f"Backend.{key} must be {bounds}"
+
+
+def test_a_vxlan_mtu_too_small_for_the_headers_names_the_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        build({"Type": "vxlan", "MTU": 100})
+    assert err.value.field == "Backend.MTU" and "too small" in str(err.value)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_an_unknown_key_is_a_warning_naming_it_not_an_error(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    build({"Type": name, "Bogus": [1, 2], "VNl": "x"})
+    found = warnings(caplog)
+    assert f"{name} backend: ignoring unknown key Backend.Bogus" in found
+    assert f"{name} backend: ignoring unknown key Backend.VNl" in found
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_type_in_any_case_is_known_and_selects_the_backend(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    backend = build({"TYPE": name.upper()})
+    assert type(backend) is CLASSES[name]
+    assert warnings(caplog) == []
+
+
+def test_vxlan_keys_are_case_insensitive(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = build({"type": "vxlan", "vni": 7, "PORT": 4789, "mtu": 1400, "gbp": True, "LEARNING": True,
+                 "directRouting": True}).cfg
+    assert (cfg.vni, cfg.port, cfg.mtu, cfg.gbp, cfg.learning, cfg.direct_routing) == (7, 4789, 1400, True, True,
+                                                                                        True)
+    assert warnings(caplog) == []
+
+
+def test_vxlan_windows_only_keys_are_warned_about_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    build({"Type": "vxlan", "macprefix": "0E-2A", "Name": "x"})
+    assert set(warnings(caplog)) == {"vxlan backend: Backend.macprefix only applies on Windows; ignored",
+                                     "vxlan backend: Backend.Name only applies on Windows; ignored"}
+
+
+def test_ipip_keys_are_case_insensitive(caplog: pytest.LogCaptureFixture) -> None:
+    assert build({"Type": "ipip", "directrouting": True}).cfg.direct_routing is True
+    assert build({"Type": "ipip", "DIRECTROUTING": None}).cfg.direct_routing is False  # null: not set
+    assert warnings(caplog) == []
+
+
+def test_extension_keys_are_case_insensitive(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = build({"Type": "extension", "prestartupcommand": " echo a ", "POSTSTARTUPCOMMAND": "echo b",
+                 "subnetAddCommand": "ip route replace $SUBNET via $PUBLIC_IP", "SubnetRemovecommand": "true",
+                 "subnetaddresyncinterval": 30}).cfg
+    assert (cfg.pre_startup, cfg.post_startup, cfg.subnet_remove, cfg.resync_interval) == (
+        "echo a", "echo b", "true", 30)
+    assert cfg.subnet_add == "ip route replace $SUBNET via $PUBLIC_IP"
+    assert warnings(caplog) == []
+
+
+def test_extension_shutdown_command_is_warned_about_as_not_implemented(caplog: pytest.LogCaptureFixture) -> None:
+    build({"Type": "extension", "shutdowncommand": "true"})
+    assert warnings(caplog) == ["extension backend: Backend.shutdowncommand is not implemented (as upstream); ignored"]
+
+
+@pytest.mark.parametrize("name", ["host-gw", "alloc"])
+def test_backends_without_keys_accept_any_value_of_an_unknown_key(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Upstream's host-gw and alloc read no keys at all, so nothing a section holds can be of the wrong type.
+    build({"type": name, "DirectRouting": "yes", "VNI": None})
+    assert sorted(warnings(caplog)) == [f"{name} backend: ignoring unknown key Backend.DirectRouting",
+                                        f"{name} backend: ignoring unknown key Backend.VNI"]
