@@ -143,7 +143,13 @@ class Lease:
 
     @property
     def key(self) -> str:
-        """The datastore key's last element, e.g. ``10.5.52.0-24`` or ``10.5.52.0-24&fc00::-64``."""
+        """The datastore key's last element, e.g. ``10.5.52.0-24`` or ``10.5.52.0-24&fc00::-64``.
+
+        An IPv6-only lease (kube mode only: etcd mode refuses IPv6-only networks, as upstream) has no datastore
+        key; it is named ``fc00::-64`` for logs and bookkeeping.
+        """
+        if self.subnet is None and self.ipv6_subnet is not None:
+            return f"{go_ip_text(self.ipv6_subnet.network_address)}-{self.ipv6_subnet.prefixlen}"
         return make_subnet_key(self.subnet, self.ipv6_subnet)
 
     def same_subnets(self, other: Lease) -> bool:

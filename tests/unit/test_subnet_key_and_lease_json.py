@@ -9,7 +9,7 @@ import pytest
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold, load_object
 from flannel.ipaddr import go_ip_text, go_net_text
-from flannel.lease import UNSET_IPV4, LeaseAttrs, make_subnet_key, parse_subnet_key
+from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
 
 # --- subnet keys -----------------------------------------------------------------------------------
 
@@ -77,6 +77,10 @@ def test_fuzz_seeds_do_not_crash(key: str) -> None:
 def test_make_key_needs_an_ipv4_part() -> None:
     with pytest.raises(ValueError):
         make_subnet_key(None, IPv6Network("fd00::/64"))
+
+
+def test_an_ipv6_only_lease_is_named_by_its_ipv6_subnet() -> None:
+    assert Lease(subnet=None, ipv6_subnet=IPv6Network("fd00:10:244:3::/64")).key == "fd00:10:244:3::-64"
 
 
 def test_key_uses_go_text_for_ipv6() -> None:
