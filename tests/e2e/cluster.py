@@ -214,11 +214,13 @@ class Cluster:
         self.hosts[n] = host
         return host
 
-    def start_flanneld(self, host: Host, *extra: str) -> None:
+    def start_flanneld(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
+        """Start flanneld in the host's namespace; ``env`` adds variables (e.g. ``NODE_NAME`` in kube mode)."""
         log = open(host.log_file, "ab")  # noqa: SIM115 - closed with the process
         host.started = time.time()
+        prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
         host.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
+            ["ip", "netns", "exec", host.ns, *prefix, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
              f"--subnet-file={host.subnet_file}", *extra],
             stdout=log, stderr=log)
 

@@ -38,16 +38,10 @@ def test_help_exits_zero() -> None:
     assert r.returncode == 0 and "-etcd-prefix" in r.stdout
 
 
-@pytest.mark.parametrize(
-    ("flag", "what"),
-    [
-        ("--kube-subnet-mgr", "--kube-subnet-mgr"),
-    ],
-)
-def test_flags_of_later_work_parse_then_fail_clearly(flag: str, what: str) -> None:
-    r = run(flag)
+def test_kube_mode_with_an_invalid_annotation_prefix_exits_1_with_upstreams_text() -> None:
+    r = run("--kube-subnet-mgr", "--kube-annotation-prefix=org")
     assert r.returncode == 1
-    assert "not implemented yet" in r.stderr and what in r.stderr
+    assert "subnet/kube: prefix must be in a format: fqdn/[0-9a-z-_]*" in r.stderr
 
 
 def test_renew_margin_out_of_range_exits_1() -> None:
@@ -56,10 +50,11 @@ def test_renew_margin_out_of_range_exits_1() -> None:
     assert "Invalid subnet-lease-renew-margin option, out of acceptable range" in r.stderr
 
 
-def test_env_flag_of_later_work_fails_the_same_way() -> None:
+def test_kube_mode_from_the_env_outside_a_cluster_says_what_is_missing() -> None:
     r = subprocess.run([FLANNELD], capture_output=True, text=True, timeout=30,
                        env={"PATH": "/usr/bin:/bin", "FLANNELD_KUBE_SUBNET_MGR": "true"})
-    assert r.returncode == 1 and "not implemented yet" in r.stderr
+    assert r.returncode == 1
+    assert "unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT" in r.stderr
 
 
 @pytest.mark.parametrize("backend", ["wireguard", "ipsec", "tencent-vpc"])

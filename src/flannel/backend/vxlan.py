@@ -54,11 +54,15 @@ class VXLANBackend:
         nl = Netlink()
         specs: dict[int, VXLANDeviceSpec] = {}
         data: dict[int, str] = {}
+        # Kube mode keeps the MACs the node advertised before (its backend-data annotations), so that peers'
+        # entries stay valid across a restart that has to recreate the device (spec §10.2).
+        stored = getattr(self.ctx.subnet_manager, "stored_vtep_macs", None)
+        mac4, mac6 = stored() if stored is not None else (None, None)
         if config.enable_ipv4:
-            specs[socket.AF_INET] = self._spec(self.cfg.device_name, ext.iface_addr, mtu)
+            specs[socket.AF_INET] = self._spec(self.cfg.device_name, ext.iface_addr, mtu, mac4)
         if config.enable_ipv6:
             specs[socket.AF_INET6] = self._spec(self.cfg.v6_device_name, ext.iface_v6_addr,
-                                                v6_device_mtu(mtu, ext.mtu))
+                                                v6_device_mtu(mtu, ext.mtu), mac6)
         links = {}
         for fam, spec in specs.items():
             link = ensure_device(nl, spec)
@@ -90,12 +94,12 @@ class VXLANBackend:
             devices.append(_Device(spec=spec, plane=plane))
         return VXLANNetwork(nl, lease, mtu, devices, config, self.ctx.reconcile_interval)
 
-    def _spec(self, name: str, local: object, mtu: int) -> VXLANDeviceSpec:
+    def _spec(self, name: str, local: object, mtu: int, mac: str | None = None) -> VXLANDeviceSpec:
         # ⚠ upstream sets local to the public IP, which breaks behind NAT; the interface address is what the
         # kernel can actually send from. Peers still address us by the public IP in our lease.
         return VXLANDeviceSpec(name=name, vni=self.cfg.vni, underlay_index=self.ctx.ext_iface.index,
                                local=local, port=self.cfg.port, learning=self.cfg.learning,  # type: ignore[arg-type]
-                               gbp=self.cfg.gbp, mtu=mtu)
+                               gbp=self.cfg.gbp, mtu=mtu, mac=mac)
 
 
 class VXLANNetwork(LeasedNetwork):

@@ -8,6 +8,7 @@ rules, the subnet file, and finally the long-running subsystems.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -35,12 +36,20 @@ CONFIG_RETRY_SECONDS = 1.0
 BACKOFF_START, BACKOFF_CAP = 1.0, 30.0
 
 
-def not_implemented(opts: flags.Options) -> list[str]:
-    """Flags that parse (they exist upstream) but whose feature is not built yet."""
-    missing = []
-    if opts.kube_subnet_mgr:
-        missing.append("--kube-subnet-mgr (Kubernetes mode)")
-    return missing
+def with_public_ip_overrides(opts: flags.Options, sm: object) -> flags.Options:
+    """In kube mode the node's ``node-public-ip(v6)`` annotations replace ``--public-ip(v6)`` (spec §2 step 8).
+
+    An optional capability of a subnet manager (the etcd one has no such override), hence ``getattr``.
+    """
+    overrides = getattr(sm, "public_ip_overrides", None)
+    if overrides is None:
+        return opts
+    v4, v6 = overrides()
+    if v4:
+        log.info("using the node annotation's public IP %s instead of --public-ip", v4)
+    if v6:
+        log.info("using the node annotation's public IPv6 %s instead of --public-ipv6", v6)
+    return dataclasses.replace(opts, public_ip=v4 or opts.public_ip, public_ipv6=v6 or opts.public_ipv6)
 
 
 async def retry(what: str, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, *, fixed: float | None = None) -> T:
@@ -85,7 +94,7 @@ async def run(opts: flags.Options) -> int:
             raise FlannelError("none defined stack")
         check_br_netfilter(config)
         try:
-            ext = select_external(opts, config)
+            ext = select_external(with_public_ip_overrides(opts, sm), config)
         except ConfigError as exc:  # a bad --iface-regex or --public-ip: no config change can fix a flag
             raise FlannelError(str(exc)) from None
         if config.backend_missing:
@@ -148,10 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         flags.validate(opts)
     except ConfigError as exc:
         log.error("%s", exc)
-        return 1
-    missing = not_implemented(opts)
-    if missing:
-        log.error("not implemented yet in this release: %s", ", ".join(missing))
         return 1
     try:
         return asyncio.run(run(opts))

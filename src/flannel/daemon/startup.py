@@ -12,15 +12,20 @@ from flannel.backend.base import ExternalInterface, Network
 from flannel.config import NetworkConfig
 from flannel.daemon.flags import Options
 from flannel.errors import FlannelError
-from flannel.subnet.etcd_manager import EtcdSubnetManager
-from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
+from flannel.subnet.manager import SubnetManager
 from flannel.subnetenv import SubnetEnv, read_previous, write_subnet_env
 
 log = logging.getLogger(__name__)
 
 
-def build_subnet_manager(opts: Options) -> EtcdSubnetManager:
-    """The etcd subnet manager, remembering the previous subnets from the old subnet file (spec §6.3)."""
+def build_subnet_manager(opts: Options) -> SubnetManager:
+    """The Kubernetes subnet manager with ``--kube-subnet-mgr``; otherwise the etcd one, remembering the
+    previous subnets from the old subnet file (spec §6.3). An invalid annotation prefix is fatal, as upstream."""
+    if opts.kube_subnet_mgr:
+        return build_kube_subnet_manager(opts)
+    from flannel.subnet.etcd_manager import EtcdSubnetManager  # each mode loads only its own client (gRPC: ~10 MiB)
+    from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
+
     previous = read_previous(opts.subnet_file)
     store = EtcdStore(EtcdStoreOptions.from_flag(
         opts.etcd_endpoints,
@@ -37,6 +42,21 @@ def build_subnet_manager(opts: Options) -> EtcdSubnetManager:
         previous_ipv6_subnet=previous.ipv6_subnet,
         renew_margin_minutes=opts.subnet_lease_renew_margin,
     )
+
+
+def build_kube_subnet_manager(opts: Options) -> SubnetManager:
+    """The client from ``--kube-api-url``/``--kubeconfig-file`` (else in-cluster), and the manager."""
+    from flannel.kube.client import KubeClient
+    from flannel.kube.config import load_client_config
+    from flannel.subnet.kube_annotations import annotation_names
+    from flannel.subnet.kube_manager import KubeManagerOptions, KubeSubnetManager
+
+    names = annotation_names(opts.kube_annotation_prefix)
+    client_config = load_client_config(opts.kube_api_url, opts.kubeconfig_file, os.environ)
+    log.info("kube mode: API server %s (%s)", client_config.server, client_config.source)
+    options = KubeManagerOptions.from_environ(opts.net_config_path, names, opts.set_node_network_unavailable,
+                                              os.environ)
+    return KubeSubnetManager(KubeClient(client_config), options)
 
 
 def check_br_netfilter(config: NetworkConfig) -> None:

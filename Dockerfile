@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# The flanneld image for Kubernetes (deploy/kube-flannel.yml, deploy/helm/flannel): flanneld, the flannel
+# CNI plugin and its installer (the DaemonSet's init containers), iptables (legacy and nft, chosen to match
+# the node by deploy/image/iptables-wrapper), nftables and iproute2. Build it from the repository root:
+#   docker build -t ghcr.io/flannel-py/flanneld:v0.1.0 .
+# The tag is pyproject.toml's version; the registry is a placeholder for yours (docs/kubernetes.md).
+# Python 3.11 is what the project is tested with, and what Debian 12 nodes run the CNI plugin with.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /build
+COPY pyproject.toml ./
+COPY src ./src
+# A virtualenv, so that the final stage copies exactly the package and its dependencies.
+RUN python -m venv /opt/flannel \
+    && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check .
+
+FROM ${PYTHON_IMAGE}
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ca-certificates iproute2 iptables nftables \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/flannel /opt/flannel
+COPY deploy/image/flannel_install.py /opt/bin/flannel-install
+COPY deploy/image/iptables-wrapper /usr/sbin/iptables-wrapper
+# /opt/bin holds what the manifests run: flanneld, install-cni-plugin and install-conf (upstream's paths).
+# The wrapper becomes the preferred iptables/ip6tables alternative until its first call picks a backend.
+RUN chmod 0755 /opt/bin/flannel-install /usr/sbin/iptables-wrapper \
+    && ln -s /opt/flannel/bin/flanneld /opt/bin/flanneld \
+    && ln -s flannel-install /opt/bin/install-cni-plugin \
+    && ln -s flannel-install /opt/bin/install-conf \
+    && for family in iptables ip6tables; do \
+        update-alternatives --install /usr/sbin/$family $family /usr/sbin/iptables-wrapper 100 \
+            --slave /usr/sbin/$family-restore $family-restore /usr/sbin/iptables-wrapper \
+            --slave /usr/sbin/$family-save $family-save /usr/sbin/iptables-wrapper; \
+    done \
+    && /opt/bin/flanneld --version
+ENV PATH=/opt/flannel/bin:${PATH} \
+    PYTHONUNBUFFERED=1
+ENTRYPOINT ["/opt/bin/flanneld"]

@@ -1,0 +1,55 @@
+{{/* Labels of every object (upstream's manifest labels, plus Helm's). */}}
+{{- define "flannel.labels" -}}
+tier: node
+app: flannel
+k8s-app: flannel
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The DaemonSet's selector: upstream's, so that the chart can take over pods of the manifest. */}}
+{{- define "flannel.selectorLabels" -}}
+app: flannel
+{{- end }}
+
+{{/* The pods' labels. */}}
+{{- define "flannel.podLabels" -}}
+tier: node
+app: flannel
+{{- end }}
+
+{{/*
+net-conf.json, built as a dict and written with toPrettyJson so that it is always valid JSON (upstream's
+template writes the wireguard Mode unquoted). The keys per backend are upstream's.
+*/}}
+{{- define "flannel.netConf" -}}
+{{- $f := .Values.flannel -}}
+{{- $conf := dict -}}
+{{- if .Values.podCidr -}}
+{{- $_ := set $conf "Network" .Values.podCidr -}}
+{{- else -}}
+{{- $_ := set $conf "EnableIPv4" false -}}
+{{- end -}}
+{{- if .Values.podCidrv6 -}}
+{{- $_ := set $conf "IPv6Network" .Values.podCidrv6 -}}
+{{- $_ := set $conf "EnableIPv6" true -}}
+{{- end -}}
+{{- $_ := set $conf "EnableNFTables" ($f.enableNFTables | default false) -}}
+{{- $backend := dict -}}
+{{- $keys := dict -}}
+{{- if eq $f.backend "vxlan" -}}
+{{- $keys = dict "backendPort" "Port" "vni" "VNI" "GBP" "GBP" "directRouting" "DirectRouting" "mtu" "MTU" "macPrefix" "MacPrefix" -}}
+{{- else if eq $f.backend "wireguard" -}}
+{{- $keys = dict "backendPort" "ListenPort" "backendPortv6" "ListenPortV6" "psk" "PSK" "mtu" "MTU" "tunnelMode" "Mode" "keepaliveInterval" "PersistentKeepaliveInterval" -}}
+{{- else if eq $f.backend "udp" -}}
+{{- $keys = dict "backendPort" "Port" -}}
+{{- end -}}
+{{- range $valueName, $jsonKey := $keys -}}
+{{- if index $f $valueName -}}
+{{- $_ := set $backend $jsonKey (index $f $valueName) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $backend "Type" $f.backend -}}
+{{- $_ := set $conf "Backend" $backend -}}
+{{- toPrettyJson $conf -}}
+{{- end }}

@@ -1,0 +1,102 @@
+"""The Kubernetes client's small, typed error tree.
+
+Callers catch intent (``ConflictError``: re-read and retry; ``GoneError``: re-list; ``KubeUnavailableError``:
+back off and retry) rather than HTTP status codes, as kopf's client does. ``KubeUnavailableError`` is also a
+``DatastoreUnavailableError``, so the daemon's retry-with-back-off treats an unreachable API server exactly
+like an unreachable etcd. Every message names the verb, the path and the server's own ``Status`` message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flannel.errors import DatastoreUnavailableError, FlannelError
+
+
+class KubeApiError(FlannelError):
+    """The API server answered with an error ``Status`` (or could not be reached: see ``KubeUnavailableError``).
+
+    ``status`` is the HTTP code (0 when no answer arrived), ``reason`` the Status reason (``NotFound``,
+    ``Conflict``, ``Expired`` …) and ``message`` the server's own text.
+    """
+
+    def __init__(self, status: int, reason: str, message: str, *, verb: str = "", path: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.verb = verb
+        self.path = path
+        where = f"{verb} {path}: " if verb or path else ""
+        code = f"{status} {reason}: " if status else (f"{reason}: " if reason else "")
+        super().__init__(f"{where}{code}{message}")
+
+
+class NotFoundError(KubeApiError):
+    """404: the object (or the path) does not exist."""
+
+
+class ConflictError(KubeApiError):
+    """409: optimistic concurrency failed (stale ``metadata.resourceVersion``) or the object already exists."""
+
+
+class GoneError(KubeApiError):
+    """410: the resource version (of a watch or a list continuation) is older than the server still keeps.
+
+    The caller must list again and watch from the new list's version.
+    """
+
+
+class UnauthorizedError(KubeApiError):
+    """401: the credentials were missing, expired or not accepted."""
+
+
+class ForbiddenError(KubeApiError):
+    """403: authenticated, but RBAC does not allow this verb on this resource."""
+
+
+class KubeUnavailableError(KubeApiError, DatastoreUnavailableError):
+    """The API server could not be reached, timed out, lost the connection, or answered 5xx or 429."""
+
+
+_BY_STATUS: dict[int, type[KubeApiError]] = {
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: GoneError,
+    429: KubeUnavailableError,
+}
+
+
+def error_class(status: int) -> type[KubeApiError]:
+    """The error class for an HTTP status code."""
+    if status >= 500:
+        return KubeUnavailableError
+    return _BY_STATUS.get(status, KubeApiError)
+
+
+def error_from_status_object(status_obj: dict[str, Any], *, verb: str, path: str, http_status: int = 0) -> KubeApiError:
+    """Build the typed error for a decoded ``Status`` object (an error body, or a watch ``ERROR`` event's object)."""
+    code = status_obj.get("code")
+    status = code if isinstance(code, int) and code > 0 else http_status
+    reason = str(status_obj.get("reason") or "")
+    message = str(status_obj.get("message") or "")
+    return error_class(status)(status, reason, message, verb=verb, path=path)
+
+
+def error_from_response(status: int, phrase: str, body: bytes | bytearray, *, verb: str, path: str) -> KubeApiError:
+    """The typed error for an HTTP error response, preferring the body's ``Status`` message to the bare code."""
+    try:
+        decoded = json.loads(body) if body else None
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and decoded.get("kind") == "Status":
+        return error_from_status_object(decoded, verb=verb, path=path, http_status=status)
+    text = body[:300].decode("utf-8", "replace").strip()
+    return error_class(status)(status, phrase, text or phrase, verb=verb, path=path)
+
+
+def unavailable(verb: str, path: str, why: str) -> KubeUnavailableError:
+    """A connection failure or time-out, which has no HTTP status."""
+    return KubeUnavailableError(0, "", why, verb=verb, path=path)

@@ -1,0 +1,39 @@
+"""The console script's pre-scan for kube mode, which decides whether ``ssl`` may be imported at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from flannel.daemon.entry import _kube_mode
+
+
+@pytest.mark.parametrize(("argv", "env", "kube"), [
+    ([], {}, False),
+    (["--kube-subnet-mgr"], {}, True),
+    (["-kube-subnet-mgr"], {}, True),
+    (["--kube-subnet-mgr=true"], {}, True),
+    (["--kube-subnet-mgr=1"], {}, True),
+    (["--kube-subnet-mgr=false"], {}, False),
+    (["--kube-subnet-mgr", "--kube-subnet-mgr=false"], {}, False),
+    ([], {"FLANNELD_KUBE_SUBNET_MGR": "true"}, True),
+    ([], {"FLANNELD_KUBE_SUBNET_MGR": "false"}, False),
+    (["--kube-subnet-mgr=false"], {"FLANNELD_KUBE_SUBNET_MGR": "true"}, False),
+    (["--etcd-prefix=/kube-subnet-mgr"], {}, False),
+    (["kube-subnet-mgr"], {}, False),
+])
+def test_kube_mode_is_read_as_the_flag_parser_will(argv: list[str], env: dict[str, str], kube: bool) -> None:
+    assert _kube_mode(argv, env) is kube
+
+
+def test_etcd_mode_keeps_ssl_out_and_kube_mode_loads_it_but_not_grpc() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(entry._kube_mode(sys.argv[1:], {}));"
+             "import asyncio; from flannel.daemon import startup, main;"
+             "print('ssl' in sys.modules and sys.modules['ssl'] is not None, 'grpc' in sys.modules)")
+    etcd = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    kube = subprocess.run([sys.executable, "-c", probe, "--kube-subnet-mgr"], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert etcd.stdout.split() == ["False", "False"]
+    assert kube.stdout.split() == ["True", "False"]

@@ -1,0 +1,320 @@
+"""deploy/helm/flannel: the Helm chart's structure and values, always; its rendered output, when it can be rendered.
+
+Rendering needs the ``helm`` binary on PATH, or the ``helm_python`` package (helm-python-sdk, a binding of
+Helm's Go SDK). Neither comes from the registries this project installs from as a matter of course
+(docs/kubernetes.md), so the rendering tests skip without one. Everything rendered is validated against the
+Kubernetes schemas like the plain manifest, and with the default values it must match kube-flannel.yml.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flannel.config import parse_network_config
+from tests.unit.test_deploy_manifests import (
+    CONFLIST,
+    DEPLOY,
+    KUBE_VERSION,
+    MINIMAL_RULES,
+    NAMESPACE,
+    VERSION,
+    Doc,
+    assert_valid,
+    by_kind,
+    container,
+    flanneld_argv,
+    flanneld_options,
+    kube_docs,
+    load_docs,
+    manifest,
+    mounts,
+    pod_spec,
+    rule_set,
+    volumes,
+)
+
+CHART = DEPLOY / "helm" / "flannel"
+NO_RENDERER = "no Helm renderer: neither a helm binary on PATH nor helm-python-sdk (see docs/kubernetes.md)"
+
+
+def chart_values() -> Doc:
+    values: Doc = yaml.safe_load((CHART / "values.yaml").read_text())
+    return values
+
+
+def test_chart_metadata() -> None:
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "flannel"
+    assert meta["type"] == "application"
+    assert meta["version"] == VERSION
+    assert meta["appVersion"] == f"v{VERSION}"
+    assert {p.name for p in (CHART / "templates").iterdir()} == {
+        "_helpers.tpl",
+        "config.yaml",
+        "daemonset.yaml",
+        "rbac.yaml",
+        "serviceaccount.yaml",
+    }
+
+
+def test_chart_values_are_upstreams() -> None:
+    """Spec §15.2: same names and defaults, except that the images are ours."""
+    v = chart_values()
+    assert "imagePullSecrets" in v["global"]
+    assert v["podCidr"] == "10.244.0.0/16"
+    assert v["podCidrv6"] == ""
+    f = v["flannel"]
+    assert f["image"] == {"repository": "ghcr.io/flannel-py/flanneld", "tag": f"v{VERSION}"}
+    assert f["flannel_cni"]["image"] == f["image"]  # the plugin ships in the flanneld image
+    assert (f["cniBinDir"], f["cniConfDir"]) == ("/opt/cni/bin", "/etc/cni/net.d")
+    assert f["skipCNIConfigInstallation"] is False
+    assert f["enableNFTables"] is False
+    assert f["args"] == ["--ip-masq", "--kube-subnet-mgr"]
+    assert f["backend"] == "vxlan"
+    assert json.loads(f["cniConf"]) == json.loads(CONFLIST.read_text())
+    assert f["resources"] == {"requests": {"cpu": "100m", "memory": "50Mi"}}
+    assert f["healthz"] == {
+        "port": 8081,
+        "livenessProbe": {"initialDelaySeconds": 10, "periodSeconds": 30},
+        "readinessProbe": {"initialDelaySeconds": 5, "periodSeconds": 10},
+    }
+    assert f["tolerations"] == [
+        {"effect": "NoExecute", "operator": "Exists"},
+        {"effect": "NoSchedule", "operator": "Exists"},
+    ]
+    assert f["nodeSelector"] == {}
+    assert v["netpol"] == {
+        "enabled": False,
+        "args": ["--hostname-override=$(MY_NODE_NAME)", "--v=2"],
+        "image": {"repository": "registry.k8s.io/networking/kube-network-policies", "tag": "v1.0.0"},
+    }
+
+
+OPTIONAL_VALUES = (
+    "backendPort",
+    "mtu",
+    "vni",
+    "GBP",
+    "directRouting",
+    "macPrefix",
+    "backendPortv6",
+    "psk",
+    "tunnelMode",
+    "keepaliveInterval",
+)
+"""Upstream's commented-out backend options under ``flannel``: documented in values.yaml, unset by default."""
+
+
+def test_chart_documents_the_optional_backend_values() -> None:
+    text = (CHART / "values.yaml").read_text()
+    for name in OPTIONAL_VALUES:
+        assert re.search(rf"^  # {name}: ", text, re.MULTILINE), f"values.yaml does not document flannel.{name}"
+
+
+def _has_path(values: Doc, path: list[str]) -> bool:
+    node: Any = values
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def test_chart_templates_use_only_defined_values() -> None:
+    """A misspelt ``.Values`` path renders as empty in Helm, silently: catch it without rendering."""
+    values = chart_values()
+    used = set()
+    for template in (CHART / "templates").iterdir():
+        used |= set(re.findall(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", template.read_text()))
+    used |= {f".flannel.{name}" for name in OPTIONAL_VALUES}  # read through `index $f` in _helpers.tpl
+    for ref in sorted(used):
+        path = ref.strip(".").split(".")
+        if path[:1] == ["flannel"] and path[1:2] and path[1] in OPTIONAL_VALUES:
+            continue
+        assert _has_path(values, path), f"templates use .Values{ref}, which values.yaml does not define"
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    for name in OPTIONAL_VALUES:
+        assert f'"{name}"' in helpers, f"flannel.{name} is documented but never rendered"
+
+
+# --- Helm chart: rendered ------------------------------------------------------------------------------
+
+
+def _render_with_cli(helm: str, values: Doc, tmp: Path) -> str:
+    values_file = tmp / "values.json"  # JSON is YAML
+    values_file.write_text(json.dumps(values))
+    cmd = [helm, "template", "flannel", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    out = subprocess.run([*cmd, "-f", str(values_file)], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _render_with_sdk(sdk: Any, values: Doc) -> str:
+    with sdk.Chart.load(str(CHART)) as chart:
+        rendered: dict[str, str] = chart.render(values, name="flannel", namespace=NAMESPACE)
+    return "\n---\n".join(text for _, text in sorted(rendered.items()))
+
+
+def _helm_sdk() -> Any:
+    try:
+        return importlib.import_module("helm_python.chart")
+    except ImportError:
+        return None
+
+
+@pytest.fixture
+def render(tmp_path: Path) -> Any:
+    """``render(values) -> {kind: object}``: the chart rendered by helm, or by helm-python-sdk."""
+    helm = shutil.which("helm")
+    sdk = _helm_sdk()
+    if helm is None and sdk is None:
+        pytest.skip(NO_RENDERER)
+
+    def run(values: Doc | None = None) -> dict[str, Doc]:
+        text = _render_with_cli(helm, values or {}, tmp_path) if helm else _render_with_sdk(sdk, values or {})
+        docs = kube_docs(load_docs(text))
+        for doc in docs:
+            assert_valid(doc)
+        return by_kind(docs)
+
+    return run
+
+
+def test_helm_lint_is_clean() -> None:
+    helm = shutil.which("helm")
+    if helm:
+        out = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return
+    sdk = _helm_sdk()
+    if sdk is None:
+        pytest.skip(NO_RENDERER)
+    report = sdk.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}")
+    assert not report["errors"], report
+    assert all(m["severity"] <= 1 for m in report["messages"]), report  # INFO ("icon is recommended") only
+
+
+def test_chart_renders_the_manifest(render: Any) -> None:
+    """With the default values the chart renders what kube-flannel.yml holds, but for labels."""
+    chart = render()
+    plain = manifest()
+    assert set(chart) == set(plain) - {"Namespace"}  # `helm install --namespace kube-flannel --create-namespace`
+    assert rule_set(chart["ClusterRole"]) == MINIMAL_RULES
+    cfg = chart["ConfigMap"]["data"]
+    assert json.loads(cfg["cni-conf.json"]) == json.loads(plain["ConfigMap"]["data"]["cni-conf.json"])
+    assert json.loads(cfg["net-conf.json"]) == json.loads(plain["ConfigMap"]["data"]["net-conf.json"])
+
+    ours, theirs = pod_spec(chart), pod_spec(plain)
+    for key in ("hostNetwork", "priorityClassName", "serviceAccountName", "affinity", "initContainers", "volumes"):
+        assert ours[key] == theirs[key], key
+    assert all(t in ours["tolerations"] for t in theirs["tolerations"])
+    a, b = container(ours, "kube-flannel"), container(theirs, "kube-flannel")
+    assert flanneld_argv(a) == flanneld_argv(b)
+    for key in ("image", "ports", "livenessProbe", "readinessProbe", "resources", "securityContext", "env"):
+        assert a[key] == b[key], key
+    assert mounts(a) == mounts(b)
+
+
+def test_chart_without_health_port_has_no_probes(render: Any) -> None:
+    c = container(pod_spec(render({"flannel": {"healthz": {"port": 0}}})), "kube-flannel")
+    assert not {"ports", "livenessProbe", "readinessProbe"} & set(c)
+    assert flanneld_argv(c) == ["--ip-masq", "--kube-subnet-mgr"]
+
+
+def test_chart_health_port_moves_probes_and_flag(render: Any) -> None:
+    c = container(pod_spec(render({"flannel": {"healthz": {"port": 9099}}})), "kube-flannel")
+    assert flanneld_options(c).healthz_port == 9099
+    assert c["ports"] == [{"name": "healthz", "containerPort": 9099, "protocol": "TCP"}]
+
+
+def test_chart_can_skip_the_conflist(render: Any) -> None:
+    spec = pod_spec(render({"flannel": {"skipCNIConfigInstallation": True}}))
+    assert [c["name"] for c in spec["initContainers"]] == ["install-cni-plugin"]
+
+
+def test_chart_overrides_images_dirs_pull_secrets_and_node_selector(render: Any) -> None:
+    docs = render(
+        {
+            "global": {"imagePullSecrets": [{"name": "regcred"}]},
+            "flannel": {
+                "image": {"repository": "registry.example/flanneld", "tag": "v9"},
+                "flannel_cni": {"image": {"repository": "registry.example/cni", "tag": "v8"}},
+                "cniBinDir": "/usr/libexec/cni",
+                "cniConfDir": "/etc/cni/conf.d",
+                "nodeSelector": {"flannel": "yes"},
+            },
+        }
+    )
+    spec = pod_spec(docs)
+    assert container(spec, "install-cni-plugin", init=True)["image"] == "registry.example/cni:v8"
+    assert container(spec, "install-cni", init=True)["image"] == "registry.example/flanneld:v9"
+    assert container(spec, "kube-flannel")["image"] == "registry.example/flanneld:v9"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["nodeSelector"] == {"flannel": "yes"}
+    vols = volumes(spec)
+    assert vols["cni-plugin"]["hostPath"]["path"] == "/usr/libexec/cni"
+    assert vols["cni"]["hostPath"]["path"] == "/etc/cni/conf.d"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"flannel": {"backendPort": 4789, "vni": 4096, "GBP": True, "directRouting": True, "mtu": 1400}},
+            {"Network": "10.244.0.0/16", "EnableNFTables": False,
+             "Backend": {"Type": "vxlan", "Port": 4789, "VNI": 4096, "GBP": True, "DirectRouting": True, "MTU": 1400}},
+        ),
+        (
+            {"podCidr": "", "podCidrv6": "fd00:10:244::/56", "flannel": {"backend": "host-gw", "vni": 7}},
+            {"EnableIPv4": False, "IPv6Network": "fd00:10:244::/56", "EnableIPv6": True, "EnableNFTables": False,
+             "Backend": {"Type": "host-gw"}},
+        ),
+        (
+            {"podCidrv6": "fd00:10:244::/56", "flannel": {"backend": "wireguard", "tunnelMode": "auto",
+                                                           "psk": "c2VjcmV0", "backendPort": 51830,
+                                                           "keepaliveInterval": 25, "enableNFTables": True}},
+            {"Network": "10.244.0.0/16", "IPv6Network": "fd00:10:244::/56", "EnableIPv6": True,
+             "EnableNFTables": True,
+             "Backend": {"Type": "wireguard", "Mode": "auto", "PSK": "c2VjcmV0", "ListenPort": 51830,
+                         "PersistentKeepaliveInterval": 25}},
+        ),
+        (
+            {"flannel": {"backend": "udp", "backendPort": 8286}},
+            {"Network": "10.244.0.0/16", "EnableNFTables": False, "Backend": {"Type": "udp", "Port": 8286}},
+        ),
+    ],
+    ids=["vxlan-options", "ipv6-only-host-gw", "wireguard-dual-stack", "udp-port"],
+)
+def test_chart_net_conf_per_backend(render: Any, values: Doc, expected: Doc) -> None:
+    """Upstream's keys per backend, always valid JSON (upstream writes the wireguard Mode unquoted)."""
+    text = render(values)["ConfigMap"]["data"]["net-conf.json"]
+    assert json.loads(text) == expected
+    cfg = parse_network_config(text)
+    assert cfg.backend_type == expected["Backend"]["Type"]
+
+
+def test_chart_netpol_sidecar(render: Any) -> None:
+    docs = render({"netpol": {"enabled": True}})
+    spec = pod_spec(docs)
+    side = container(spec, "kube-network-policies")
+    assert side["image"] == "registry.k8s.io/networking/kube-network-policies:v1.0.0"
+    assert side["command"] == ["/bin/netpol", "--hostname-override=$(MY_NODE_NAME)", "--v=2"]
+    assert side["env"] == [{"name": "MY_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    assert mounts(side) == {"lib-modules": "/lib/modules"}
+    assert volumes(spec)["lib-modules"]["hostPath"] == {"path": "/lib/modules"}
+    rules = rule_set(docs["ClusterRole"])
+    assert rules > MINIMAL_RULES
+    assert ("networking.k8s.io", "networkpolicies", "watch") in rules
+    assert ("policy.networking.k8s.io", "adminnetworkpolicies", "list") in rules
+
+

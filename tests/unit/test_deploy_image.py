@@ -1,0 +1,456 @@
+"""The image's own parts (deploy/image/, Dockerfile), tested without building the image.
+
+* ``install-cni-plugin`` puts the plugin into a CNI bin directory, and the launcher it writes runs the plugin
+  with a Python that has no ``flannel`` package installed, as a node's has not: VERSION, ADD and DEL against
+  a stand-in delegate. No Python, or too old a one, gives a CNI error that says so. Reinstalling, upgrading
+  and pruning keep a working plugin at every step.
+* ``install-conf`` copies atomically with the source's mode, and insists on exactly two arguments.
+* ``iptables-wrapper`` picks the node's iptables backend, driven through stand-in ``*-save`` tools.
+* The Dockerfile copies only what exists and what .dockerignore lets through, and creates what the
+  manifests run.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE_DIR = REPO / "deploy" / "image"
+INSTALLER = IMAGE_DIR / "flannel_install.py"
+WRAPPER = IMAGE_DIR / "iptables-wrapper"
+SRC_PACKAGE = REPO / "src" / "flannel"
+SUBNET_ENV = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+
+ADD_RESULT = {
+    "cniVersion": "0.3.1",
+    "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+    "ips": [{"version": "4", "address": "10.1.17.2/24", "gateway": "10.1.17.1", "interface": 0}],
+}
+FAKE_BRIDGE = f"""#!/bin/sh
+# Stand-in delegate: keeps what it was given, answers like the bridge plugin.
+cat > "$FAKE_DIR/$CNI_COMMAND.conf"
+case "$CNI_COMMAND" in
+ADD) echo '{json.dumps(ADD_RESULT)}' ;;
+VERSION) echo '{{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}}' ;;
+esac
+"""
+
+
+def load_installer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("flannel_install", INSTALLER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def installer() -> ModuleType:
+    return load_installer()
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding this interpreter outside the virtualenv, as ``python3.X``: no ``flannel`` in it.
+
+    Named by its version, it is the launcher's first choice even where /usr/bin has a python3.X too.
+    """
+    pybin = tmp_path_factory.mktemp("pybin")
+    python = pybin / f"python3.{sys.version_info.minor}"
+    python.symlink_to(os.path.realpath(sys.executable))
+    probe = subprocess.run([str(python), "-c", "import flannel"], capture_output=True, timeout=30)
+    if probe.returncode == 0:
+        pytest.skip(f"{os.path.realpath(sys.executable)} can import flannel outside the venv")
+    return pybin
+
+
+def run_installer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(INSTALLER), *args], capture_output=True, text=True, timeout=60)
+
+
+def node_env(pybin: Path, **extra: str) -> dict[str, str]:
+    """The environment a container runtime gives a plugin: a plain PATH, no Python variables."""
+    return {"PATH": f"{pybin}:/usr/local/bin:/usr/bin:/bin", **extra}
+
+
+def call_plugin(
+    launcher: Path, pybin: Path, command: str, stdin: bytes = b"", **env: str
+) -> subprocess.CompletedProcess[bytes]:
+    full = node_env(pybin, CNI_COMMAND=command, **env)
+    return subprocess.run([str(launcher)], input=stdin, env=full, capture_output=True, timeout=30)
+
+
+# --- install-cni-plugin --------------------------------------------------------------------------------
+
+
+def test_installed_plugin_answers_version_with_a_bare_host_python(tmp_path: Path, bare_python: Path) -> None:
+    out = run_installer("install-cni-plugin", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "Python >= 3.11" in out.stdout
+    launcher = tmp_path / "flannel"
+    assert stat.S_IMODE(launcher.stat().st_mode) == 0o755
+    assert launcher.read_text().startswith("#!/bin/sh\n")
+    result = call_plugin(launcher, bare_python, "VERSION")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["supportedVersions"][-1] == "1.1.0"
+    assert list((tmp_path / ".flannel").rglob("cni/__pycache__/plugin.*.pyc"))
+
+
+def test_launcher_without_any_python_says_what_the_node_needs(tmp_path: Path, installer: Any) -> None:
+    installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run(
+        [str(tmp_path / "flannel")], env={"PATH": str(empty), "CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30
+    )
+    assert out.returncode == 1
+    error = json.loads(out.stdout)
+    assert error["code"] == 999
+    assert "needs Python 3.11 or later" in error["msg"]
+    assert b"needs Python 3.11" in out.stderr
+
+
+def test_installed_plugin_adds_and_deletes_through_its_delegate(tmp_path: Path, bare_python: Path) -> None:
+    """ADD and DEL import most of the plugin: the installed copy must hold all of it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    assert run_installer("install-cni-plugin", str(bin_dir)).returncode == 0
+    bridge = bin_dir / "bridge"
+    bridge.write_text(FAKE_BRIDGE)
+    bridge.chmod(0o755)
+    (tmp_path / "subnet.env").write_text(SUBNET_ENV)
+    conf = {
+        "cniVersion": "0.3.1",
+        "name": "cbr0",
+        "type": "flannel",
+        "subnetFile": str(tmp_path / "subnet.env"),
+        "dataDir": str(tmp_path / "data"),
+        "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+    }
+    env = {
+        "CNI_CONTAINERID": "ctr1",
+        "CNI_NETNS": "/var/run/netns/pod",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(bin_dir),
+        "FAKE_DIR": str(tmp_path),
+    }
+    added = call_plugin(bin_dir / "flannel", bare_python, "ADD", json.dumps(conf).encode(), **env)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert json.loads(added.stdout)["ips"][0]["address"] == "10.1.17.2/24"
+    delegate = json.loads((tmp_path / "ADD.conf").read_text())
+    assert delegate["type"] == "bridge"
+    assert delegate["ipam"]["ranges"] == [[{"subnet": "10.1.17.0/24"}]]
+    assert (tmp_path / "data" / "ctr1").exists()
+
+    deleted = call_plugin(bin_dir / "flannel", bare_python, "DEL", json.dumps(conf).encode(), **env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert json.loads((tmp_path / "DEL.conf").read_text()) == delegate
+    assert not (tmp_path / "data" / "ctr1").exists()
+
+
+def test_plugin_names_the_problem_on_an_old_python(tmp_path: Path, installer: Any) -> None:
+    """RHEL 9's python3 is 3.9: run.py must say so, as a CNI error, instead of failing on a syntax error."""
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    run_py = tmp_path / ".flannel" / pkg_id / "run.py"
+    ast.parse(run_py.read_text(), str(run_py), feature_version=(3, 7))  # no newer syntax
+    code = (
+        "import runpy, sys; sys.version_info = (3, 9, 18, 'final', 0); "
+        f"runpy.run_path({str(run_py)!r}, run_name='__main__')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    error = json.loads(out.stdout)
+    assert error["code"] == 999
+    assert "needs Python 3.11 or later" in error["msg"]
+    assert "3.9.18" in error["details"]
+    assert "needs Python 3.11" in out.stderr
+
+
+def copy_package(dest: Path, marker: str) -> Path:
+    """A copy of src/flannel with one comment changed: another version of the plugin."""
+    for path in SRC_PACKAGE.rglob("*.py"):
+        target = dest / path.relative_to(SRC_PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    with (dest / "cni" / "plugin.py").open("a") as f:
+        f.write(f"# {marker}\n")
+    return dest
+
+
+def test_reinstalling_the_same_sources_changes_nothing(tmp_path: Path, installer: Any) -> None:
+    first = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    launcher_before = (tmp_path / "flannel").read_text()
+    second = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    assert first == second
+    assert (tmp_path / "flannel").read_text() == launcher_before
+    assert sorted(p.name for p in (tmp_path / ".flannel").iterdir()) == [first]
+    installed = tmp_path / ".flannel" / first / "flannel"
+    assert sorted(p.relative_to(installed).as_posix() for p in installed.rglob("*.py")) == sorted(
+        p.relative_to(SRC_PACKAGE).as_posix() for p in SRC_PACKAGE.rglob("*.py")
+    )
+    assert list(installed.rglob("__pycache__/*.pyc")), "byte-compiled for the image's Python"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".flannel", "flannel"]  # no temporary leftovers
+
+
+def test_reinstalling_repairs_a_damaged_copy(tmp_path: Path, installer: Any, bare_python: Path) -> None:
+    """A node crash can cut a file short; the next start of the DaemonSet's pod must put it right."""
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    damaged = tmp_path / ".flannel" / pkg_id / "flannel" / "cni" / "plugin.py"
+    damaged.write_text("")
+    assert call_plugin(tmp_path / "flannel", bare_python, "VERSION").returncode != 0
+    assert installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE)) == pkg_id
+    assert damaged.read_bytes() == (SRC_PACKAGE / "cni" / "plugin.py").read_bytes()
+    assert call_plugin(tmp_path / "flannel", bare_python, "VERSION").returncode == 0
+
+
+def test_upgrades_keep_the_previous_version_and_prune_older_ones(tmp_path: Path, installer: Any) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ids = [
+        installer.install_cni_plugin(str(bin_dir), str(copy_package(tmp_path / f"v{i}", f"version {i}")))
+        for i in range(3)
+    ]
+    assert len(set(ids)) == 3
+    assert all(i.startswith(installer.__version__ + "-") for i in ids)
+    assert installer.installed_id(str(bin_dir / "flannel")) == ids[2]
+    # the one before stays for plugin calls that started from it; the oldest is gone
+    assert sorted(p.name for p in (bin_dir / ".flannel").iterdir()) == sorted(ids[1:])
+
+
+def test_stale_temporary_directories_are_removed_and_fresh_ones_kept(tmp_path: Path, installer: Any) -> None:
+    store = tmp_path / ".flannel"
+    stale, fresh = store / ".tmp-crashed-1", store / ".tmp-running-2"
+    stale.mkdir(parents=True)
+    fresh.mkdir()
+    os.utime(stale, (1, 1))
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    assert sorted(p.name for p in store.iterdir()) == sorted([pkg_id, fresh.name])
+
+
+def test_installer_refuses_what_is_not_the_package(tmp_path: Path, installer: Any) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "x.py").write_text("")
+    with pytest.raises(installer.InstallError, match=r"no cni/plugin\.py"):
+        installer.install_cni_plugin(str(tmp_path / "bin"), str(tmp_path / "pkg"))
+
+
+def test_installer_usage_errors() -> None:
+    for args in ([], ["install-cni-plugin"], ["install-cni-plugin", "a", "b"], ["frobnicate"]):
+        out = run_installer(*args)
+        assert out.returncode == 1, args
+        assert "usage:" in out.stderr
+
+
+def test_installer_dispatches_on_the_name_it_is_called_by(tmp_path: Path) -> None:
+    link = tmp_path / "install-conf"
+    link.symlink_to(INSTALLER)
+    out = subprocess.run([sys.executable, str(link), "only-one"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.startswith("usage: install-conf SOURCE DESTINATION")
+
+
+# --- install-conf --------------------------------------------------------------------------------------
+
+
+def test_install_conf_copies_atomically_with_the_source_mode(tmp_path: Path) -> None:
+    source = tmp_path / "cni-conf.json"
+    source.write_text('{"name": "cbr0"}\n')
+    source.chmod(0o640)
+    dest_dir = tmp_path / "net.d"
+    dest_dir.mkdir()
+    dest = dest_dir / "10-flannel.conflist"
+    dest.write_text("old")
+    out = run_installer("install-conf", str(source), str(dest))
+    assert out.returncode == 0, out.stderr
+    assert dest.read_text() == '{"name": "cbr0"}\n'
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o640
+    assert [p.name for p in dest_dir.iterdir()] == ["10-flannel.conflist"]
+
+
+@pytest.mark.parametrize("args", [[], ["a"], ["a", "b", "c"]])
+def test_install_conf_wants_exactly_two_arguments(args: list[str]) -> None:
+    out = run_installer("install-conf", *args)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "usage: install-conf SOURCE DESTINATION"
+
+
+def test_install_conf_reports_a_missing_source(tmp_path: Path) -> None:
+    out = run_installer("install-conf", str(tmp_path / "nope"), str(tmp_path / "dest"))
+    assert out.returncode == 1
+    assert out.stderr.startswith("install-conf: ") and "nope" in out.stderr
+    assert not (tmp_path / "dest").exists()
+
+
+# --- iptables-wrapper ----------------------------------------------------------------------------------
+
+HINT = "*mangle\n:PREROUTING ACCEPT [0:0]\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n"
+RULES = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\n-A POSTROUTING -j RETURN\nCOMMIT\n"
+ONE_RULE = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j ACCEPT\nCOMMIT\n"
+
+
+class Iptables:
+    """A PATH of stand-ins: ``*-<mode>-save`` print the tables the test set, the rest log how they were called.
+
+    The stand-ins come first on PATH and /usr/sbin is not on it, so nothing here touches the real iptables or
+    the machine's alternatives.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.bin = tmp / "stubs"
+        self.bin.mkdir()
+        self.log = tmp / "calls.log"
+        for family in ("iptables", "ip6tables"):
+            for mode in ("legacy", "nft"):
+                self._stub(f"{family}-{mode}-save", f'cat "{tmp}/{family}-{mode}.rules" 2>/dev/null || true')
+                for suffix in ("", "-restore"):
+                    self._stub(f"{family}-{mode}{suffix}", f'echo "{family}-{mode}{suffix} $*" >> "{self.log}"')
+        self._stub("update-alternatives", f'echo "update-alternatives $*" >> "{self.log}"')
+
+    def _stub(self, name: str, body: str) -> None:
+        path = self.bin / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+
+    def tables(self, family: str, mode: str, text: str) -> None:
+        (self.tmp / f"{family}-{mode}.rules").write_text(text)
+
+    def run(self, name: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        """Call the wrapper as ``name``; return the result and the stand-ins' calls (not the -save ones)."""
+        link = self.tmp / name
+        if not link.exists():
+            link.symlink_to(WRAPPER)
+        out = subprocess.run(
+            [str(link), *args],
+            env={"PATH": f"{self.bin}:/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        calls = [c.rstrip() for c in self.log.read_text().splitlines()] if self.log.exists() else []
+        self.log.unlink(missing_ok=True)
+        return out, calls
+
+
+@pytest.fixture
+def iptables(tmp_path: Path) -> Iptables:
+    return Iptables(tmp_path)
+
+
+def alternatives(mode: str) -> list[str]:
+    return [f"update-alternatives --set {f} /usr/sbin/{f}-{mode}" for f in ("iptables", "ip6tables")]
+
+
+def test_wrapper_follows_the_kubelets_hint_in_nft(iptables: Iptables) -> None:
+    iptables.tables("iptables", "nft", HINT)
+    iptables.tables("iptables", "legacy", RULES + ONE_RULE)  # more rules, but the hint wins
+    out, calls = iptables.run("iptables-restore", "--noflush", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert calls == [*alternatives("nft"), "iptables-nft-restore --noflush --wait"]
+
+
+def test_wrapper_follows_the_kubelets_hint_in_legacy(iptables: Iptables) -> None:
+    iptables.tables("ip6tables", "legacy", HINT.replace("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"))
+    out, calls = iptables.run("ip6tables", "-t", "nat", "-S")
+    assert out.returncode == 0, out.stderr
+    assert calls == [*alternatives("legacy"), "ip6tables-legacy -t nat -S"]
+
+
+def test_wrapper_without_hints_takes_the_backend_with_more_rules(iptables: Iptables) -> None:
+    iptables.tables("iptables", "legacy", RULES)
+    iptables.tables("ip6tables", "nft", ONE_RULE)
+    out, calls = iptables.run("iptables-save")
+    assert out.returncode == 0, out.stderr
+    assert calls == alternatives("legacy")
+    assert out.stdout == RULES  # iptables-legacy-save ran
+
+
+def test_wrapper_on_an_empty_node_takes_nft(iptables: Iptables) -> None:
+    out, calls = iptables.run("iptables", "-L")
+    assert out.returncode == 0, out.stderr
+    assert calls == [*alternatives("nft"), "iptables-nft -L"]
+
+
+def test_wrapper_mode_can_be_forced(iptables: Iptables) -> None:
+    iptables.tables("iptables", "nft", HINT)
+    out, calls = iptables.run("ip6tables-restore", IPTABLES_WRAPPER_MODE="legacy")
+    assert out.returncode == 0, out.stderr
+    assert calls == [*alternatives("legacy"), "ip6tables-legacy-restore"]
+    out, _ = iptables.run("iptables", IPTABLES_WRAPPER_MODE="both")
+    assert out.returncode == 1
+    assert "must be legacy or nft" in out.stderr
+
+
+def test_wrapper_refuses_other_names(iptables: Iptables) -> None:
+    out, calls = iptables.run("arptables")
+    assert out.returncode == 1
+    assert "must be called as iptables" in out.stderr
+    assert calls == []
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (REPO / "Dockerfile").read_text()
+    joined = text.replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def dockerignore_allows(rel: str) -> bool:
+    """Whether .dockerignore sends ``rel`` to the builder (last matching pattern wins, as Docker's)."""
+    import fnmatch
+
+    allowed = True
+    for raw in (REPO / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!").rstrip("/")
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern.startswith("**/"):
+            hit = any(fnmatch.fnmatch(p, pattern[3:]) for p in parts)
+        else:
+            hit = any(fnmatch.fnmatch(p, pattern) for p in prefixes)
+        if hit:
+            allowed = negate
+    return allowed
+
+
+def test_dockerfile_copies_only_files_that_exist_and_reach_the_builder() -> None:
+    copies = [line.split()[1:] for line in dockerfile_instructions() if line.startswith("COPY ")]
+    local = [args for args in copies if not args[0].startswith("--from=")]
+    assert local, "the Dockerfile copies nothing from the repository"
+    for *sources, _dest in local:
+        for source in sources:
+            assert (REPO / source).exists(), f"COPY {source}: no such file"
+            assert dockerignore_allows(source.rstrip("/")), f"COPY {source}: excluded by .dockerignore"
+    excluded = (".venv/bin/python", "tests/unit/test_deploy_image.py", "docs/cni.md", "src/flannel/__pycache__/x.pyc")
+    for unwanted in excluded:
+        assert not dockerignore_allows(unwanted), f".dockerignore lets {unwanted} through"
+    assert dockerignore_allows("src/flannel/cni/plugin.py")
+
+
+def test_dockerfile_provides_what_the_manifests_run() -> None:
+    text = " ".join(dockerfile_instructions())
+    for path in ("/opt/bin/flanneld", "/opt/bin/install-cni-plugin", "/opt/bin/install-conf"):
+        assert path in text, f"the image has no {path}"
+    assert 'ENTRYPOINT ["/opt/bin/flanneld"]' in text
+    assert "iptables-wrapper" in text and "update-alternatives --install" in text
+    for package in ("iptables", "nftables", "iproute2", "ca-certificates"):
+        assert package in text
+    assert (INSTALLER.stat().st_mode & 0o111) and (WRAPPER.stat().st_mode & 0o111), "scripts must be executable"
