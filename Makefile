@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping procps \
-                containernetworking-plugins iperf3 python3-venv python3-dev ca-certificates
+                containernetworking-plugins iperf3 python3-venv python3-dev ca-certificates openssl
 
 .PHONY: all deps venv demo demo-clean test lint unit integration e2e bench clean
 
@@ -39,7 +39,7 @@ demo-clean:
 	$(PY) demo/clean.py
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench demo
+	$(VENV)/bin/ruff check src tests bench demo deploy
 	$(VENV)/bin/mypy
 
 unit: venv
@@ -59,6 +59,7 @@ bench: venv
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_cni.py
 	$(PY) bench/bench_throughput.py
+	$(PY) bench/bench_kube.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
