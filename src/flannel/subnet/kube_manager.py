@@ -58,6 +58,8 @@ PATCH_RETRY_EVERY, PATCH_RETRY_FOR = 3.0, 30.0
 """Upstream retries the annotation patch every 3 s for up to 30 s."""
 LIST_PAGE = 100
 """Nodes per list page. A decoded page is held in full: measured, 500 nodes cost ~10 MiB more peak RSS than 100."""
+SHORT_WATCH = 1.0
+"""A watch that ends within this many seconds having delivered nothing is followed by a back-off pause."""
 SYNC_DEADLINE = 600.0
 """Upstream waits up to 10 minutes for the first node list before giving up (``CONT_WHEN_CACHE_NOT_READY``)."""
 
@@ -259,7 +261,11 @@ class KubeSubnetManager:
                     synced = True
                     backoff.reset()
                 while True:
-                    await self._watch(queue, backoff)
+                    began = time.monotonic()
+                    if not await self._watch(queue, backoff) and time.monotonic() - began < SHORT_WATCH:
+                        # A server that ends every watch at once, with nothing in it, must not make us spin
+                        # (client-go's "very short watch" guard).
+                        await asyncio.sleep(backoff.advance())
             except GoneError as exc:
                 self._version = ""
                 metrics.WATCH_ERRORS.labels("compacted").inc()
@@ -295,12 +301,14 @@ class KubeSubnetManager:
                  listing.resource_version)
         return listing.resource_version
 
-    async def _watch(self, queue: asyncio.Queue[WatchResult], backoff: Backoff) -> None:
+    async def _watch(self, queue: asyncio.Queue[WatchResult], backoff: Backoff) -> bool:
         """One watch request from ``self._version``, which follows every event, so that the next request resumes
-        where this one stopped, whether the server ended it or the connection was lost."""
+        where this one stopped, whether the server ended it or the connection was lost. True if it saw any."""
+        seen = False
         stream = self.client.watch_nodes(self._version, self.opts.watch_timeout)
         async with contextlib.aclosing(stream):
             async for kind, node in stream:
+                seen = True
                 backoff.reset()  # the watch is up: a later failure starts again from the initial delay
                 self._version = str((node.get("metadata") or {}).get("resourceVersion") or self._version)
                 if kind == "BOOKMARK":
@@ -309,6 +317,7 @@ class KubeSubnetManager:
                 if events:
                     await queue.put(WatchResult(events=tuple(events)))
                     metrics.EVENT_LATENCY.received()
+        return seen
 
     def _node_event(self, kind: str, node: dict[str, Any]) -> list[tuple[bool, Lease]]:
         """The lease events one node event means: nothing for an unchanged lease (a status heartbeat)."""
