@@ -14,6 +14,7 @@ import pytest
 from flannel.backend.alloc import AllocBackend, AllocNetwork
 from flannel.backend.base import BackendContext, ExternalInterface, create_backend
 from flannel.backend.hostgw import NAT_ERROR
+from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.backend.route_plane import RTPROT_FLANNEL, PeerRoute, route_ops
 from flannel.config import parse_network_config
@@ -163,7 +164,7 @@ async def test_a_failing_reconcile_is_logged_and_retried_not_fatal(caplog: pytes
     network = RouteNetwork(nl, Lease(IPv4Network("10.5.52.0/24")), 1500, "host-gw", [plane],  # type: ignore[arg-type]
                            reconcile_interval=0.01)
     network.synced = True
-    task = asyncio.create_task(network._reconcile_loop())
+    task = asyncio.create_task(ReconcileLoop(network.reconcile, network.reconcile_interval).run())
     await asyncio.sleep(0.1)
     assert not task.done(), "the reconcile loop must survive a failing kernel dump"
     task.cancel()

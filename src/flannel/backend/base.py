@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, NotImplementedYetError
+from flannel.errors import ConfigError, FlannelError, NotImplementedYetError
 from flannel.lease import Lease
 from flannel.subnet.manager import SubnetManager, WatchResult
 
@@ -85,6 +85,16 @@ class LeasedNetwork:
     def mtu(self) -> int:
         """The MTU pods must use (``FLANNEL_MTU``)."""
         return self._mtu
+
+
+def require_ipv4_only(backend: str, ctx: BackendContext, config: NetworkConfig) -> None:
+    """The checks of an IPv4-only backend (ipip and udp, as upstream): no IPv6, an IPv4 network and address."""
+    if config.enable_ipv6:
+        raise ConfigError(f"the {backend} backend supports IPv4 only; set EnableIPv6 to false", "EnableIPv6")
+    if not config.enable_ipv4 or config.network is None:
+        raise ConfigError(f"the {backend} backend needs an IPv4 Network", "Network")
+    if ctx.ext_iface.iface_addr is None or ctx.ext_iface.ext_addr is None:
+        raise FlannelError(f"the {backend} backend needs an IPv4 address on {ctx.ext_iface.name}")
 
 
 class Backend(Protocol):

@@ -15,27 +15,25 @@ address; the peer routes, which the kernel dropped with the old device, are then
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from flannel.backend.backend_config import bool_key, read_section
-from flannel.backend.base import BackendContext
+from flannel.backend.base import BackendContext, require_ipv4_only
 from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.backend.route_plane import PeerRoute, is_on_link
 from flannel.backend.vxlan_device import ensure_address
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, FlannelError
+from flannel.errors import FlannelError
 from flannel.lease import Lease, LeaseAttrs
-from flannel.netlink import IptunSpec, Link, LinkMonitor, Netlink, NetlinkError, link_events
+from flannel.netlink import IptunSpec, Link, Netlink, NetlinkError
 from flannel.netlink.links import ipip_describe
-from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +112,7 @@ class IPIPBackend:
 
     def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
         self.cfg = parse_ipip_config(config.backend)
-        if config.enable_ipv6:
-            raise ConfigError("the ipip backend supports IPv4 only; set EnableIPv6 to false", "EnableIPv6")
-        if not config.enable_ipv4 or config.network is None:
-            raise ConfigError("the ipip backend needs an IPv4 Network", "Network")
-        if ctx.ext_iface.iface_addr is None or ctx.ext_iface.ext_addr is None:
-            raise FlannelError(f"the ipip backend needs an IPv4 address on {ctx.ext_iface.name}")
+        require_ipv4_only("ipip", ctx, config)
         self.ctx = ctx
 
     async def register_network(self, config: NetworkConfig) -> IPIPNetwork:
@@ -221,18 +214,6 @@ class IPIPNetwork(RouteNetwork):
         ensure_address(self.nl, link, self.address, self.cluster)
         return repairs
 
-    async def run(self, results: AsyncIterator[WatchResult]) -> None:
-        """The route network's loop, plus a link watch that repairs the device as soon as it is deleted."""
-        with LinkMonitor() as monitor:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watch_links(monitor), name="ipip-link-monitor")
-                await super().run(results)
-
-    async def _watch_links(self, monitor: LinkMonitor) -> None:
-        async for events in link_events(monitor):
-            if any(ev.kind == "del" and ev.name == self.spec.name for ev in events):
-                try:
-                    self.reconcile()
-                except (NetlinkError, OSError) as exc:  # as the periodic loop: the next round tries again
-                    log.warning("repairing %s failed, retrying in %gs: %s", self.spec.name,
-                                self.reconcile_interval, exc)
+    def watched_links(self) -> set[str]:
+        """A deleted ``flannel.ipip`` is repaired at once, not at the next periodic reconcile."""
+        return {self.spec.name}

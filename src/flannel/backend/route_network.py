@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from flannel import metrics
 from flannel.backend.base import LeasedNetwork
 from flannel.backend.peer_events import apply_lease_events
+from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import (
     Address,
     Network,
@@ -29,7 +30,7 @@ from flannel.backend.route_plane import (
 )
 from flannel.errors import LeaseDecodeError
 from flannel.lease import Lease, LeaseEvent
-from flannel.netlink import Netlink, NetlinkError
+from flannel.netlink import Netlink
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -104,20 +105,19 @@ class RouteNetwork(LeasedNetwork):
                 repairs += len(drift)
         return repairs
 
+    def watched_links(self) -> set[str]:
+        """Devices whose deletion calls for an immediate reconcile; none here (host-gw owns no device)."""
+        return set()
+
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
+        loop = ReconcileLoop(self.reconcile, self.reconcile_interval)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._reconcile_loop(), name=f"{self.backend_type}-reconcile")
+            tg.create_task(loop.run(), name=f"{self.backend_type}-reconcile")
+            if self.watched_links():
+                tg.create_task(loop.kick_on_link_delete(self.watched_links), name=f"{self.backend_type}-links")
             async for result in results:
                 self.handle_events(self.tracker.apply(result))
                 if result.snapshot is not None and not self.synced:
                     self.synced = True
-                    self.reconcile()
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reconcile_interval)
-            try:
-                self.reconcile()
-            except (NetlinkError, OSError) as exc:  # a kernel hiccup must not restart the daemon: next round
-                log.warning("reconcile failed, retrying in %gs: %s", self.reconcile_interval, exc)
+                    loop.reconcile_once()

@@ -14,7 +14,6 @@ Like upstream, the udp backend processes every lease, whatever its ``BackendType
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -25,16 +24,17 @@ from typing import Any
 
 from flannel import metrics
 from flannel.backend.backend_config import bool_key, int_key, read_section
-from flannel.backend.base import BackendContext, LeasedNetwork
+from flannel.backend.base import BackendContext, LeasedNetwork, require_ipv4_only
+from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import is_peer_subnet
 from flannel.backend.udp_forwarder import Forwarder, Peer, PeerTable
 from flannel.backend.udp_packet import MAX_UDP_PAYLOAD, OFFLOAD_HDR_LEN, OFFLOAD_VERSION
 from flannel.backend.udp_tun import TunDevice, open_tun
 from flannel.backend.vxlan_device import ensure_address
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, FlannelError
+from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink import Link, LinkMonitor, Netlink, NetlinkError, RouteReplace, link_events
+from flannel.netlink import Link, Netlink, RouteReplace
 from flannel.netlink.consts import RT_SCOPE_UNIVERSE
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
@@ -91,12 +91,7 @@ class UDPBackend:
 
     def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
         self.cfg = parse_udp_config(config.backend)
-        if config.enable_ipv6:
-            raise ConfigError("the udp backend supports IPv4 only; set EnableIPv6 to false", "EnableIPv6")
-        if not config.enable_ipv4 or config.network is None:
-            raise ConfigError("the udp backend needs an IPv4 Network", "Network")
-        if ctx.ext_iface.iface_addr is None or ctx.ext_iface.ext_addr is None:
-            raise FlannelError(f"the udp backend needs an IPv4 address on {ctx.ext_iface.name}")
+        require_ipv4_only("udp", ctx, config)
         self.ctx = ctx
 
     async def register_network(self, config: NetworkConfig) -> UDPNetwork:
@@ -153,7 +148,7 @@ class UDPNetwork(LeasedNetwork):
         self.tun: TunDevice | None = None
         self.sock = sock
         self.forwarder: Forwarder | None = None
-        self._kick = asyncio.Event()
+        self._loop: ReconcileLoop | None = None
 
     @property
     def tun_addr(self) -> IPv4Address:
@@ -231,40 +226,26 @@ class UDPNetwork(LeasedNetwork):
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         assert self.tun is not None
+        loop = ReconcileLoop(self.reconcile, self.reconcile_interval)
+        self._loop = loop
         self.forwarder = Forwarder(self.tun, self.sock, self.tun_addr, self.table, self._tun_lost)
         self.forwarder.attach(asyncio.get_running_loop())
         metrics.KNOWN_PEERS.set_function(lambda: len(self.table))
-        monitor = LinkMonitor()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watch_links(monitor), name="udp-link-monitor")
-                tg.create_task(self._reconcile_loop(), name="udp-reconcile")
+                tg.create_task(loop.kick_on_link_delete(lambda: {self.tun.name} if self.tun else set()),
+                               name="udp-link-monitor")
+                tg.create_task(loop.run(), name="udp-reconcile")
                 async for result in results:
                     self.handle_events(self.tracker.apply(result))
                     metrics.EVENT_LATENCY.programmed()
         finally:
-            monitor.close()
             self.forwarder.detach()
 
     def _tun_lost(self, exc: OSError) -> None:
         log.warning("TUN device %s failed (%s); re-creating it", self.tun.name if self.tun else "?", exc)
-        self._kick.set()
-
-    async def _watch_links(self, monitor: LinkMonitor) -> None:
-        async for events in link_events(monitor):
-            if self.tun is not None and any(ev.kind == "del" and ev.name == self.tun.name for ev in events):
-                self._kick.set()
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.reconcile_interval):
-                    await self._kick.wait()
-            self._kick.clear()
-            try:
-                self.reconcile()
-            except (NetlinkError, OSError, FlannelError) as exc:  # a kernel hiccup must not restart the daemon
-                log.warning("reconcile failed, retrying in %gs: %s", self.reconcile_interval, exc)
+        if self._loop is not None:
+            self._loop.kick()
 
     def close(self) -> None:
         """Release the socket, the device and the netlink socket (the device disappears with its descriptor)."""

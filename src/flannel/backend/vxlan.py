@@ -8,7 +8,6 @@ undecodable lease is skipped on its own instead of disturbing other peers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import socket
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from flannel import metrics
 from flannel.backend.base import BackendContext, LeasedNetwork
 from flannel.backend.peer_events import apply_lease_events
+from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import apply_ops
 from flannel.backend.vxlan_config import VXLAN_OVERHEAD, VXLANConfig, parse_vxlan_config, v6_device_mtu
 from flannel.backend.vxlan_device import VXLANDeviceSpec, ensure_address, ensure_device
@@ -26,7 +26,7 @@ from flannel.config import NetworkConfig
 from flannel.errors import FlannelError
 from flannel.gojson import compact
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink import LinkMonitor, Netlink, NetlinkError, link_events
+from flannel.netlink import Netlink
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -114,8 +114,6 @@ class VXLANNetwork(LeasedNetwork):
         self.reconcile_interval = reconcile_interval
         self.tracker = LeaseTracker(lease)
         self.synced = False
-        self._kick = asyncio.Event()
-
 
     @property
     def dev_names(self) -> dict[int, str]:
@@ -158,32 +156,13 @@ class VXLANNetwork(LeasedNetwork):
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
-        monitor = LinkMonitor()
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watch_links(monitor), name="vxlan-link-monitor")
-                tg.create_task(self._reconcile_loop(), name="vxlan-reconcile")
-                async for result in results:
-                    self.handle_events(self.tracker.apply(result))
-                    if result.snapshot is not None and not self.synced:
-                        self.synced = True
-                        self._kick.set()
-        finally:
-            monitor.close()
-
-    async def _watch_links(self, monitor: LinkMonitor) -> None:
-        names = {d.spec.name for d in self.devices}
-        async for events in link_events(monitor):
-            if any(ev.kind == "del" and ev.name in names for ev in events):
-                self._kick.set()
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.reconcile_interval):
-                    await self._kick.wait()
-            self._kick.clear()
-            try:
-                self.reconcile()
-            except (NetlinkError, OSError) as exc:  # a kernel hiccup must not restart the daemon: next round
-                log.warning("reconcile failed, retrying in %gs: %s", self.reconcile_interval, exc)
+        loop = ReconcileLoop(self.reconcile, self.reconcile_interval)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(loop.kick_on_link_delete(lambda: {d.spec.name for d in self.devices}),
+                           name="vxlan-link-monitor")
+            tg.create_task(loop.run(), name="vxlan-reconcile")
+            async for result in results:
+                self.handle_events(self.tracker.apply(result))
+                if result.snapshot is not None and not self.synced:
+                    self.synced = True
+                    loop.kick()

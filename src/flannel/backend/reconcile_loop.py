@@ -1,0 +1,55 @@
+"""When a network compares the kernel with the leases: every ``--reconcile-interval``, and at once when kicked.
+
+Every backend that programs the kernel (vxlan, host-gw, ipip, udp) repairs drift the same way, so the loop
+is written once: a periodic ``reconcile()``, an early one when something is known to be wrong (its device
+was deleted: seen on the link monitor, or the udp forwarder's descriptor failed), and a failure that is
+logged and retried next round rather than restarting the daemon over a kernel hiccup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Collection
+
+from flannel.errors import FlannelError
+from flannel.netlink import LinkMonitor, NetlinkError, link_events
+
+log = logging.getLogger(__name__)
+
+
+class ReconcileLoop:
+    """Runs ``reconcile`` every ``interval`` seconds, and as soon as ``kick()`` is called."""
+
+    def __init__(self, reconcile: Callable[[], object], interval: float) -> None:
+        self._reconcile = reconcile
+        self.interval = interval
+        self._kick = asyncio.Event()
+
+    def kick(self) -> None:
+        """Reconcile now instead of at the end of the interval."""
+        self._kick.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._kick.wait()
+            self._kick.clear()
+            self.reconcile_once()
+
+    def reconcile_once(self) -> None:
+        """One reconcile; a failure is logged and left to the next round."""
+        try:
+            self._reconcile()
+        except (NetlinkError, OSError, FlannelError) as exc:
+            log.warning("reconcile failed, retrying in %gs: %s", self.interval, exc)
+
+    async def kick_on_link_delete(self, names: Callable[[], Collection[str]]) -> None:
+        """Kick whenever a device whose name is in ``names()`` is deleted (``ip link del``, a module unload)."""
+        with LinkMonitor() as monitor:
+            async for events in link_events(monitor):
+                wanted = names()
+                if any(ev.kind == "del" and ev.name in wanted for ev in events):
+                    self.kick()
