@@ -117,6 +117,18 @@ def test_deleted_tun_device_is_recreated(three_hosts: Cluster) -> None:
     assert "TUN device flannel0" in h1.log_file.read_text()
 
 
+def test_tun_device_set_down_is_brought_back_up_and_forwards_again(three_hosts: Cluster) -> None:
+    """A down TUN refuses writes with EIO; that must not stop the forwarder reading it once it is up again."""
+    c = three_hosts
+    h1 = c.hosts[1]
+    in_ns(h1.ns, "ip", "link", "set", "flannel0", "down")
+    c.ping(c.pod_ns(c.hosts[2], 1), pod_ip(c, 1))  # a datagram for h1 arrives while flannel0 is down
+    assert eventually(lambda: "UP" in in_ns(h1.ns, "ip", "link", "show", "flannel0").stdout.split(">")[0],
+                      timeout=15)
+    assert eventually(lambda: c.ping(c.pod_ns(h1, 1), pod_ip(c, 2)), timeout=15)
+    assert eventually(lambda: c.ping(c.pod_ns(c.hosts[2], 1), pod_ip(c, 1)), timeout=15)
+
+
 def test_datagram_from_unknown_source_is_dropped(three_hosts: Cluster) -> None:
     """A packet for h1's pod, sent to h1:8285 from an address that is no lease's public IP, never arrives; the
     same bytes sent from a peer host's address do (the control that shows the drop is the filter's doing)."""

@@ -59,6 +59,7 @@ async def test_repairs_are_counted_and_reported_to_the_hook(caplog: pytest.LogCa
     before = metrics.TRAFFIC_RULE_REPAIRS.labels("filter").value
     keeper = TrafficKeeper(FakeManager("iptables", calls, results), FakeManager("nftables", calls), PLAN, 5,
                            on_repair=seen.append)
+    keeper.started = True
     await keeper.check()
     await keeper.check()
     assert keeper.repairs == 1 and seen == [repair]
@@ -93,6 +94,7 @@ async def test_an_unexpected_error_costs_one_round_only(caplog: pytest.LogCaptur
             return SyncResult()
 
     keeper = TrafficKeeper(Buggy("iptables", calls), FakeManager("nftables", calls), PLAN, 0.01)
+    keeper.started = True
     task = asyncio.create_task(keeper.keep())
     while len(calls) < 2:
         await asyncio.sleep(0.01)
@@ -100,6 +102,22 @@ async def test_an_unexpected_error_costs_one_round_only(caplog: pytest.LogCaptur
     with pytest.raises(asyncio.CancelledError):
         await task
     assert any("resync failed unexpectedly" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_start_cut_short_is_run_again_by_the_next_round_not_skipped() -> None:
+    """If the start-up hit its time limit (e.g. the xtables lock held), the plan was never installed: the resync
+    loop must run the whole start again, and report failing until it has, instead of checking nothing."""
+    calls: list[str] = []
+    keeper = TrafficKeeper(FakeManager("iptables", calls), FakeManager("nftables", calls), PLAN, 0.01)
+    keeper.failing = True  # what start_traffic_rules sets when the time limit fired
+    task = asyncio.create_task(keeper.keep())
+    while "iptables.ensure" not in calls:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert calls.index("nftables.remove_all") < calls.index("iptables.setup") < calls.index("iptables.ensure")
+    assert keeper.started and not keeper.failing
 
 
 def test_recycling_is_logged_only_when_the_network_or_subnet_changed(caplog: pytest.LogCaptureFixture) -> None:

@@ -583,14 +583,21 @@ def test_a_write_error_other_than_a_lost_device_is_counted_not_fatal(rig: Rig) -
     assert not rig.lost and not rig.fwd.forwarded
 
 
-def test_replace_tun_closes_the_old_device_and_forwards_through_the_new(rig: Rig) -> None:
+def test_reopen_tun_closes_the_old_device_first_and_forwards_through_the_new(rig: Rig) -> None:
     old = rig.fwd.tun
     new_end, new_kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     new_end.setblocking(False)
     new_kernel.setblocking(False)
     try:
-        rig.fwd.replace_tun(TunDevice(fd=new_end.detach(), name="tun-test", offload=False))
-        assert old.fd == -1
+        closed_first = []
+
+        def opener() -> TunDevice:
+            closed_first.append(old.fd == -1)
+            return TunDevice(fd=new_end.detach(), name="tun-test", offload=False)
+
+        rig.fwd.broken = True
+        rig.fwd.reopen_tun(opener)
+        assert closed_first == [True] and old.fd == -1 and not rig.fwd.broken
         pkt = from_pod()
         new_kernel.send(pkt)
         rig.fwd.from_tun()

@@ -203,10 +203,11 @@ class UDPNetwork(LeasedNetwork):
         """Re-create a deleted device and restore its settings and route; returns the repairs made."""
         assert self.tun is not None and self.forwarder is not None
         link = self.nl.link_by_name(self.tun.name)
-        if link is None or link.kind not in ("tun", ""):
-            log.warning("TUN device %s is missing; re-creating it", self.tun.name)
+        if link is None or link.kind not in ("tun", "") or self.forwarder.broken:
+            log.warning("TUN device %s is %s; re-creating it", self.tun.name,
+                        "missing" if link is None else "unusable")
             metrics.RECONCILE_REPAIRS.labels("link_add").inc()
-            self.forwarder.replace_tun(open_tun(offload=self.cfg.offload))
+            self.forwarder.reopen_tun(lambda: open_tun(offload=self.cfg.offload))
             self.tun = self.forwarder.tun
             self.setup_device()
             return 1

@@ -53,7 +53,12 @@ log = logging.getLogger(__name__)
 BURST = 64
 """Packets handled per descriptor per wake-up."""
 BUFFER = 65536 + VNET_HDR_LEN
-_TUN_GONE = frozenset({errno.EBADFD, errno.EIO, errno.ENODEV, errno.EBADF})
+WARN_LIMIT = 256
+"""Distinct failures warned about (per source address, per errno); beyond it they are only counted, so a flood
+of spoofed sources cannot grow memory or the log."""
+_TUN_GONE = frozenset({errno.EBADFD, errno.ENODEV, errno.EBADF})
+"""The descriptor is dead: its device was deleted. (EIO only means the device is down: a reconcile brings it up,
+and the descriptor stays good.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,8 @@ class Forwarder:
         self._rview = memoryview(self._rbuf)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warned: set[str] = set()
+        self.broken = False
+        """The TUN descriptor failed for good (its device was deleted): reconcile must reopen it."""
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start forwarding from the loop's readers."""
@@ -168,14 +175,16 @@ class Forwarder:
                 self._loop.remove_reader(self.tun.fd)
             self._loop.remove_reader(self.sock.fileno())
 
-    def replace_tun(self, tun: TunDevice) -> None:
-        """Forward through a new TUN device (the old one was deleted behind our back)."""
+    def reopen_tun(self, opener: Callable[[], TunDevice]) -> None:
+        """Forward through a new TUN device: the old one's descriptor is closed first (which removes its device,
+        if it still exists), so the new one gets the same name."""
         if self._loop is not None and self.tun.fd >= 0:
             self._loop.remove_reader(self.tun.fd)
         self.tun.close()
-        self.tun = tun
+        self.tun = opener()
+        self.broken = False
         if self._loop is not None:
-            self._loop.add_reader(tun.fd, self.from_tun)
+            self._loop.add_reader(self.tun.fd, self.from_tun)
 
     # -- TUN → UDP -----------------------------------------------------------------------------------
 
@@ -255,6 +264,9 @@ class Forwarder:
         """Check the datagram of ``n`` bytes just received from ``source`` and write its packet to the TUN."""
         if not self.table.is_source(source):
             self.dropped["unknown_source"] += 1
+            if len(self._warned) < WARN_LIMIT:
+                self._warn_once(f"source:{source}", "dropped a datagram from %s, which is no lease's public IP "
+                                "(a peer behind NAT must publish the address its datagrams come from)", source)
             return
         buf, view = self._rbuf, self._rview
         if n < IPV4_HEADER_MIN:
@@ -299,10 +311,12 @@ class Forwarder:
             self.forwarded["udp_to_tun"] += 1
 
     def _tun_failed(self, exc: OSError) -> None:
-        """The device is gone or broken: stop polling it (a dead descriptor polls readable forever)."""
+        """The device is gone: stop polling it (a dead descriptor polls readable forever) and say so, once."""
         if self._loop is not None and self.tun.fd >= 0:
             self._loop.remove_reader(self.tun.fd)
-        self.on_tun_lost(exc)
+        if not self.broken:
+            self.broken = True
+            self.on_tun_lost(exc)
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
         """Per-packet failures would flood the log: warn on the first of each kind, count the rest."""

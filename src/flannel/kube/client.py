@@ -293,9 +293,13 @@ class _Credentials:
                 log.warning("cannot re-read the bearer token file %s (keeping the previous token): %s", path, exc)
             self._failing = True
             return
-        self._failing = False
         if "\n" in token or "\r" in token:
-            raise ConfigError(f"bearer token file {path} holds more than one line", field="tokenFile")
+            # A bad rotation must not stop a running daemon: keep the token that worked, and say so once.
+            if not self._failing:
+                log.warning("bearer token file %s holds more than one line (keeping the previous token)", path)
+            self._failing = True
+            return
+        self._failing = False
         if token:
             self._token = token
             self._stamp = stamp

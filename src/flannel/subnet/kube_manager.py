@@ -254,10 +254,11 @@ class KubeSubnetManager:
         started = time.monotonic()
         synced = False
         self._version = ""  # every watch_leases starts with a list (and its snapshot)
+        listed = ""
         while True:
             try:
                 if not self._version:
-                    self._version = await self._relist(queue)
+                    self._version = listed = await self._relist(queue)
                     synced = True
                     backoff.reset()
                 while True:
@@ -267,9 +268,12 @@ class KubeSubnetManager:
                         # (client-go's "very short watch" guard).
                         await asyncio.sleep(backoff.advance())
             except GoneError as exc:
+                stuck = self._version in ("", listed)  # 410 again with nothing seen since the last list
                 self._version = ""
                 metrics.WATCH_ERRORS.labels("compacted").inc()
                 log.info("node watch: %s; listing the nodes again", exc)
+                if stuck:  # a server (or proxy) answering 410 to everything must not make us list in a loop
+                    await asyncio.sleep(backoff.advance())
             except KubeApiError as exc:
                 metrics.WATCH_ERRORS.labels("unavailable").inc()
                 wait = backoff.advance()

@@ -62,6 +62,18 @@ class IptablesBinaries:
         """``iptables -w -t TABLE -S``: the whole table (one call shows our chain and its parent's jumps)."""
         return TableListing((await run_command([self.iptables, "-w", "-t", table, "-S"], netns=self.netns)).stdout)
 
+    async def chain_listing(self, chain: OwnedChain) -> TableListing:
+        """``-S PARENT`` and ``-S CHAIN``: what checking one rule set needs, every resync, without listing the
+        whole table (a kube-proxy node's nat table can hold tens of thousands of rules, and legacy iptables
+        holds the xtables lock while listing). When our chain is absent (or the listing fails), the whole
+        table is listed, so the error or the absence is seen exactly as ``listing`` sees it."""
+        parent = await run_command([self.iptables, "-w", "-t", chain.table, "-S", chain.parent], netns=self.netns)
+        try:
+            own = await run_command([self.iptables, "-w", "-t", chain.table, "-S", chain.name], netns=self.netns)
+        except TrafficRuleError:
+            return await self.listing(chain.table)
+        return TableListing(parent.stdout + own.stdout)
+
     async def restore(self, table: str, lines: list[list[str]]) -> None:
         """Apply ``lines`` to ``table`` in one ``iptables-restore --noflush`` transaction."""
         args = [self.restore_cmd, "--noflush"] + (["--wait"] if await self.modern() else [])
@@ -132,7 +144,7 @@ class IptablesManager:
                     result += await self._install(rule_set, "installed")
                     continue
                 try:
-                    listing = await self.binaries[rule_set.version].listing(rule_set.chain.table)
+                    listing = await self.binaries[rule_set.version].chain_listing(rule_set.chain)
                 except TrafficRuleError as exc:
                     result += SyncResult(errors=(f"{rule_set.label}: cannot check: {exc}",))
                     continue
@@ -160,12 +172,12 @@ class IptablesManager:
         self._installed.pop(key, None)
         try:
             if listing is None:
-                listing = await binaries.listing(table)
+                listing = await binaries.chain_listing(rule_set.chain)
             await binaries.restore(table, install_lines(rule_set, listing))
         except TrafficRuleError as exc:
             return SyncResult(errors=(f"{rule_set.label}: {exc}",))
         try:
-            readback = (await binaries.listing(table)).observe(rule_set.chain)
+            readback = (await binaries.chain_listing(rule_set.chain)).observe(rule_set.chain)
         except TrafficRuleError as exc:  # written, but unverifiable: compare with our rendering meanwhile
             log.warning("%s: cannot read back the rules just written: %s", rule_set.label, exc)
             readback = expected(rule_set)

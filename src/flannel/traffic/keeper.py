@@ -136,12 +136,16 @@ class TrafficKeeper:
         """Rule sets repaired since start (found changed or missing, and rewritten)."""
         self.failing = False
         """True while the last attempt left a rule set unwritten (it is retried each period)."""
+        self.started = False
+        """True once ``start`` ran to its end; until then each round runs it again, not a mere check."""
 
     async def start(self) -> None:
         """Clear the other mode, install the plan; failures are logged and left to ``keep``."""
         log.info("Starting flannel in %s mode; cleaning up unused %s rules", self.manager.mode, self.other.mode)
         removed = await self.other.remove_all()
-        self._report(removed + await self.manager.setup(self.plan))
+        result = removed + await self.manager.setup(self.plan)
+        self.started = True
+        self._report(result)
 
     async def check(self) -> SyncResult:
         """One resync round: repair drift, retry failed writes."""
@@ -157,7 +161,10 @@ class TrafficKeeper:
         while True:
             await asyncio.sleep(self.period)
             try:
-                await self.check()
+                if self.started:
+                    await self.check()
+                else:  # the start-up was cut short (its time limit): the plan was never handed over
+                    await self.start()
             except Exception:
                 log.exception("traffic rules: resync failed unexpectedly (retrying in %gs)", self.period)
                 self.failing = True
@@ -173,7 +180,7 @@ class TrafficKeeper:
                 self.on_repair(repair)
         for line in result.errors:
             log.error("traffic rules: %s (retrying in %gs)", line, self.period)
-        self.failing = bool(result.errors)
+        self.failing = bool(result.errors) or not self.started
 
 
 async def start_traffic_rules(settings: TrafficSettings, config: NetworkConfig, lease: Lease,
