@@ -23,29 +23,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+from one_host_netns import run_inside  # noqa: E402
+
 PY = str(REPO / ".venv" / "bin" / "python")
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 PREFIX = "/coreos.com/network"
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE = 24
-
-
-def outer(args: argparse.Namespace) -> int:
-    ns = f"fbench{os.getpid()}x"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        def ns_run(*cmd: str) -> None:
-            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
-        ns_run("ip", "link", "set", "lo", "up")
-        # This kernel has no dummy driver: a veth whose peer stays in the namespace serves as the underlay.
-        ns_run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        ns_run("ip", "addr", "add", "198.18.0.1/24", "dev", "eth0")
-        ns_run("ip", "link", "set", "eth0p", "up")
-        ns_run("ip", "link", "set", "eth0", "up")
-        ns_run("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "onlink")
-        return subprocess.run(["ip", "netns", "exec", ns, PY, __file__, "--inner", *sys.argv[1:]]).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def peer_lease(i: int) -> tuple[str, str]:
@@ -259,7 +244,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 1
-    return inner(args) if args.inner else outer(args)
+    return inner(args) if args.inner else run_inside(__file__, "fbench")
 
 
 if __name__ == "__main__":

@@ -31,27 +31,12 @@ sys.path.insert(0, str(REPO))
 from tests.kube_fake.objects import make_node  # noqa: E402
 from tests.kube_fake.process import FakeKubeProcess, start_fake_process  # noqa: E402
 
+from one_host_netns import run_inside  # noqa: E402
+
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 PY = str(REPO / ".venv" / "bin" / "python")
 TOKEN = "bench-token"
 PREFIX = "flannel.alpha.coreos.com/"
-
-
-def outer() -> int:
-    ns = f"fbenchk{os.getpid()}x"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        def ns_run(*cmd: str) -> None:
-            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
-        ns_run("ip", "link", "set", "lo", "up")
-        ns_run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")  # no dummy driver here
-        ns_run("ip", "addr", "add", "198.18.0.1/24", "dev", "eth0")
-        ns_run("ip", "link", "set", "eth0p", "up")
-        ns_run("ip", "link", "set", "eth0", "up")
-        ns_run("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "onlink")
-        return subprocess.run(["ip", "netns", "exec", ns, PY, __file__, "--inner", *sys.argv[1:]]).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def peer_node(i: int) -> dict[str, object]:
@@ -164,7 +149,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    return inner(args) if args.inner else outer()
+    return inner(args) if args.inner else run_inside(__file__, "fbenchk")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""Run a benchmark script inside a fresh network namespace that looks like one host: a veth ``eth0`` with
+198.18.0.1/24 and a default route, and ``lo`` up. Shared by the whole-daemon and kube-mode benchmarks.
+
+The script re-executes itself with ``--inner`` inside the namespace, so nothing it does touches the root
+namespace; the namespace (and with it every device) is deleted afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PY = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python")
+
+
+def run_inside(script: str, prefix: str) -> int:
+    """Build the namespace ``<prefix><pid>x``, run ``script --inner <this process's args>`` in it, delete it."""
+    ns = f"{prefix}{os.getpid()}x"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def ns_run(*cmd: str) -> None:
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
+        ns_run("ip", "link", "set", "lo", "up")
+        # This kernel has no dummy driver: a veth whose peer stays in the namespace serves as the underlay.
+        ns_run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+        ns_run("ip", "addr", "add", "198.18.0.1/24", "dev", "eth0")
+        ns_run("ip", "link", "set", "eth0p", "up")
+        ns_run("ip", "link", "set", "eth0", "up")
+        ns_run("ip", "route", "add", "default", "via", "198.18.0.254", "dev", "eth0", "onlink")
+        return subprocess.run(["ip", "netns", "exec", ns, PY, script, "--inner", *sys.argv[1:]]).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
