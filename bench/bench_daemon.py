@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 from one_host_netns import run_inside  # noqa: E402
 
-PY = str(REPO / ".venv" / "bin" / "python")
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 PREFIX = "/coreos.com/network"
 RTMGRP_IPV4_ROUTE = 0x40

@@ -34,7 +34,6 @@ from tests.kube_fake.process import FakeKubeProcess, start_fake_process  # noqa:
 from one_host_netns import run_inside  # noqa: E402
 
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
-PY = str(REPO / ".venv" / "bin" / "python")
 TOKEN = "bench-token"
 PREFIX = "flannel.alpha.coreos.com/"
 
