@@ -18,6 +18,7 @@ from flannel.errors import ConfigError, FlannelError
 from flannel.kube.client import KubeClient
 from flannel.lease import Lease, LeaseAttrs
 from flannel.subnet import kube_manager
+from flannel.subnetenv import SubnetEnv, render
 from tests.integration.test_kube_manager import (
     DUAL_CONF,
     MAC,
@@ -153,16 +154,21 @@ async def test_dual_stack_vxlan_gets_both_subnets_and_publishes_both_families(
     }
 
 
-async def test_a_backend_without_dual_stack_gets_an_ipv4_only_lease(
+async def test_a_backend_upstream_marks_ipv4_only_keeps_its_ipv6_subnet_for_subnet_env(
         fake_api: FakeKubeApi, client: KubeClient, tmp_path: Path) -> None:
+    """Upstream only clears the lease's EnableIPv6 flag for such backends (extension here) and keeps the IPv6
+    subnet, which subnet.env must list: a lease without it could not be written to subnet.env at all."""
     fake_api.create_node("self")
     fake_api.set_pod_cidrs("self", ["10.244.3.0/24", "fd00:10:244:3::/64"])
-    manager = make_manager(client, write_conf(tmp_path, DUAL_CONF.replace("vxlan", "udp")))
-    await manager.get_network_config()
+    manager = make_manager(client, write_conf(tmp_path, DUAL_CONF.replace("vxlan", "extension")))
+    config = await manager.get_network_config()
     attrs = LeaseAttrs(public_ip=IPv4Address("198.18.0.12"), public_ipv6=IPv6Address("fd00:198:18::12"),
-                       backend_type="udp")
+                       backend_type="extension")
     lease = await manager.acquire_lease(attrs)
-    assert (lease.subnet, lease.ipv6_subnet) == (IPv4Network("10.244.3.0/24"), None)
+    assert (lease.subnet, lease.ipv6_subnet) == (IPv4Network("10.244.3.0/24"), IPv6Network("fd00:10:244:3::/64"))
+    env = SubnetEnv(network=config.network, subnet=lease.subnet, ipv6_network=config.ipv6_network,
+                    ipv6_subnet=lease.ipv6_subnet, mtu=1500, ipmasq=False)
+    assert "FLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64" in render(env)
 
 
 async def test_acquire_before_get_network_config_is_refused(client: KubeClient, tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from flannel.subnet.kube_nodes import (
     OwnNodeError,
     PodCidrNotAssignedError,
     contains_cidr,
-    forces_ipv4_only,
     network_unavailable_patch,
     node_to_lease,
     own_pod_cidrs,
@@ -283,22 +282,6 @@ def test_own_node_with_a_bad_pod_cidr_is_rejected() -> None:
 def test_own_node_without_a_pod_cidr_of_an_enabled_family_is_rejected() -> None:
     with pytest.raises(OwnNodeError, match="no IPv6 PodCIDR"):
         own_pod_cidrs(k8s_node("me", {}, ["10.244.1.0/24"]), DUAL)
-
-
-@pytest.mark.parametrize(
-    ("btype", "forced"),
-    [
-        ("vxlan", False),
-        ("host-gw", False),
-        ("wireguard", False),
-        ("ipip", True),
-        ("udp", True),
-        ("", True),
-        ("extension", True),
-    ],
-)
-def test_only_vxlan_host_gw_and_wireguard_keep_dual_stack(btype: str, forced: bool) -> None:
-    assert forces_ipv4_only(btype) is forced
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,6 @@ from flannel.subnet.kube_annotations import (
     stored_vtep_mac,
 )
 from flannel.subnet.kube_nodes import (
-    DUAL_STACK_BACKENDS,
     PodCidrNotAssignedError,
     network_unavailable_patch,
     node_to_lease,
@@ -174,10 +173,9 @@ class KubeSubnetManager:
         if patch is not None:
             await self._patch_status(patch, "annotations")
             log.info("published this node's lease attributes in the annotations of node %s", self.node_name)
-        if attrs.backend_type not in DUAL_STACK_BACKENDS:
-            v6 = None  # upstream: other backends get an IPv4-only lease
-        lease = Lease(subnet=v4 if config.enable_ipv4 else None, ipv6_subnet=v6 if config.enable_ipv6 else None,
-                      attrs=attrs, expiration=time.time() + LEASE_TTL)
+        # Upstream marks the lease IPv4-only for backends other than vxlan, host-gw and wireguard but keeps its
+        # IPv6 subnet, which subnet.env lists; nothing reads the flag on Linux, so the subnets are kept as they are.
+        lease = Lease(subnet=v4, ipv6_subnet=v6, attrs=attrs, expiration=time.time() + LEASE_TTL)
         metrics.LEASE_EXPIRY.set(lease.expiration)
         return lease
 

@@ -21,9 +21,6 @@ from flannel.ipaddr import IPNetwork, go_net_text, within
 from flannel.lease import Lease, LeaseAttrs
 from flannel.subnet.kube_annotations import AnnotationNames, node_annotations, node_name
 
-DUAL_STACK_BACKENDS = frozenset({"vxlan", "host-gw", "wireguard"})
-"""Backends whose own kube lease may carry IPv6; upstream forces every other backend's lease to IPv4-only."""
-
 
 class OwnNodeError(FlannelError):
     """The own node cannot give this flanneld a lease (bad pod CIDRs, or outside the configured network)."""
@@ -167,9 +164,9 @@ def own_pod_cidrs(node: Mapping[str, Any], config: NetworkConfig) -> tuple[IPv4N
     Deliberate difference: upstream carries on with no IPv4 subnet when IPv4 is enabled but the node has
     only an IPv6 pod CIDR (and vice versa), leaving a broken subnet.env; we raise ``OwnNodeError``.
 
-    The "IPv4-only unless vxlan, host-gw or wireguard" rule is not applied here: upstream implements it by
+    The "IPv4-only unless vxlan, host-gw or wireguard" rule changes nothing here: upstream implements it by
     clearing the lease's EnableIPv6 flag while keeping its IPv6 subnet (so subnet.env still lists it), and
-    nothing on Linux reads the own lease's flags. See ``forces_ipv4_only``.
+    nothing on Linux reads the own lease's flags.
     """
     name = node_name(node)
     single, many = _pod_cidr_texts(node)
@@ -183,39 +180,29 @@ def own_pod_cidrs(node: Mapping[str, Any], config: NetworkConfig) -> tuple[IPv4N
     v4 = net4 if isinstance(net4, IPv4Network) else None
     v6 = net6 if isinstance(net6, IPv6Network) else None
     if config.enable_ipv4:
-        if v4 is None:
-            raise OwnNodeError(f'node "{name}" has no IPv4 PodCIDR but IPv4 is enabled in the flannel net config')
-        net = config.network or IPv4Network("0.0.0.0/0")
-        if config.network is None or _empty(net) or not contains_cidr(net, v4):
-            raise OwnNodeError(
-                f'subnet "{go_net_text(net)}" specified in the flannel net config doesn\'t contain '
-                f'"{v4}" PodCIDR of the "{name}" node'
-            )
+        _check_own_cidr(name, v4, config.network, IPv4Network("0.0.0.0/0"), "IPv4", "PodCIDR")
     if config.enable_ipv6:
-        if v6 is None:
-            raise OwnNodeError(f'node "{name}" has no IPv6 PodCIDR but IPv6 is enabled in the flannel net config')
-        net6_cfg = config.ipv6_network or IPv6Network("::/0")
-        if config.ipv6_network is None or _empty(net6_cfg) or not contains_cidr(net6_cfg, v6):
-            raise OwnNodeError(
-                f'subnet "{go_net_text(net6_cfg)}" specified in the flannel net config doesn\'t contain '
-                f'"{v6}" IPv6 PodCIDR of the "{name}" node'
-            )
+        _check_own_cidr(name, v6, config.ipv6_network, IPv6Network("::/0"), "IPv6", "IPv6 PodCIDR")
     return v4, v6
+
+
+def _check_own_cidr(name: str, cidr: IPNetwork | None, network: IPNetwork | None, unset: IPNetwork,
+                    family: str, what: str) -> None:
+    """One enabled family of the own node: a pod CIDR of it, inside the configured network (upstream's text;
+    an absent or empty network fails, and is printed as ``unset``)."""
+    if cidr is None:
+        raise OwnNodeError(f'node "{name}" has no {family} PodCIDR but {family} is enabled in the flannel net config')
+    net = network or unset
+    if network is None or _empty(net) or not contains_cidr(net, cidr):
+        raise OwnNodeError(
+            f'subnet "{go_net_text(net)}" specified in the flannel net config doesn\'t contain '
+            f'"{cidr}" {what} of the "{name}" node'
+        )
 
 
 def _empty(net: IPNetwork) -> bool:
     # Upstream's IP4Net/IP6Net.Empty(): address 0 and prefix 0.
     return int(net.network_address) == 0 and net.prefixlen == 0
-
-
-def forces_ipv4_only(backend_type: str) -> bool:
-    """Whether upstream marks the own kube lease IPv4-only for this backend (spec §7.4 step 5).
-
-    Only vxlan, host-gw and wireguard do dual stack in kube mode. Upstream keeps the IPv6 subnet in the lease
-    and clears its EnableIPv6 flag; no Linux code path reads the own lease's flags, so this only tells the
-    manager that the backend will not program IPv6 (e.g. to log it).
-    """
-    return backend_type not in DUAL_STACK_BACKENDS
 
 
 def contains_cidr(net: IPNetwork, cidr: IPNetwork) -> bool:
