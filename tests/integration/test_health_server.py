@@ -15,6 +15,7 @@ import pytest
 from flannel.daemon.health import SHUTDOWN_TIMEOUT, HealthServer, join_host_port, start_health_server
 from flannel.errors import FlannelError
 from flannel.netlink import nsenter
+from flannel.readiness import READINESS
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
@@ -31,9 +32,11 @@ def inside(netns: NetNS) -> Iterator[NetNS]:
 
 @pytest.fixture
 async def server(inside: NetNS) -> AsyncIterator[HealthServer]:
+    READINESS.reset()
     s = await start_health_server("127.0.0.1", PORT)
     yield s
     await s.close()
+    READINESS.reset()
 
 
 async def request(raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -60,10 +63,21 @@ async def test_healthz_is_always_200_flanneld_is_running(server: HealthServer) -
     assert headers["content-type"] == "text/plain; charset=utf-8" and headers["content-length"] == "19"
 
 
-async def test_readyz_is_503_until_marked_ready_then_200_for_good(server: HealthServer) -> None:
+async def test_readyz_is_503_until_marked_ready_then_200(server: HealthServer) -> None:
     assert (await get("/readyz"))[::2] == (503, b"flanneld is not ready yet")
     server.mark_ready()
     assert (await get("/readyz"))[::2] == (200, b"flanneld is ready")
+    assert (await get("/readyz"))[::2] == (200, b"flanneld is ready")
+
+
+async def test_readyz_is_503_with_the_reason_while_a_dependency_is_away(server: HealthServer) -> None:
+    server.mark_ready()
+    READINESS.problem("datastore", "etcd http://198.18.0.2:2379: connection refused")
+    code, _, body = await get("/readyz")
+    assert code == 503 and body.startswith(b"flanneld is not ready: datastore: etcd http://198.18.0.2:2379: ")
+    metrics_body = (await get("/metrics"))[2].decode()
+    assert "\nflannel_ready 0\n" in metrics_body
+    READINESS.resolved("datastore")
     assert (await get("/readyz"))[::2] == (200, b"flanneld is ready")
 
 

@@ -6,7 +6,8 @@ that must fit 50 MiB. One request per connection (``Connection: close``): probes
 connection anyway, and it keeps the server trivially bounded.
 
 It starts before the network config is read (spec §2 step 4), so ``/readyz`` answers 503 while flanneld
-waits for the config or the lease; it flips to 200 once ``subnet.env`` is written and never goes back.
+waits for the config or the lease; it flips to 200 once ``subnet.env`` is written, and back to 503 (with the
+reason) while a dependency such as the datastore is away (``flannel.readiness``).
 On shutdown it stops listening and gives requests in progress ``SHUTDOWN_TIMEOUT`` seconds, like upstream.
 """
 
@@ -20,6 +21,7 @@ import time
 
 from flannel import metrics
 from flannel.errors import FlannelError
+from flannel.readiness import READINESS
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +43,27 @@ def join_host_port(host: str, port: int) -> str:
 
 
 class HealthServer:
-    """Answers health and metrics requests; ``mark_ready`` flips ``/readyz`` to 200 for good."""
+    """Answers health and metrics requests; ``/readyz`` reports ``readiness.READINESS``."""
 
     def __init__(self, server: asyncio.Server, address: str) -> None:
         self._server = server
         self.address = address
-        self.ready = False
         self._conns: set[asyncio.Task[None]] = set()
 
     def mark_ready(self) -> None:
-        self.ready = True
-        metrics.READY.set(1)
+        """subnet.env is written; open problems (``readiness``) still make ``/readyz`` answer 503."""
+        READINESS.mark_started()
+
+    @property
+    def ready(self) -> bool:
+        return READINESS.ready
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for a path (any method, as upstream's handlers)."""
         if path == "/healthz":
             return 200, TEXT, b"flanneld is running"
         if path == "/readyz":
-            if self.ready:
-                return 200, TEXT, b"flanneld is ready"
-            return 503, TEXT, b"flanneld is not ready yet"
+            return (200 if READINESS.ready else 503), TEXT, READINESS.explain().encode()
         if path == "/metrics":
             return 200, metrics.CONTENT_TYPE, metrics.render()
         return 404, TEXT, b"404 page not found\n"  # Go's http.NotFound
