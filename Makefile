@@ -8,7 +8,7 @@ PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping procps \
                 containernetworking-plugins iperf3 python3-venv python3-dev ca-certificates openssl
 
-.PHONY: all deps venv demo demo-clean test lint unit integration e2e bench clean
+.PHONY: all deps venv demo demo-clean test lint unit integration e2e faults bench clean
 
 all: test
 
@@ -50,6 +50,13 @@ integration: venv
 
 e2e: venv
 	$(VENV)/bin/pytest -q tests/e2e
+
+# The fault suite alone (also part of `make test`), then its figures as the table of docs/reliability.md.
+FAULT_FIGURES ?= fault-figures.jsonl
+faults: venv
+	rm -f $(FAULT_FIGURES)
+	FLANNEL_FAULT_FIGURES=$(abspath $(FAULT_FIGURES)) $(VENV)/bin/pytest -q -ra tests/faults || true
+	$(PY) tests/faults/report.py $(FAULT_FIGURES)
 
 test: venv lint
 	$(VENV)/bin/pytest -q -ra tests
