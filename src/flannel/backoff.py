@@ -7,6 +7,11 @@ with this, so that a persistent failure costs a log line every few seconds rathe
 from __future__ import annotations
 
 import asyncio
+import random
+
+JITTER = 0.2
+"""Each wait is shortened by up to this fraction at random, so that the nodes of a cluster that lost their
+datastore together do not all come back at the same instant."""
 
 
 class Backoff:
@@ -32,5 +37,5 @@ class Backoff:
         return delay
 
     async def sleep(self) -> None:
-        """Wait the current delay, then double the next one."""
-        await asyncio.sleep(self.advance())
+        """Wait the current delay (less up to ``JITTER`` of it), then double the next one."""
+        await asyncio.sleep(self.advance() * (1 - random.uniform(0, JITTER)))

@@ -170,6 +170,8 @@ WATCH_RECONNECTS = counter("flannel_datastore_watch_reconnects_total",
                            "Times the lease watch was re-established after being lost.")
 WATCH_ERRORS = counter("flannel_datastore_watch_errors_total",
                        "Lease watch failures, by reason (unavailable, compacted).", ["reason"])
+OWN_LEASE_REPAIRS = counter("flannel_own_lease_repairs_total",
+                            "Times this node restored its own lease record after someone overwrote it.")
 DATASTORE_FAILOVERS = counter("flannel_datastore_endpoint_failovers_total",
                               "Times a failing datastore endpoint made flanneld switch to the next one.")
 

@@ -33,7 +33,8 @@ log = logging.getLogger("flanneld")
 T = TypeVar("T")
 
 CONFIG_RETRY_SECONDS = 1.0
-BACKOFF_START, BACKOFF_CAP = 1.0, 30.0
+BACKOFF_START, BACKOFF_CAP = 1.0, 4.0
+"""Start-up retries: a node that starts while its datastore is away is ready within seconds of its return."""
 
 
 def with_public_ip_overrides(opts: flags.Options, sm: object) -> flags.Options:

@@ -31,6 +31,7 @@ from etcd3aio.watch import WatchService
 
 from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
+from flannel.readiness import READINESS
 
 if TYPE_CHECKING:
     from flannel.subnet.etcd_store import EtcdStoreOptions
@@ -42,6 +43,8 @@ INSECURE_WARNING = "no certificate provided: connecting to etcd with http. This 
 # An unreachable member, or one that no longer takes our auth token (expired, revoked): another client is needed.
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAUTHENTICATED)
 _T = TypeVar("_T")
+READINESS_CONDITION = "datastore"
+"""The readiness condition etcd failures open (``flannel.readiness``)."""
 
 
 @dataclass(frozen=True)
@@ -205,15 +208,25 @@ class Failover:
             conn = self.current()
             try:
                 async with asyncio.timeout(self.timeout + 1):
-                    return await op(await conn.ready())
+                    result = await op(await conn.ready())
             except (Exception, asyncio.CancelledError) as exc:
                 failures.append((conn.url, await self.failed(conn, exc, what)))
+                continue
+            self.answered()
+            return result
         raise self.exhausted(what, failures)
+
+    @staticmethod
+    def answered() -> None:
+        """etcd answered a request: whatever made the node unready because of it is over."""
+        READINESS.resolved(READINESS_CONDITION)
 
     async def failed(self, conn: Connection, exc: BaseException, what: str) -> str:
         """Retire ``conn`` after a connection failure and say what failed; raise any other error."""
         reason = _connection_failure(exc, conn, self.timeout)
         if reason is None:
+            if isinstance(exc, EtcdError | grpc.aio.AioRpcError | DatastoreUnavailableError):
+                READINESS.problem(READINESS_CONDITION, f"etcd {conn.url}: {what}: {_detail(exc)}")
             _raise_definite(exc, conn.url, what)
         if conn is self._conn:
             self._conn = None
@@ -225,12 +238,15 @@ class Failover:
         return reason
 
     def exhausted(self, what: str, failures: Sequence[tuple[str, str]]) -> DatastoreUnavailableError:
-        """The error for a request that failed on every endpoint; it names them all."""
+        """The error for a request that failed on every endpoint; it names them all. The node is not ready."""
         if len(failures) == 1:
             url, reason = failures[0]
-            return DatastoreUnavailableError(f"etcd {url}: {what}: {reason}")
-        tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
-        return DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
+            error = DatastoreUnavailableError(f"etcd {url}: {what}: {reason}")
+        else:
+            tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
+            error = DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
+        READINESS.problem(READINESS_CONDITION, str(error))
+        return error
 
     async def close(self) -> None:
         """Close the current connection; the next request dials the current endpoint again."""
@@ -249,6 +265,8 @@ def _connection_failure(exc: BaseException, conn: Connection | None = None, time
         return "connection closed" if closed_under_us else None
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
+    if isinstance(exc, grpc.aio.UsageError):  # another task's failure closed the channel under this call
+        return "connection closed"
     if isinstance(exc, grpc.aio.AioRpcError):
         return _detail(exc) if exc.code() in _FAILOVER_CODES else None
     if isinstance(exc, EtcdConnectionError | EtcdTransientError | EtcdUnauthenticatedError | DatastoreUnavailableError):

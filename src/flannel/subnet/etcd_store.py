@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etcd3aio import prefix_range_end
-from etcd3aio._protobuf import WatchResponse
+from etcd3aio._protobuf import Compare, WatchResponse
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
@@ -106,18 +106,30 @@ class EtcdStore:
         return PutResult(int(resp.header.revision), lease_id, granted)
 
     async def create(self, key: str, value: str, ttl: int | None) -> PutResult | None:
+        return await self._put_if(key, value, ttl, KVService.txn_compare_version(key, 0), f"create {key}")
+
+    async def replace(self, key: str, value: str, ttl: int | None, mod_revision: int) -> PutResult | None:
+        compare = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=mod_revision)
+        return await self._put_if(key, value, ttl, compare, f"replace {key}")
+
+    async def revoke(self, lease_id: int) -> None:
+        if lease_id:
+            with contextlib.suppress(DatastoreUnavailableError):
+                await self._failover.run(
+                    lambda c: _lease_of(c).revoke(lease_id, timeout=self._timeout), f"revoke {lease_id:x}"
+                )
+
+    async def _put_if(self, key: str, value: str, ttl: int | None, compare: Compare, what: str) -> PutResult | None:
+        """One transaction: put ``value`` (on a fresh lease with ``ttl``) if ``compare`` holds."""
         lease_id, granted = await self._grant(ttl)
-        compare = [KVService.txn_compare_version(key, 0)]
         success = [KVService.txn_op_put(key, value, lease=lease_id)]
         try:
-            resp = await self._failover.run(
-                lambda c: _kv_of(c).txn(compare, success, timeout=self._timeout), f"create {key}"
-            )
+            resp = await self._failover.run(lambda c: _kv_of(c).txn([compare], success, timeout=self._timeout), what)
         except BaseException:
-            await self._revoke(lease_id)
+            await self.revoke(lease_id)
             raise
         if not resp.succeeded:
-            await self._revoke(lease_id)
+            await self.revoke(lease_id)
             return None
         return PutResult(int(resp.header.revision), lease_id, granted)
 
@@ -155,6 +167,8 @@ class EtcdStore:
                         if resp is None:
                             raise DatastoreUnavailableError("stream ended")
                         batch = _batch(resp, key)
+                        if not answered:
+                            self._failover.answered()
                         answered = True
                         yield batch
             except (Exception, asyncio.CancelledError) as exc:
@@ -179,12 +193,6 @@ class EtcdStore:
         )
         return int(resp.ID), int(resp.TTL)
 
-    async def _revoke(self, lease_id: int) -> None:
-        if lease_id:
-            with contextlib.suppress(DatastoreUnavailableError):
-                await self._failover.run(
-                    lambda c: _lease_of(c).revoke(lease_id, timeout=self._timeout), f"revoke {lease_id:x}"
-                )
 
 
 async def _nothing(client: Client) -> None:
@@ -210,7 +218,8 @@ def _batch(resp: WatchResponse, key: str) -> list[WatchEvent]:
 
 
 def _kv(kv: Any) -> KV:
-    return KV(kv.key.decode("utf-8", "replace"), bytes(kv.value), int(kv.mod_revision), int(kv.lease))
+    return KV(kv.key.decode("utf-8", "replace"), bytes(kv.value), int(kv.mod_revision), int(kv.lease),
+              int(kv.create_revision))
 
 
 def _event(ev: Any) -> WatchEvent:
