@@ -249,6 +249,21 @@ class EtcdServer:
         assert self.proc is None and self.cmd, "restart() needs a halted server"
         _launch(self, timeout)
 
+    def restore(self, snapshot: Path) -> None:
+        """Halt, replace the data with ``snapshot`` (``etcdctl snapshot restore``), and start again."""
+        self.halt()
+        data = self.workdir / "data"
+        shutil.rmtree(data)
+        peer = next(arg.split("=", 1)[1] for arg in self.cmd if arg.startswith("--listen-peer-urls="))
+        res = subprocess.run(
+            [ETCDCTL, "snapshot", "restore", str(snapshot), f"--data-dir={data}", "--name=test",
+             f"--initial-cluster=test={peer}", f"--initial-advertise-peer-urls={peer}"],
+            capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"snapshot restore failed: {res.stderr.decode().strip()}")
+        self.restart()
+
     def stop(self) -> None:
         """Terminate the process (kill after 5 s) and remove the working directory."""
         if self.proc is not None and self.proc.poll() is None:

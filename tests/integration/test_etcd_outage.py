@@ -12,10 +12,11 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 
-from flannel.lease import Lease, LeaseAttrs
+from flannel.lease import LeaseAttrs
 from flannel.readiness import READINESS
 from flannel.subnet.etcd_manager import EtcdSubnetManager
 from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
@@ -102,9 +103,35 @@ async def test_manager_rides_out_etcd_stopped_and_restarted(
     await asyncio.gather(keeper, watcher, return_exceptions=True)
 
 
-def _lease_of(results: list[WatchResult], key: str) -> Lease | None:
-    for r in reversed(results):
-        for lease in r.snapshot or ():
-            if lease.key == key:
-                return lease
-    return None
+async def test_manager_follows_etcd_restored_from_an_older_snapshot(
+    manager: EtcdSubnetManager, own_etcd: EtcdServer, tmp_path: Path
+) -> None:
+    """Restored etcd is behind in revisions and content: leases written after the snapshot are gone, deleted
+    ones are back, and our own lease (acquired after the snapshot) must be put back by us."""
+    old = f"{PREFIX}/subnets/10.5.98.0-24"
+    own_etcd.etcdctl("put", old, '{"PublicIP":"198.18.0.98","BackendType":"vxlan"}')
+    snapshot = tmp_path / "snap.db"
+    own_etcd.etcdctl("snapshot", "save", str(snapshot))
+    lease = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan"))
+    own_etcd.etcdctl("del", old)
+    own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.97.0-24", '{"PublicIP":"198.18.0.97","BackendType":"vxlan"}')
+    for _ in range(20):  # move the revision well past the snapshot's
+        own_etcd.etcdctl("put", f"{PREFIX}/unrelated", "x")
+    results: list[WatchResult] = []
+
+    async def watch() -> None:
+        async for r in manager.watch_leases():
+            results.append(r)
+
+    keeper = asyncio.create_task(manager.complete_lease(lease))
+    watcher = asyncio.create_task(watch())
+    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.97.0-24"})
+
+    own_etcd.restore(snapshot)
+    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.98.0-24"})
+    key = f"{PREFIX}/subnets/{lease.key}"
+    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0)
+    assert not keeper.done() and not watcher.done()
+    for t in (keeper, watcher):
+        t.cancel()
+    await asyncio.gather(keeper, watcher, return_exceptions=True)

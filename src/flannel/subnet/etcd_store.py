@@ -169,6 +169,7 @@ class EtcdStore:
                         batch = _batch(resp, key)
                         if not answered:
                             self._failover.answered()
+                            _check_not_rewound(resp, start_revision)
                         answered = True
                         yield batch
             except (Exception, asyncio.CancelledError) as exc:
@@ -215,6 +216,15 @@ def _batch(resp: WatchResponse, key: str) -> list[WatchEvent]:
         reason = resp.cancel_reason or "no reason given"
         raise DefiniteError(f"etcd cancelled the watch on {key}: {reason}")
     return [_event(ev) for ev in resp.events]
+
+
+def _check_not_rewound(resp: WatchResponse, start_revision: int) -> None:
+    """A store whose revision is behind where we resume was restored from an older snapshot: its history
+    is not the one we followed, and a watch from our revision would wait silently for revisions to come.
+    Treated like compaction: the caller re-lists."""
+    current = int(resp.header.revision)
+    if 0 < current < start_revision - 1:
+        raise CompactedError(current, f"store revision {current} is behind {start_revision - 1} (restored?)")
 
 
 def _kv(kv: Any) -> KV:

@@ -60,10 +60,11 @@ class PutResult:
 
 
 class CompactedError(Exception):
-    """A watch's start revision was compacted away: the caller must re-list and watch afresh."""
+    """A watch's start revision was compacted away, or the store went back in time (restored from a
+    snapshot): the caller must re-list and watch afresh."""
 
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"watch revision compacted (compact revision {compact_revision})")
+    def __init__(self, compact_revision: int, message: str = "") -> None:
+        super().__init__(message or f"watch revision compacted (compact revision {compact_revision})")
         self.compact_revision = compact_revision
 
 

@@ -56,6 +56,9 @@ class _Seen:
 
     kv: KV | None
     revision: int
+    fresh: bool = False
+    """A read after a (re)connection rather than a watch event: it is the truth even when its revision is
+    behind ours, as after etcd was restored from an older snapshot."""
 
 
 class LeaseKeeper:
@@ -124,8 +127,13 @@ class LeaseKeeper:
         log.info("renewed lease %s for %ds", self._key, res.ttl)
 
     async def _observe(self, seen: _Seen) -> None:
-        """React to the key as the watch saw it; our own writes and stale views change nothing."""
-        if seen.revision <= self._held.mod_revision:
+        """React to the key as the watch saw it; our own writes and stale events change nothing."""
+        held = self._held
+        if seen.kv is not None and (seen.kv.mod_revision, seen.kv.create_revision) == (
+            held.mod_revision, held.create_revision
+        ):
+            return
+        if not seen.fresh and seen.revision <= held.mod_revision:
             return
         self._retry_at = 0.0  # the store answers again: a postponed renewal may go ahead
         await self._resolve(seen.kv)
@@ -220,7 +228,7 @@ class LeaseKeeper:
                 # etcd may have compacted away: that would fail at once and spin.
                 kvs, revision = await self._m.store.get_prefix(key)
                 kv = next((item for item in kvs if item.key == key), None)
-                seen.put_nowait(_Seen(kv, revision))
+                seen.put_nowait(_Seen(kv, revision, fresh=True))
                 watch = self._m.store.watch(key, revision + 1, prefix=False)
                 async with contextlib.aclosing(watch):
                     async for batch in watch:
