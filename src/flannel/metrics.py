@@ -99,6 +99,10 @@ KERNEL_OPS = counter("flannel_kernel_operations_total",
                      ["kind"])
 KERNEL_ERRORS = counter("flannel_kernel_operation_errors_total",
                         "Netlink changes the kernel refused, by kind.", ["kind"])
+NETLINK_TIMEOUTS = counter("flannel_netlink_timeouts_total",
+                           "Netlink replies the kernel never sent within the per-reply timeout, by exchange "
+                           "(request, dump, get, batch); each failed its call and replaced the socket.",
+                           ["exchange"])
 RECONCILE_REPAIRS = counter("flannel_reconcile_repairs_total",
                             "Kernel entries found missing, wrong or stale by a reconcile and repaired, by kind.",
                             ["kind"])
