@@ -57,13 +57,20 @@ def open_data_dir(data_dir: str, *, create: bool) -> int | None:
         parent = os.path.dirname(data_dir.rstrip(os.sep))
         if parent:
             os.makedirs(parent, exist_ok=True)
-        os.mkdir(data_dir, DIR_MODE)
+        try:  # noqa: SIM105 - contextlib is one import more on the plugin's start-up path
+            os.mkdir(data_dir, DIR_MODE)
+        except FileExistsError:  # another ADD made it meanwhile; it is checked below like any other
+            pass
         fd = open_directory(data_dir, private=True)
-    except UnsafeDirectoryError as exc:  # lost a race against someone else's mkdir or link
+    except UnsafeDirectoryError as exc:  # lost a race against someone else's link
         raise _unsafe(data_dir, exc) from None
     except OSError as exc:
         raise _dir_error(data_dir, exc) from None
-    os.fchmod(fd, DIR_MODE)  # the umask must not take the owner's bits
+    try:
+        os.fchmod(fd, DIR_MODE)  # the umask must not take the owner's bits
+    except OSError as exc:
+        os.close(fd)
+        raise _dir_error(data_dir, exc) from None
     return fd
 
 
@@ -72,7 +79,8 @@ def save(data_dir: str, container_id: str, data: bytes) -> str:
     check_container_id(container_id)
     path = saved_path(data_dir, container_id)
     dir_fd = open_data_dir(data_dir, create=True)
-    assert dir_fd is not None
+    if dir_fd is None:  # not reached: create=True either opens the directory or raises
+        raise CNIError(IO_FAILURE, f"unusable data directory (dataDir): {data_dir}")
     try:
         # Durable before DEL can need it: a lost file at DEL time would leak the pod's address.
         write_in(dir_fd, container_id, data, FILE_MODE)
