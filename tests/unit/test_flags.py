@@ -33,7 +33,7 @@ def test_defaults() -> None:
     o = parse()
     assert o.etcd_endpoints == "http://127.0.0.1:4001,http://127.0.0.1:2379"
     assert o.etcd_prefix == "/coreos.com/network"
-    assert (o.etcd_keyfile, o.etcd_certfile, o.etcd_cafile, o.etcd_username, o.etcd_password) == ("",) * 5
+    assert (o.etcd_keyfile, o.etcd_certfile, o.etcd_cafile, o.etcd_username, o.etcd_password.reveal()) == ("",) * 5
     assert o.iface == () and o.iface_regex == () and o.iface_can_reach == ""
     assert o.subnet_file == "/run/flannel/subnet.env"
     assert (o.public_ip, o.public_ipv6) == ("", "")

@@ -166,7 +166,7 @@ class Connection:
         user, password = self._options.username, self._options.password
         if not (user and password):
             return client, None
-        refresher = client.token_refresher(user, password)
+        refresher = client.token_refresher(user, password.reveal())
         try:
             await refresher.__aenter__()
         except BaseException as exc:
