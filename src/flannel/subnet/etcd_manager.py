@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from flannel import metrics
-from flannel.backoff import Backoff
+from flannel.backoff import Backoff, RepeatLimiter, repeats
 from flannel.config import NetworkConfig, check_network_config, compatible_subnet, parse_network_config
 from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, LeaseDecodeError
 from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/coreos.com/network"
 RACE_RETRIES = 10
+LOST_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about the same lost connection to etcd."""
 CONFIG_NOT_FOUND = "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
 
 
@@ -233,6 +235,7 @@ class EtcdSubnetManager:
         and the back-off resets only once events flow again.
         """
         backoff = Backoff(self.timings.backoff_initial, self.timings.backoff_max)
+        quiet = RepeatLimiter(LOST_LOG_INTERVAL)  # an outage of hours is a line a minute, not one per retry
         revision: int | None = None
         lost = False
         while True:
@@ -245,6 +248,8 @@ class EtcdSubnetManager:
                     async for batch in watch:
                         if lost:  # the first answer (etcd's "created") of a re-opened watch: it is back
                             metrics.WATCH_RECONNECTS.inc()
+                            log.info("lease watch on %s resumed", self.subnets_prefix)
+                            quiet.reset()
                             lost = False
                         if not batch:
                             continue
@@ -263,9 +268,10 @@ class EtcdSubnetManager:
             except DatastoreUnavailableError as exc:
                 metrics.WATCH_ERRORS.labels("unavailable").inc()
                 lost = True
-                log.warning(
-                    "lease watch on %s lost (%s); resuming in %.1fs", self.subnets_prefix, exc, backoff.next_delay
-                )
+                held = quiet.check("lost")
+                if held is not None:
+                    log.warning("lease watch on %s lost (%s); retrying every %.1fs at most%s", self.subnets_prefix,
+                                exc, backoff.next_delay, repeats(held))
                 await backoff.sleep()
 
     def _event(self, ev: WatchEvent) -> tuple[bool, Lease] | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flannel import metrics
-from flannel.backoff import Backoff
+from flannel.backoff import Backoff, RepeatLimiter, repeats
 from flannel.config import compatible_subnet
 from flannel.errors import DatastoreUnavailableError, LeaseDecodeError, LeaseLostError, LeaseRevokedError
 from flannel.lease import Lease, LeaseAttrs
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from flannel.subnet.etcd_manager import EtcdSubnetManager
 
 log = logging.getLogger(__name__)
+
+LOST_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about the same lost watch: a long outage costs a line a minute."""
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class LeaseKeeper:
     async def _watch_own(self, seen: asyncio.Queue[_Seen]) -> None:
         """Report every state of the own key: a fresh read after each (re)connection, then each change."""
         backoff = Backoff(self._m.timings.backoff_initial, self._m.timings.backoff_max)
+        quiet = RepeatLimiter(LOST_LOG_INTERVAL)
         key = self._key
         while True:
             try:
@@ -229,6 +233,7 @@ class LeaseKeeper:
                 kvs, revision = await self._m.store.get_prefix(key)
                 kv = next((item for item in kvs if item.key == key), None)
                 seen.put_nowait(_Seen(kv, revision, fresh=True))
+                quiet.reset()
                 watch = self._m.store.watch(key, revision + 1, prefix=False)
                 async with contextlib.aclosing(watch):
                     async for batch in watch:
@@ -241,5 +246,8 @@ class LeaseKeeper:
                 log.info("watch on own lease %s: %s; re-reading it in %.1fs", key, exc, backoff.next_delay)
                 await backoff.sleep()
             except DatastoreUnavailableError as exc:
-                log.warning("watch on own lease %s lost (%s); retrying in %.1fs", key, exc, backoff.next_delay)
+                held = quiet.check("lost")
+                if held is not None:
+                    log.warning("watch on own lease %s lost (%s); retrying every %.1fs at most%s", key, exc,
+                                backoff.next_delay, repeats(held))
                 await backoff.sleep()
