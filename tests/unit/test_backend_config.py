@@ -102,6 +102,29 @@ def test_a_vxlan_mtu_too_small_for_the_headers_names_the_key() -> None:
     assert err.value.field == "Backend.MTU" and "too small" in str(err.value)
 
 
+@pytest.mark.parametrize("mtu", [65536, 70000, 4294967295, 4294967296, 1e10, 1e300])
+def test_a_vxlan_mtu_beyond_the_kernels_range_is_a_config_error_not_a_netlink_one(mtu: float) -> None:
+    # These used to reach netlink (EINVAL) or struct.pack (u32 overflow) and end flanneld with a traceback.
+    with pytest.raises(ConfigError) as err:
+        build({"Type": "vxlan", "MTU": mtu})
+    assert err.value.field == "Backend.MTU"
+    assert "too large for vxlan: it must be between 119 and 65535" in str(err.value)
+
+
+@pytest.mark.parametrize("mtu", [119, 1500, 9000, 65535, 1500.0])
+def test_a_vxlan_mtu_within_the_range_is_taken(mtu: float) -> None:
+    build({"Type": "vxlan", "MTU": mtu})
+
+
+def test_an_infinite_number_is_not_an_integer() -> None:
+    # json.loads reads 1e400 as inf; int(inf) raised OverflowError.
+    config = parse_network_config('{"Network":"10.0.0.0/8","Backend":{"Type":"udp","Port":1e400}}')
+    sm = FakeSubnetManager(Lease(subnet=IPv4Network("10.244.7.0/24")))
+    with pytest.raises(ConfigError) as err:
+        create_backend(BackendContext(subnet_manager=sm, ext_iface=EXT), config)  # type: ignore[arg-type]
+    assert err.value.field == "Backend.Port" and str(err.value) == "Backend.Port must be an integer, got inf"
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_an_unknown_key_is_a_warning_naming_it_not_an_error(name: str, caplog: pytest.LogCaptureFixture) -> None:
     build({"Type": name, "Bogus": [1, 2], "VNl": "x"})
