@@ -209,7 +209,12 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> Options:
 
 
 def validate(options: Options) -> None:
-    """Upstream's post-parse checks; ``ConfigError`` (exit 1) on failure."""
+    """Upstream's post-parse checks, and ours; ``ConfigError`` (exit 1) naming the flag on failure.
+
+    Beyond upstream: ``--healthz-port`` must be a port number, and in etcd mode the endpoints must parse and
+    the named TLS files exist (``etcd_options.check_etcd_flags``), since retrying could never fix them.
+    Settings that have no effect (TLS files with ``http://`` endpoints) are logged as warnings.
+    """
     if not 1 <= options.subnet_lease_renew_margin <= 24 * 60 - 1:
         raise ConfigError(
             "Invalid subnet-lease-renew-margin option, out of acceptable range", "subnet-lease-renew-margin"
@@ -218,6 +223,17 @@ def validate(options: Options) -> None:
         raise ConfigError(
             f"--reconcile-interval must be at least 1 second, got {options.reconcile_interval}", "reconcile-interval"
         )
+    if not 0 <= options.healthz_port <= 65535:
+        raise ConfigError(
+            f"--healthz-port must be between 0 and 65535 (0 disables the server), got {options.healthz_port}",
+            "healthz-port",
+        )
+    if not options.kube_subnet_mgr:
+        from flannel.subnet.etcd_options import check_etcd_flags  # no gRPC behind it
+
+        for warning in check_etcd_flags(options.etcd_endpoints, options.etcd_keyfile, options.etcd_certfile,
+                                        options.etcd_cafile):
+            log.warning("%s", warning)
 
 
 def _type_name(spec: FlagSpec) -> str:

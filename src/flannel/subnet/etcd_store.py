@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from etcd3aio import prefix_range_end
@@ -20,7 +19,8 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
 from flannel.errors import DatastoreUnavailableError
-from flannel.subnet.etcd_client import Client, DefiniteError, Failover, parse_endpoint
+from flannel.subnet.etcd_client import Client, DefiniteError, Failover
+from flannel.subnet.etcd_options import EtcdStoreOptions, parse_endpoint
 from flannel.subnet.kvstore import KV, CompactedError, KVStore, PutResult, WatchEvent, WatchEventType
 
 __all__ = [
@@ -34,36 +34,6 @@ __all__ = [
     "WatchEventType",
     "parse_endpoint",
 ]
-
-
-@dataclass(frozen=True)
-class EtcdStoreOptions:
-    """How to reach etcd: flanneld's ``--etcd-*`` flags."""
-
-    endpoints: Sequence[str] = ("http://127.0.0.1:2379",)
-    """Endpoint URLs as flanneld takes them (``http://h:2379``, ``https://h:2379`` or bare ``h:2379``)."""
-    keyfile: str = ""
-    """Client private key (PEM) for TLS client authentication."""
-    certfile: str = ""
-    """Client certificate (PEM); TLS client auth needs both this and ``keyfile``."""
-    cafile: str = ""
-    """CA bundle to verify the server; the system bundle when empty."""
-    username: str = ""
-    """etcd user for authentication (with ``password``)."""
-    password: str = ""
-    """Password of ``username``."""
-    request_timeout: float = 10.0
-    """Upper bound in seconds for one request on one endpoint, retries included, so an unreachable etcd
-    fails, not hangs. A request that fails over may take this long once per endpoint."""
-
-    def __post_init__(self) -> None:
-        cleaned = tuple(e.strip() for e in self.endpoints if e.strip())
-        object.__setattr__(self, "endpoints", cleaned)  # hashable, whatever sequence was given
-
-    @classmethod
-    def from_flag(cls, endpoints: str, **kwargs: Any) -> EtcdStoreOptions:
-        """Build from the comma-separated ``--etcd-endpoints`` text."""
-        return cls(endpoints=endpoints.split(","), **kwargs)
 
 
 class EtcdStore:
