@@ -9,6 +9,7 @@ backend sections) goes through here to stay compatible.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -33,8 +34,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
 
 
+def _finite_float(text: str) -> float:
+    # Python reads 1e400 as inf, which no JSON encoder can write back; Go refuses it as out of range.
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 def loads(data: str | bytes) -> Any:
-    """``json.loads`` restricted to what Go accepts (no NaN/Infinity) and to ``MAX_DEPTH`` levels of nesting.
+    """``json.loads`` restricted to what Go accepts (no NaN/Infinity, no number beyond float64) and to
+    ``MAX_DEPTH`` levels of nesting.
 
     Raises ``ValueError`` (or ``UnicodeDecodeError`` for bytes that are not UTF-8/16/32), never ``RecursionError``.
     """
@@ -42,7 +52,8 @@ def loads(data: str | bytes) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH:  # cheap test first: only then scan for the real depth
         _check_depth(text)
     try:
-        return json.loads(text, object_pairs_hook=_last_wins, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=_last_wins, parse_constant=_reject_constant,
+                          parse_float=_finite_float)
     except RecursionError:  # only when called from deep in a stack already
         raise ValueError("exceeded max depth") from None
 

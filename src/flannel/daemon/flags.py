@@ -133,10 +133,12 @@ def _parse_command_line(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
     values: dict[str, Any] = {spec.field: spec.default for spec in FLAGS}
     explicit: set[str] = set()
     args = list(argv)
+    bare_bool = ""  # the previous flag, when it was a bool given without "=value"
     while args:
         s = args[0]
         if len(s) < 2 or s[0] != "-":
-            raise UsageError(f"unexpected argument {go_quote(s)}: flanneld takes no positional arguments")
+            hint = f" (a bool flag takes its value as -{bare_bool}={s})" if bare_bool else ""
+            raise UsageError(f"unexpected argument {go_quote(s)}: flanneld takes no positional arguments{hint}")
         minuses = 2 if s[1] == "-" else 1
         if s == "--":  # terminates the flags; nothing may follow
             if len(args) > 1:
@@ -155,6 +157,7 @@ def _parse_command_line(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
             if name in ("help", "h"):
                 raise HelpRequested()
             raise UsageError(f"flag provided but not defined: -{name}")
+        bare_bool = name if spec.kind is Kind.BOOL and not has_value else ""
         if spec.kind is Kind.BOOL:
             try:
                 _set(values, spec, value if has_value else "true")
