@@ -136,10 +136,12 @@ def _parse_command_line(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
     values: dict[str, Any] = {spec.field: spec.default for spec in FLAGS}
     explicit: set[str] = set()
     args = list(argv)
+    bare_bool = ""  # the previous flag, when it was a bool given without "=value"
     while args:
         s = args[0]
         if len(s) < 2 or s[0] != "-":
-            raise UsageError(f"unexpected argument {go_quote(s)}: flanneld takes no positional arguments")
+            hint = f" (a bool flag takes its value as -{bare_bool}={s})" if bare_bool else ""
+            raise UsageError(f"unexpected argument {go_quote(s)}: flanneld takes no positional arguments{hint}")
         minuses = 2 if s[1] == "-" else 1
         if s == "--":  # terminates the flags; nothing may follow
             if len(args) > 1:
@@ -158,6 +160,7 @@ def _parse_command_line(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
             if name in ("help", "h"):
                 raise HelpRequested()
             raise UsageError(f"flag provided but not defined: -{name}")
+        bare_bool = name if spec.kind is Kind.BOOL and not has_value else ""
         if spec.kind is Kind.BOOL:
             try:
                 _set(values, spec, value if has_value else "true")
@@ -222,7 +225,12 @@ def secrets_on_command_line(options: Options) -> list[FlagSpec]:
 
 
 def validate(options: Options) -> None:
-    """Upstream's post-parse checks; ``ConfigError`` (exit 1) on failure."""
+    """Upstream's post-parse checks, and ours; ``ConfigError`` (exit 1) naming the flag on failure.
+
+    Beyond upstream: ``--healthz-port`` must be a port number, and in etcd mode the endpoints must parse and
+    the named TLS files exist (``etcd_options.check_etcd_flags``), since retrying could never fix them.
+    Settings that have no effect (TLS files with ``http://`` endpoints) are logged as warnings.
+    """
     if not 1 <= options.subnet_lease_renew_margin <= 24 * 60 - 1:
         raise ConfigError(
             "Invalid subnet-lease-renew-margin option, out of acceptable range", "subnet-lease-renew-margin"
@@ -231,6 +239,17 @@ def validate(options: Options) -> None:
         raise ConfigError(
             f"--reconcile-interval must be at least 1 second, got {options.reconcile_interval}", "reconcile-interval"
         )
+    if not 0 <= options.healthz_port <= 65535:
+        raise ConfigError(
+            f"--healthz-port must be between 0 and 65535 (0 disables the server), got {options.healthz_port}",
+            "healthz-port",
+        )
+    if not options.kube_subnet_mgr:
+        from flannel.subnet.etcd_options import check_etcd_flags  # no gRPC behind it
+
+        for warning in check_etcd_flags(options.etcd_endpoints, options.etcd_keyfile, options.etcd_certfile,
+                                        options.etcd_cafile):
+            log.warning("%s", warning)
 
 
 def _type_name(spec: FlagSpec) -> str:

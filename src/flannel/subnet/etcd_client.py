@@ -15,10 +15,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
@@ -32,9 +30,10 @@ from etcd3aio.watch import WatchService
 from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
 from flannel.readiness import READINESS
+from flannel.subnet.etcd_options import Endpoint, parse_endpoint, uses_tls
 
 if TYPE_CHECKING:
-    from flannel.subnet.etcd_store import EtcdStoreOptions
+    from flannel.subnet.etcd_options import EtcdStoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +44,6 @@ _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 _T = TypeVar("_T")
 READINESS_CONDITION = "datastore"
 """The readiness condition etcd failures open (``flannel.readiness``)."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One ``--etcd-endpoints`` entry, split."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-def parse_endpoint(url: str) -> Endpoint:
-    """Split ``scheme://host:port`` (scheme optional, port 2379 by default); ``ValueError`` if malformed."""
-    parts = urlsplit(url if "://" in url else f"//{url}")
-    if parts.scheme not in ("", "http", "https") or not parts.hostname:
-        raise ValueError(f"invalid etcd endpoint {url!r}")
-    return Endpoint(parts.scheme, parts.hostname, parts.port or 2379)
 
 
 class DefiniteError(DatastoreUnavailableError):
@@ -315,7 +297,7 @@ def _tls_args(options: EtcdStoreOptions, ep: Endpoint) -> dict[str, Any]:
     against this endpoint's own host name. The files are read at every dial, so renewed ones are picked up.
     """
     have_cert = bool(options.certfile and options.keyfile)
-    if ep.scheme == "http" or not (ep.scheme == "https" or have_cert):
+    if not uses_tls(ep, have_cert):
         return {}
     ca_path = Path(options.cafile) if options.cafile else SYSTEM_CA_BUNDLE
     try:

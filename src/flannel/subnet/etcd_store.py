@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from etcd3aio import prefix_range_end
@@ -21,11 +19,9 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
 from flannel.errors import DatastoreUnavailableError
-from flannel.secret import NO_SECRET, Secret, has_userinfo, strip_userinfo
-from flannel.subnet.etcd_client import Client, DefiniteError, Failover, parse_endpoint
+from flannel.subnet.etcd_client import Client, DefiniteError, Failover
+from flannel.subnet.etcd_options import EtcdStoreOptions, parse_endpoint
 from flannel.subnet.kvstore import KV, CompactedError, KVStore, PutResult, WatchEvent, WatchEventType
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "KV",
@@ -38,47 +34,6 @@ __all__ = [
     "WatchEventType",
     "parse_endpoint",
 ]
-
-
-@dataclass(frozen=True)
-class EtcdStoreOptions:
-    """How to reach etcd: flanneld's ``--etcd-*`` flags."""
-
-    endpoints: Sequence[str] = ("http://127.0.0.1:2379",)
-    """Endpoint URLs as flanneld takes them (``http://h:2379``, ``https://h:2379`` or bare ``h:2379``)."""
-    keyfile: str = ""
-    """Client private key (PEM) for TLS client authentication."""
-    certfile: str = ""
-    """Client certificate (PEM); TLS client auth needs both this and ``keyfile``."""
-    cafile: str = ""
-    """CA bundle to verify the server; the system bundle when empty."""
-    username: str = ""
-    """etcd user for authentication (with ``password``)."""
-    password: Secret[str] = NO_SECRET
-    """Password of ``username`` (a ``Secret``: this dataclass' ``repr`` and every message leave it out)."""
-    request_timeout: float = 10.0
-    """Upper bound in seconds for one request on one endpoint, retries included, so an unreachable etcd
-    fails, not hangs. A request that fails over may take this long once per endpoint."""
-
-    def __post_init__(self) -> None:
-        # Hashable, whatever sequence was given; ``user:password@`` dropped, because the client never used it
-        # (nor does upstream's: credentials come from --etcd-username/--etcd-password) and every error names
-        # the endpoint.
-        cleaned = tuple(strip_userinfo(e.strip()) for e in self.endpoints if e.strip())
-        object.__setattr__(self, "endpoints", cleaned)
-        if isinstance(self.password, str):  # a plain string from a caller outside the type checker's view
-            object.__setattr__(self, "password", Secret(self.password))
-
-    @classmethod
-    def from_flag(cls, endpoints: str, **kwargs: Any) -> EtcdStoreOptions:
-        """Build from the comma-separated ``--etcd-endpoints`` text; user info in an endpoint is dropped, with a
-        warning that names the endpoint without it."""
-        urls = endpoints.split(",")
-        for url in urls:
-            if has_userinfo(url.strip()):
-                log.warning("etcd endpoint %s: user info in the URL is ignored (as upstream); use "
-                            "--etcd-username and FLANNELD_ETCD_PASSWORD", strip_userinfo(url.strip()))
-        return cls(endpoints=urls, **kwargs)
 
 
 class EtcdStore:
