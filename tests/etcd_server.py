@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -177,6 +178,8 @@ class EtcdServer:
     """The etcd process."""
     user: tuple[str, str] | None = None
     """(user, password) once ``enable_auth`` ran; used by ``etcdctl``."""
+    cmd: tuple[str, ...] = ()
+    """The command line that started the process, so that ``restart`` can run it again on the same data."""
 
     @property
     def endpoint(self) -> str:
@@ -229,6 +232,37 @@ class EtcdServer:
             self.etcdctl("user", "grant-role", "root", "root")
         self.etcdctl("auth", "enable")
         self.user = (user, password)
+
+    def halt(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process with ``sig`` (an outage), keeping its data for ``restart``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Start the process again on the same data, address and ports; wait until it is healthy."""
+        assert self.proc is None and self.cmd, "restart() needs a halted server"
+        _launch(self, timeout)
+
+    def restore(self, snapshot: Path) -> None:
+        """Halt, replace the data with ``snapshot`` (``etcdctl snapshot restore``), and start again."""
+        self.halt()
+        data = self.workdir / "data"
+        shutil.rmtree(data)
+        peer = next(arg.split("=", 1)[1] for arg in self.cmd if arg.startswith("--listen-peer-urls="))
+        res = subprocess.run(
+            [ETCDCTL, "snapshot", "restore", str(snapshot), f"--data-dir={data}", "--name=test",
+             f"--initial-cluster=test={peer}", f"--initial-advertise-peer-urls={peer}"],
+            capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"snapshot restore failed: {res.stderr.decode().strip()}")
+        self.restart()
 
     def stop(self) -> None:
         """Terminate the process (kill after 5 s) and remove the working directory."""
@@ -289,16 +323,22 @@ def start_etcd(
             f"--trusted-ca-file={server.tls.ca}",
             "--client-cert-auth",
         ]
-    log = (workdir / "etcd.log").open("wb")
+    server.cmd = tuple(cmd)
+    _launch(server, timeout)
+    return server
+
+
+def _launch(server: EtcdServer, timeout: float) -> None:
+    """Start ``server.cmd`` and wait until it answers healthy; stop and raise with its log when it does not."""
+    log = (server.workdir / "etcd.log").open("ab")
     try:
-        server.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server.proc = subprocess.Popen(server.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         log.close()
     deadline = time.monotonic() + timeout
     while not server._healthy():
         if server.proc.poll() is not None or time.monotonic() > deadline:
-            output = (workdir / "etcd.log").read_text(errors="replace")[-2000:]
+            output = (server.workdir / "etcd.log").read_text(errors="replace")[-2000:]
             server.stop()
             raise RuntimeError(f"etcd did not become healthy: {output}")
         time.sleep(0.05)
-    return server

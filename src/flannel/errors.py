@@ -37,3 +37,7 @@ class DatastoreUnavailableError(FlannelError):
 
 class LeaseRevokedError(FlannelError):
     """This node's own lease disappeared from the datastore and could not be re-acquired."""
+
+
+class LeaseLostError(LeaseRevokedError):
+    """This node's subnet went to another node while its own lease could not be renewed: stop using it."""

@@ -9,7 +9,15 @@ backend sections) goes through here to stay compatible.
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
+
+MAX_DEPTH = 200
+"""Deepest nesting of arrays and objects accepted. Go stops at 10000 ("exceeded max depth"); Python's
+decoder and encoder recurse per level and would raise ``RecursionError`` near 1000 (less when called from
+deep in a stack), so documents are cut off well below that. No flannel document nests more than 3 levels."""
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 def _last_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -26,9 +34,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
 
 
+def _finite_float(text: str) -> float:
+    # Python reads 1e400 as inf, which no JSON encoder can write back; Go refuses it as out of range.
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 def loads(data: str | bytes) -> Any:
-    """``json.loads`` restricted to what Go accepts (no NaN/Infinity); raises ``ValueError``."""
-    return json.loads(data, object_pairs_hook=_last_wins, parse_constant=_reject_constant)
+    """``json.loads`` restricted to what Go accepts (no NaN/Infinity, no number beyond float64) and to
+    ``MAX_DEPTH`` levels of nesting.
+
+    Raises ``ValueError`` (or ``UnicodeDecodeError`` for bytes that are not UTF-8/16/32), never ``RecursionError``.
+    """
+    text = data.decode(json.detect_encoding(data), "surrogatepass") if isinstance(data, bytes) else data
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # cheap test first: only then scan for the real depth
+        _check_depth(text)
+    try:
+        return json.loads(text, object_pairs_hook=_last_wins, parse_constant=_reject_constant,
+                          parse_float=_finite_float)
+    except RecursionError:  # only when called from deep in a stack already
+        raise ValueError("exceeded max depth") from None
+
+
+def _check_depth(text: str) -> None:
+    depth = 0
+    for m in _STRING_OR_BRACKET.finditer(text):
+        bracket = text[m.start()]  # a string match starts with '"'
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError(f"exceeded max depth: arrays and objects nest deeper than {MAX_DEPTH} levels")
+        elif bracket in ("]", "}"):
+            depth -= 1
 
 
 def load_object(data: str | bytes, what: str) -> dict[str, Any]:
@@ -37,9 +76,6 @@ def load_object(data: str | bytes, what: str) -> dict[str, Any]:
         value = loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what}: invalid JSON: {exc}") from None
-    except RecursionError:
-        # Python's decoder gives up on deep nesting far earlier than Go's; either way it is not a usable value.
-        raise ValueError(f"{what}: JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(value).__name__}")
     return value

@@ -99,7 +99,7 @@ def _opt_ip(value: Any, version: int) -> IPv4Address | IPv6Address | None:
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"invalid IP address {value!r}") from None
+        raise ValueError(f"PublicIP{'v6' if version == 6 else ''}: invalid IP address {value!r}") from None
     if version == 4 and isinstance(addr, IPv6Address):
         mapped = addr.ipv4_mapped
         if mapped is None:
@@ -193,13 +193,17 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
         v4_addr = IPv4Address(m.group(1))
     except ValueError:
         return None
-    v4_len = int(m.group(2))
+    # Go parses the lengths into 5 and 7 bits; checking the digit count first also keeps a 5000-digit
+    # length from reaching int(), which refuses more than 4300 digits with a ValueError.
+    if len(m.group(2).lstrip("0")) > 3 or len((m.group(4) or "").lstrip("0")) > 3:
+        return None
+    v4_len = int(m.group(2).lstrip("0") or "0")
     if v4_len > 31:
         return None
     v4 = IPv4Network(f"{v4_addr}/{v4_len}", strict=False)
     if m.group(3) is None:
         return v4, None
-    v6_len = int(m.group(4))
+    v6_len = int(m.group(4).lstrip("0") or "0")
     if v6_len > 127:
         return None
     try:

@@ -99,6 +99,10 @@ KERNEL_OPS = counter("flannel_kernel_operations_total",
                      ["kind"])
 KERNEL_ERRORS = counter("flannel_kernel_operation_errors_total",
                         "Netlink changes the kernel refused, by kind.", ["kind"])
+NETLINK_TIMEOUTS = counter("flannel_netlink_timeouts_total",
+                           "Netlink replies the kernel never sent within the per-reply timeout, by exchange "
+                           "(request, dump, get, batch); each failed its call and replaced the socket.",
+                           ["exchange"])
 RECONCILE_REPAIRS = counter("flannel_reconcile_repairs_total",
                             "Kernel entries found missing, wrong or stale by a reconcile and repaired, by kind.",
                             ["kind"])
@@ -170,6 +174,8 @@ WATCH_RECONNECTS = counter("flannel_datastore_watch_reconnects_total",
                            "Times the lease watch was re-established after being lost.")
 WATCH_ERRORS = counter("flannel_datastore_watch_errors_total",
                        "Lease watch failures, by reason (unavailable, compacted).", ["reason"])
+OWN_LEASE_REPAIRS = counter("flannel_own_lease_repairs_total",
+                            "Times this node restored its own lease record after someone overwrote it.")
 DATASTORE_FAILOVERS = counter("flannel_datastore_endpoint_failovers_total",
                               "Times a failing datastore endpoint made flanneld switch to the next one.")
 

@@ -16,6 +16,7 @@ import logging
 import time
 
 from flannel import metrics
+from flannel.secret import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,12 @@ class Readiness:
         self._publish()
 
     def problem(self, condition: str, reason: str) -> None:
-        """``condition`` is failing because of ``reason``; logged once per change of reason."""
+        """``condition`` is failing because of ``reason``; logged once per change of reason.
+
+        ``/readyz`` is unauthenticated, so a URL's ``user:password@`` in the reason (an error text quoting an
+        endpoint) is redacted here, whoever sets the condition.
+        """
+        reason = redact_urls(reason)
         previous = self._problems.get(condition)
         if previous is not None and previous[0] == reason:
             return

@@ -3,7 +3,13 @@
 The plugin parses it on every pod start, so it is written byte-for-byte as Go writes it and replaced
 atomically (spec §8.1–§8.2). flanneld also reads its own previous file back at startup to reuse the old
 subnet and to clean up stale masquerade rules (§8.3); that reader is tolerant, because a damaged file must
-never stop the daemon.
+never stop the daemon: a FIFO, a device, a huge file or garbage is ignored with a warning, never waited on.
+
+Where the file may be written (``atomicfile``): its directory may be reached through symbolic links, since
+``/var/run`` is a link to ``/run`` on most systems and administrators do link ``/run/flannel`` elsewhere;
+but a link owned by someone other than root or us is refused, and so is a directory owned by another user,
+or one that others may write to without the sticky bit (they could swap the file under the plugin). Inside
+it, nothing is ever written through a link. Refusing is loud and safe: flanneld runs on, never ready.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import os
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 
-from flannel.atomicfile import write_atomically
+from flannel.atomicfile import read_bounded, write_atomically
 from flannel.ipaddr import IPNetwork, first_host, go_ip_text, go_net_text, parse_cidr_masked
 
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+MAX_FILE_BYTES = 64 * 1024
+"""flanneld writes about 200 bytes; a bigger "previous file" is not ours, and is not read whole."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,8 @@ def write_subnet_env(path: str | os.PathLike[str], env: SubnetEnv) -> None:
     """Write the file atomically with mode exactly 0644 (§8.2).
 
     A reader sees either the old file or the new one, never a partial write: the text goes to a temporary
-    file in the same directory, is fsynced, renamed over the target, and the directory is fsynced.
+    file in the same directory, is fsynced, renamed over the target, and the directory is fsynced. Raises
+    ``OSError`` (``atomicfile.UnsafeDirectoryError`` for a directory others control).
     """
     target = os.path.abspath(os.fspath(path))
     _make_dirs(os.path.dirname(target))
@@ -108,10 +117,10 @@ def read_subnet_env_values(path: str | os.PathLike[str]) -> dict[str, str]:
 
     Tolerates what godotenv tolerates (``export``, single/double quotes, comments, blank lines) and,
     unlike upstream, skips a malformed line (no ``=``, empty key) instead of discarding the whole file.
+    Anything but a regular file of at most 64 KiB raises ``OSError`` at once (``atomicfile.read_bounded``).
     """
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        text = read_bounded(os.fspath(path), MAX_FILE_BYTES).decode("utf-8", "replace")
     except FileNotFoundError:
         return {}
     values: dict[str, str] = {}
@@ -193,11 +202,11 @@ def read_single_cidr(values: dict[str, str], key: str, version: int | None = Non
 
 
 def read_previous(path: str | os.PathLike[str]) -> PreviousSubnets:
-    """Read the previous run's subnets; a missing or unreadable file gives all None."""
+    """Read the previous run's subnets; a missing or unusable file gives all None (with a warning)."""
     try:
         values = read_subnet_env_values(path)
     except OSError as exc:
-        log.error("Couldn't read previous subnet file at %s: %s", os.fspath(path), exc)
+        log.warning("ignoring the previous subnet file %s: %s", os.fspath(path), exc.strerror or exc)
         return PreviousSubnets()
     if not values:
         return PreviousSubnets()

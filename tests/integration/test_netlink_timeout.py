@@ -1,4 +1,5 @@
-"""A request timeout in the middle of a real dump: why the socket is replaced rather than reused.
+"""A request timeout in the middle of a real dump: why the socket is replaced rather than reused; and why the
+timeout may be short: it bounds each reply, and the kernel has every reply ready before we ask.
 
 The kernel keeps an unfinished dump attached to its socket and refuses every later dump there (EBUSY) until
 the rest has been read. A timeout is simulated by a socket whose receive fails, after the first datagram,
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
 
-from flannel.netlink import Netlink, NetlinkError, wire
+from flannel import metrics
+from flannel.netlink import Netlink, NetlinkError, RouteDelete, wire
 from flannel.netlink import routes as wire_routes
 from flannel.netlink.consts import NLM_F_DUMP, NLM_F_REQUEST, RTM_GETROUTE
 from tests.netns import NetNS, netns_fixture  # noqa: F401
@@ -21,14 +25,19 @@ from tests.netns import NetNS, netns_fixture  # noqa: F401
 pytestmark = pytest.mark.root
 
 ROUTES = 20000
+SHORT = 0.01  # seconds: far below what a dump or a batch of ROUTES takes
 
 
 @pytest.fixture
 def big_table(netns: NetNS) -> NetNS:
     """A namespace whose main table needs many dump datagrams: 20 000 /32 routes via the underlay."""
-    lines = (f"route add 100.{i >> 16 & 0xFF}.{i >> 8 & 0xFF}.{i & 0xFF}/32 via 198.18.0.254" for i in range(ROUTES))
+    lines = (f"route add {_dst(i).network_address}/32 via 198.18.0.254" for i in range(ROUTES))
     netns.run(["ip", "-batch", "-"], input="\n".join(lines) + "\n")
     return netns
+
+
+def _dst(i: int) -> IPv4Network:
+    return IPv4Network(f"100.{i >> 16 & 0xFF}.{i >> 8 & 0xFF}.{i & 0xFF}/32")
 
 
 class StallsAfterFirstDatagram:
@@ -68,3 +77,17 @@ def test_a_timeout_midway_through_a_dump_leaves_a_working_socket(big_table: NetN
         assert stalled.reads == 2 and stalled.sock.fileno() == -1
         assert len(nl.routes()) == ROUTES + 1  # and the /24 of the underlay address
         assert "eth0" in {link.name for link in nl.links()}
+
+
+def test_the_timeout_bounds_each_reply_so_a_dump_or_batch_longer_than_it_completes(big_table: NetNS) -> None:
+    timeouts = sum(metrics.NETLINK_TIMEOUTS.labels(kind).value for kind in ("dump", "batch"))
+    with Netlink(big_table.name, timeout=SHORT) as nl:
+        started = time.monotonic()
+        assert len(nl.routes()) == ROUTES + 1
+        dumped = time.monotonic()
+        gateway = IPv4Address("198.18.0.254")
+        assert not any(nl.apply([RouteDelete(_dst(i), gateway) for i in range(ROUTES)]))
+        applied = time.monotonic()
+        assert len(nl.routes()) == 1
+    assert dumped - started > SHORT and applied - dumped > SHORT, "each took longer than one reply may"
+    assert sum(metrics.NETLINK_TIMEOUTS.labels(kind).value for kind in ("dump", "batch")) == timeouts

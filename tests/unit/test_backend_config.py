@@ -21,7 +21,7 @@ from flannel.backend.base import Backend, BackendContext, ExternalInterface, cre
 from flannel.backend.extension import ExtensionBackend
 from flannel.backend.hostgw import HostGWBackend
 from flannel.backend.ipip import IPIPBackend
-from flannel.backend.udp import UDPBackend
+from flannel.backend.udp import UDPBackend, parse_udp_config
 from flannel.backend.vxlan import VXLANBackend
 from flannel.config import parse_network_config
 from flannel.errors import ConfigError
@@ -100,6 +100,32 @@ def test_a_vxlan_mtu_too_small_for_the_headers_names_the_key() -> None:
     with pytest.raises(ConfigError) as err:
         build({"Type": "vxlan", "MTU": 100})
     assert err.value.field == "Backend.MTU" and "too small" in str(err.value)
+
+
+@pytest.mark.parametrize("mtu", [65536, 70000, 4294967295, 4294967296, 1e10, 1e300])
+def test_a_vxlan_mtu_beyond_the_kernels_range_is_a_config_error_not_a_netlink_one(mtu: float) -> None:
+    # These used to reach netlink (EINVAL) or struct.pack (u32 overflow) and end flanneld with a traceback.
+    with pytest.raises(ConfigError) as err:
+        build({"Type": "vxlan", "MTU": mtu})
+    assert err.value.field == "Backend.MTU"
+    assert "too large for vxlan: it must be between 119 and 65535" in str(err.value)
+
+
+@pytest.mark.parametrize("mtu", [119, 1500, 9000, 65535, 1500.0])
+def test_a_vxlan_mtu_within_the_range_is_taken(mtu: float) -> None:
+    build({"Type": "vxlan", "MTU": mtu})
+
+
+def test_an_infinite_number_is_not_an_integer() -> None:
+    # int(inf) raised OverflowError; gojson refuses 1e400 anyway, but a section may come from elsewhere.
+    with pytest.raises(ConfigError) as err:
+        parse_udp_config({"Type": "udp", "Port": float("inf")})
+    assert err.value.field == "Backend.Port" and str(err.value) == "Backend.Port must be an integer, got inf"
+
+
+def test_a_number_beyond_float64_is_refused_when_the_config_is_read() -> None:
+    with pytest.raises(ConfigError, match="number 1e400 is out of range"):
+        parse_network_config('{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan","MTU":1e400}}')
 
 
 @pytest.mark.parametrize("name", BACKENDS)

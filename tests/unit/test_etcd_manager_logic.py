@@ -18,6 +18,7 @@ from flannel.errors import (
     ConfigError,
     DatastoreUnavailableError,
     FlannelError,
+    LeaseLostError,
     LeaseRevokedError,
     OutOfSubnetsError,
 )
@@ -44,6 +45,7 @@ class FakeStore:
         self.failing: set[str] = set()
         self.before_create: Callable[[str], None] | None = None
         self.puts: list[tuple[str, int | None]] = []
+        self.revoked: list[int] = []
         self.closed = False
         self._ids = itertools.count(100)
         self._wake = asyncio.Event()
@@ -59,7 +61,9 @@ class FakeStore:
 
     def raw_put(self, key: str, value: str | bytes, lease_id: int = 0) -> int:
         self.rev += 1
-        kv = KV(key, value.encode() if isinstance(value, str) else value, self.rev, lease_id)
+        old = self.data.get(key)
+        created = old.create_revision if old is not None else self.rev
+        kv = KV(key, value.encode() if isinstance(value, str) else value, self.rev, lease_id, created)
         self.data[key] = kv
         self.history.append(WatchEvent(WatchEventType.PUT, kv))
         self._notify()
@@ -111,6 +115,22 @@ class FakeStore:
             return None
         lease_id, granted = self._grant(ttl)
         return PutResult(self.raw_put(key, value, lease_id), lease_id, granted)
+
+    async def replace(self, key: str, value: str, ttl: int | None, mod_revision: int) -> PutResult | None:
+        await asyncio.sleep(0)
+        self._check("replace")
+        current = self.data.get(key)
+        if (current.mod_revision if current is not None else 0) != mod_revision:
+            return None
+        self.puts.append((key, ttl))
+        lease_id, granted = self._grant(ttl)
+        return PutResult(self.raw_put(key, value, lease_id), lease_id, granted)
+
+    async def revoke(self, lease_id: int) -> None:
+        self.revoked.append(lease_id)
+        self.leases.pop(lease_id, None)
+        for key in [k for k, kv in self.data.items() if kv.lease_id == lease_id and lease_id]:
+            self.raw_delete(key)
 
     async def delete(self, key: str) -> bool:
         self._check("delete")
@@ -463,7 +483,7 @@ async def test_own_lease_watch_after_compaction_does_not_spin(store: FakeStore) 
 async def test_failed_renewal_is_logged_and_retried(store: FakeStore, caplog: pytest.LogCaptureFixture) -> None:
     m = manager(store, ttl_seconds=2, renew_margin_minutes=0.9 / 60)
     lease = dataclasses.replace(await m.acquire_lease(attrs()), expiration=time.time())  # renew at once
-    store.failing.add("put")
+    store.failing.add("replace")
     task = await run_keeper(m, lease)
     await wait_for(lambda: caplog.text.count("Error renewing lease (trying again in 0.05s)") >= 2)
     store.failing.clear()
@@ -560,3 +580,58 @@ def test_renew_margin_must_be_shorter_than_the_ttl() -> None:
 async def test_close_closes_the_store(store: FakeStore) -> None:
     await manager(store).close()
     assert store.closed
+
+
+# --- never sharing a subnet, repairing the own record ------------------------------------------------------
+
+
+OURS = b'{"PublicIP":"1.2.3.4","PublicIPv6":null}'
+
+
+@pytest.mark.parametrize("garbage", ["{not json", '{"PublicIP":"6.6.6.6","PublicIPv6":null}'])
+async def test_own_record_overwritten_in_place_is_restored_at_once(store: FakeStore, garbage: str) -> None:
+    m = manager(store)
+    lease = await m.acquire_lease(attrs())
+    key = m.subnet_key(lease.subnet, None)
+    task = await run_keeper(m, lease)
+    created = store.data[key].create_revision
+    store.raw_put(key, garbage)  # an etcdctl put over our key: same create revision, not our value
+    await wait_for(lambda: store.data[key].value == OURS)
+    assert store.data[key].create_revision == created and store.data[key].lease_id != 0
+    assert not task.done()
+    await stop(task)
+
+
+async def test_renewal_never_overwrites_a_subnet_another_node_took(store: FakeStore) -> None:
+    m = manager(store, ttl_seconds=2, renew_margin_minutes=0.9 / 60)
+    lease = await m.acquire_lease(attrs())
+    key = m.subnet_key(lease.subnet, None)
+    store.raw_delete(key)  # our lease expired during an outage...
+    store.raw_put(key, '{"PublicIP":"6.6.6.6","PublicIPv6":null}', store._grant(60)[0])  # ...another node took it
+    taken = store.data[key]
+    store.failing.update({"watch", "get_prefix"})  # the watch learns nothing: the renewal finds out alone
+    task = await run_keeper(m, dataclasses.replace(lease, expiration=time.time()))  # renewal due at once
+    with pytest.raises(LeaseLostError, match="held by another node"):
+        await asyncio.wait_for(task, 2)
+    assert store.data[key] == taken
+
+
+async def test_renewal_releases_the_etcd_lease_it_replaces(store: FakeStore) -> None:
+    m = manager(store, ttl_seconds=2, renew_margin_minutes=0.9 / 60)
+    lease = await m.acquire_lease(attrs())
+    key = m.subnet_key(lease.subnet, None)
+    first = store.data[key].lease_id
+    task = await run_keeper(m, dataclasses.replace(lease, expiration=time.time()))
+    await wait_for(lambda: first in store.revoked)
+    assert store.data[key].lease_id not in (0, first) and store.data[key].value == OURS
+    await stop(task)
+
+
+async def test_a_restart_reuses_its_lease_and_releases_the_previous_etcd_lease(store: FakeStore) -> None:
+    lease = await manager(store).acquire_lease(attrs())
+    key = join_key(P, "subnets", lease.key)
+    before = store.data[key]
+    again = await manager(store).acquire_lease(attrs())  # the next run of the same node
+    assert again.subnet == lease.subnet
+    assert before.lease_id in store.revoked and store.data[key].lease_id not in (0, before.lease_id)
+    assert store.data[key].create_revision == before.create_revision

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_defaults() -> None:
     o = parse()
     assert o.etcd_endpoints == "http://127.0.0.1:4001,http://127.0.0.1:2379"
     assert o.etcd_prefix == "/coreos.com/network"
-    assert (o.etcd_keyfile, o.etcd_certfile, o.etcd_cafile, o.etcd_username, o.etcd_password) == ("",) * 5
+    assert (o.etcd_keyfile, o.etcd_certfile, o.etcd_cafile, o.etcd_username, o.etcd_password.reveal()) == ("",) * 5
     assert o.iface == () and o.iface_regex == () and o.iface_can_reach == ""
     assert o.subnet_file == "/run/flannel/subnet.env"
     assert (o.public_ip, o.public_ipv6) == ("", "")
@@ -383,6 +384,87 @@ def test_renew_margin_out_of_range(margin: int) -> None:
 def test_renew_margin_from_env_is_validated() -> None:
     with pytest.raises(ConfigError):
         validate(parse(FLANNELD_SUBNET_LEASE_RENEW_MARGIN="1440"))
+
+
+@pytest.mark.parametrize("port", [0, 1, 8081, 65535])
+def test_healthz_port_in_range(port: int) -> None:
+    validate(parse(f"--healthz-port={port}"))
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0x7fffffffffffffff"])
+def test_healthz_port_out_of_range_is_a_config_error_naming_the_flag(port: str) -> None:
+    # 99999 used to end in an OverflowError traceback from the socket layer.
+    with pytest.raises(ConfigError) as info:
+        validate(parse(f"--healthz-port={port}"))
+    assert info.value.field == "healthz-port"
+    assert str(info.value).startswith("--healthz-port must be between 0 and 65535")
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "why"),
+    [
+        ("htp://x", "unsupported scheme 'htp'"),
+        ("http://", "no host"),
+        ("a b", "'a b' is not a host name"),
+        ("http://x:99999", "Port out of range"),
+        ("http://x:abc", "Port could not be cast"),
+        ("http://x:0", "port 0"),
+        ("http://[fd00::1:2379", "Invalid IPv6 URL"),
+        ("http://127.0.0.1:2379,unix:///run/etcd.sock", "unsupported scheme 'unix'"),
+        (",", "no etcd endpoint given"),
+    ],
+)
+def test_an_unusable_etcd_endpoint_is_rejected_at_start(endpoints: str, why: str) -> None:
+    # These used to be retried for ever as if etcd were away.
+    with pytest.raises(ConfigError) as info:
+        validate(parse(f"--etcd-endpoints={endpoints}"))
+    assert info.value.field == "etcd-endpoints"
+    assert str(info.value).startswith("--etcd-endpoints: ") and why in str(info.value)
+
+
+@pytest.mark.parametrize("endpoints", ["http://127.0.0.1:2379", "https://etcd.example:4001/", "10.0.0.1",
+                                       "http://[fd00::1]:2379", "etcd_1:2379, https://b"])
+def test_usable_etcd_endpoints_pass(endpoints: str) -> None:
+    validate(parse(f"--etcd-endpoints={endpoints}"))
+
+
+def test_etcd_endpoints_are_not_checked_in_kube_mode(tmp_path: Any) -> None:
+    validate(parse("--kube-subnet-mgr", "--etcd-endpoints=htp://x", f"--etcd-certfile={tmp_path}/missing"))
+
+
+@pytest.mark.parametrize("flag", ["etcd-certfile", "etcd-keyfile", "etcd-cafile"])
+def test_a_missing_etcd_tls_file_is_an_error_naming_the_flag(flag: str, tmp_path: Any) -> None:
+    # Used to be ignored with an http:// endpoint, and retried for ever with an https:// one.
+    with pytest.raises(ConfigError) as info:
+        validate(parse(f"--{flag}={tmp_path}/missing.pem"))
+    assert info.value.field == flag
+    assert str(info.value) == f"--{flag}: {tmp_path}/missing.pem: No such file or directory"
+
+
+def test_a_directory_as_etcd_tls_file_is_an_error(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match="is a directory") as info:
+        validate(parse(f"--etcd-cafile={tmp_path}"))
+    assert info.value.field == "etcd-cafile"
+
+
+def test_tls_files_with_http_endpoints_warn_that_tls_is_not_used(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("x")
+    with caplog.at_level(logging.WARNING):
+        validate(parse(f"--etcd-certfile={tmp_path}/c.pem", f"--etcd-keyfile={tmp_path}/k.pem",
+                       "--etcd-endpoints=http://a:2379,https://b:2379,c:2379"))
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1 and messages[0].startswith("TLS is not used for the endpoints http://a:2379: ")
+
+
+def test_a_certfile_without_keyfile_warns(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "c.pem").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        validate(parse(f"--etcd-certfile={tmp_path}/c.pem", "--etcd-endpoints=https://b:2379"))
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert messages == ["--etcd-certfile is set without --etcd-keyfile: TLS client authentication needs both, "
+                        "so no client certificate is used"]
 
 
 def test_password_is_not_in_repr() -> None:

@@ -115,14 +115,14 @@ def test_kubeconfig_uses_the_current_context(tmp_path: Path) -> None:
     assert cfg == KubeClientConfig(server="https://10.0.0.1:6443", token="prod-token", ca_data=PEM,
                                    tls_server_name="kubernetes", source=path)
     dev = load_client_config("", write(tmp_path, TWO_CONTEXTS.format(current="dev", ca=b64(PEM))), {})
-    assert (dev.server, dev.username, dev.password, dev.insecure_skip_tls_verify) == (
+    assert (dev.server, dev.username, dev.password.reveal(), dev.insecure_skip_tls_verify) == (
         "https://dev.example:6443", "admin", "s3cret", True)
 
 
 def test_api_url_overrides_only_the_kubeconfig_server(tmp_path: Path) -> None:
     path = write(tmp_path, TWO_CONTEXTS.format(current="prod", ca=b64(PEM)))
     cfg = load_client_config("https://127.0.0.1:16443", path, {})
-    assert (cfg.server, cfg.token, cfg.ca_data) == ("https://127.0.0.1:16443", "prod-token", PEM)
+    assert (cfg.server, cfg.token.reveal(), cfg.ca_data) == ("https://127.0.0.1:16443", "prod-token", PEM)
 
 
 def test_kubeconfig_files_are_relative_to_its_directory(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ users: [{name: u, user: {tokenFile: token, client-certificate: pki/node.crt, cli
         os.chdir(cwd)
     assert cfg.ca_file == str(conf / "pki" / "ca.crt")
     assert (cfg.cert_file, cfg.key_file) == (str(conf / "pki" / "node.crt"), str(conf / "pki" / "node.key"))
-    assert (cfg.token, cfg.token_file) == ("file-token", str(conf / "token"))
+    assert (cfg.token.reveal(), cfg.token_file) == ("file-token", str(conf / "token"))
 
 
 def test_kubeconfig_inline_client_certificate_data_is_decoded(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ clusters: [{{name: k, cluster: {{server: "h:6443", certificate-authority-data: {
 users: [{{name: u, user: {{client-certificate-data: {b64(b"CERT")}, client-key-data: {b64(b"KEY")}}}}}]
 """)
     cfg = load_client_config("", path, {})
-    assert (cfg.cert_data, cfg.key_data, cfg.ca_data) == (b"CERT", b"KEY", PEM)
+    assert (cfg.cert_data, cfg.key_data.reveal(), cfg.ca_data) == (b"CERT", b"KEY", PEM)
     assert cfg.server == "https://h:6443"  # no scheme, but TLS settings: https, as client-go does
 
 

@@ -172,3 +172,15 @@ async def test_a_failing_reconcile_is_logged_and_retried_not_fatal(caplog: pytes
         await task
     assert nl.calls >= 2
     assert "reconcile failed" in caplog.text
+
+
+def test_a_batch_the_kernel_never_answers_is_left_to_the_reconcile_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    class SilentKernel:
+        def apply(self, ops: object) -> list[object]:
+            raise NetlinkError(errno.ETIMEDOUT, "batch", "no answer from the kernel within 1 s")
+
+    from flannel.backend.route_plane import apply_ops
+
+    ops = [RouteReplace(dst=IPv4Network("10.5.1.0/24"), gateway=IPv4Address("198.18.0.9"), oif=2)]
+    assert apply_ops(SilentKernel(), ops) == 1  # type: ignore[arg-type]
+    assert "the next reconcile repairs what it missed" in caplog.text

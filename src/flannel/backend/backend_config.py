@@ -40,7 +40,9 @@ def int_key(raw: Mapping[str, Any], key: str, default: int, lo: int | None = Non
     value = raw.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+    # ``1e400`` decodes to an infinite float, on which ``int()`` would raise OverflowError.
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not value.is_integer()):
         raise ConfigError(f"Backend.{key} must be an integer, got {value!r}", f"Backend.{key}")
     number = int(value)
     if (lo is not None and number < lo) or (hi is not None and number > hi):

@@ -172,7 +172,15 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
         return 0
     if reasons:  # only reconciles give reasons: these ops repair drift
         metrics.count_repairs(ops)
-    results = nl.apply(ops)  # type: ignore[arg-type]
+    try:
+        results = nl.apply(ops)  # type: ignore[arg-type]
+    except (NetlinkError, OSError) as exc:
+        # The batch as a whole failed (no answer from the kernel, a replaced socket): a fault of the moment,
+        # not a reason to stop. The planes already want the new state; the next reconcile compares them with
+        # the kernel and applies what is missing.
+        log.warning("a batch of %d kernel operations failed (%s); the next reconcile repairs what it missed",
+                    len(ops), exc)
+        return len(ops)
     failures = 0
     done: list[str] = []
     for i, (op, err) in enumerate(zip(ops, results, strict=True)):

@@ -20,6 +20,11 @@ VXLAN_OVERHEAD = 50
 """Bytes of outer headers upstream subtracts from the MTU (⚠ it uses 50 even over an IPv6 underlay)."""
 VXLAN6_OVERHEAD = 70
 """The kernel's headroom for a vxlan device over an IPv6 underlay (``VXLAN6_HEADROOM``)."""
+IPV4_MIN_MTU, IP_MAX_MTU = 68, 65535
+"""The kernel's range for the MTU of a link carrying IPv4 (``IPV4_MIN_MTU``, ``IP_MAX_MTU``)."""
+MIN_MTU, MAX_MTU = IPV4_MIN_MTU + VXLAN_OVERHEAD + 1, IP_MAX_MTU
+"""The range of ``Backend.MTU`` (0 = unset): the device MTU, ``MTU - 50``, must exceed 68 (as before), and the
+underlay's MTU cannot exceed 65535."""
 
 
 def v6_device_mtu(mtu: int, underlay_mtu: int) -> int:
@@ -70,6 +75,12 @@ def parse_vxlan_config(backend: Mapping[str, Any]) -> VXLANConfig:
         learning=bool_key(raw, "Learning"),
         direct_routing=bool_key(raw, "DirectRouting"),
     )
-    if cfg.mtu < 0 or (cfg.mtu and cfg.mtu <= VXLAN_OVERHEAD + 68):
-        raise ConfigError(f"Backend.MTU {cfg.mtu} is too small for vxlan", "Backend.MTU")
+    if cfg.mtu and not MIN_MTU <= cfg.mtu <= MAX_MTU:
+        # Checked here: past this point the value would reach netlink (EINVAL) or overflow its u32 (struct.error).
+        raise ConfigError(
+            f"Backend.MTU {cfg.mtu} is too {'small' if cfg.mtu < MIN_MTU else 'large'} for vxlan: it must be "
+            f"between {MIN_MTU} and {MAX_MTU} (the underlay MTU; the device gets MTU - {VXLAN_OVERHEAD}, which "
+            f"must fit the kernel's IPv4 range {IPV4_MIN_MTU}..{IP_MAX_MTU})",
+            "Backend.MTU",
+        )
     return cfg

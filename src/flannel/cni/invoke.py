@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 
+from flannel.atomicfile import read_bounded, write_atomically
 from flannel.cni.errors import INCOMPATIBLE_VERSION, INTERNAL, CNIError
 from flannel.cni.lite import JSONError, dataclass, dumps, load_object
-from flannel.cni.state import unlink_quietly
 from flannel.cni.versions import CURRENT_VERSION, choose_version, go_quote, go_quote_list
 
 TYPE_CHECKING = False
@@ -208,8 +208,9 @@ def _cached_versions(cache_dir: str | None, path: str) -> tuple[str, ...] | None
     if cache_dir is None:
         return None
     try:
-        with open(os.path.join(cache_dir, f".versions-{os.path.basename(path)}"), "rb") as f:
-            identity, versions = f.read().decode("ascii").split("\n")[:2]
+        # Never through a link, never a FIFO, never more than a line or two.
+        data = read_bounded(os.path.join(cache_dir, _cache_name(path)), 4096, follow=False)
+        identity, versions = data.decode("ascii").split("\n")[:2]
         if identity != _binary_identity(path) or not versions:
             return None
     except (OSError, ValueError):  # absent, unreadable or not ours: run the delegate and learn again
@@ -218,18 +219,21 @@ def _cached_versions(cache_dir: str | None, path: str) -> tuple[str, ...] | None
 
 
 def _remember_versions(cache_dir: str | None, path: str, versions: tuple[str, ...]) -> None:
-    """Best effort: the cache is a hint, so it is written atomically but not synced, and failures are ignored."""
+    """Best effort: the cache is a hint, so it is written atomically but not synced, and failures are ignored.
+
+    The data directory exists and was checked by the time a delegate runs (``state`` opened it first).
+    """
     if cache_dir is None:
         return
-    name = f".versions-{os.path.basename(path)}"
-    tmp = os.path.join(cache_dir, f"{name}.{os.getpid()}.tmp")
     try:
-        os.makedirs(cache_dir, 0o700, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(f"{_binary_identity(path)}\n{','.join(versions)}\n".encode())
-        os.rename(tmp, os.path.join(cache_dir, name))
+        data = f"{_binary_identity(path)}\n{','.join(versions)}\n".encode()
+        write_atomically(os.path.join(cache_dir, _cache_name(path)), data, 0o600, sync=False)
     except (OSError, ValueError):
-        unlink_quietly(tmp)
+        return
+
+
+def _cache_name(path: str) -> str:
+    return f".versions-{os.path.basename(path)}"
 
 
 def supported_in_refusal(details: str) -> tuple[str, ...] | None:

@@ -26,6 +26,8 @@ DEFAULT_DATA_DIR = "/var/lib/cni/flannel"
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME_CHARS = _ALNUM | frozenset("_.-")
 _MAX_IFNAME = 15
+MAX_CONTAINER_ID = 255
+"""The saved config is named by the container ID, and a file name has at most 255 bytes (NAME_MAX)."""
 
 # Which variables each command needs (skel's table); CNI_COMMAND is always needed.
 _REQUIRED = {
@@ -99,8 +101,13 @@ def read_args(environ: Mapping[str, str]) -> CniArgs:
 
 
 def _validate(var: str, value: str) -> None:
-    if var == "CNI_CONTAINERID" and not is_valid_name(value):
-        raise CNIError(INVALID_ENVIRONMENT, "invalid characters in containerID", value)
+    if var == "CNI_CONTAINERID":
+        # Checked before the characters, so that the error object does not echo an arbitrarily long value.
+        if len(value) > MAX_CONTAINER_ID:
+            details = f"at most {MAX_CONTAINER_ID} characters, got {len(value)}"
+            raise CNIError(INVALID_ENVIRONMENT, "containerID is too long", details)
+        if not is_valid_name(value):
+            raise CNIError(INVALID_ENVIRONMENT, "invalid characters in containerID", value)
     if var == "CNI_IFNAME":
         if len(value.encode()) > _MAX_IFNAME:
             details = f"interface name should be less than {_MAX_IFNAME + 1} characters"

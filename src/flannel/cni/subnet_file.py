@@ -4,10 +4,15 @@ flanneld reads its previous file back tolerantly, because a damaged file must ne
 plugin is the other way round: it is about to give a pod an address, so a value it cannot trust is an error
 that names the file and key, in upstream's wording. Two upstream crashes become errors here: a known key with
 no ``=`` on its line (Go indexes past the end of the split) and, like upstream, any invalid CIDR.
+
+Two more departures make a broken node fail clearly instead of hanging or misconfiguring pods: the file must be
+a regular file of at most 64 KiB (a FIFO used to hang the plugin, and so every pod start), and ``FLANNEL_MTU``
+must be one a link can have (upstream passes ``0`` on to the bridge, which then keeps its default MTU).
 """
 
 from __future__ import annotations
 
+from flannel.atomicfile import read_bounded
 from flannel.cni.cidr import Cidr, parse_network
 from flannel.cni.errors import DECODING_FAILURE, TRY_AGAIN_LATER, CNIError, code_for_os_error, os_error_text
 from flannel.cni.lite import dataclass
@@ -17,6 +22,14 @@ _KNOWN_KEYS = frozenset(
      "FLANNEL_IPMASQ")
 )
 _MAX_UINT32 = (1 << 32) - 1
+MAX_FILE_BYTES = 64 * 1024
+"""flanneld writes about 200 bytes; anything much bigger is not a subnet.env, and is not read whole."""
+MIN_MTU_IPV4 = 68
+"""RFC 791: every IPv4 link carries 68-byte datagrams; the kernel refuses a smaller MTU for IPv4."""
+MIN_MTU_IPV6 = 1280
+"""RFC 8200: the IPv6 minimum link MTU; below it the kernel disables IPv6 on the interface."""
+MAX_MTU = 65535
+"""The largest MTU of an Ethernet-like link (``ETH_MAX_MTU``), and of the bridge the delegate creates."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +66,7 @@ def load_subnet_env(path: str) -> SubnetEnv:
     before flanneld has written it; any other problem is a decoding failure (6) or an I/O failure (5).
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bounded(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise SubnetFileError(code_for_os_error(exc, TRY_AGAIN_LATER), os_error_text("open", path, exc)) from None
     env = parse_subnet_env(data.decode("utf-8", "replace"), path)
@@ -108,6 +120,9 @@ def parse_subnet_env(text: str, path: str) -> SubnetEnv | str:
         missing.append("FLANNEL_IPMASQ")
     if missing or mtu is None or ipmasq is None:
         return f"{path} is missing {', '.join(missing)}"
+    low, family = (MIN_MTU_IPV6, "an IPv6") if ipv6_subnet is not None else (MIN_MTU_IPV4, "an IPv4")
+    if not low <= mtu <= MAX_MTU:
+        return f"{path}: FLANNEL_MTU={mtu} is out of range: {family} network needs an MTU from {low} to {MAX_MTU}"
     return SubnetEnv(networks, subnet, ipv6_networks, ipv6_subnet, mtu, ipmasq)
 
 

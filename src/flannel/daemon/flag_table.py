@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from flannel.secret import Secret
+
 
 class Kind(enum.Enum):
     """How a flag's value is written and parsed."""
@@ -25,6 +27,8 @@ class Kind(enum.Enum):
     LEVEL = "level"
     VMODULE = "vmodule"
     BACKTRACE = "backtrace"
+    SECRET = "secret"
+    """A string credential: held as ``flannel.secret.Secret`` and never echoed in a message."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("etcd-certfile", _S, "", "SSL certification file used to secure etcd communication"),
     FlagSpec("etcd-cafile", _S, "", "SSL Certificate Authority file used to secure etcd communication"),
     FlagSpec("etcd-username", _S, "", "username for BasicAuth to etcd"),
-    FlagSpec("etcd-password", _S, "", "password for BasicAuth to etcd"),
+    FlagSpec("etcd-password", Kind.SECRET, Secret(""), "password for BasicAuth to etcd"),
     FlagSpec("iface", _L, (),
              "interface to use (IP or name) for inter-host communication. Can be specified multiple times to "
              "check each option in order. Returns the first match found."),
@@ -240,4 +244,6 @@ def parse_value(spec: FlagSpec, text: str) -> Any:
         return check_vmodule(text)
     if spec.kind is Kind.BACKTRACE:
         return check_backtrace(text)
+    if spec.kind is Kind.SECRET:
+        return Secret(text)
     return text

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from flannel import UPSTREAM_VERSION
 from flannel.daemon.flag_table import BY_NAME, FLAGS, FlagSpec, Kind, go_quote, parse_value
 from flannel.errors import ConfigError
+from flannel.secret import REDACTED, Secret
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ __all__ = [
     "VersionRequested",
     "parse_args",
     "parse_or_exit",
+    "secrets_on_command_line",
     "usage_text",
     "validate",
 ]
@@ -65,8 +67,9 @@ class Options:
     """``--etcd-cafile``: TLS CA bundle (used only with both keyfile and certfile)."""
     etcd_username: str
     """``--etcd-username``: etcd basic-auth user."""
-    etcd_password: str = field(repr=False)
-    """``--etcd-password``: etcd basic-auth password (kept out of ``repr`` so it is never logged)."""
+    etcd_password: Secret[str]
+    """``--etcd-password``: etcd basic-auth password; a ``Secret``, so no ``repr``, log line or message shows it.
+    Prefer ``FLANNELD_ETCD_PASSWORD``: a command line is readable by every user (docs/security.md)."""
     iface: tuple[str, ...]
     """``--iface`` (repeatable): interface names or IPs, tried in order."""
     iface_regex: tuple[str, ...]
@@ -133,10 +136,12 @@ def _parse_command_line(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
     values: dict[str, Any] = {spec.field: spec.default for spec in FLAGS}
     explicit: set[str] = set()
     args = list(argv)
+    bare_bool = ""  # the previous flag, when it was a bool given without "=value"
     while args:
         s = args[0]
         if len(s) < 2 or s[0] != "-":
-            raise UsageError(f"unexpected argument {go_quote(s)}: flanneld takes no positional arguments")
+            hint = f" (a bool flag takes its value as -{bare_bool}={s})" if bare_bool else ""
+            raise UsageError(f"unexpected argument {go_quote(s)}: flanneld takes no positional arguments{hint}")
         minuses = 2 if s[1] == "-" else 1
         if s == "--":  # terminates the flags; nothing may follow
             if len(args) > 1:
@@ -155,6 +160,7 @@ def _parse_command_line(argv: list[str]) -> tuple[dict[str, Any], set[str]]:
             if name in ("help", "h"):
                 raise HelpRequested()
             raise UsageError(f"flag provided but not defined: -{name}")
+        bare_bool = name if spec.kind is Kind.BOOL and not has_value else ""
         if spec.kind is Kind.BOOL:
             try:
                 _set(values, spec, value if has_value else "true")
@@ -189,7 +195,7 @@ def _apply_env(values: dict[str, Any], explicit: set[str], environ: Mapping[str,
             log.warning(
                 "Failed to set flag %s from env: invalid value %s for %s: %s",
                 spec.env_var,
-                go_quote(text),
+                REDACTED if spec.kind is Kind.SECRET else go_quote(text),
                 spec.env_var,
                 exc,
             )
@@ -208,8 +214,23 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> Options:
     return Options(**values, explicit=frozenset(explicit))
 
 
+def secrets_on_command_line(options: Options) -> list[FlagSpec]:
+    """The secret flags given on the command line rather than in the environment.
+
+    Every local user can read a command line (``/proc/<pid>/cmdline``, ``ps``), and a Python process cannot
+    blank its own argv portably (``sys.argv`` is a copy; the kernel's buffer is out of reach), so the caller
+    warns and recommends the ``FLANNELD_*`` variable, whose ``/proc/<pid>/environ`` only the owner reads.
+    """
+    return [spec for spec in FLAGS if spec.kind is Kind.SECRET and spec.name in options.explicit]
+
+
 def validate(options: Options) -> None:
-    """Upstream's post-parse checks; ``ConfigError`` (exit 1) on failure."""
+    """Upstream's post-parse checks, and ours; ``ConfigError`` (exit 1) naming the flag on failure.
+
+    Beyond upstream: ``--healthz-port`` must be a port number, and in etcd mode the endpoints must parse and
+    the named TLS files exist (``etcd_options.check_etcd_flags``), since retrying could never fix them.
+    Settings that have no effect (TLS files with ``http://`` endpoints) are logged as warnings.
+    """
     if not 1 <= options.subnet_lease_renew_margin <= 24 * 60 - 1:
         raise ConfigError(
             "Invalid subnet-lease-renew-margin option, out of acceptable range", "subnet-lease-renew-margin"
@@ -218,17 +239,28 @@ def validate(options: Options) -> None:
         raise ConfigError(
             f"--reconcile-interval must be at least 1 second, got {options.reconcile_interval}", "reconcile-interval"
         )
+    if not 0 <= options.healthz_port <= 65535:
+        raise ConfigError(
+            f"--healthz-port must be between 0 and 65535 (0 disables the server), got {options.healthz_port}",
+            "healthz-port",
+        )
+    if not options.kube_subnet_mgr:
+        from flannel.subnet.etcd_options import check_etcd_flags  # no gRPC behind it
+
+        for warning in check_etcd_flags(options.etcd_endpoints, options.etcd_keyfile, options.etcd_certfile,
+                                        options.etcd_cafile):
+            log.warning("%s", warning)
 
 
 def _type_name(spec: FlagSpec) -> str:
     # What Go's flag.UnquoteUsage shows after the flag name.
-    return {Kind.STRING: "string", Kind.INT: "int", Kind.BOOL: ""}.get(spec.kind, "value")
+    return {Kind.STRING: "string", Kind.SECRET: "string", Kind.INT: "int", Kind.BOOL: ""}.get(spec.kind, "value")
 
 
 def _default_text(spec: FlagSpec) -> str:
     # Go prints the default only when it differs from the type's zero value; strings are quoted.
     default = spec.default
-    if spec.kind is Kind.LIST or default in ("", 0, False):
+    if spec.kind in (Kind.LIST, Kind.SECRET) or default in ("", 0, False):
         return ""
     if spec.kind is Kind.STRING:
         return f" (default {go_quote(default)})"

@@ -1,6 +1,7 @@
 """klog-style logging on stderr, so flanneld's log reads like upstream's and existing log tooling keeps working.
 
-Format: ``I1128 06:24:13.123456   12345 main.py:42] message``.
+Format: ``I1128 06:24:13.123456   12345 main.py:42] message``. The user info of any URL in a line
+(``http://user:password@host``) is replaced by ``<redacted>`` whatever logged it, a library included.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import logging
 import os
 import sys
 import time
+
+from flannel.secret import redact_urls
 
 _LEVEL_CHAR = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
                logging.CRITICAL: "F"}
@@ -28,7 +31,7 @@ class KlogFormatter(logging.Formatter):
         text = head + record.getMessage().replace("\n", "\n" + head)
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        return redact_urls(text)
 
 
 def setup_logging(verbosity: int) -> None:

@@ -33,7 +33,8 @@ log = logging.getLogger("flanneld")
 T = TypeVar("T")
 
 CONFIG_RETRY_SECONDS = 1.0
-BACKOFF_START, BACKOFF_CAP = 1.0, 30.0
+BACKOFF_START, BACKOFF_CAP = 1.0, 4.0
+"""Start-up retries: a node that starts while its datastore is away is ready within seconds of its return."""
 
 
 def with_public_ip_overrides(opts: flags.Options, sm: object) -> flags.Options:
@@ -153,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # help, version, or a usage error (2): already printed
         return int(exc.code or 0)
     setup_logging(opts.v)
+    for spec in flags.secrets_on_command_line(opts):
+        log.warning("--%s is on the command line, where every local user can read it (/proc/%d/cmdline); set %s "
+                    "in the environment instead (a Python process cannot blank its own argv)",
+                    spec.name, os.getpid(), spec.env_var)
     try:
         flags.validate(opts)
     except ConfigError as exc:

@@ -26,6 +26,8 @@ def build_subnet_manager(opts: Options) -> SubnetManager:
     from flannel.subnet.etcd_manager import EtcdSubnetManager  # each mode loads only its own client (gRPC: ~10 MiB)
     from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
 
+    if opts.etcd_password or opts.etcd_keyfile:
+        protect_credentials("the etcd password" if opts.etcd_password else "the etcd client key")
     previous = read_previous(opts.subnet_file)
     store = EtcdStore(EtcdStoreOptions.from_flag(
         opts.etcd_endpoints,
@@ -54,9 +56,23 @@ def build_kube_subnet_manager(opts: Options) -> SubnetManager:
     names = annotation_names(opts.kube_annotation_prefix)
     client_config = load_client_config(opts.kube_api_url, opts.kubeconfig_file, os.environ)
     log.info("kube mode: API server %s (%s)", client_config.server, client_config.source)
+    if client_config.token or client_config.token_file or client_config.password or client_config.key_data \
+            or client_config.key_file:
+        protect_credentials("the API server credentials")
     options = KubeManagerOptions.from_environ(opts.net_config_path, names, opts.set_node_network_unavailable,
                                               os.environ)
     return KubeSubnetManager(KubeClient(client_config), options)
+
+
+def protect_credentials(what: str) -> None:
+    """Mark the process non-dumpable now that it holds ``what``: no core file with the credential in it.
+
+    Also means ptrace and ``/proc/<pid>/{environ,mem}`` need ``CAP_SYS_PTRACE`` (docs/security.md).
+    """
+    from flannel.secret import make_non_dumpable
+
+    if make_non_dumpable():
+        log.info("holding %s: process marked non-dumpable (no core dumps; debuggers need CAP_SYS_PTRACE)", what)
 
 
 def check_br_netfilter(config: NetworkConfig) -> None:

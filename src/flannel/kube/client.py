@@ -30,6 +30,7 @@ from flannel.kube.errors import (
     unavailable,
 )
 from flannel.kube.http import ClosedBeforeResponse, Connection, Endpoint, ProtocolError, Response, build_ssl_context
+from flannel.secret import Secret
 
 log = logging.getLogger(__name__)
 
@@ -261,11 +262,12 @@ class _Credentials:
     """The Authorization header: a bearer token (re-read from its file when the file changes) or basic auth."""
 
     def __init__(self, cfg: KubeClientConfig) -> None:
-        for name, value in (("token", cfg.token), ("username", cfg.username), ("password", cfg.password)):
+        for name, value in (("token", cfg.token.reveal()), ("username", cfg.username),
+                            ("password", cfg.password.reveal())):
             if "\n" in value or "\r" in value:
                 raise ConfigError(f"{cfg.source or cfg.server}: the {name} contains a line break", field=name)
         self._cfg = cfg
-        self._token = cfg.token
+        self._token: Secret[str] = cfg.token
         self._stamp: tuple[int, int, int, int] | None = None
         self._failing = False
 
@@ -273,9 +275,9 @@ class _Credentials:
         if self._cfg.token_file:
             self._refresh()
         if self._token:
-            return f"Bearer {self._token}"
+            return f"Bearer {self._token.reveal()}"
         if self._cfg.username or self._cfg.password:
-            pair = f"{self._cfg.username}:{self._cfg.password}".encode()
+            pair = f"{self._cfg.username}:{self._cfg.password.reveal()}".encode()
             return "Basic " + base64.b64encode(pair).decode("ascii")
         return ""
 
@@ -301,7 +303,7 @@ class _Credentials:
             return
         self._failing = False
         if token:
-            self._token = token
+            self._token = Secret(token)
             self._stamp = stamp
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from flannel.errors import ConfigError
+from flannel.secret import NO_SECRET, NO_SECRET_BYTES, Secret, has_userinfo, redact_urls, strip_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class KubeClientConfig:
 
     server: str
     """Base URL, ``https://host:port`` (a path prefix such as ``/k8s/clusters/c-1`` is kept)."""
-    token: str = ""
+    token: Secret[str] = NO_SECRET
     """Bearer token as read when the configuration was loaded."""
     token_file: str = ""
     """File holding the bearer token; re-read whenever it changes, because projected service-account tokens
@@ -47,7 +48,7 @@ class KubeClientConfig:
     """The same as PEM bytes."""
     key_file: str = ""
     """Private key (PEM) of the client certificate."""
-    key_data: bytes = b""
+    key_data: Secret[bytes] = NO_SECRET_BYTES
     """The same as PEM bytes."""
     insecure_skip_tls_verify: bool = False
     """Do not verify the server's certificate at all (kubeconfig ``insecure-skip-tls-verify``)."""
@@ -55,10 +56,18 @@ class KubeClientConfig:
     """Name to verify the server's certificate against instead of the URL's host (``tls-server-name``)."""
     username: str = ""
     """HTTP basic-auth user (kubeconfig ``username``)."""
-    password: str = ""
+    password: Secret[str] = NO_SECRET
     """HTTP basic-auth password."""
     source: str = ""
     """Where this configuration came from ("in-cluster", a kubeconfig path, "--kube-api-url"), for logs."""
+
+    def __post_init__(self) -> None:
+        # The credentials are ``Secret``s, so that this dataclass' repr, a log line or an error text never shows
+        # them; plain values from callers outside the type checker's view (tests, tools) are wrapped here.
+        for name in ("token", "key_data", "password"):
+            value = getattr(self, name)
+            if not isinstance(value, Secret):
+                object.__setattr__(self, name, Secret(value))
 
     @property
     def uses_tls(self) -> bool:
@@ -99,7 +108,7 @@ def in_cluster_config(environ: Mapping[str, str], service_account_dir: str = SER
             field="KUBERNETES_SERVICE_HOST" if not host else "KUBERNETES_SERVICE_PORT",
         )
     token_file = os.path.join(service_account_dir, "token")
-    token = read_token_file(token_file, "in-cluster service account token")
+    token = Secret(read_token_file(token_file, "in-cluster service account token"))
     ca_file = os.path.join(service_account_dir, "ca.crt")
     if not os.path.isfile(ca_file):
         # client-go only logs this and falls back to the system CAs.
@@ -122,20 +131,26 @@ def read_token_file(path: str, what: str) -> str:
 
 def _with_full_server_url(cfg: KubeClientConfig) -> KubeClientConfig:
     """Complete and check the server URL. Like client-go, a bare ``host:port`` gets ``https://`` when any TLS
-    setting is present and ``http://`` otherwise."""
+    setting is present and ``http://`` otherwise. ``user:password@`` in the URL is dropped with a warning: the
+    client never sent it, and the URL is printed in logs and errors."""
     server = cfg.server.strip()
+    if has_userinfo(server):
+        server = strip_userinfo(server)
+        log.warning("%s: user info in the API server URL %s is ignored; use the kubeconfig's user", cfg.source,
+                    server)
+    shown = redact_urls(cfg.server)
     if "://" not in server:
         tls = bool(cfg.ca_file or cfg.ca_data or cfg.cert_file or cfg.cert_data or cfg.insecure_skip_tls_verify)
         server = ("https://" if tls else "http://") + server
     parts = urlsplit(server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{cfg.source}: invalid API server URL {cfg.server!r}: want http(s)://host[:port]",
+        raise ConfigError(f"{cfg.source}: invalid API server URL {shown!r}: want http(s)://host[:port]",
                           field="server")
     try:
         _ = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.source}: invalid port in API server URL {cfg.server!r}", field="server") from exc
+    except ValueError:
+        raise ConfigError(f"{cfg.source}: invalid port in API server URL {shown!r}", field="server") from None
     if parts.query or parts.fragment:
-        raise ConfigError(f"{cfg.source}: API server URL {cfg.server!r} must not have a query", field="server")
+        raise ConfigError(f"{cfg.source}: API server URL {shown!r} must not have a query", field="server")
     server = server.rstrip("/")
     return cfg if server == cfg.server else replace(cfg, server=server)

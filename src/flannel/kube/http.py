@@ -296,7 +296,7 @@ def _load_client_cert(ctx: ssl.SSLContext, cfg: KubeClientConfig) -> None:
             _write_private(cert, cfg.cert_data)
         if not key and cfg.key_data:
             key = os.path.join(tmp, "key.pem")
-            _write_private(key, cfg.key_data)
+            _write_private(key, cfg.key_data.reveal())
         try:
             ctx.load_cert_chain(cert, key or None)
         except (ssl.SSLError, OSError) as exc:

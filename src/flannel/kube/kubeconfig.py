@@ -19,6 +19,7 @@ from typing import Any
 
 from flannel.errors import ConfigError
 from flannel.kube.config import KubeClientConfig, read_token_file
+from flannel.secret import Secret
 
 _UNSUPPORTED_USER_FIELDS = {
     "exec": "exec credential plugins are not supported",
@@ -199,12 +200,12 @@ def _user(doc: _Doc, name: str) -> dict[str, Any]:
         raise doc.error(f"{where}.client-certificate", "client-certificate-data or client-certificate must be "
                         "given with a client key")
     return {
-        "token": token,
+        "token": Secret(token),
         "token_file": token_file,
         "username": username,
-        "password": password,
+        "password": Secret(password),
         "cert_file": cert_file,
         "cert_data": cert_data,
         "key_file": key_file,
-        "key_data": key_data,
+        "key_data": Secret(key_data),
     }

@@ -1,7 +1,9 @@
 """``Netlink``: flanneld's whole view of the kernel's network configuration, one method per question.
 
 Methods are synchronous on purpose. The kernel answers an rtnetlink request in microseconds, within the
-``send``/``recv`` pair, so the asyncio daemon calls them directly instead of paying for a thread hop.
+``send``/``recv`` pair, so the asyncio daemon calls them directly instead of paying for a thread hop. A
+reply that never comes holds the loop for one ``REQUEST_TIMEOUT`` (the measurement behind this choice is in
+``transport``).
 """
 
 from __future__ import annotations

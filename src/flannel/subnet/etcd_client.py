@@ -15,10 +15,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
@@ -31,9 +29,11 @@ from etcd3aio.watch import WatchService
 
 from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
+from flannel.readiness import READINESS
+from flannel.subnet.etcd_options import Endpoint, parse_endpoint, uses_tls
 
 if TYPE_CHECKING:
-    from flannel.subnet.etcd_store import EtcdStoreOptions
+    from flannel.subnet.etcd_options import EtcdStoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +42,8 @@ INSECURE_WARNING = "no certificate provided: connecting to etcd with http. This 
 # An unreachable member, or one that no longer takes our auth token (expired, revoked): another client is needed.
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAUTHENTICATED)
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One ``--etcd-endpoints`` entry, split."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-def parse_endpoint(url: str) -> Endpoint:
-    """Split ``scheme://host:port`` (scheme optional, port 2379 by default); ``ValueError`` if malformed."""
-    parts = urlsplit(url if "://" in url else f"//{url}")
-    if parts.scheme not in ("", "http", "https") or not parts.hostname:
-        raise ValueError(f"invalid etcd endpoint {url!r}")
-    return Endpoint(parts.scheme, parts.hostname, parts.port or 2379)
+READINESS_CONDITION = "datastore"
+"""The readiness condition etcd failures open (``flannel.readiness``)."""
 
 
 class DefiniteError(DatastoreUnavailableError):
@@ -163,7 +148,7 @@ class Connection:
         user, password = self._options.username, self._options.password
         if not (user and password):
             return client, None
-        refresher = client.token_refresher(user, password)
+        refresher = client.token_refresher(user, password.reveal())
         try:
             await refresher.__aenter__()
         except BaseException as exc:
@@ -205,15 +190,25 @@ class Failover:
             conn = self.current()
             try:
                 async with asyncio.timeout(self.timeout + 1):
-                    return await op(await conn.ready())
+                    result = await op(await conn.ready())
             except (Exception, asyncio.CancelledError) as exc:
                 failures.append((conn.url, await self.failed(conn, exc, what)))
+                continue
+            self.answered()
+            return result
         raise self.exhausted(what, failures)
+
+    @staticmethod
+    def answered() -> None:
+        """etcd answered a request: whatever made the node unready because of it is over."""
+        READINESS.resolved(READINESS_CONDITION)
 
     async def failed(self, conn: Connection, exc: BaseException, what: str) -> str:
         """Retire ``conn`` after a connection failure and say what failed; raise any other error."""
         reason = _connection_failure(exc, conn, self.timeout)
         if reason is None:
+            if isinstance(exc, EtcdError | grpc.aio.AioRpcError | DatastoreUnavailableError):
+                READINESS.problem(READINESS_CONDITION, f"etcd {conn.url}: {what}: {_detail(exc)}")
             _raise_definite(exc, conn.url, what)
         if conn is self._conn:
             self._conn = None
@@ -225,12 +220,15 @@ class Failover:
         return reason
 
     def exhausted(self, what: str, failures: Sequence[tuple[str, str]]) -> DatastoreUnavailableError:
-        """The error for a request that failed on every endpoint; it names them all."""
+        """The error for a request that failed on every endpoint; it names them all. The node is not ready."""
         if len(failures) == 1:
             url, reason = failures[0]
-            return DatastoreUnavailableError(f"etcd {url}: {what}: {reason}")
-        tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
-        return DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
+            error = DatastoreUnavailableError(f"etcd {url}: {what}: {reason}")
+        else:
+            tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
+            error = DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
+        READINESS.problem(READINESS_CONDITION, str(error))
+        return error
 
     async def close(self) -> None:
         """Close the current connection; the next request dials the current endpoint again."""
@@ -249,6 +247,8 @@ def _connection_failure(exc: BaseException, conn: Connection | None = None, time
         return "connection closed" if closed_under_us else None
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
+    if isinstance(exc, grpc.aio.UsageError):  # another task's failure closed the channel under this call
+        return "connection closed"
     if isinstance(exc, grpc.aio.AioRpcError):
         return _detail(exc) if exc.code() in _FAILOVER_CODES else None
     if isinstance(exc, EtcdConnectionError | EtcdTransientError | EtcdUnauthenticatedError | DatastoreUnavailableError):
@@ -297,7 +297,7 @@ def _tls_args(options: EtcdStoreOptions, ep: Endpoint) -> dict[str, Any]:
     against this endpoint's own host name. The files are read at every dial, so renewed ones are picked up.
     """
     have_cert = bool(options.certfile and options.keyfile)
-    if ep.scheme == "http" or not (ep.scheme == "https" or have_cert):
+    if not uses_tls(ep, have_cert):
         return {}
     ca_path = Path(options.cafile) if options.cafile else SYSTEM_CA_BUNDLE
     try:

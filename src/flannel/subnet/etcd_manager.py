@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from flannel import metrics
-from flannel.backoff import Backoff
+from flannel.backoff import Backoff, RepeatLimiter, repeats
 from flannel.config import NetworkConfig, check_network_config, compatible_subnet, parse_network_config
 from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, LeaseDecodeError
 from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/coreos.com/network"
 RACE_RETRIES = 10
+LOST_LOG_INTERVAL = 60.0
+"""Seconds between two log lines about the same lost connection to etcd."""
 CONFIG_NOT_FOUND = "flannel config not found in etcd store. Did you create your config using etcdv3 API?"
 
 
@@ -78,6 +80,8 @@ class EtcdSubnetManager:
         self.on_lease_changed = on_lease_changed
         self.own_lease: Lease | None = None
         """The lease this node holds, as last acquired or re-acquired."""
+        self.own_kv: KV | None = None
+        """The record of ``own_lease`` as this node last wrote it (revisions and etcd lease included)."""
 
     def subnet_key(self, v4: IPv4Network | None, v6: IPv6Network | None) -> str:
         """The full etcd key of a lease, e.g. ``/coreos.com/network/subnets/10.5.52.0-24``."""
@@ -169,14 +173,27 @@ class EtcdSubnetManager:
             self.previous_subnet = self.previous_ipv6_subnet = None
         return created
 
-    async def _reuse(self, lease: Lease, attrs: LeaseAttrs) -> Lease:
-        """Re-publish a lease that already carries our public IP; a reservation stays without TTL."""
+    async def _reuse(self, lease: Lease, attrs: LeaseAttrs) -> Lease | None:
+        """Re-publish a lease that already carries our public IP; a reservation stays without TTL.
+
+        The write is conditioned on the record being the one just listed (``None`` when it changed: the
+        caller lists again), and the etcd lease of the previous run is revoked rather than left in etcd
+        for a day: a node restarted 50 times would otherwise leave 50 of them.
+        """
         key = self.subnet_key(lease.subnet, lease.ipv6_subnet)
+        kv = await self.store.get(key)
+        if kv is None or kv.mod_revision != lease.revision:
+            return None
+        value = attrs.to_json()
+        res = await self.store.replace(key, value, None if lease.reserved else self.ttl, kv.mod_revision)
+        if res is None:
+            return None
+        self.own_kv = KV(key, value.encode(), res.revision, res.lease_id, kv.create_revision)
+        if kv.lease_id and kv.lease_id != res.lease_id:
+            await self.store.revoke(kv.lease_id)
         if lease.reserved:
-            res = await self.store.put(key, attrs.to_json(), None)
             log.info("reusing reservation %s", key)
             return Lease(lease.subnet, lease.ipv6_subnet, attrs, 0.0, res.revision, reserved=True)
-        res = await self.store.put(key, attrs.to_json(), self.ttl)
         log.info("reusing lease %s", key)
         return Lease(lease.subnet, lease.ipv6_subnet, attrs, self.clock() + res.ttl, res.revision)
 
@@ -202,9 +219,11 @@ class EtcdSubnetManager:
     async def create(self, v4: IPv4Network, v6: IPv6Network | None, attrs: LeaseAttrs) -> Lease | None:
         """Atomically create the lease key with a fresh TTL; ``None`` when the key already exists."""
         key = self.subnet_key(v4, v6)
-        res = await self.store.create(key, attrs.to_json(), self.ttl)
+        value = attrs.to_json()
+        res = await self.store.create(key, value, self.ttl)
         if res is None:
             return None
+        self.own_kv = KV(key, value.encode(), res.revision, res.lease_id, res.revision)
         log.info("allocated lease %s", key)
         return Lease(v4, v6, attrs, self.clock() + res.ttl, res.revision)
 
@@ -216,6 +235,7 @@ class EtcdSubnetManager:
         and the back-off resets only once events flow again.
         """
         backoff = Backoff(self.timings.backoff_initial, self.timings.backoff_max)
+        quiet = RepeatLimiter(LOST_LOG_INTERVAL)  # an outage of hours is a line a minute, not one per retry
         revision: int | None = None
         lost = False
         while True:
@@ -228,6 +248,8 @@ class EtcdSubnetManager:
                     async for batch in watch:
                         if lost:  # the first answer (etcd's "created") of a re-opened watch: it is back
                             metrics.WATCH_RECONNECTS.inc()
+                            log.info("lease watch on %s resumed", self.subnets_prefix)
+                            quiet.reset()
                             lost = False
                         if not batch:
                             continue
@@ -246,9 +268,10 @@ class EtcdSubnetManager:
             except DatastoreUnavailableError as exc:
                 metrics.WATCH_ERRORS.labels("unavailable").inc()
                 lost = True
-                log.warning(
-                    "lease watch on %s lost (%s); resuming in %.1fs", self.subnets_prefix, exc, backoff.next_delay
-                )
+                held = quiet.check("lost")
+                if held is not None:
+                    log.warning("lease watch on %s lost (%s); retrying every %.1fs at most%s", self.subnets_prefix,
+                                exc, backoff.next_delay, repeats(held))
                 await backoff.sleep()
 
     def _event(self, ev: WatchEvent) -> tuple[bool, Lease] | None:
@@ -265,9 +288,15 @@ class EtcdSubnetManager:
     async def complete_lease(self, lease: Lease) -> None:
         """Renew the own lease and re-acquire it if it disappears; runs until cancelled (§6.4).
 
-        Raises ``LeaseRevokedError`` when the lease was lost and its subnet cannot be had again.
+        Raises ``LeaseRevokedError`` when the lease was lost and its subnet cannot be had again
+        (``LeaseLostError`` when another node holds it now).
         """
-        await LeaseKeeper(self, lease).run()
+        key = self.subnet_key(lease.subnet, lease.ipv6_subnet)
+        held = self.own_kv if self.own_kv is not None and self.own_kv.key == key else None
+        if held is None:  # a lease this manager did not acquire itself: learn the record from etcd
+            kv = await self.store.get(key)
+            held = kv if kv is not None else KV(key, b"", 0)
+        await LeaseKeeper(self, lease, held).run()
 
     async def close(self) -> None:
         await self.store.close()

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from etcd3aio import prefix_range_end
-from etcd3aio._protobuf import WatchResponse
+from etcd3aio._protobuf import Compare, WatchResponse
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
 from flannel.errors import DatastoreUnavailableError
-from flannel.subnet.etcd_client import Client, DefiniteError, Failover, parse_endpoint
+from flannel.subnet.etcd_client import Client, DefiniteError, Failover
+from flannel.subnet.etcd_options import EtcdStoreOptions, parse_endpoint
 from flannel.subnet.kvstore import KV, CompactedError, KVStore, PutResult, WatchEvent, WatchEventType
 
 __all__ = [
@@ -34,36 +34,6 @@ __all__ = [
     "WatchEventType",
     "parse_endpoint",
 ]
-
-
-@dataclass(frozen=True)
-class EtcdStoreOptions:
-    """How to reach etcd: flanneld's ``--etcd-*`` flags."""
-
-    endpoints: Sequence[str] = ("http://127.0.0.1:2379",)
-    """Endpoint URLs as flanneld takes them (``http://h:2379``, ``https://h:2379`` or bare ``h:2379``)."""
-    keyfile: str = ""
-    """Client private key (PEM) for TLS client authentication."""
-    certfile: str = ""
-    """Client certificate (PEM); TLS client auth needs both this and ``keyfile``."""
-    cafile: str = ""
-    """CA bundle to verify the server; the system bundle when empty."""
-    username: str = ""
-    """etcd user for authentication (with ``password``)."""
-    password: str = ""
-    """Password of ``username``."""
-    request_timeout: float = 10.0
-    """Upper bound in seconds for one request on one endpoint, retries included, so an unreachable etcd
-    fails, not hangs. A request that fails over may take this long once per endpoint."""
-
-    def __post_init__(self) -> None:
-        cleaned = tuple(e.strip() for e in self.endpoints if e.strip())
-        object.__setattr__(self, "endpoints", cleaned)  # hashable, whatever sequence was given
-
-    @classmethod
-    def from_flag(cls, endpoints: str, **kwargs: Any) -> EtcdStoreOptions:
-        """Build from the comma-separated ``--etcd-endpoints`` text."""
-        return cls(endpoints=endpoints.split(","), **kwargs)
 
 
 class EtcdStore:
@@ -106,18 +76,30 @@ class EtcdStore:
         return PutResult(int(resp.header.revision), lease_id, granted)
 
     async def create(self, key: str, value: str, ttl: int | None) -> PutResult | None:
+        return await self._put_if(key, value, ttl, KVService.txn_compare_version(key, 0), f"create {key}")
+
+    async def replace(self, key: str, value: str, ttl: int | None, mod_revision: int) -> PutResult | None:
+        compare = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key.encode(), mod_revision=mod_revision)
+        return await self._put_if(key, value, ttl, compare, f"replace {key}")
+
+    async def revoke(self, lease_id: int) -> None:
+        if lease_id:
+            with contextlib.suppress(DatastoreUnavailableError):
+                await self._failover.run(
+                    lambda c: _lease_of(c).revoke(lease_id, timeout=self._timeout), f"revoke {lease_id:x}"
+                )
+
+    async def _put_if(self, key: str, value: str, ttl: int | None, compare: Compare, what: str) -> PutResult | None:
+        """One transaction: put ``value`` (on a fresh lease with ``ttl``) if ``compare`` holds."""
         lease_id, granted = await self._grant(ttl)
-        compare = [KVService.txn_compare_version(key, 0)]
         success = [KVService.txn_op_put(key, value, lease=lease_id)]
         try:
-            resp = await self._failover.run(
-                lambda c: _kv_of(c).txn(compare, success, timeout=self._timeout), f"create {key}"
-            )
+            resp = await self._failover.run(lambda c: _kv_of(c).txn([compare], success, timeout=self._timeout), what)
         except BaseException:
-            await self._revoke(lease_id)
+            await self.revoke(lease_id)
             raise
         if not resp.succeeded:
-            await self._revoke(lease_id)
+            await self.revoke(lease_id)
             return None
         return PutResult(int(resp.header.revision), lease_id, granted)
 
@@ -155,6 +137,9 @@ class EtcdStore:
                         if resp is None:
                             raise DatastoreUnavailableError("stream ended")
                         batch = _batch(resp, key)
+                        if not answered:
+                            self._failover.answered()
+                            _check_not_rewound(resp, start_revision)
                         answered = True
                         yield batch
             except (Exception, asyncio.CancelledError) as exc:
@@ -179,12 +164,6 @@ class EtcdStore:
         )
         return int(resp.ID), int(resp.TTL)
 
-    async def _revoke(self, lease_id: int) -> None:
-        if lease_id:
-            with contextlib.suppress(DatastoreUnavailableError):
-                await self._failover.run(
-                    lambda c: _lease_of(c).revoke(lease_id, timeout=self._timeout), f"revoke {lease_id:x}"
-                )
 
 
 async def _nothing(client: Client) -> None:
@@ -209,8 +188,18 @@ def _batch(resp: WatchResponse, key: str) -> list[WatchEvent]:
     return [_event(ev) for ev in resp.events]
 
 
+def _check_not_rewound(resp: WatchResponse, start_revision: int) -> None:
+    """A store whose revision is behind where we resume was restored from an older snapshot: its history
+    is not the one we followed, and a watch from our revision would wait silently for revisions to come.
+    Treated like compaction: the caller re-lists."""
+    current = int(resp.header.revision)
+    if 0 < current < start_revision - 1:
+        raise CompactedError(current, f"store revision {current} is behind {start_revision - 1} (restored?)")
+
+
 def _kv(kv: Any) -> KV:
-    return KV(kv.key.decode("utf-8", "replace"), bytes(kv.value), int(kv.mod_revision), int(kv.lease))
+    return KV(kv.key.decode("utf-8", "replace"), bytes(kv.value), int(kv.mod_revision), int(kv.lease),
+              int(kv.create_revision))
 
 
 def _event(ev: Any) -> WatchEvent:

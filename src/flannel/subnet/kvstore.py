@@ -25,6 +25,9 @@ class KV:
     """Revision of the last change (for a deletion: the revision of the delete)."""
     lease_id: int = 0
     """etcd lease the key is attached to; 0 for none (a reservation)."""
+    create_revision: int = 0
+    """Revision that created the key: it changes only when the key is deleted and created again, which is
+    how a node tells its own record, overwritten, from a record another node created after ours was gone."""
 
 
 class WatchEventType(enum.Enum):
@@ -57,10 +60,11 @@ class PutResult:
 
 
 class CompactedError(Exception):
-    """A watch's start revision was compacted away: the caller must re-list and watch afresh."""
+    """A watch's start revision was compacted away, or the store went back in time (restored from a
+    snapshot): the caller must re-list and watch afresh."""
 
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"watch revision compacted (compact revision {compact_revision})")
+    def __init__(self, compact_revision: int, message: str = "") -> None:
+        super().__init__(message or f"watch revision compacted (compact revision {compact_revision})")
         self.compact_revision = compact_revision
 
 
@@ -81,6 +85,17 @@ class KVStore(Protocol):
 
     async def create(self, key: str, value: str, ttl: int | None) -> PutResult | None:
         """Write only if the key does not exist; ``None`` when it does (a lost race)."""
+        ...
+
+    async def replace(self, key: str, value: str, ttl: int | None, mod_revision: int) -> PutResult | None:
+        """Write only if the key's last change is still ``mod_revision``; ``None`` when it is not.
+
+        With ``ttl`` the key hangs off a freshly granted lease; a lost comparison revokes that lease again.
+        """
+        ...
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke an etcd lease (and so delete the keys attached to it); best effort, errors are dropped."""
         ...
 
     async def delete(self, key: str) -> bool:

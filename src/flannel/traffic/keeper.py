@@ -7,7 +7,9 @@ keeper is one supervised subsystem; a firewall failure is logged and retried, ne
 data plane. Nothing is removed on exit: the rules must survive a flanneld restart.
 
 Each repaired rule set is logged, counted in ``repairs`` and in the metric
-``flannel_traffic_rule_repairs_total{table=...}``, and handed to the optional ``on_repair`` hook.
+``flannel_traffic_rule_repairs_total{table=...}``, and handed to the optional ``on_repair`` hook. A failure
+that persists is logged once per ``ERROR_LOG_INTERVAL`` per distinct message, with the count of the rounds
+held back, not on every round: a node out of file descriptors once wrote thousands of identical lines.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, TypeVar
 
 from flannel import metrics
+from flannel.backoff import RepeatLimiter, repeats
 from flannel.config import NetworkConfig
 from flannel.ipaddr import IPNetwork
 from flannel.lease import Lease
@@ -34,6 +37,8 @@ Net = TypeVar("Net", IPv4Network, IPv6Network)
 
 START_LIMIT = 60.0
 """Seconds the start-up may spend on traffic rules before flanneld carries on and leaves them to the resync."""
+ERROR_LOG_INTERVAL = 60.0
+"""Seconds between two log lines of the same resync error (the repeats in between are counted)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,8 @@ class TrafficKeeper:
         """True while the last attempt left a rule set unwritten (it is retried each period)."""
         self.started = False
         """True once ``start`` ran to its end; until then each round runs it again, not a mere check."""
+        self.error_log = RepeatLimiter(ERROR_LOG_INTERVAL)
+        """Holds back repeats of the same error line (one line per message per interval, with a count)."""
 
     async def start(self) -> None:
         """Clear the other mode, install the plan; failures are logged and left to ``keep``."""
@@ -165,8 +172,11 @@ class TrafficKeeper:
                     await self.check()
                 else:  # the start-up was cut short (its time limit): the plan was never handed over
                     await self.start()
-            except Exception:
-                log.exception("traffic rules: resync failed unexpectedly (retrying in %gs)", self.period)
+            except Exception as exc:
+                held = self.error_log.check(f"unexpected {type(exc).__name__}: {exc}")
+                if held is not None:
+                    log.exception("traffic rules: resync failed unexpectedly (retrying in %gs)%s", self.period,
+                                  repeats(held))
                 self.failing = True
 
     def _report(self, result: SyncResult) -> None:
@@ -179,8 +189,14 @@ class TrafficKeeper:
             if self.on_repair is not None:
                 self.on_repair(repair)
         for line in result.errors:
-            log.error("traffic rules: %s (retrying in %gs)", line, self.period)
-        self.failing = bool(result.errors) or not self.started
+            held = self.error_log.check(line)
+            if held is not None:
+                log.error("traffic rules: %s (retrying in %gs)%s", line, self.period, repeats(held))
+        was_failing, self.failing = self.failing, bool(result.errors) or not self.started
+        if was_failing and not self.failing:
+            held = self.error_log.pending()
+            log.info("traffic rules: in place again%s", f" (after {held} more failed attempts)" if held else "")
+            self.error_log.reset()
 
 
 async def start_traffic_rules(settings: TrafficSettings, config: NetworkConfig, lease: Lease,

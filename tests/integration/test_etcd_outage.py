@@ -1,0 +1,137 @@
+"""The etcd subnet manager rides out its datastore: etcd stopped and started again under a live manager.
+
+A real etcd is stopped (SIGTERM and SIGKILL) while the manager renews and watches; the manager must keep
+running, say why it is not ready, and recover by itself when etcd returns: renew its own lease and see
+the leases written meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from flannel.lease import LeaseAttrs
+from flannel.readiness import READINESS
+from flannel.subnet.etcd_manager import EtcdSubnetManager
+from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
+from flannel.subnet.lease_keeper import EtcdManagerTimings
+from flannel.subnet.manager import WatchResult
+from tests.etcd_server import EtcdServer, start_etcd
+
+pytestmark = pytest.mark.etcd
+
+PREFIX = "/coreos.com/network"
+FAST = EtcdManagerTimings(renew_retry=0.2, backoff_initial=0.05, backoff_max=0.5)
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[EtcdServer]:
+    """An etcd of this test alone, since the test stops it."""
+    server = start_etcd()
+    server.etcdctl("put", f"{PREFIX}/config", '{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def manager(own_etcd: EtcdServer) -> AsyncIterator[EtcdSubnetManager]:
+    READINESS.reset()
+    READINESS.mark_started()
+    store = EtcdStore(EtcdStoreOptions(endpoints=(own_etcd.endpoint,), request_timeout=1.0))
+    # A 30 s TTL renewed 25 s before expiry: a renewal every 5 s, several of them inside an outage.
+    m = EtcdSubnetManager(store, PREFIX, ttl_seconds=30, renew_margin_minutes=25 / 60, timings=FAST)
+    yield m
+    await m.close()
+    READINESS.reset()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+def lease_keys(results: list[WatchResult]) -> set[str]:
+    keys: set[str] = set()
+    for r in results:
+        if r.snapshot is not None:
+            keys = {lease.key for lease in r.snapshot}
+        for added, lease in r.events:
+            (keys.add if added else keys.discard)(lease.key)
+    return keys
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_manager_rides_out_etcd_stopped_and_restarted(
+    manager: EtcdSubnetManager, own_etcd: EtcdServer, sig: signal.Signals
+) -> None:
+    lease = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan"))
+    results: list[WatchResult] = []
+
+    async def watch() -> None:
+        async for r in manager.watch_leases():
+            results.append(r)
+
+    keeper = asyncio.create_task(manager.complete_lease(lease))
+    watcher = asyncio.create_task(watch())
+    await wait_until(lambda: lease.key in lease_keys(results))
+
+    own_etcd.halt(sig)
+    await wait_until(lambda: not READINESS.ready)
+    assert "datastore" in READINESS.explain()
+    # Through several failed renewals (one every 5 s) both loops keep running.
+    renewals_due = time.monotonic() + 6
+    await wait_until(lambda: time.monotonic() > renewals_due or keeper.done() or watcher.done(), timeout=10)
+    assert not keeper.done() and not watcher.done(), (keeper, watcher)
+
+    own_etcd.restart()
+    own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.99.0-24", '{"PublicIP":"198.18.0.99","BackendType":"vxlan"}')
+    await wait_until(lambda: "10.5.99.0-24" in lease_keys(results))
+    await wait_until(lambda: READINESS.ready)
+    key = f"{PREFIX}/subnets/{lease.key}"
+    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0)
+    assert not keeper.done() and not watcher.done()
+    for t in (keeper, watcher):
+        t.cancel()
+    await asyncio.gather(keeper, watcher, return_exceptions=True)
+
+
+async def test_manager_follows_etcd_restored_from_an_older_snapshot(
+    manager: EtcdSubnetManager, own_etcd: EtcdServer, tmp_path: Path
+) -> None:
+    """Restored etcd is behind in revisions and content: leases written after the snapshot are gone, deleted
+    ones are back, and our own lease (acquired after the snapshot) must be put back by us."""
+    old = f"{PREFIX}/subnets/10.5.98.0-24"
+    own_etcd.etcdctl("put", old, '{"PublicIP":"198.18.0.98","BackendType":"vxlan"}')
+    snapshot = tmp_path / "snap.db"
+    own_etcd.etcdctl("snapshot", "save", str(snapshot))
+    lease = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan"))
+    own_etcd.etcdctl("del", old)
+    own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.97.0-24", '{"PublicIP":"198.18.0.97","BackendType":"vxlan"}')
+    for _ in range(20):  # move the revision well past the snapshot's
+        own_etcd.etcdctl("put", f"{PREFIX}/unrelated", "x")
+    results: list[WatchResult] = []
+
+    async def watch() -> None:
+        async for r in manager.watch_leases():
+            results.append(r)
+
+    keeper = asyncio.create_task(manager.complete_lease(lease))
+    watcher = asyncio.create_task(watch())
+    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.97.0-24"})
+
+    own_etcd.restore(snapshot)
+    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.98.0-24"})
+    key = f"{PREFIX}/subnets/{lease.key}"
+    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0)
+    assert not keeper.done() and not watcher.done()
+    for t in (keeper, watcher):
+        t.cancel()
+    await asyncio.gather(keeper, watcher, return_exceptions=True)
