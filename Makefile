@@ -55,8 +55,8 @@ e2e: venv
 FAULT_FIGURES ?= fault-figures.jsonl
 faults: venv
 	rm -f $(FAULT_FIGURES)
-	FLANNEL_FAULT_FIGURES=$(abspath $(FAULT_FIGURES)) $(VENV)/bin/pytest -q -ra tests/faults || true
-	$(PY) tests/faults/report.py $(FAULT_FIGURES)
+	FLANNEL_FAULT_FIGURES=$(abspath $(FAULT_FIGURES)) $(VENV)/bin/pytest -q -ra tests/faults; status=$$?; \
+	$(PY) tests/faults/report.py $(FAULT_FIGURES); exit $$status
 
 test: venv lint
 	$(VENV)/bin/pytest -q -ra tests
