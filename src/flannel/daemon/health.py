@@ -58,6 +58,11 @@ class HealthServer:
     def ready(self) -> bool:
         return READINESS.ready
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted and not yet finished (requests in progress)."""
+        return len(self._conns)
+
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for a path (any method, as upstream's handlers)."""
         if path == "/healthz":
@@ -112,7 +117,10 @@ async def start_health_server(host: str, port: int) -> HealthServer:
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert health is not None
-        await health._serve(reader, writer)
+        # close() cancels a request that outlives SHUTDOWN_TIMEOUT (and has logged it): an expected end, which
+        # Python 3.11's streams would otherwise log again as an "Exception in callback" traceback.
+        with contextlib.suppress(asyncio.CancelledError):
+            await health._serve(reader, writer)
 
     try:
         server = await asyncio.start_server(on_connect, host or None, port, reuse_address=True)
