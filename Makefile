@@ -30,10 +30,11 @@ deps:
 	      dpkg --configure -a && $(APT_GET) install -y -qq --no-install-recommends $$missing; }; }; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from constraints.txt, for the packages and for the build backend of the editable install.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev]'
 	@# The CNI plugin starts once per pod: byte-compile so no call pays for compiling (editable install).
 	$(VENV)/bin/python -m compileall -q src/flannel
 	touch $@
