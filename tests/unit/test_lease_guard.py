@@ -215,3 +215,12 @@ def test_ipv6_subnets_and_v6_vtep_macs_are_guarded_too() -> None:
     assert guard is not None
     assert {k: r for k, (_, r) in guard.skipped.items()} == {
         wrong_len.key: "subnet_len", inside.key: "overlaps_lease", v6_thief.key: "duplicate_vtep_mac"}
+
+
+def test_a_new_own_lease_is_guarded_from_then_on() -> None:
+    t = tracker()
+    t.apply(WatchResult(snapshot=()))
+    t.own = lease("10.244.7.0/24", "198.18.0.11", MAC_A)
+    assert t.apply(put(lease("10.244.7.0/25", "198.18.0.50", "aa:aa:aa:aa:aa:50"))) == []
+    guard = t.guard
+    assert guard is not None and [r for _, r in guard.skipped.values()] == ["overlaps_own"]

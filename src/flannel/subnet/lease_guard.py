@@ -30,11 +30,13 @@ collision, whatever the prefix lengths (no per-prefix tables: 5000 peers must fi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flannel import metrics
@@ -46,10 +48,13 @@ from flannel.lease import EventType, Lease, LeaseEvent
 log = logging.getLogger(__name__)
 
 Network = IPv4Network | IPv6Network
+Address = IPv4Address | IPv6Address
+Vtep = tuple[int, Address]
+"""A lease's VTEP on one family: its VtepMAC (as a 48-bit number: smaller than the text) and public IP."""
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Family:
     """What a remote lease must respect in one address family."""
 
@@ -62,49 +67,46 @@ class Family:
     subnet_len: int | None = None
     """The prefix length every lease has; None where it is not known (kube mode)."""
 
+    @cached_property
+    def span(self) -> tuple[int, int]:
+        """First and last address of ``network``."""
+        return _span(self.network)
+
+    @cached_property
+    def own_span(self) -> tuple[int, int] | None:
+        """First and last address of ``own``."""
+        return _span(self.own) if self.own is not None else None
+
     def subnet(self, lease: Lease) -> Network | None:
         return lease.ipv6_subnet if self.v6 else lease.subnet
 
-    def vtep(self, lease: Lease) -> tuple[str, IPv4Address | IPv6Address] | None:
-        """The lease's ``(VtepMAC, public IP)`` on this family; None if it has none usable."""
+    def vtep(self, lease: Lease) -> Vtep | None:
+        """The lease's VTEP on this family; None if it has none usable (the backend then skips it alone)."""
         public = lease.attrs.public_ipv6 if self.v6 else lease.attrs.public_ip
         if public is None or int(public) == 0:
             return None
         try:
             data = lease.attrs.backend_json(self.v6)
         except LeaseDecodeError:
-            return None  # the backend skips it alone, with its own warning
+            return None
         mac = data.get("VtepMAC")
         if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
             mac = fold(data, ["VtepMAC"]).get("VtepMAC")
         if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
             return None
-        return mac.lower(), public
+        return int(mac.replace(":", ""), 16), public
 
 
-class _Intervals:
-    """Disjoint address ranges sorted by start, each owned by one lease key."""
+@dataclass(slots=True)
+class _Claims:
+    """What the accepted leases hold in one family. Values are lease keys (the strings of ``held``, shared)."""
 
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: dict[int, tuple[int, str]] = {}
-
-    def hit(self, first: int, last: int) -> str | None:
-        """The key owning a range that overlaps ``[first, last]``, if any (one exists at most next to it)."""
-        i = bisect_right(self.starts, last) - 1
-        if i < 0:
-            return None
-        end, key = self.ends[self.starts[i]]
-        return key if end >= first else None
-
-    def add(self, first: int, last: int, key: str) -> None:
-        insort(self.starts, first)
-        self.ends[first] = (last, key)
-
-    def remove(self, first: int, key: str) -> None:
-        if self.ends.get(first, (0, ""))[1] == key:
-            del self.starts[bisect_right(self.starts, first) - 1]
-            del self.ends[first]
+    starts: list[int] = field(default_factory=list)
+    """First addresses of the accepted subnets, sorted: they are disjoint, so the ends are sorted too."""
+    owner: dict[int, str] = field(default_factory=dict)
+    """First address → key of the lease holding the subnet that starts there."""
+    macs: dict[int, str | tuple[str, ...]] = field(default_factory=dict)
+    """VtepMAC → its holder(s): several only for one node's leases (same public IP), e.g. after a move."""
 
 
 def _span(net: Network) -> tuple[int, int]:
@@ -112,14 +114,12 @@ def _span(net: Network) -> tuple[int, int]:
     return first, first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
 
 
-def _within(a: Network, b: Network) -> bool:
-    (a0, a1), (b0, b1) = _span(a), _span(b)
-    return a.version == b.version and b0 <= a0 and a1 <= b1
+def _holders(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
 
 
-def _overlaps(a: Network, b: Network) -> bool:
-    (a0, a1), (b0, b1) = _span(a), _span(b)
-    return a0 <= b1 and b0 <= a1
+def _mac_text(mac: int) -> str:
+    return ":".join(f"{(mac >> shift) & 0xFF:02x}" for shift in range(40, -1, -8))
 
 
 class LeaseGuard:
@@ -134,8 +134,7 @@ class LeaseGuard:
         """The accepted leases, as last passed on: what the backend has programmed."""
         self.skipped: dict[str, tuple[Lease, str]] = {}
         """Leases (or newer versions of held ones) not passed on, with the reason, in the order first skipped."""
-        self._ranges = [_Intervals() for _ in self.families]
-        self._macs: list[dict[str, tuple[IPv4Address | IPv6Address, dict[str, None]]]] = [{} for _ in self.families]
+        self._claims = [_Claims() for _ in self.families]
 
     @classmethod
     def for_network(cls, config: NetworkConfig, own: Lease, backend_type: str | None = None,
@@ -150,17 +149,22 @@ class LeaseGuard:
                 families.append(Family(v6=v6, network=net, own=mine, subnet_len=known))
         return cls(families, backend_type, vtep_macs)
 
+    def own_changed(self, own: Lease) -> None:
+        """This node's lease is now ``own``: remote leases overlapping it are refused from now on."""
+        self.families = [dataclasses.replace(f, own=f.subnet(own)) for f in self.families]
+
     def admit(self, events: Iterable[LeaseEvent], snapshot: bool = False) -> list[LeaseEvent]:
         """The events the backend may apply, in order; ``snapshot``: the batch came from a fresh listing."""
         out: list[LeaseEvent] = []
         released = snapshot
         for ev in events:
-            key = ev.lease.key
+            lease = ev.lease
+            key = lease.key
             if ev.type is EventType.REMOVED:
                 was_skipped = self.skipped.pop(key, None) is not None
                 held = self.held.pop(key, None)
                 if held is not None:
-                    self._release(held)
+                    self._release(key, held)
                     released = True
                     out.append(LeaseEvent(EventType.REMOVED, held))
                 elif was_skipped:
@@ -168,101 +172,127 @@ class LeaseGuard:
                 else:
                     out.append(ev)  # unknown to us too: passed on bare, as the tracker does
                 continue
-            if not self._claims(ev.lease):  # another backend's: the backend ignores it and drops its entries
+            held = self.held.get(key)
+            if self.backend_type is not None and lease.attrs.backend_type != self.backend_type:
+                # Another backend's: the backend ignores it (and drops what it programmed for it).
                 self.skipped.pop(key, None)
-                held = self.held.pop(key, None)
                 if held is not None:
-                    self._release(held)
+                    del self.held[key]
+                    self._release(key, held)
                     released = True
                 out.append(ev)
                 continue
-            renewed = key in self.held
-            if self._try(ev.lease):
+            if self._try(key, lease):
                 out.append(ev)
-                released |= renewed  # its VtepMAC or public IP may have changed, freeing a skipped lease's
+                # A changed VtepMAC or public IP may free what a skipped lease wanted.
+                released |= held is not None and held.attrs != lease.attrs
         if released:
             out.extend(self._retry_skipped())
         return out
 
     # -- deciding ----------------------------------------------------------------------------------------
 
-    def _claims(self, lease: Lease) -> bool:
-        return self.backend_type is None or lease.attrs.backend_type == self.backend_type
-
-    def _try(self, lease: Lease) -> bool:
-        """Accept ``lease`` (taking its claims in place of its held version's) or skip it; True if accepted."""
-        key = lease.key
-        verdict = self._collision(lease)
+    def _try(self, key: str, lease: Lease) -> bool:
+        """Accept ``lease`` (its claims replacing its held version's) or skip it; True if accepted."""
+        held = self.held.get(key)
+        if held is not None and held.attrs == lease.attrs:  # a renewal or a replay: the same claims
+            self.held[key] = lease
+            self.skipped.pop(key, None)
+            return True
+        vteps = self._vteps(lease)
+        verdict = self._collision(key, lease, vteps)
         if verdict is not None:
             reason, why = verdict
             before = self.skipped.get(key)
             self.skipped[key] = (lease, reason)
             if before is None or before[1] != reason or before[0].attrs != lease.attrs:
                 metrics.LEASE_REJECTED.labels(reason).inc()
-                kept = " (its entries from before are kept)" if key in self.held else ""
+                kept = " (its entries from before are kept)" if held is not None else ""
                 log.warning("skipping lease %s: %s%s", key, why, kept)
             return False
-        held = self.held.get(key)
         if held is not None:
-            self._release(held)
+            self._release(key, held)
         self.skipped.pop(key, None)
         self.held[key] = lease
-        self._take(lease)
+        self._take(key, lease, vteps)
         return True
 
-    def _collision(self, lease: Lease) -> tuple[str, str] | None:
+    def _vteps(self, lease: Lease) -> list[Vtep | None]:
+        return [fam.vtep(lease) if self.vtep_macs else None for fam in self.families]
+
+    def _collision(self, key: str, lease: Lease, vteps: list[Vtep | None]) -> tuple[str, str] | None:
         """``(reason, explanation naming the other lease)`` when ``lease`` must be skipped, else None."""
-        key = lease.key
-        for fam, ranges, macs in zip(self.families, self._ranges, self._macs, strict=True):
+        for fam, claims, vtep in zip(self.families, self._claims, vteps, strict=True):
             net = fam.subnet(lease)
             if net is None:
                 continue
-            if not _within(net, fam.network):
+            first, last = _span(net)
+            if net.version != fam.network.version or not fam.span[0] <= first <= last <= fam.span[1]:
                 return "outside_network", f"subnet {net} is outside the network {fam.network}"
-            if fam.own is not None and _overlaps(net, fam.own):
+            own = fam.own_span
+            if own is not None and first <= own[1] and own[0] <= last:
                 return "overlaps_own", f"subnet {net} overlaps this node's own subnet {fam.own}"
-            other = ranges.hit(*_span(net))
+            other = self._hit(fam, claims, first, last)
             if other is not None and other != key:
-                theirs = fam.subnet(self.held[other])
-                return ("overlaps_lease", f"subnet {net} overlaps {theirs} of lease {other}, accepted earlier "
-                        "(the first holder keeps it)")
+                return ("overlaps_lease", f"subnet {net} overlaps {fam.subnet(self.held[other])} of lease {other}, "
+                        "accepted earlier (the first holder keeps it)")
             if fam.subnet_len is not None and net.prefixlen != fam.subnet_len:
                 return "subnet_len", f"subnet {net} is not a /{fam.subnet_len} (the network's subnet length)"
-            vtep = fam.vtep(lease) if self.vtep_macs else None
-            if vtep is not None and vtep[0] in macs:
-                public, holders = macs[vtep[0]]
-                others = [k for k in holders if k != key]
-                if public != vtep[1] and others:
-                    return ("duplicate_vtep_mac", f"VtepMAC {vtep[0]} with public IP {vtep[1]} is lease {others[0]}'s, "
-                            f"accepted earlier with public IP {public} (the first holder keeps it)")
+            holders = claims.macs.get(vtep[0]) if vtep is not None else None
+            if vtep is None or holders is None:
+                continue
+            for other in _holders(holders):
+                theirs = fam.vtep(self.held[other]) if other != key else None
+                if theirs is not None and theirs[1] != vtep[1]:
+                    return ("duplicate_vtep_mac", f"VtepMAC {_mac_text(vtep[0])} with public IP {vtep[1]} is lease "
+                            f"{other}'s, accepted earlier with public IP {theirs[1]} (the first holder keeps it)")
         return None
+
+    def _hit(self, fam: Family, claims: _Claims, first: int, last: int) -> str | None:
+        """The key of the accepted lease whose subnet overlaps ``[first, last]``, if any: at most the one starting
+        last at or before ``last`` can (the accepted subnets are disjoint)."""
+        i = bisect_right(claims.starts, last) - 1
+        if i < 0:
+            return None
+        key = claims.owner[claims.starts[i]]
+        theirs = fam.subnet(self.held[key])
+        return key if theirs is not None and _span(theirs)[1] >= first else None
 
     def _retry_skipped(self) -> Iterator[LeaseEvent]:
         for key, (lease, reason) in list(self.skipped.items()):
-            if self._collision(lease) is None:
+            if self._collision(key, lease, self._vteps(lease)) is None:
                 log.info("accepting lease %s, skipped before (%s): what it collided with is gone", key, reason)
-                self._try(lease)
+                self._try(key, lease)
                 yield LeaseEvent(EventType.ADDED, lease)
 
     # -- claims --------------------------------------------------------------------------------------------
 
-    def _take(self, lease: Lease) -> None:
-        for fam, ranges, macs in zip(self.families, self._ranges, self._macs, strict=True):
+    def _take(self, key: str, lease: Lease, vteps: list[Vtep | None]) -> None:
+        for fam, claims, vtep in zip(self.families, self._claims, vteps, strict=True):
             net = fam.subnet(lease)
-            if net is not None:
-                ranges.add(*_span(net), lease.key)
-            vtep = fam.vtep(lease) if self.vtep_macs and net is not None else None
+            if net is None:
+                continue
+            first = _span(net)[0]
+            insort(claims.starts, first)
+            claims.owner[first] = key
             if vtep is not None:
-                macs.setdefault(vtep[0], (vtep[1], {}))[1][lease.key] = None
+                now = claims.macs.get(vtep[0])
+                claims.macs[vtep[0]] = key if now is None else (*_holders(now), key)
 
-    def _release(self, lease: Lease) -> None:
-        for fam, ranges, macs in zip(self.families, self._ranges, self._macs, strict=True):
+    def _release(self, key: str, lease: Lease) -> None:
+        for fam, claims in zip(self.families, self._claims, strict=True):
             net = fam.subnet(lease)
-            if net is not None:
-                ranges.remove(_span(net)[0], lease.key)
-            vtep = fam.vtep(lease) if self.vtep_macs and net is not None else None
-            if vtep is not None and vtep[0] in macs:
-                holders = macs[vtep[0]][1]
-                holders.pop(lease.key, None)
-                if not holders:
-                    del macs[vtep[0]]
+            if net is None:
+                continue
+            first = _span(net)[0]
+            if claims.owner.get(first) == key:
+                del claims.starts[bisect_right(claims.starts, first) - 1]
+                del claims.owner[first]
+            vtep = fam.vtep(lease) if self.vtep_macs else None
+            now = claims.macs.get(vtep[0]) if vtep is not None else None
+            if vtep is not None and now is not None:
+                rest = tuple(k for k in _holders(now) if k != key)
+                if not rest:
+                    del claims.macs[vtep[0]]
+                else:
+                    claims.macs[vtep[0]] = rest[0] if len(rest) == 1 else rest

@@ -53,6 +53,8 @@ class LeaseTracker:
     @own.setter
     def own(self, lease: Lease | None) -> None:
         self._own = lease
+        if lease is not None and self.guard is not None:
+            self.guard.own_changed(lease)
         if lease is not None:
             self._leases = {k: v for k, v in self._leases.items() if not self.is_own(v)}
 
