@@ -34,6 +34,7 @@ from flannel.errors import FlannelError
 from flannel.lease import Lease, LeaseAttrs
 from flannel.netlink import IptunSpec, Link, Netlink, NetlinkError
 from flannel.netlink.links import ipip_describe
+from flannel.subnet.lease_guard import LeaseGuard
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,9 @@ class IPIPBackend:
         plane = IPIPRoutePlane(family=socket.AF_INET, cluster=config.network, own_subnet=lease.subnet,
                                oif=ext.index, nl=nl, tunnel_index=link.index,
                                direct_routing=self.cfg.direct_routing)
-        return IPIPNetwork(nl, lease, mtu, plane, spec, self.ctx.reconcile_interval, ext.name)
+        network = IPIPNetwork(nl, lease, mtu, plane, spec, self.ctx.reconcile_interval, ext.name)
+        network.tracker.guard = LeaseGuard.for_network(config, lease, "ipip")
+        return network
 
 
 def device_fault(link: Link | None, spec: IptunSpec, index: int) -> str | None:

@@ -36,6 +36,7 @@ from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import Link, Netlink, RouteReplace
 from flannel.netlink.consts import RT_SCOPE_UNIVERSE
+from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -104,6 +105,7 @@ class UDPBackend:
             raise FlannelError(f"lease {lease.key} has no IPv4 subnet")
         sock = bind_socket(ext.iface_addr, self.cfg.port)
         network = UDPNetwork(Netlink(), lease, mtu, config.network, sock, self.cfg, self.ctx.reconcile_interval)
+        network.tracker.guard = LeaseGuard.for_network(config, lease)  # udp programs every lease, whatever its type
         try:
             network.setup_device()
         except BaseException:

@@ -27,6 +27,7 @@ from flannel.errors import FlannelError
 from flannel.gojson import compact
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import Netlink
+from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -112,7 +113,7 @@ class VXLANNetwork(LeasedNetwork):
         self.devices = devices
         self.config = config
         self.reconcile_interval = reconcile_interval
-        self.tracker = LeaseTracker(lease)
+        self.tracker = LeaseTracker(lease, LeaseGuard.for_network(config, lease, "vxlan", vtep_macs=True))
         self.synced = False
 
     @property
