@@ -51,4 +51,4 @@ class HostGWBackend:
                 raise FlannelError(f"lease {lease.key} has no subnet for an enabled address family")
             planes.append(RoutePlane(family=fam, cluster=cluster, own_subnet=own, oif=ext.index))
         return RouteNetwork(Netlink(), lease, ext.mtu, "host-gw", planes, self.ctx.reconcile_interval,
-                            dev_name=ext.name)
+                            dev_name=ext.name, ext=ext)
