@@ -52,6 +52,6 @@ class HostGWBackend:
                 raise FlannelError(f"lease {lease.key} has no subnet for an enabled address family")
             planes.append(RoutePlane(family=fam, cluster=cluster, own_subnet=own, oif=ext.index))
         network = RouteNetwork(Netlink(), lease, ext.mtu, "host-gw", planes, self.ctx.reconcile_interval,
-                               dev_name=ext.name)
+                               dev_name=ext.name, ext=ext)
         network.tracker.guard = LeaseGuard.for_network(config, lease, "host-gw")
         return network
