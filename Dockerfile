@@ -9,11 +9,14 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /build
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 COPY src ./src
-# A virtualenv, so that the final stage copies exactly the package and its dependencies.
+# A virtualenv, so that the final stage copies exactly the package and its dependencies, at the versions
+# of constraints.txt (the pip that understands --build-constraint first).
 RUN python -m venv /opt/flannel \
-    && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check .
+    && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
+    && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
+        --build-constraint constraints.txt .
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \

@@ -12,19 +12,29 @@ APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping 
 
 all: test
 
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
-	@# etcd-server's package starts a system etcd on 127.0.0.1:2379; our tests and demo run their own.
-	@if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd; fi
+# An interrupted apt-get can leave a package unpacked but not configured, which `dpkg -s` still reports:
+# only dpkg's status "installed" counts, and apt then refuses to install until `dpkg --configure -a` has
+# run. Wait for the dpkg lock if another apt/dpkg is running (up to 5 min).
+# Services of the host are left alone: etcd-server's package may start a system etcd on 127.0.0.1:2379, and
+# neither the tests nor the demo need that port (their etcd servers run on free ports or in namespaces).
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
-$(VENV)/.installed: pyproject.toml
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	  [ "$$(dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null)" = installed ] || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(APT_GET) update -qq && \
+	  { $(APT_GET) install -y -qq --no-install-recommends $$missing || \
+	    { echo "apt-get install failed; finishing an interrupted dpkg run, then once more"; \
+	      dpkg --configure -a && $(APT_GET) install -y -qq --no-install-recommends $$missing; }; }; \
+	fi
+
+# Exact versions from constraints.txt, for the packages and for the build backend of the editable install.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev]'
 	@# The CNI plugin starts once per pod: byte-compile so no call pays for compiling (editable install).
 	$(VENV)/bin/python -m compileall -q src/flannel
 	touch $@

@@ -61,6 +61,9 @@ KNOWN_PEERS = gauge("flannel_known_peers", "Remote leases this node currently kn
 LEASE_EVENTS = counter("flannel_lease_events_total", "Lease events applied by the backend, by type.", ["type"])
 LEASE_ADDED = LEASE_EVENTS.labels("added")
 LEASE_REMOVED = LEASE_EVENTS.labels("removed")
+LEASE_REJECTED = counter("flannel_lease_rejected_total",
+                         "Remote leases skipped because they would disturb another (subnet_len, outside_network, "
+                         "overlaps_own, overlaps_lease, duplicate_vtep_mac).", ["reason"])
 
 LEASE_EVENT_TO_KERNEL = histogram(
     "flannel_lease_event_to_kernel_seconds",

@@ -161,13 +161,13 @@ class Cluster:
         ens = self._add_ns(f"{self.prefix}etcd")
         self._plug(ens, "eth0", f"{ETCD_IP}/24")
         data = self.tmp / "etcd"
-        log = open(self.tmp / "etcd.log", "wb")  # noqa: SIM115 - closed with the process
-        self.etcd = subprocess.Popen(
-            ["ip", "netns", "exec", ens, ETCD, "--name", "e2e", "--data-dir", str(data),
-             "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
-             "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls",
-             "http://127.0.0.1:2380", "--initial-cluster", "e2e=http://127.0.0.1:2380"],
-            stdout=log, stderr=log)
+        with open(self.tmp / "etcd.log", "wb") as log:  # the child has its own copy of the descriptor
+            self.etcd = subprocess.Popen(
+                ["ip", "netns", "exec", ens, ETCD, "--name", "e2e", "--data-dir", str(data),
+                 "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL,
+                 "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls",
+                 "http://127.0.0.1:2380", "--initial-cluster", "e2e=http://127.0.0.1:2380"],
+                stdout=log, stderr=log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.etcdctl("endpoint", "health", check=False).returncode == 0:
@@ -216,13 +216,13 @@ class Cluster:
 
     def start_flanneld(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
         """Start flanneld in the host's namespace; ``env`` adds variables (e.g. ``NODE_NAME`` in kube mode)."""
-        log = open(host.log_file, "ab")  # noqa: SIM115 - closed with the process
         host.started = time.time()
         prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
-        host.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, *prefix, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
-             f"--subnet-file={host.subnet_file}", *extra],
-            stdout=log, stderr=log)
+        with open(host.log_file, "ab") as log:  # the child has its own copy of the descriptor
+            host.proc = subprocess.Popen(
+                ["ip", "netns", "exec", host.ns, *prefix, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
+                 f"--subnet-file={host.subnet_file}", *extra],
+                stdout=log, stderr=log)
 
     def wait_ready(self, host: Host, timeout: float = 20) -> dict[str, str]:
         """Wait until the running flanneld has written subnet.env (a file left by an earlier run does not count)."""

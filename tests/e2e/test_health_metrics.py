@@ -138,6 +138,9 @@ def test_a_busy_health_port_fails_the_start_naming_the_address(cluster: Cluster)
         assert not h3.subnet_file.exists()
     finally:
         listener.terminate()
+        listener.wait(10)
+        if listener.stdout is not None:
+            listener.stdout.close()
         listener.wait(5)
 
 

@@ -50,6 +50,8 @@ def three_hosts() -> Iterator[Cluster]:
             except subprocess.TimeoutExpired:
                 plain.kill()
                 plain.wait(5)
+            if plain.stdout is not None:
+                plain.stdout.close()
 
 
 def start_plain_peer(h3: Host, peers: list[str]) -> subprocess.Popen[str]:

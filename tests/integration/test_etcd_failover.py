@@ -16,6 +16,7 @@ import pytest
 from flannel.errors import DatastoreUnavailableError
 from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
 from tests.etcd_server import EtcdServer, free_port, start_etcd
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -121,9 +122,12 @@ async def test_a_broken_watch_resumes_on_the_next_endpoint(
     with pytest.raises(DatastoreUnavailableError, match=first.endpoint):
         async with asyncio.timeout(10):
             await anext(watch)
-    await asyncio.sleep(0.1)
-    senders = [t for t in asyncio.all_tasks() if "consume_request_iterator" in repr(t.get_coro())]
-    assert senders == []  # grpc's task feeding the broken stream's requests has finished, not leaked
+
+    def senders() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if "consume_request_iterator" in repr(t.get_coro())]
+
+    # grpc's task feeding the broken stream's requests finishes (a leaked one would stay: the wait fails)
+    await wait_until(lambda: not senders(), "grpc's request sender of the broken watch has finished", timeout=5)
     second.etcdctl("put", f"{prefix}/k", "v")
     watch = member_store.watch(f"{prefix}/", 1, prefix=True)  # what the manager does after the error
     async with asyncio.timeout(5):
@@ -219,7 +223,7 @@ async def test_requests_in_flight_on_a_retired_connection_move_on_and_watches_en
             assert await anext(watch) == []
         pending = asyncio.ensure_future(anext(watch))
         gets = [asyncio.create_task(s.get_prefix(f"{prefix}/")) for _ in range(20)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # not a wait on time: lets each get start, so that it is in flight on the first member
         conn = s._failover.current()  # as if another request had timed out on the first member
         await s._failover.failed(conn, DatastoreUnavailableError("forced"), "test")
         async with asyncio.timeout(10):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flannel.errors import DatastoreUnavailableError
 from flannel.lease import LeaseAttrs
 from flannel.readiness import READINESS
 from flannel.subnet.etcd_manager import EtcdSubnetManager
@@ -135,3 +136,37 @@ async def test_manager_follows_etcd_restored_from_an_older_snapshot(
     for t in (keeper, watcher):
         t.cancel()
     await asyncio.gather(keeper, watcher, return_exceptions=True)
+
+
+async def test_an_auth_error_that_fixes_itself_is_waited_out(own_etcd: EtcdServer) -> None:
+    """A wrong password (an operator rotating it, the node's secret updated first) is a datastore problem that
+    the node reports and waits out; once etcd takes the password, the manager gets its lease."""
+    own_etcd.enable_auth("root", "old")
+    READINESS.reset()
+    READINESS.mark_started()
+    store = EtcdStore(EtcdStoreOptions(endpoints=(own_etcd.endpoint,), username="root", password="new",
+                                       request_timeout=1.0))
+    m = EtcdSubnetManager(store, PREFIX, timings=FAST)
+    attrs = LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan")
+
+    async def acquire_with_retries() -> str:
+        while True:
+            try:
+                return (await m.acquire_lease(attrs)).key
+            except DatastoreUnavailableError:
+                await asyncio.sleep(0.1)  # the daemon's start-up retry, shortened
+
+    acquiring = asyncio.create_task(acquire_with_retries())
+    try:
+        await wait_until(lambda: "authenticate as 'root'" in READINESS.explain())
+        assert not acquiring.done()
+        own_etcd.etcdctl("user", "passwd", "root", "--interactive=false", stdin=b"new\n")
+        own_etcd.user = ("root", "new")
+        key = await asyncio.wait_for(acquiring, 20)
+        assert READINESS.ready
+        assert own_etcd.etcdctl("get", f"{PREFIX}/subnets/{key}", "--print-value-only").strip()
+    finally:
+        acquiring.cancel()
+        await asyncio.gather(acquiring, return_exceptions=True)
+        await m.close()
+        READINESS.reset()

@@ -7,6 +7,7 @@ nothing listens in the root namespace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -17,6 +18,7 @@ from flannel.errors import FlannelError
 from flannel.netlink import nsenter
 from flannel.readiness import READINESS
 from tests.netns import NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -51,6 +53,16 @@ async def request(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     assert lines[0].startswith("HTTP/1.1 ")
     return int(lines[0].split()[1]), headers, body
+
+
+def not_listening() -> bool:
+    """True once a connection to the server's port is refused."""
+    with socket.socket() as probe:
+        try:
+            probe.connect(("127.0.0.1", PORT))
+        except ConnectionRefusedError:
+            return True
+    return False
 
 
 async def get(path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
@@ -133,10 +145,10 @@ async def test_close_lets_a_request_in_progress_finish_then_stops_listening(serv
     reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
     writer.write(b"GET /healthz HTTP/1.1\r\n")  # half a request: the server is now waiting on it
     await writer.drain()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: server.connections == 1, "the server has accepted the connection")
     closing = asyncio.create_task(server.close())
-    await asyncio.sleep(0.05)
-    assert not closing.done()
+    await wait_until(not_listening, "close() has stopped listening")
+    assert not closing.done(), "close() waits for the request in progress"
     writer.write(b"\r\n")
     await writer.drain()
     assert (await asyncio.wait_for(reader.read(), 5)).endswith(b"flanneld is running")
@@ -147,14 +159,19 @@ async def test_close_lets_a_request_in_progress_finish_then_stops_listening(serv
 
 
 async def test_close_drops_a_client_that_never_finishes_after_the_timeout(
-        server: HealthServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        server: HealthServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("flannel.daemon.health.SHUTDOWN_TIMEOUT", 0.2)
-    _, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
     writer.write(b"GET /healthz HTTP/1.1\r\n")
     await writer.drain()
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(server.close(), 2)
+    await wait_until(lambda: server.connections == 1, "the server has accepted the connection")
+    with caplog.at_level(logging.ERROR, logger="flannel.daemon.health"):
+        await asyncio.wait_for(server.close(), 2)
+    assert "1 requests still in progress after 0.2s" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == [], "one clean line, no traceback"
+    assert server.connections == 0 and await asyncio.wait_for(reader.read(), 5) == b"", "dropped without an answer"
     writer.close()
+    await writer.wait_closed()
 
 
 async def test_ipv6_address_is_bracketed_and_served(inside: NetNS) -> None:

@@ -27,6 +27,7 @@ from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
 from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.netns import NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -206,12 +207,12 @@ def test_run_programs_the_snapshot_then_reconciles(netns: NetNS, register: Calla
     async def drive() -> None:
         async def results() -> Any:
             yield WatchResult(snapshot=(peer(3),))
-            await asyncio.sleep(0.1)
-            netns.ip("route", "del", "10.100.3.0/24")
-            await asyncio.sleep(0.3)
+            await asyncio.Event().wait()  # the watch stays open, as a real one does, until run() is cancelled
 
         task = asyncio.create_task(node.network.run(results()))
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: routes(netns) == {route(3)}, "the snapshot's route is programmed")
+        netns.ip("route", "del", "10.100.3.0/24")
+        await wait_until(lambda: routes(netns) == {route(3)}, "reconcile restores the deleted route")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -36,6 +36,8 @@ async def scripted(handler: Handler) -> AsyncIterator[tuple[str, list[bytes]]]:
             await handler(reader, writer, requests)
         except (OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # stopped at teardown; a cancelled handler would make Python 3.11's streams log a traceback
         finally:
             writer.close()
 

@@ -160,7 +160,7 @@ def test_every_flannel_metric_has_the_prefix_and_help() -> None:
                    "flannel_lease_event_to_kernel_seconds", "flannel_reconcile_repairs_total",
                    "flannel_datastore_watch_reconnects_total", "flannel_datastore_watch_errors_total",
                    "flannel_traffic_rule_repairs_total", "flannel_build_info", "flannel_udp_dropped_total",
-                   "flannel_udp_packets_total"):
+                   "flannel_udp_packets_total", "flannel_lease_rejected_total"):
         assert f"# TYPE {needed} " in text, needed
 
 

@@ -32,6 +32,7 @@ from flannel.errors import FlannelError
 from flannel.gojson import compact
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.retry import retry
+from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -157,7 +158,9 @@ class ExtensionBackend:
             env = {"NETWORK": str(config.network) if config.network else "", **lease_env(lease)}
             output = await run_command("PostStartupCommand", self.cfg.post_startup, env)
             log.info("PostStartupCommand output: %s", output)
-        return ExtensionNetwork(lease, ext.mtu, self.cfg)
+        network = ExtensionNetwork(lease, ext.mtu, self.cfg)
+        network.tracker.guard = LeaseGuard.for_network(config, lease, "extension")
+        return network
 
 
 class ExtensionNetwork(LeasedNetwork):

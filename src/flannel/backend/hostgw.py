@@ -16,6 +16,7 @@ from flannel.config import NetworkConfig
 from flannel.errors import FlannelError
 from flannel.lease import LeaseAttrs
 from flannel.netlink import Netlink
+from flannel.subnet.lease_guard import LeaseGuard
 
 NAT_ERROR = ("your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not "
              "supported by host-gw backend")
@@ -50,5 +51,7 @@ class HostGWBackend:
             if cluster is None or own is None:
                 raise FlannelError(f"lease {lease.key} has no subnet for an enabled address family")
             planes.append(RoutePlane(family=fam, cluster=cluster, own_subnet=own, oif=ext.index))
-        return RouteNetwork(Netlink(), lease, ext.mtu, "host-gw", planes, self.ctx.reconcile_interval,
-                            dev_name=ext.name)
+        network = RouteNetwork(Netlink(), lease, ext.mtu, "host-gw", planes, self.ctx.reconcile_interval,
+                               dev_name=ext.name, ext=ext)
+        network.tracker.guard = LeaseGuard.for_network(config, lease, "host-gw")
+        return network

@@ -11,6 +11,8 @@ and flanneld stops at start-up with an error that says so, before it acquires a 
 Beyond upstream, as for vxlan: a deleted (or replaced) ``flannel.ipip`` is rebuilt at runtime, at once on
 the kernel's link event and otherwise by the periodic reconcile, with the same local address, MTU and /32
 address; the peer routes, which the kernel dropped with the old device, are then re-added via the new one.
+The device has no underlay link of its own, so it survives the external interface's re-creation; the
+DirectRouting routes through that interface follow its new index (``external.py``, via the route network).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from flannel.backend.backend_config import bool_key, read_section
-from flannel.backend.base import BackendContext, require_ipv4_only
+from flannel.backend.base import BackendContext, ExternalInterface, require_ipv4_only
 from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.backend.route_plane import PeerRoute, is_on_link
 from flannel.backend.vxlan_device import ensure_address
@@ -34,6 +36,7 @@ from flannel.errors import FlannelError
 from flannel.lease import Lease, LeaseAttrs
 from flannel.netlink import IptunSpec, Link, Netlink, NetlinkError
 from flannel.netlink.links import ipip_describe
+from flannel.subnet.lease_guard import LeaseGuard
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,9 @@ class IPIPBackend:
         plane = IPIPRoutePlane(family=socket.AF_INET, cluster=config.network, own_subnet=lease.subnet,
                                oif=ext.index, nl=nl, tunnel_index=link.index,
                                direct_routing=self.cfg.direct_routing)
-        return IPIPNetwork(nl, lease, mtu, plane, spec, self.ctx.reconcile_interval, ext.name)
+        network = IPIPNetwork(nl, lease, mtu, plane, spec, self.ctx.reconcile_interval, ext.name, ext=ext)
+        network.tracker.guard = LeaseGuard.for_network(config, lease, "ipip")
+        return network
 
 
 def device_fault(link: Link | None, spec: IptunSpec, index: int) -> str | None:
@@ -175,9 +180,9 @@ class IPIPNetwork(RouteNetwork):
     """The shared route network, plus keeping ``flannel.ipip`` itself in place."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, plane: IPIPRoutePlane, spec: IptunSpec,
-                 reconcile_interval: float, ext_name: str) -> None:
+                 reconcile_interval: float, ext_name: str, ext: ExternalInterface | None = None) -> None:
         super().__init__(nl, lease, mtu, "ipip", [plane], reconcile_interval,
-                         names={plane.tunnel_index: spec.name, plane.oif: ext_name})
+                         names={plane.tunnel_index: spec.name, plane.oif: ext_name}, ext=ext)
         if not isinstance(plane.own_subnet, IPv4Network) or not isinstance(plane.cluster, IPv4Network):
             raise FlannelError("the ipip backend is IPv4 only")
         self.plane = plane

@@ -2,8 +2,9 @@
 
 Every backend that programs the kernel (vxlan, host-gw, ipip, udp) repairs drift the same way, so the loop
 is written once: a periodic ``reconcile()``, an early one when something is known to be wrong (its device
-was deleted: seen on the link monitor, or the udp forwarder's descriptor failed), and a failure that is
-logged and retried next round rather than restarting the daemon over a kernel hiccup.
+was deleted, or the external interface went down, came back or got its address back: seen on the link
+monitor; or the udp forwarder's descriptor failed), and a failure that is logged and retried next round
+rather than restarting the daemon over a kernel hiccup.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections.abc import Callable, Collection
 
 from flannel.errors import FlannelError
-from flannel.netlink import LinkMonitor, NetlinkError, link_events
+from flannel.netlink import LinkEvent, LinkMonitor, NetlinkError, link_events
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,16 @@ class ReconcileLoop:
 
     async def kick_on_link_delete(self, names: Callable[[], Collection[str]]) -> None:
         """Kick whenever a device whose name is in ``names()`` is deleted (``ip link del``, a module unload)."""
-        with LinkMonitor() as monitor:
+        await self.kick_on_link_events(lambda ev: ev.kind == "del" and ev.name in names())
+
+    async def kick_on_link_events(self, wanted: Callable[[LinkEvent], bool], addresses: bool = False) -> None:
+        """Kick whenever a link (or, with ``addresses``, address) event satisfies ``wanted``.
+
+        Events lost to a receive-buffer overrun kick too: one of them may have been the one that mattered.
+        """
+        with LinkMonitor(addresses=addresses) as monitor:
+            overruns = 0
             async for events in link_events(monitor):
-                wanted = names()
-                if any(ev.kind == "del" and ev.name in wanted for ev in events):
+                if any(wanted(ev) for ev in events) or monitor.overruns != overruns:
+                    overruns = monitor.overruns
                     self.kick()

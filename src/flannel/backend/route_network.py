@@ -5,6 +5,11 @@ Like the vxlan plane it keeps the *desired* route per lease, so that an event is
 nothing), and a periodic reconcile repairs drift with ``route_drift``: a missing or wrong route is re-added
 and logged as a repair warning; a stale route of ours is removed (upstream's 10 s "Route recovered" check, plus
 stale removal and wrong-route replacement). Until the first lease snapshot, nothing is considered stale.
+
+The routes go out of the external interface, so the network follows it (``external.py``): each reconcile
+first asks where the interface is now, moves the routes to its new index when it was re-created, and waits
+(without a warning per route) while it is down or gone; the interface's link and address events kick a
+reconcile, because the kernel drops every route through a device that goes down.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from flannel import metrics
-from flannel.backend.base import LeasedNetwork
+from flannel.backend.base import ExternalInterface, LeasedNetwork
+from flannel.backend.external import ExternalLink, follow_index
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import (
@@ -30,7 +36,7 @@ from flannel.backend.route_plane import (
 )
 from flannel.errors import LeaseDecodeError
 from flannel.lease import Lease, LeaseEvent
-from flannel.netlink import Netlink
+from flannel.netlink import LinkEvent, Netlink
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -77,7 +83,8 @@ class RouteNetwork(LeasedNetwork):
     """A running route-only network: applies lease events to every family and keeps the kernel reconciled."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, backend_type: str, planes: list[RoutePlane],
-                 reconcile_interval: float, dev_name: str = "", names: dict[int, str] | None = None) -> None:
+                 reconcile_interval: float, dev_name: str = "", names: dict[int, str] | None = None,
+                 ext: ExternalInterface | None = None) -> None:
         self.nl = nl
         super().__init__(lease, mtu)
         self.backend_type = backend_type
@@ -87,7 +94,8 @@ class RouteNetwork(LeasedNetwork):
         self.names.update(names or {})
         self.tracker = LeaseTracker(lease)
         self.synced = False
-
+        self.ext = ExternalLink(ext) if ext is not None else None
+        """The external interface the routes go out of (None: routes that do not depend on it)."""
 
     def handle_events(self, events: list[LeaseEvent]) -> None:
         """Apply lease events to every family. Idempotent: replaying an event changes nothing."""
@@ -97,6 +105,8 @@ class RouteNetwork(LeasedNetwork):
         """Repair every difference between the kernel and the leases; returns the repairs made."""
         if not self.synced:
             return 0  # until the first snapshot, "not desired" does not mean "stale"
+        if not self.follow_external():
+            return 0
         repairs = 0
         for plane in self.planes:
             drift = route_drift(self.nl, plane.family, plane.cluster, list(plane.desired.values()))
@@ -105,17 +115,38 @@ class RouteNetwork(LeasedNetwork):
                 repairs += len(drift)
         return repairs
 
+    def follow_external(self) -> bool:
+        """Find the external interface again and move the routes to its new index if it has one; False while
+        routes through it cannot be added (it is down or gone: the kernel would refuse each one)."""
+        if self.ext is None:
+            return True
+        old = self.ext.refresh(self.nl)
+        if old is not None:
+            new = self.ext.index
+            moved = sum(follow_index(plane, old, new) for plane in self.planes)
+            self.names.pop(old, None)
+            self.names[new] = self.ext.iface.name
+            log.warning("%d peer route(s) now go via %s (index %d, was %d)", moved, self.ext.iface.name, new, old)
+        return self.ext.usable
+
     def watched_links(self) -> set[str]:
         """Devices whose deletion calls for an immediate reconcile; none here (host-gw owns no device)."""
         return set()
+
+    def kicks(self, ev: LinkEvent) -> bool:
+        """Which monitor events call for an immediate reconcile: a watched device deleted, or any change of
+        the external interface (down, up, re-created, addresses)."""
+        return (ev.kind == "del" and ev.name in self.watched_links()) or (
+            self.ext is not None and self.ext.concerns(ev))
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
         loop = ReconcileLoop(self.reconcile, self.reconcile_interval)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(loop.run(), name=f"{self.backend_type}-reconcile")
-            if self.watched_links():
-                tg.create_task(loop.kick_on_link_delete(self.watched_links), name=f"{self.backend_type}-links")
+            if self.watched_links() or self.ext is not None:
+                tg.create_task(loop.kick_on_link_events(self.kicks, addresses=self.ext is not None),
+                               name=f"{self.backend_type}-links")
             async for result in results:
                 self.handle_events(self.tracker.apply(result))
                 if result.snapshot is not None and not self.synced:

@@ -9,6 +9,11 @@ and its route are reconciled (a deleted ``flannel0`` is re-created), and peers t
 upstream's format.
 
 Like upstream, the udp backend processes every lease, whatever its ``BackendType``.
+
+The socket is bound to the external interface's address, not to its index, so it rides out a flap or a
+re-creation of the interface: it stays bound while the address is away (sends fail and are counted) and
+receives again as soon as the address is back. The network still follows the interface (``external.py``)
+so that coming back with *another* address, which the socket can never receive on, is logged as an error.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 
 from flannel import metrics
 from flannel.backend.backend_config import bool_key, int_key, read_section
-from flannel.backend.base import BackendContext, LeasedNetwork, require_ipv4_only
+from flannel.backend.base import BackendContext, ExternalInterface, LeasedNetwork, require_ipv4_only
+from flannel.backend.external import ExternalLink
 from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import is_peer_subnet
 from flannel.backend.udp_forwarder import Forwarder, Peer, PeerTable
@@ -34,8 +40,9 @@ from flannel.backend.vxlan_device import ensure_address
 from flannel.config import NetworkConfig
 from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink import Link, Netlink, RouteReplace
+from flannel.netlink import Link, LinkEvent, Netlink, RouteReplace
 from flannel.netlink.consts import RT_SCOPE_UNIVERSE
+from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -103,7 +110,9 @@ class UDPBackend:
         if lease.subnet is None:
             raise FlannelError(f"lease {lease.key} has no IPv4 subnet")
         sock = bind_socket(ext.iface_addr, self.cfg.port)
-        network = UDPNetwork(Netlink(), lease, mtu, config.network, sock, self.cfg, self.ctx.reconcile_interval)
+        network = UDPNetwork(Netlink(), lease, mtu, config.network, sock, self.cfg, self.ctx.reconcile_interval,
+                             ext=ext)
+        network.tracker.guard = LeaseGuard.for_network(config, lease)  # udp programs every lease, whatever its type
         try:
             network.setup_device()
         except BaseException:
@@ -135,7 +144,7 @@ class UDPNetwork(LeasedNetwork):
     """The running udp network: the forwarder, its peer table, and the device kept as it should be."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, cluster: IPv4Network, sock: socket.socket,
-                 cfg: UDPConfig, reconcile_interval: float) -> None:
+                 cfg: UDPConfig, reconcile_interval: float, ext: ExternalInterface | None = None) -> None:
         super().__init__(lease, mtu)
         assert lease.subnet is not None
         self.nl = nl
@@ -149,6 +158,8 @@ class UDPNetwork(LeasedNetwork):
         self.sock = sock
         self.forwarder: Forwarder | None = None
         self._loop: ReconcileLoop | None = None
+        self.ext = ExternalLink(ext) if ext is not None else None
+        """Followed only to say when it comes back with another address than the socket's."""
 
     @property
     def tun_addr(self) -> IPv4Address:
@@ -202,6 +213,8 @@ class UDPNetwork(LeasedNetwork):
     def reconcile(self) -> int:
         """Re-create a deleted device and restore its settings and route; returns the repairs made."""
         assert self.tun is not None and self.forwarder is not None
+        if self.ext is not None:
+            self.ext.refresh(self.nl)
         link = self.nl.link_by_name(self.tun.name)
         if link is None or link.kind not in ("tun", "") or self.forwarder.broken:
             log.warning("TUN device %s is %s; re-creating it", self.tun.name,
@@ -234,7 +247,7 @@ class UDPNetwork(LeasedNetwork):
         metrics.KNOWN_PEERS.set_function(lambda: len(self.table))
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(loop.kick_on_link_delete(lambda: {self.tun.name} if self.tun else set()),
+                tg.create_task(loop.kick_on_link_events(self._kicks, addresses=self.ext is not None),
                                name="udp-link-monitor")
                 tg.create_task(loop.run(), name="udp-reconcile")
                 async for result in results:
@@ -242,6 +255,12 @@ class UDPNetwork(LeasedNetwork):
                     metrics.EVENT_LATENCY.programmed()
         finally:
             self.forwarder.detach()
+
+    def _kicks(self, ev: LinkEvent) -> bool:
+        """A deleted TUN device is re-created at once; a change of the external interface is looked at."""
+        if ev.kind == "del" and self.tun is not None and ev.name == self.tun.name:
+            return True
+        return self.ext is not None and self.ext.concerns(ev)
 
     def _tun_lost(self, exc: OSError) -> None:
         log.warning("TUN device %s failed (%s); re-creating it", self.tun.name if self.tun else "?", exc)

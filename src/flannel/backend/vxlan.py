@@ -3,6 +3,11 @@
 Beyond upstream (⚠ #1070, #2554): a deleted device is recreated with the MAC already advertised and every
 entry is re-added; a periodic reconcile repairs any drift between the kernel and the leases; and one
 undecodable lease is skipped on its own instead of disturbing other peers.
+
+The device's ``dev`` is the external interface's index, and the kernel deletes a vxlan device whose lower
+device goes away. So the network follows the external interface (``external.py``): when it is re-created
+with a new index, the device is rebuilt on the new index with the same MAC, VNI and local address, and the
+entries are re-added; while it is down or gone nothing is repaired, and its return kicks a reconcile.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from flannel import metrics
-from flannel.backend.base import BackendContext, LeasedNetwork
+from flannel.backend.base import BackendContext, ExternalInterface, LeasedNetwork
+from flannel.backend.external import ExternalLink
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import apply_ops
@@ -26,7 +32,8 @@ from flannel.config import NetworkConfig
 from flannel.errors import FlannelError
 from flannel.gojson import compact
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink import Netlink
+from flannel.netlink import LinkEvent, Netlink
+from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -92,7 +99,7 @@ class VXLANBackend:
             plane = VXLANPlane(nl=nl, family=fam, dev_name=spec.name, cluster=cluster, own_subnet=subnet,
                                direct_routing=self.cfg.direct_routing, dev_index=link.index)
             devices.append(_Device(spec=spec, plane=plane))
-        return VXLANNetwork(nl, lease, mtu, devices, config, self.ctx.reconcile_interval)
+        return VXLANNetwork(nl, lease, mtu, devices, config, self.ctx.reconcile_interval, ext=ext)
 
     def _spec(self, name: str, local: object, mtu: int, mac: str | None = None) -> VXLANDeviceSpec:
         # ⚠ upstream sets local to the public IP, which breaks behind NAT; the interface address is what the
@@ -106,14 +113,16 @@ class VXLANNetwork(LeasedNetwork):
     """The running vxlan network: applies lease events and keeps the kernel reconciled."""
 
     def __init__(self, nl: Netlink, lease: Lease, mtu: int, devices: list[_Device], config: NetworkConfig,
-                 reconcile_interval: float) -> None:
+                 reconcile_interval: float, ext: ExternalInterface | None = None) -> None:
         self.nl = nl
         super().__init__(lease, mtu)
         self.devices = devices
         self.config = config
         self.reconcile_interval = reconcile_interval
-        self.tracker = LeaseTracker(lease)
+        self.tracker = LeaseTracker(lease, LeaseGuard.for_network(config, lease, "vxlan", vtep_macs=True))
         self.synced = False
+        self.ext = ExternalLink(ext) if ext is not None else None
+        """The underlay the devices sit on (None: left as it was at start-up)."""
 
     @property
     def dev_names(self) -> dict[int, str]:
@@ -132,20 +141,26 @@ class VXLANNetwork(LeasedNetwork):
     def reconcile(self) -> int:
         """Make the kernel match the leases: recreate missing devices, repair drift. Returns repairs made."""
         repairs = 0
+        if not self.follow_external():
+            return 0
         for dev in self.devices:
             plane = dev.plane
             link = self.nl.link_by_name(dev.spec.name)
-            if link is None or link.index != plane.dev_index or link.mac != dev.spec.mac:
+            lower = link.vxlan.underlay_index if link is not None and link.vxlan is not None else None
+            if (link is None or link.index != plane.dev_index or link.mac != dev.spec.mac
+                    or (lower and dev.spec.underlay_index and lower != dev.spec.underlay_index)):
                 # Also when it was recreated or re-addressed behind our back: peers send to the MAC we advertised.
-                what = "is missing" if link is None else f"changed (index {link.index}, mac {link.mac})"
+                what = "is missing" if link is None else (
+                    f"changed (index {link.index}, mac {link.mac}, dev index {lower})")
                 log.warning("device %s %s; recreating it with mac %s", dev.spec.name, what, dev.spec.mac)
                 link = ensure_device(self.nl, dev.spec)
                 plane.dev_index = link.index
                 repairs += 1
                 metrics.RECONCILE_REPAIRS.labels("link_add").inc()
             ensure_address(self.nl, link, plane.own_subnet.network_address, self.config.network)
-            if not self.synced:
-                continue  # until the first snapshot, "not desired" does not mean "stale"
+            if not self.synced or (self.ext is not None and not self.ext.up):
+                continue  # until the first snapshot, "not desired" does not mean "stale"; a down underlay
+                # refuses DirectRouting routes, and tunnel entries carry nothing until it is up (it kicks then)
             drift = plane.drift_ops()
             if drift:
                 reasons = [r for r, _ in drift]
@@ -154,11 +169,31 @@ class VXLANNetwork(LeasedNetwork):
                 repairs += len(drift)
         return repairs
 
+    def follow_external(self) -> bool:
+        """Find the external interface again; when it has a new index, rebuild the devices on it (the kernel
+        deleted them with the old one). False while it is gone: a vxlan device cannot be made without it."""
+        if self.ext is None:
+            return True
+        old = self.ext.refresh(self.nl)
+        if old is not None:
+            for dev in self.devices:
+                dev.spec = dataclasses.replace(dev.spec, underlay_index=self.ext.index)
+                log.warning("device %s follows %s to index %d (was %d)", dev.spec.name, self.ext.iface.name,
+                            self.ext.index, old)
+        return self.ext.present
+
+    def kicks(self, ev: LinkEvent) -> bool:
+        """Which monitor events call for an immediate reconcile: one of our devices deleted, or any change of
+        the external interface (down, up, re-created, addresses)."""
+        if ev.kind == "del" and any(ev.name == d.spec.name for d in self.devices):
+            return True
+        return self.ext is not None and self.ext.concerns(ev)
+
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
         loop = ReconcileLoop(self.reconcile, self.reconcile_interval)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(loop.kick_on_link_delete(lambda: {d.spec.name for d in self.devices}),
+            tg.create_task(loop.kick_on_link_events(self.kicks, addresses=self.ext is not None),
                            name="vxlan-link-monitor")
             tg.create_task(loop.run(), name="vxlan-reconcile")
             async for result in results:

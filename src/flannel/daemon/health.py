@@ -71,9 +71,11 @@ class HealthServer:
         self._conns: set[asyncio.Task[None]] = set()
         self._reading: dict[asyncio.Task[None], None] = {}
         """Connections still sending their head, oldest first: the ones dropped when every slot is taken."""
-        self._freed = asyncio.Event()
+        self._paused: list[socket.socket] = []
+        self._resume_timer: asyncio.TimerHandle | None = None
         self._log = RepeatLimiter(LOG_INTERVAL)
-        self._acceptors = [asyncio.create_task(self._accept_loop(lsock)) for lsock in listeners]
+        for lsock in listeners:
+            self._listen(lsock)
 
     def mark_ready(self) -> None:
         """subnet.env is written; open problems (``readiness``) still make ``/readyz`` answer 503."""
@@ -98,23 +100,44 @@ class HealthServer:
             return 200, metrics.CONTENT_TYPE, metrics.render()
         return 404, TEXT, b"404 page not found\n"  # Go's http.NotFound
 
-    async def _accept_loop(self, lsock: socket.socket) -> None:
+    def _listen(self, lsock: socket.socket) -> None:
+        """Accept from ``lsock`` whenever it is readable (a plain reader callback: no task to cancel, so a
+        connection accepted at the moment of shutdown can never be dropped on the floor unclosed)."""
+        asyncio.get_running_loop().add_reader(lsock.fileno(), self._accept, lsock)
+
+    def _accept(self, lsock: socket.socket) -> None:
+        """One connection per call: the loop calls again while more wait, and in between a connection
+        dropped to make room has closed its descriptor."""
+        try:
+            sock, _ = lsock.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in _CLIENT_GONE:  # the client gave up before we got to it
+                return
+            # EMFILE and the like: retrying at once would spin on the same error, so stop accepting until
+            # one of our connections ends (which frees an fd), or a moment has passed.
+            self._warn(f"cannot accept connections: {exc.strerror or exc}; pausing")
+            self._pause(lsock)
+            return
+        self._admit(sock)
+
+    def _pause(self, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(lsock)
-            except OSError as exc:
-                if exc.errno in _CLIENT_GONE:  # the client gave up before we got to it
-                    continue
-                # EMFILE and the like: retrying at once would spin on the same error, so wait for one of our
-                # connections to end (which frees an fd), or a moment.
-                self._warn(f"cannot accept connections: {exc.strerror or exc}; pausing")
-                self._freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), ACCEPT_PAUSE)
-                continue
-            self._admit(sock)
-            await asyncio.sleep(0)  # let the connection start (and a dropped one close) before the next accept
+        loop.remove_reader(lsock.fileno())
+        self._paused.append(lsock)
+        if self._resume_timer is None:
+            self._resume_timer = loop.call_later(ACCEPT_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        """Accept again on every paused listener (a connection ended, or the pause ran out)."""
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        paused, self._paused = self._paused, []
+        for lsock in paused:
+            if lsock.fileno() >= 0:
+                self._listen(lsock)
 
     def _admit(self, sock: socket.socket) -> None:
         if len(self._conns) >= MAX_CONNECTIONS:
@@ -136,7 +159,8 @@ class HealthServer:
         self._conns.discard(task)
         self._reading.pop(task, None)
         sock.close()  # a task cancelled before it ran never closed it; closing twice is harmless
-        self._freed.set()
+        if self._paused:
+            self._resume()
 
     def _warn(self, message: str) -> None:
         held = self._log.check(message)
@@ -166,10 +190,12 @@ class HealthServer:
 
     async def close(self) -> None:
         """Stop listening; let requests in progress finish for up to ``SHUTDOWN_TIMEOUT`` s, then drop them."""
-        for acceptor in self._acceptors:
-            acceptor.cancel()
-        await asyncio.gather(*self._acceptors, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
         for lsock in self._listeners:
+            if lsock.fileno() >= 0 and lsock not in self._paused:
+                loop.remove_reader(lsock.fileno())
             lsock.close()
         pending = set(self._conns)
         if pending:

@@ -50,6 +50,8 @@ RTM_DELNEIGH: Final = 29
 RTM_GETNEIGH: Final = 30
 
 RTMGRP_LINK: Final = 1
+RTMGRP_IPV4_IFADDR: Final = 0x10
+RTMGRP_IPV6_IFADDR: Final = 0x100
 
 # routes
 RT_TABLE_MAIN: Final = 254

@@ -1,7 +1,8 @@
 """Link events (device created, changed, deleted) for the asyncio daemon.
 
 flanneld must notice when someone deletes its VXLAN device, and must not poll for it. The monitor is a
-non-blocking socket subscribed to RTMGRP_LINK that plugs into ``loop.add_reader``.
+non-blocking socket subscribed to RTMGRP_LINK that plugs into ``loop.add_reader``. Optionally it also hears
+address changes, because an external interface that comes back is only usable once its address is back.
 """
 
 from __future__ import annotations
@@ -13,18 +14,31 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flannel.netlink import nsenter, wire
-from flannel.netlink.consts import IFINFOMSG, IFLA_IFNAME, RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from flannel.netlink.consts import (
+    IFA_LABEL,
+    IFADDRMSG,
+    IFINFOMSG,
+    IFLA_IFNAME,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_LINK,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LinkEvent:
-    """A device appeared or changed ("new") or disappeared ("del")."""
+    """A device appeared or changed ("new"), disappeared ("del"), or one of its addresses changed ("addr")."""
 
-    kind: Literal["new", "del"]
+    kind: Literal["new", "del", "addr"]
     index: int
     name: str
+    """The device name; for "addr" the address label (IPv4), empty for IPv6."""
 
 
 class LinkMonitor:
@@ -34,10 +48,11 @@ class LinkMonitor:
     occasions, and a caller that sees it grow should re-list links instead of trusting the event stream.
     """
 
-    def __init__(self, netns: str | None = None, *, bufsize: int = 4 << 20) -> None:
+    def __init__(self, netns: str | None = None, *, bufsize: int = 4 << 20, addresses: bool = False) -> None:
         self.netns = netns
         self.overruns = 0
-        self._sock = nsenter.route_socket(netns, RTMGRP_LINK)
+        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
+        self._sock = nsenter.route_socket(netns, groups)
         try:
             nsenter.set_buffers(self._sock, bufsize)
             self._sock.setblocking(False)
@@ -75,6 +90,11 @@ class LinkMonitor:
                 continue
             data = bytes(self._view[:n])
             for mtype, _flags, _seq, start, end in wire.iter_messages(data):
+                if mtype in (RTM_NEWADDR, RTM_DELADDR):
+                    index = IFADDRMSG.unpack_from(data, start)[4]
+                    label = wire.attrs(data, start + IFADDRMSG.size, end).get(IFA_LABEL, b"")
+                    events.append(LinkEvent("addr", index, wire.cstr(label)))
+                    continue
                 if mtype not in (RTM_NEWLINK, RTM_DELLINK):
                     continue
                 index = IFINFOMSG.unpack_from(data, start)[2]

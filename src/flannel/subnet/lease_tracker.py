@@ -11,7 +11,11 @@ Three deliberate differences from upstream's ``LeaseWatcher``:
   removes every route: quirk §6.6/§17.5);
 * in a snapshot, a lease present before and after whose attributes or revision changed is reported as
   Added, so a changed VtepMAC or public IP is reprogrammed (upstream reports nothing until the next renewal);
-* a snapshot's removals come before its additions (upstream: additions first), see ``_reset``.
+* a snapshot's removals come before its additions (upstream: additions first), see ``_reset``; its additions
+  go oldest record first (by revision), so that the first holder of a contested subnet or VtepMAC is the one
+  the ``LeaseGuard`` keeps, whatever the key order;
+* with a ``LeaseGuard`` (every backend gives one), a lease that would disturb another is not passed on
+  (``lease_guard.py``). ``leases`` still lists every remote lease known.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 from ipaddress import IPv4Network, IPv6Network
 
 from flannel.lease import EventType, Lease, LeaseEvent
+from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
@@ -34,9 +39,11 @@ def _key(lease: Lease) -> _Key:
 class LeaseTracker:
     """The known remote leases of one network, and the events that keep a backend in step with them."""
 
-    def __init__(self, own: Lease | None = None) -> None:
+    def __init__(self, own: Lease | None = None, guard: LeaseGuard | None = None) -> None:
         self._own = own
         self._leases: dict[_Key, Lease] = {}
+        self.guard = guard
+        """Decides which leases may reach the backend; None passes every one on."""
 
     @property
     def own(self) -> Lease | None:
@@ -46,6 +53,8 @@ class LeaseTracker:
     @own.setter
     def own(self, lease: Lease | None) -> None:
         self._own = lease
+        if lease is not None and self.guard is not None:
+            self.guard.own_changed(lease)
         if lease is not None:
             self._leases = {k: v for k, v in self._leases.items() if not self.is_own(v)}
 
@@ -69,8 +78,12 @@ class LeaseTracker:
 
     def apply(self, result: WatchResult) -> list[LeaseEvent]:
         """Apply one watch result; return the events the backend must apply, in order."""
-        if result.snapshot is not None:
-            return self._reset(result.snapshot)
+        events = self._reset(result.snapshot) if result.snapshot is not None else self._incremental(result)
+        if self.guard is None:
+            return events
+        return self.guard.admit(events, snapshot=result.snapshot is not None)
+
+    def _incremental(self, result: WatchResult) -> list[LeaseEvent]:
         out: list[LeaseEvent] = []
         for added, lease in result.events:
             if self.is_own(lease):
@@ -93,7 +106,7 @@ class LeaseTracker:
         # Removals first: a node that moved to a new subnet keeps its VtepMAC, and removing the old lease
         # after adding the new one would delete the neighbour entries just written.
         out = [LeaseEvent(EventType.REMOVED, old) for key, old in self._leases.items() if key not in fresh]
-        for key, lease in fresh.items():
+        for key, lease in sorted(fresh.items(), key=lambda item: item[1].revision):
             old = self._leases.get(key)
             if old is None or old.attrs != lease.attrs or old.revision != lease.revision:
                 out.append(LeaseEvent(EventType.ADDED, lease))
