@@ -110,14 +110,14 @@ class FaultCluster(Cluster):
         if data is not None:
             member.data = data
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        log = open(self.tmp / f"etcd{member.n}.log", "ab")  # noqa: SIM115 - closed with the process
-        member.proc = subprocess.Popen(
-            ["ip", "netns", "exec", member.ns, ETCD, "--name", member.name, "--data-dir", str(member.data),
-             "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
-             "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
-             "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
-             "--heartbeat-interval", "100", "--election-timeout", "1000"],
-            stdout=log, stderr=log)
+        with open(self.tmp / f"etcd{member.n}.log", "ab") as log:  # the child has its own copy of the descriptor
+            member.proc = subprocess.Popen(
+                ["ip", "netns", "exec", member.ns, ETCD, "--name", member.name, "--data-dir", str(member.data),
+                 "--listen-client-urls", member.client_url, "--advertise-client-urls", member.client_url,
+                 "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
+                 "--initial-cluster", cluster, "--initial-cluster-token", self.prefix,
+                 "--heartbeat-interval", "100", "--election-timeout", "1000"],
+                stdout=log, stderr=log)
 
     def stop_member(self, member: Member, sig: int = signal.SIGTERM) -> None:
         """Signal the member by PID and wait until it is gone."""
@@ -205,14 +205,14 @@ class FaultCluster(Cluster):
         return host
 
     def start_flanneld(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
-        with open(host.log_file, "a") as f:
-            f.write(f"=== fault harness: flanneld started at monotonic {time.monotonic():.3f} ===\n")
-        log = open(host.log_file, "ab")  # noqa: SIM115 - closed with the process
         host.started = time.time()
-        host.proc = subprocess.Popen(
-            ["ip", "netns", "exec", host.ns, FLANNELD, f"--etcd-endpoints={self.endpoints}",
-             f"--subnet-file={host.subnet_file}", f"--healthz-port={HEALTHZ_PORT}", *FLANNELD_FLAGS, *extra],
-            stdout=log, stderr=log)
+        with open(host.log_file, "ab") as log:  # the child has its own copy of the descriptor
+            log.write(f"=== fault harness: flanneld started at monotonic {time.monotonic():.3f} ===\n".encode())
+            log.flush()
+            host.proc = subprocess.Popen(
+                ["ip", "netns", "exec", host.ns, FLANNELD, f"--etcd-endpoints={self.endpoints}",
+                 f"--subnet-file={host.subnet_file}", f"--healthz-port={HEALTHZ_PORT}", *FLANNELD_FLAGS, *extra],
+                stdout=log, stderr=log)
 
     def readyz(self, host: Host) -> ReadyzLog:
         return ReadyzLog(host.workdir / "readyz.log")
