@@ -1,8 +1,10 @@
 """What a fault scenario measures: pings lost between pods, /readyz answers over time, kernel vs leases.
 
-* ``Pinger``: one ``ping -i 0.1 -w BOUND`` per ordered pair of pods, inside the source pod's namespace,
+* ``Pinger``: one ``ping -i 0.1 -c 10×BOUND`` per ordered pair of pods, inside the source pod's namespace,
   started before the fault and stopped (SIGINT, by PID) after it; loss is counted per sequence number, so a
-  reply still in flight when ping is stopped is not counted as lost.
+  reply still in flight when ping is stopped is not counted as lost. Not ``-w BOUND``: with a deadline,
+  iputils ping ends at the first ICMP error ("Destination Net Unreachable"), and the loss after it would
+  go uncounted.
 * ``ReadyzLog``: the answers written by ``readyz_probe.py`` for one host, and when it was ready again.
 * ``kernel_mismatches``: for the vxlan backend, every remote lease in etcd has its route, neighbour and FDB
   entry on ``flannel.1``, and ``flannel.1`` has nothing for a subnet without a lease.
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from tests.faults.harness import FaultCluster
 
 _REPLY = re.compile(r"icmp_seq=(\d+) ttl=")
+_ERROR = re.compile(r"icmp_seq=(\d+) (?!ttl=)")
 _SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
 
 
@@ -36,12 +39,13 @@ class PingResult:
 
 
 def parse_ping(pair: str, text: str) -> PingResult:
-    """Sent and lost from ping's output; the last sequence number is not lost if only its reply was pending."""
+    """Sent and lost from ping's output; the last echo is not counted if its answer was merely still pending."""
     m = _SUMMARY.search(text)
     sent = int(m.group(1)) if m else 0
     got = {int(s) for s in _REPLY.findall(text)}
+    errors = {int(s) for s in _ERROR.findall(text)}
     missing = [seq for seq in range(1, sent + 1) if seq not in got]
-    if missing and missing[-1] == sent:
+    if missing and missing[-1] == sent and sent not in errors:
         missing.pop()
         sent -= 1
     return PingResult(pair, sent, len(missing))
@@ -62,9 +66,9 @@ class Pinger:
             out = self.cluster.tmp / f"ping-{label}-{len(self.cluster.ping_logs)}.txt"
             self.cluster.ping_logs.append(out)
             with open(out, "wb") as f:
-                proc = subprocess.Popen(
+                proc = subprocess.Popen(  # bounded by a count: with -w, ping ends at the first ICMP error
                     ["ip", "netns", "exec", self.cluster.pod_ns(a, 1), "ping", "-n", "-i", "0.1",
-                     "-w", str(self.bound), b.pods[0]], stdout=f, stderr=subprocess.STDOUT)
+                     "-c", str(self.bound * 10), b.pods[0]], stdout=f, stderr=subprocess.STDOUT)
             self.procs.append((label, proc, out))
             self.cluster.children.append(proc)
 

@@ -1,7 +1,8 @@
 """Turn the fault suite's figures (JSON lines) into the markdown table of ``docs/reliability.md``.
 
 Usage: ``.venv/bin/python tests/faults/report.py [FIGURES.jsonl]`` (default ``$FLANNEL_FAULT_FIGURES``).
-One row per scenario, its latest run; the table goes to standard output.
+One row per test, its latest run; the table goes to standard output. "Ready again" is the largest over the
+running flanneld processes, each host's own figure in brackets.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def _cell(text: object) -> str:
 
 def row(fig: dict[str, Any]) -> str:
     ready = "never" if fig["ready_again_s"] is None else f"{fig['ready_again_s']:.2f}"
+    per_host = ", ".join(f"{h} {'never' if v is None else f'{v:.2f}'}" for h, v in fig["ready_again_by_host"].items())
+    ready += f" ({per_host})"
     unready = ", ".join(sorted(fig["unready_during_fault"])) or "none"
     exits = ", ".join(f"{e['host']} (exit {e['code']})" for e in fig["exits"]) or "none"
     agrees = "yes" if fig["kernel_agrees"] else f"no ({len(fig['mismatches'])} differences)"
