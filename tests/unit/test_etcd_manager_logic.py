@@ -120,7 +120,7 @@ class FakeStore:
         return PutResult(self.raw_put(key, value, lease_id), lease_id, granted)
 
     async def replace(self, key: str, value: str, ttl: int | None, mod_revision: int) -> PutResult | None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # as put: a real store always suspends
         self._check("replace")
         current = self.data.get(key)
         if (current.mod_revision if current is not None else 0) != mod_revision:
