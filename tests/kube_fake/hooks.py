@@ -9,6 +9,7 @@ since nothing could be asked to end it while nothing listens.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import TYPE_CHECKING, Any
 
 from tests.kube_fake.objects import ApiError
@@ -24,14 +25,16 @@ async def handle(api: FakeKubeApi, req: Request) -> tuple[int, Any]:
     """Run hook ``req`` on ``api``: the status code and the JSON answer."""
     q, name = req.query, req.path.removeprefix("/_fake/")
     try:
-        return await _run(api, name, q)
+        return await _run(api, name, q, req)
     except KeyError as exc:
         return 400, {"error": f"missing parameter {exc}"}
+    except ValueError as exc:
+        return 400, {"error": f"bad body: {exc}"}
     except ApiError as err:
         return err.code, err.body
 
 
-async def _run(api: FakeKubeApi, name: str, q: dict[str, str]) -> tuple[int, Any]:
+async def _run(api: FakeKubeApi, name: str, q: dict[str, str], req: Request) -> tuple[int, Any]:
     if name == "drop-watches":
         return 200, {"dropped": api.drop_watches()}
     if name == "compact":
@@ -66,6 +69,9 @@ async def _run(api: FakeKubeApi, name: str, q: dict[str, str]) -> tuple[int, Any
     if name == "create-node":
         kwargs: dict[str, Any] = {"pod_cidr": q["podCIDR"]} if "podCIDR" in q else {}
         return 200, api.create_node(q["node"], **kwargs)
+    if name == "patch-node":  # the body is a JSON merge patch, as ``kubectl patch --type merge`` sends
+        patch = json.loads(req.body or b"{}")
+        return 200, api.store.patch_node(q["node"], patch, "application/merge-patch+json")
     if name == "delete-node":
         return 200, api.delete_node(q["node"])
     if name == "node":

@@ -100,7 +100,6 @@ class KubeClient:
         verb, path = "WATCH", f"{NODES}?resourceVersion={resource_version}"
         conn, response = await self._open_stream(NODES, query, verb, path)
         loop = asyncio.get_running_loop()
-        self._streams.add(conn)
         try:
             if opened is not None:
                 opened()
@@ -204,6 +203,7 @@ class KubeClient:
         try:
             async with asyncio.timeout(self.request_timeout):
                 conn = await self._endpoint.connect()
+                self._streams.add(conn)  # abort_watches also ends a watch still waiting for its answer
                 await conn.send(head)
                 response = await conn.read_head()
                 if response.status == 200:
@@ -211,12 +211,20 @@ class KubeClient:
                 data = await conn.read_body(response, MAX_BODY)
         except TimeoutError as exc:
             if conn is not None:
+                self._streams.discard(conn)
                 conn.close()
             raise unavailable(verb, shown, f"no answer within {self.request_timeout:g}s") from exc
         except _NETWORK_ERRORS as exc:
             if conn is not None:
+                self._streams.discard(conn)
                 conn.close()
             raise unavailable(verb, shown, _describe(exc)) from exc
+        except asyncio.CancelledError:
+            if conn is not None:
+                self._streams.discard(conn)
+                conn.close()
+            raise
+        self._streams.discard(conn)
         conn.close()
         raise error_from_response(response.status, response.phrase, data, verb=verb, path=shown,
                                   retry_after_header=response.headers.get("retry-after", ""))
