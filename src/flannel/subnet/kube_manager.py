@@ -136,8 +136,7 @@ class KubeSubnetManager:
         self._lease: Lease | None = None
         self._own = OwnNodeState(asyncio.Event(), rewatch=self.client.abort_watches)
         self._overlapping: set[str] = set()
-        self._streaming = False
-        """The current watch request was accepted: losing it is no sign of an unreachable server yet."""
+        self._streaming = False  # the current watch was accepted: losing it says nothing of the server yet
 
     # -- start-up ----------------------------------------------------------------------------------------
 
@@ -299,6 +298,7 @@ class KubeSubnetManager:
                 metrics.WATCH_ERRORS.labels("unavailable").inc()
                 if not self._streaming:  # a watch lost mid-stream is routine; failing to open one is not
                     READINESS.problem("datastore", f"cannot reach the Kubernetes API server: {exc}")
+                self._streaming = False  # a list that fails after it (410, then the server away) counts
                 wait = retry_delay(backoff, exc)
                 log.warning("node watch failed, retrying in %.1fs: %s", wait, exc)
                 if not synced and time.monotonic() - started > SYNC_DEADLINE:
