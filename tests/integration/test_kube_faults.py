@@ -30,7 +30,7 @@ from flannel.backoff import Backoff
 from flannel.errors import LeaseRevokedError
 from flannel.kube.client import KubeClient
 from flannel.kube.config import KubeClientConfig
-from flannel.kube.errors import KubeUnavailableError, parse_retry_after, retry_delay
+from flannel.kube.errors import KubeUnavailableError, error_from_response, parse_retry_after, retry_delay
 from flannel.lease import Lease
 from flannel.readiness import READINESS
 from flannel.subnet.kube_manager import KubeSubnetManager
@@ -240,6 +240,10 @@ def test_retry_after_is_read_from_the_header_and_capped() -> None:
     assert parse_retry_after("2") == 2.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after("") is None
+    status = b'{"kind":"Status","code":429,"reason":"TooManyRequests","details":{"retryAfterSeconds":3}}'
+    assert error_from_response(429, "Too Many Requests", status, verb="GET", path="/").retry_after == 3.0
+    assert error_from_response(429, "", status, verb="GET", path="/", retry_after_header="5").retry_after == 5.0
+    assert error_from_response(503, "", b"", verb="GET", path="/").retry_after is None
     backoff = Backoff(0.5, 4.0)
     assert retry_delay(backoff, KubeUnavailableError(429, "TooManyRequests", "", retry_after=2.0)) == 2.0
     assert retry_delay(backoff, KubeUnavailableError(429, "TooManyRequests", "", retry_after=3600.0)) == 30.0

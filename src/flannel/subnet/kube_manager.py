@@ -333,11 +333,11 @@ class KubeSubnetManager:
         """One watch request from ``self._version``, which follows every event, so that the next request resumes
         where this one stopped, whether the server ended it or the connection was lost. True if it saw any."""
         seen = self._streaming = False
-        stream = self.client.watch_nodes(self._version, self.opts.watch_timeout, opened=self._watch_opened)
+        stream = self.client.watch_nodes(self._version, self.opts.watch_timeout, opened=self._watch_alive)
         async with contextlib.aclosing(stream):
             async for kind, node in stream:
                 seen = True
-                self._own.watch_heard_at = time.monotonic()
+                self._watch_alive()  # an event or bookmark: the server answers (after a hang, say)
                 backoff.reset()  # the watch is up: a later failure starts again from the initial delay
                 self._version = str((node.get("metadata") or {}).get("resourceVersion") or self._version)
                 if kind == "BOOKMARK":
@@ -348,7 +348,7 @@ class KubeSubnetManager:
                     metrics.EVENT_LATENCY.received()
         return seen
 
-    def _watch_opened(self) -> None:
+    def _watch_alive(self) -> None:
         self._streaming = True
         self._own.watch_heard_at = time.monotonic()
         READINESS.resolved("datastore")
