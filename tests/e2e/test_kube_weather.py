@@ -1,4 +1,4 @@
-"""Real flanneld processes in Kubernetes mode ride out an API server that is down or hanging.
+"""Real flanneld processes in Kubernetes mode ride out an API server that is down or hanging, and a node re-created.
 
 The cluster of ``test_kube_cluster`` (three hosts, the fake API server as a process in the underlay's "etcd"
 namespace); the outages are put on through the fake's ``/_fake/`` hooks. Each test checks that every flanneld
@@ -105,3 +105,22 @@ def _answers(k: KubeCluster) -> bool:
     except subprocess.CalledProcessError:  # refused while down
         return False
     return True
+
+
+def test_a_deleted_and_recreated_node_is_annotated_again_and_routed_again(kube: KubeCluster) -> None:  # noqa: F811
+    h1, h2 = kube.c.hosts[1], kube.c.hosts[2]
+    cidr = "10.244.2.0/24"
+    assert cidr in in_ns(h1.ns, "ip", "route", "show").stdout
+    hook(kube, "delete-node", node="h2")
+    assert eventually(lambda: cidr not in in_ns(h1.ns, "ip", "route", "show").stdout, timeout=20)
+    hook(kube, "create-node", node="h2", podCIDR=cidr)  # the kubelet registers it again, with the same podCIDR
+    began = time.monotonic()
+    assert eventually(lambda: cidr in in_ns(h1.ns, "ip", "route", "show").stdout, timeout=30)
+    print(f"\nflanneld: a re-created node routed again by the others after {time.monotonic() - began:.2f}s")
+    node = hook(kube, "node", node="h2")
+    assert isinstance(node, dict)
+    assert node["metadata"]["annotations"][PREFIX + "public-ip"] == h2.ip
+    conditions = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert conditions["NetworkUnavailable"] == "False"
+    assert "was deleted from the API server" in h2.log_file.read_text()
+    all_running(kube)
