@@ -12,7 +12,6 @@ server's own ``Status`` message.
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 from flannel.backoff import Backoff
@@ -125,12 +124,12 @@ def parse_retry_after(text: str) -> float | None:
 
 def retry_delay(backoff: Backoff, exc: BaseException) -> float:
     """How long to wait before retrying after ``exc``: the server's ``Retry-After`` (capped at
-    ``RETRY_AFTER_CAP``) when it gave one, else the back-off's next delay with jitter (between half and all
-    of it), so that the nodes of a cluster do not all come back in the same second."""
+    ``RETRY_AFTER_CAP``) when it gave one, else the back-off's next delay with its jitter, so that the nodes
+    of a cluster do not all come back in the same second."""
     after = getattr(exc, "retry_after", None)
     if isinstance(after, float) and after > 0:
         return min(after, RETRY_AFTER_CAP)
-    return backoff.advance() * random.uniform(0.5, 1.0)
+    return backoff.advance_jittered()
 
 
 def unavailable(verb: str, path: str, why: str) -> KubeUnavailableError:
