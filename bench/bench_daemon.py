@@ -103,7 +103,8 @@ def wait_log(path: Path, text: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while text not in path.read_text(errors="replace"):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{text!r} not logged within {timeout} s")
+            lines = [ln for ln in path.read_text().splitlines() if "route_plane.py" not in ln]
+            raise RuntimeError(f"{text!r} not logged within {timeout} s:\n" + "\n".join(lines[-30:]))
         time.sleep(0.05)
 
 
@@ -227,13 +228,14 @@ def inner(args: argparse.Namespace) -> int:
             print(top_mappings(p.pid), file=sys.stderr)
         rows.append(f"| peak RSS (VmHWM) holding {count_routes()} peers | {rss:.1f} MiB (steady VmRSS {now:.1f} MiB)"
                     " | ≤ 50 MiB |")
-        # 4. the same daemon through a full re-list: frozen while leases change and etcd compacts past its
-        # watch revision, then etcd restarts (the watch breaks) and the daemon resumes into a compacted revision
+        # 4. the same daemon through a full re-list: frozen while etcd restarts (its watch breaks unseen), leases
+        # change and etcd compacts past its watch revision; thawed, it resumes into a compacted revision
         p.send_signal(signal.SIGSTOP)
-        asyncio.run(put_leases(30000, 16))
-        rev = asyncio.run(compact_now())
         etcd.stop()
         etcd.start()
+        asyncio.run(put_leases(30000, 8))  # two transactions: the daemon's next revision is then compacted away
+        asyncio.run(put_leases(30008, 8))
+        rev = asyncio.run(compact_now())
         p.send_signal(signal.SIGCONT)
         t0 = time.monotonic()
         wait_log(tmp / "flanneld.log", "re-listing", timeout=60)

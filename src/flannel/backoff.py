@@ -40,9 +40,13 @@ class Backoff:
         delay, self._next = self._next, min(self._next * 2, self._cap)
         return delay
 
+    def advance_jittered(self) -> float:
+        """``advance()`` less up to ``JITTER`` of it, at random."""
+        return self.advance() * (1 - random.uniform(0, JITTER))
+
     async def sleep(self) -> None:
         """Wait the current delay (less up to ``JITTER`` of it), then double the next one."""
-        await asyncio.sleep(self.advance() * (1 - random.uniform(0, JITTER)))
+        await asyncio.sleep(self.advance_jittered())
 
 
 class RepeatLimiter:

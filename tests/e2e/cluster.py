@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.waiting import holds_within
+
 REPO = Path(__file__).resolve().parents[2]
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -55,13 +57,9 @@ def in_ns(ns: str, *args: str, check: bool = True, timeout: float = 30) -> subpr
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15, every: float = 0.2) -> bool:
-    """Poll ``check`` until it holds or ``timeout`` passes; the last answer is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(every)
-    return check()
+    """Poll ``check`` until it holds or ``timeout`` passes; the last answer is returned (``assert eventually(...),
+    detail`` then names what was seen). The polling is tests/waiting.py's, shared with the other tests."""
+    return holds_within(check, timeout, every)
 
 
 def subnet_of(host: Host) -> str:

@@ -71,7 +71,9 @@ def h1(cluster: Cluster) -> Host:
 def test_readyz_is_503_until_the_config_arrives_then_200(cluster: Cluster, h1: Host) -> None:
     assert eventually(lambda: scrape(h1, "/healthz") is not None, timeout=15), h1.log_file.read_text()[-2000:]
     assert scrape(h1, "/healthz") == (200, "text/plain; charset=utf-8", "flanneld is running")
-    time.sleep(1.5)  # flanneld is retrying the missing config every second meanwhile
+    # Two failed attempts at the config: flanneld has been up and retrying for a while, and still is not ready.
+    assert eventually(lambda: h1.log_file.read_text().count("failed to retrieve network config") >= 2,
+                      timeout=30), h1.log_file.read_text()[-2000:]
     assert scrape(h1, "/readyz") == (503, "text/plain; charset=utf-8", "flanneld is not ready yet")
     assert sample(metrics_of(h1), "flannel_ready") == 0
     cluster.put_config(CONFIG)

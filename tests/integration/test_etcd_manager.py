@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -16,10 +17,12 @@ from flannel.errors import ConfigError, OutOfSubnetsError
 from flannel.lease import EventType, Lease, LeaseAttrs
 from flannel.subnet.etcd_manager import CONFIG_NOT_FOUND, EtcdSubnetManager
 from flannel.subnet.etcd_store import EtcdStore
+from flannel.subnet.kvstore import WatchEvent
 from flannel.subnet.lease_keeper import EtcdManagerTimings
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 from tests.etcd_server import EtcdServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -39,11 +42,20 @@ def put_config(etcd: EtcdServer, prefix: str, cfg: str) -> None:
     etcd.etcdctl("put", f"{prefix}/config", cfg)
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+def confirmed_watches(store: EtcdStore) -> list[str]:
+    """Spy on ``store.watch``: the keys whose watch etcd has confirmed (its first answer), in order."""
+    confirmed: list[str] = []
+    real = store.watch
+
+    async def watch(key: str, start_revision: int, prefix: bool) -> AsyncGenerator[list[WatchEvent], None]:
+        async with contextlib.aclosing(real(key, start_revision, prefix)) as stream:
+            async for batch in stream:
+                if key not in confirmed:
+                    confirmed.append(key)
+                yield batch
+
+    store.watch = watch  # type: ignore[method-assign]
+    return confirmed
 
 
 def get_value(etcd: EtcdServer, key: str) -> str | None:
@@ -136,7 +148,10 @@ async def test_reservation_is_reused_without_ttl(store: EtcdStore, prefix: str, 
     assert get_value(etcd, key) == '{"PublicIP":"1.2.3.4","PublicIPv6":null}'
 
 
-async def test_renewal_keeps_the_lease_past_its_ttl(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
+async def test_renewal_keeps_the_lease_past_its_ttl(
+    store: EtcdStore, prefix: str, etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flannel")
     put_config(etcd, prefix, '{"Network":"10.3.0.0/16"}')
     m = mgr(store, prefix, ttl_seconds=3, renew_margin_minutes=1.5 / 60)
     lease = await m.acquire_lease(attrs())
@@ -144,10 +159,14 @@ async def test_renewal_keeps_the_lease_past_its_ttl(store: EtcdStore, prefix: st
     first_lease = json.loads(etcd.etcdctl("get", key, "-w", "json"))["kvs"][0]["lease"]
     task = asyncio.create_task(m.complete_lease(lease))
     try:
-        await asyncio.sleep(4.5)
+        # The outcome is about time itself: the key must outlive the 3 s TTL it was written with. So wait for
+        # that TTL to have run out (the lease's own expiry, as etcd granted it) with renewals made meanwhile.
+        await wait_until(lambda: (time.time() > lease.expiration + 1 and caplog.text.count("renewed lease") >= 2)
+                         or task.done(), "two renewals and the first TTL run out", timeout=60)
+        assert not task.done()
         assert get_value(etcd, key) == '{"PublicIP":"1.2.3.4","PublicIPv6":null}'
         assert json.loads(etcd.etcdctl("get", key, "-w", "json"))["kvs"][0]["lease"] != first_lease
-        assert not task.done()
+        assert (etcd.ttl_of(key) or 0) > 0
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -161,11 +180,12 @@ async def test_own_lease_deleted_by_hand_is_reacquired_with_the_same_subnet(
     m = mgr(store, prefix, on_lease_changed=changed.append)
     lease = await m.acquire_lease(attrs())
     key = f"{prefix}/subnets/{lease.key}"
+    watching = confirmed_watches(store)
     task = asyncio.create_task(m.complete_lease(lease))
     try:
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: key in watching, "etcd to confirm the keeper's watch on its key")
         etcd.etcdctl("del", key)
-        await wait_until(lambda: bool(changed))
+        await wait_until(lambda: bool(changed), "the lease re-acquired")
         assert changed[0].subnet == lease.subnet
         ttl = etcd.ttl_of(key)
         assert ttl is not None and ttl > 86000

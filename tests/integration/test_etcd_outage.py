@@ -8,9 +8,9 @@ the leases written meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
 from flannel.subnet.lease_keeper import EtcdManagerTimings
 from flannel.subnet.manager import WatchResult
 from tests.etcd_server import EtcdServer, start_etcd
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.etcd
 
@@ -52,13 +53,6 @@ async def manager(own_etcd: EtcdServer) -> AsyncIterator[EtcdSubnetManager]:
     READINESS.reset()
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 def lease_keys(results: list[WatchResult]) -> set[str]:
     keys: set[str] = set()
     for r in results:
@@ -71,8 +65,9 @@ def lease_keys(results: list[WatchResult]) -> set[str]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_manager_rides_out_etcd_stopped_and_restarted(
-    manager: EtcdSubnetManager, own_etcd: EtcdServer, sig: signal.Signals
+    manager: EtcdSubnetManager, own_etcd: EtcdServer, sig: signal.Signals, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="flannel")
     lease = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan"))
     results: list[WatchResult] = []
 
@@ -82,22 +77,23 @@ async def test_manager_rides_out_etcd_stopped_and_restarted(
 
     keeper = asyncio.create_task(manager.complete_lease(lease))
     watcher = asyncio.create_task(watch())
-    await wait_until(lambda: lease.key in lease_keys(results))
+    await wait_until(lambda: lease.key in lease_keys(results), "our lease in the watch", timeout=30)
 
     own_etcd.halt(sig)
-    await wait_until(lambda: not READINESS.ready)
+    await wait_until(lambda: not READINESS.ready, "not ready without etcd", timeout=30)
     assert "datastore" in READINESS.explain()
-    # Through several failed renewals (one every 5 s) both loops keep running.
-    renewals_due = time.monotonic() + 6
-    await wait_until(lambda: time.monotonic() > renewals_due or keeper.done() or watcher.done(), timeout=10)
+    # Through several failed renewals (the first is due 5 s after the lease was written) both loops keep running.
+    await wait_until(lambda: caplog.text.count("Error renewing lease") >= 3 or keeper.done() or watcher.done(),
+                     "three failed renewals", timeout=60)
     assert not keeper.done() and not watcher.done(), (keeper, watcher)
+    assert f"lease watch on {PREFIX}/subnets lost" in caplog.text
 
     own_etcd.restart()
     own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.99.0-24", '{"PublicIP":"198.18.0.99","BackendType":"vxlan"}')
-    await wait_until(lambda: "10.5.99.0-24" in lease_keys(results))
-    await wait_until(lambda: READINESS.ready)
+    await wait_until(lambda: "10.5.99.0-24" in lease_keys(results), "the lease written meanwhile", timeout=30)
+    await wait_until(lambda: READINESS.ready, "ready again", timeout=30)
     key = f"{PREFIX}/subnets/{lease.key}"
-    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0)
+    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease renewed", timeout=30)
     assert not keeper.done() and not watcher.done()
     for t in (keeper, watcher):
         t.cancel()
@@ -126,12 +122,12 @@ async def test_manager_follows_etcd_restored_from_an_older_snapshot(
 
     keeper = asyncio.create_task(manager.complete_lease(lease))
     watcher = asyncio.create_task(watch())
-    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.97.0-24"})
+    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.97.0-24"}, "the leases before", timeout=30)
 
     own_etcd.restore(snapshot)
-    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.98.0-24"})
+    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.98.0-24"}, "the snapshot's leases", timeout=30)
     key = f"{PREFIX}/subnets/{lease.key}"
-    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0)
+    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease put back", timeout=30)
     assert not keeper.done() and not watcher.done()
     for t in (keeper, watcher):
         t.cancel()

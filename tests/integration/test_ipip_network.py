@@ -25,6 +25,7 @@ from flannel.subnet.manager import WatchResult
 from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.ipip_support import IPIP_MISSING, ipip_unavailable
 from tests.netns import NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -167,15 +168,10 @@ def test_a_running_network_rebuilds_a_deleted_device_on_the_link_event(register:
 
         task = asyncio.create_task(network.run(watch()))
         try:
-            for _ in range(100):  # the snapshot programmed (so the link monitor is open)
-                if route_of(node.ns, "10.100.1.0/24"):
-                    break
-                await asyncio.sleep(0.1)
+            # The snapshot programmed (so the link monitor is open).
+            await wait_until(lambda: route_of(node.ns, "10.100.1.0/24"), "the peer's route", timeout=30)
             node.ns.ip("link", "del", DEVICE_NAME)
-            for _ in range(100):
-                if rebuilt():
-                    break
-                await asyncio.sleep(0.1)
+            await wait_until(rebuilt, "the tunnel rebuilt with its route", timeout=30)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

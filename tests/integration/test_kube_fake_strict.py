@@ -173,11 +173,16 @@ async def test_strategic_patch_directives_from_client_go_are_understood(fake_api
     assert status == 400
 
 
-async def test_strategic_patch_merges_pod_cidrs_as_a_set_and_merge_patch_replaces_them(fake_api: FakeKubeApi) -> None:
-    fake_api.create_node("n")
+async def test_pod_cidrs_can_be_set_once_and_never_changed(fake_api: FakeKubeApi) -> None:
+    fake_api.create_node("n", pod_cidr="")
     patch = {"spec": {"podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"]}}
     _, _, body = await call(fake_api, "PATCH", "/api/v1/nodes/n", patch, SMP)
     assert body["spec"]["podCIDRs"] == ["10.244.0.0/24", "fd00:10:244::/64"]
-    _, _, body = await call(fake_api, "PATCH", "/api/v1/nodes/n", {"spec": {"podCIDRs": ["10.9.0.0/24"]}},
-                            "application/merge-patch+json")
-    assert body["spec"]["podCIDRs"] == ["10.9.0.0/24"]
+    # kube-apiserver's ValidateNodeUpdate: only a deleted and re-created node gets other pod CIDRs.
+    status, _, body = await call(fake_api, "PATCH", "/api/v1/nodes/n", {"spec": {"podCIDRs": ["10.9.0.0/24"]}},
+                                 "application/merge-patch+json")
+    assert status == 422
+    assert_status(body, 422, "Invalid")
+    assert body["message"] == ('Node "n" is invalid: spec.podCIDRs: Forbidden: node updates may not change podCIDR '
+                               'except from "" to valid')
+    assert fake_api.store.nodes["n"]["spec"]["podCIDRs"] == ["10.244.0.0/24", "fd00:10:244::/64"]

@@ -209,7 +209,8 @@ async def test_complete_lease_clears_network_unavailable_keeps_ready_then_holds(
 
 async def test_complete_lease_without_set_node_network_unavailable_patches_nothing(
         fake_api: FakeKubeApi, client: KubeClient, tmp_path: Path) -> None:
-    created = fake_api.create_node("self", pod_cidr="10.244.7.0/24")
+    # Annotated as acquire_lease leaves it: the own-node keeper finds nothing to publish again.
+    created = fake_api.create_node("self", pod_cidr="10.244.7.0/24", annotations=flannel_annotations("198.18.0.12"))
     manager = make_manager(client, write_conf(tmp_path), set_node_network_unavailable=False)
     await manager.get_network_config()
     lease = Lease(subnet=IPv4Network("10.244.7.0/24"), attrs=vxlan_attrs())
@@ -250,11 +251,12 @@ async def test_a_refused_annotation_patch_is_retried(
 async def test_a_failed_condition_patch_is_only_logged(
         fake_api: FakeKubeApi, client: KubeClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="flannel.subnet.kube_manager")
-    created = fake_api.create_node("self", pod_cidr="10.244.7.0/24")
+    created = fake_api.create_node("self", pod_cidr="10.244.7.0/24", annotations=flannel_annotations("198.18.0.12"))
     manager = make_manager(client, write_conf(tmp_path))
     await manager.get_network_config()
     fake_api.fail_next(1, 500)
-    holding = asyncio.create_task(manager.complete_lease(Lease(subnet=IPv4Network("10.244.7.0/24"))))
+    holding = asyncio.create_task(manager.complete_lease(Lease(subnet=IPv4Network("10.244.7.0/24"),
+                                                               attrs=vxlan_attrs())))
     await wait_until(lambda: any("NetworkUnavailable" in r.getMessage() for r in caplog.records))
     assert "failed to set NetworkUnavailable=False on node self" in caplog.records[-1].getMessage()
     assert not holding.done()

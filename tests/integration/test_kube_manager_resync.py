@@ -144,7 +144,7 @@ async def test_failing_rewatches_are_retried_with_back_off_and_recover(
         fake_api.drop_watches()
         c = add_peer(fake_api, "node-c", "10.244.3.0/24", "198.18.0.13")
         assert await next_result(watch) == WatchResult(events=((True, c),))
-        assert delays[-1] == delays[0] == 0.01
+        assert delays[-1] == delays[0] == kube_manager.RETRY_INITIAL / 100
 
 
 @pytest.mark.usefixtures("own_node")

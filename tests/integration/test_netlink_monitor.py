@@ -55,7 +55,7 @@ async def test_link_events_yields_batches_in_the_event_loop(netns: NetNS) -> Non
             raise AssertionError("stream ended")
 
         task = asyncio.create_task(first_deletion())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn, not a wait on time: the task starts reading the stream first
         netns.ip("link", "del", "eth0")  # deleting one end of the veth deletes both
         event = await asyncio.wait_for(task, 5)
         await stream.aclose()

@@ -14,8 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from flannel.netlink import nsenter
 from tests.kube_fake.process import start_fake_process
 from tests.netns import NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until_sync
 
 pytestmark = pytest.mark.root
 
@@ -33,14 +33,6 @@ URL_PASSWORD = "pw-Kx77-url"
 KEY_MATERIAL = "key-Wd19-material"
 TOKEN = "tok-Rb55-bearer"
 SECRETS = (PASSWORD, URL_PASSWORD, KEY_MATERIAL, TOKEN)
-
-
-def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def get(netns: NetNS, path: str) -> tuple[int, bytes]:
@@ -102,8 +94,8 @@ def test_etcd_credentials_appear_in_no_log_line_nor_http_answer(netns: NetNS, tm
     else:
         args.append(f"--etcd-password={PASSWORD}")
     with flanneld(netns, tmp_path, args, env, prefix=NO_CAPS) as (proc, log):
-        wait_for("a failed datastore attempt",
-                 lambda: log.read_text().count("failed to retrieve network config") >= 2 or proc.poll() is not None)
+        wait_until_sync(lambda: log.read_text().count("failed to retrieve network config") >= 2
+                        or proc.poll() is not None, "two failed datastore attempts", timeout=30)
         assert proc.poll() is None, log.read_text()
         answers = [get(netns, path) for path in ("/healthz", "/readyz", "/metrics")]
         assert [code for code, _ in answers] == [200, 503, 200]
@@ -168,7 +160,7 @@ def test_idle_connections_beyond_the_bound_neither_exhaust_fds_nor_block_healthz
     with flanneld(netns, tmp_path, ["--etcd-endpoints=http://127.0.0.1:1", f"--healthz-port={PORT}",
                                     "--healthz-ip=127.0.0.1"], {},
                   prefix=("prlimit", f"--nofile={fd_limit}:{fd_limit}", "--")) as (proc, log):
-        wait_for("a first answer", lambda: answers(netns, "/healthz"))
+        wait_until_sync(lambda: answers(netns, "/healthz"), "a first answer", timeout=30)
         baseline = fd_count(proc.pid)
         clients: list[socket.socket] = []
         try:
@@ -178,7 +170,8 @@ def test_idle_connections_beyond_the_bound_neither_exhaust_fds_nor_block_healthz
             assert get(netns, "/healthz") == (200, b"flanneld is running")
             assert proc.poll() is None
             bound = baseline + MAX_CONNECTIONS + 4
-            wait_for(f"flanneld's fds to settle at most {bound}", lambda: fd_count(proc.pid) <= bound, timeout=10)
+            wait_until_sync(lambda: fd_count(proc.pid) <= bound, f"flanneld's fds to settle at most {bound}",
+                            timeout=30)
         finally:
             for c in clients:
                 c.close()

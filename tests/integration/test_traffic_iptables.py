@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from flannel.traffic.iptables import IptablesManager
 from flannel.traffic.keeper import TrafficKeeper
 from flannel.traffic.nftables import NftablesManager
 from tests.netns import NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -67,14 +68,6 @@ def listing(ns: NetNS, variant: str, version: int, table: str) -> list[str]:
 
 def count(lines: list[str], needle: str) -> int:
     return sum(1 for line in lines if line.endswith(needle))
-
-
-async def poll(done: Callable[[], bool], limit: float = 60.0) -> None:
-    """Wait until ``done()``; ``limit`` only stops a broken test from hanging (it is not what is tested)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not done() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
 
 
 def run(coro: object) -> object:
@@ -182,7 +175,7 @@ def test_a_hand_edit_is_repaired_by_the_next_resync(netns: NetNS, variant: str, 
         assert listing(netns, variant, 4, "nat") != want
         task = asyncio.create_task(keeper.keep())
         try:
-            await poll(lambda: bool(repairs))
+            await wait_until(lambda: bool(repairs), "the keeper's repair of the hand edit", timeout=60)
         finally:
             task.cancel()
         assert keeper.repairs == 1

@@ -35,6 +35,7 @@ from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
 from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.netns import UNDERLAY_IP, NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -398,14 +399,6 @@ def test_device_with_another_mac_than_advertised_is_replaced(netns: NetNS, regis
     expect_tunnel(netns, 3)
 
 
-async def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 def test_run_recreates_a_deleted_device_as_soon_as_the_link_monitor_sees_it(netns: NetNS,
                                                                             register: RegisterFn) -> None:
     node = register()
@@ -421,10 +414,12 @@ def test_run_recreates_a_deleted_device_as_soon_as_the_link_monitor_sees_it(netn
 
         task = asyncio.create_task(node.network.run(results()))
         try:
-            await _eventually(lambda: node.network.synced and len(routes(netns)) == 1)
+            await wait_until(lambda: node.network.synced and len(routes(netns)) == 1, "the snapshot programmed",
+                             timeout=30)
             mac = link_info(netns)["address"]
             netns.ip("link", "del", DEV)
-            await _eventually(lambda: has_device() and len(routes(netns)) == 1)
+            await wait_until(lambda: has_device() and len(routes(netns)) == 1, "the device and its route back",
+                             timeout=30)
             assert link_info(netns)["address"] == mac
             expect_tunnel(netns, 3)
         finally:

@@ -3,8 +3,9 @@
 It answers what flanneld asks (node get/list/watch, node status patches, pod get) the way kube-apiserver
 does, including the refusals: a patch without a patch content type is 415, an unknown path 404, bad JSON
 400, a stale resourceVersion 409, and every error is a ``Status`` object. Test hooks (here as methods, and
-over HTTP under ``/_fake/`` for a fake running in another process or namespace) change nodes, drop the open
-watches, compact the history, make the next requests fail, and count requests by verb and resource.
+over HTTP under ``/_fake/`` for a fake running in another process or namespace, see ``hooks``) change nodes,
+drop the open watches, compact the history, put on outages (``faults``: error answers with ``Retry-After``,
+a black hole, down and back up), and count requests by verb and resource.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tests.kube_fake import wire
+from tests.kube_fake import hooks, wire
+from tests.kube_fake.faults import Faults
 from tests.kube_fake.objects import ApiError, JsonObject, bad_request, make_node, make_pod, success
 from tests.kube_fake.store import PATCHERS, Store, TooOldResourceVersion, Watcher
 
@@ -29,7 +31,6 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$"), "pods"),
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)$"), "pod"),
 ]
-_FAIL_REASONS = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 _UNSUPPORTED_PATCHES = ("application/json-patch+json", "application/apply-patch+yaml")
 
 
@@ -54,7 +55,9 @@ class FakeKubeApi:
         """TCP connections accepted so far (shows whether clients keep connections alive)."""
         self.internal_errors: list[str] = []
         """Exceptions raised by the fake's own code while serving (tests assert that there are none)."""
-        self._fail: list[int] = []
+        self.faults = Faults()
+        """Outages in force (error answers, black hole); ``go_down``/``come_back`` stop and restart listening."""
+        self._up_again: asyncio.TimerHandle | None = None
         self._server: asyncio.Server | None = None
         self._watches: dict[Watcher, asyncio.StreamWriter] = {}
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -72,6 +75,10 @@ class FakeKubeApi:
 
     async def stop(self) -> None:
         """Stop listening and cut every connection (the process stays usable for another fake)."""
+        if self._up_again is not None:
+            self._up_again.cancel()
+            self._up_again = None
+        self.faults.unhang()  # let held requests end
         if self._server is None:
             return
         self._server.close()
@@ -109,9 +116,10 @@ class FakeKubeApi:
         return self.store.delete_node(name)
 
     def set_pod_cidrs(self, name: str, cidrs: list[str]) -> JsonObject:
-        """What the node IPAM controller does: set ``spec.podCIDR`` and ``spec.podCIDRs``."""
+        """What the node IPAM controller does: set ``spec.podCIDR`` and ``spec.podCIDRs``. Unlike an API
+        request, this hook may also change CIDRs already set (the API server forbids that: 422)."""
         patch = {"spec": {"podCIDR": cidrs[0] if cidrs else None, "podCIDRs": cidrs or None}}
-        return self.store.patch_node(name, patch, "application/merge-patch+json")
+        return self.store.patch_node(name, patch, "application/merge-patch+json", force_pod_cidrs=True)
 
     def create_pod(self, namespace: str, name: str, node_name: str) -> JsonObject:
         return self.store.create_pod(namespace, make_pod(namespace, name, node_name))
@@ -127,9 +135,39 @@ class FakeKubeApi:
         """Forget watch history up to ``upto`` (default: everything so far)."""
         return self.store.compact(upto)
 
-    def fail_next(self, count: int, code: int = 503) -> None:
+    def fail_next(self, count: int, code: int = 503, retry_after: int | None = None) -> None:
         """Answer the next ``count`` API requests with ``code`` (500, 503, 504 or 429) instead of serving them."""
-        self._fail.extend([code] * count)
+        self.faults.fail_next(count, code, retry_after)
+
+    def fail_all(self, code: int | None, retry_after: int | None = None) -> None:
+        """Answer every API request with ``code`` (``Retry-After: retry_after``) until ``fail_all(None)``."""
+        self.faults.fail_all(code, retry_after)
+
+    def hang(self) -> None:
+        """Black hole until ``unhang``: connections are accepted, nothing is answered, watches go silent."""
+        self.faults.hang()
+
+    def unhang(self) -> None:
+        self.faults.unhang()
+
+    async def go_down(self, for_seconds: float | None = None) -> None:
+        """Stop listening and cut every connection (connection refused); back after ``for_seconds`` if given."""
+        await self.stop()
+        if for_seconds is not None:
+            self._up_again = asyncio.get_running_loop().call_later(
+                for_seconds, lambda: asyncio.ensure_future(self.come_back()))
+
+    async def come_back(self) -> None:
+        """Listen again on the same port, as a restarted kube-apiserver: its watch cache starts now, so a watch
+        from an earlier version is answered 410 (the history is compacted)."""
+        self._up_again = None
+        if self._server is None:
+            self.compact()
+            await self.start()
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     def request_count(self, verb: str | None = None, resource: str | None = None) -> int:
         return sum(n for key, n in self.requests.items()
@@ -176,18 +214,20 @@ class FakeKubeApi:
     async def _respond(self, req: wire.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must be closed afterwards."""
         if req.path.startswith("/_fake/"):
-            code, body = self._hook(req)
+            code, body = await hooks.handle(self, req)
             wire.write_json(writer, code, body, req.keep_alive)
             await writer.drain()
             return req.keep_alive
+        await self.faults.wait_running()  # a black hole answers nothing
         try:
             route, match = self._route(req.path)
             verb, resource = _audit_verb(req, route)
             self.requests[f"{verb} {resource}"] += 1
             self._authenticate(req, writer)
-            if self._fail:
-                code = self._fail.pop(0)
-                raise ApiError(code, _FAIL_REASONS.get(code, "InternalError"), "injected failure (fake)")
+            if (failure := self.faults.failure()) is not None:
+                wire.write_json(writer, failure.code, failure.error().body, req.keep_alive, failure.headers())
+                await writer.drain()
+                return req.keep_alive
             if verb == "watch":
                 if resource != "nodes":
                     raise ApiError(405, "MethodNotAllowed", f"the fake cannot watch {resource}")
@@ -196,6 +236,8 @@ class FakeKubeApi:
             code, body = self._dispatch(req, route, match)
         except ApiError as err:
             code, body = err.code, err.body
+        except (OSError, asyncio.IncompleteReadError):
+            raise  # the client went away (during a watch, say): not a bug of the fake
         except Exception as exc:  # a bug in the fake: answer as kube-apiserver would, and keep it for the test
             self.internal_errors.append(f"{req.method} {req.target}: {exc!r}")
             code, body = 500, ApiError(500, "InternalError", f"fake: {exc!r}").body
@@ -228,7 +270,7 @@ class FakeKubeApi:
         if route.startswith("/"):
             return 200, {"status": "ok"}
         if route == "nodes" and method == "GET":
-            limit = _int_param(req.query, "limit", 0)
+            limit = wire.int_param(req.query, "limit", 0)
             return 200, store.list_nodes(limit, req.query.get("continue", ""), req.query.get("resourceVersion"))
         if route == "nodes" and method == "POST":
             return 201, store.create_node(_json_body(req))
@@ -254,7 +296,7 @@ class FakeKubeApi:
 
     async def _watch(self, req: wire.Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Stream events as kube-apiserver does: 200, chunked, one JSON event per chunk, until timeoutSeconds."""
-        timeout = _int_param(req.query, "timeoutSeconds", 1800)
+        timeout = wire.int_param(req.query, "timeoutSeconds", 1800)
         bookmarks = req.query.get("allowWatchBookmarks") == "true"
         headers = [*wire.common_headers(), ("Transfer-Encoding", "chunked"), ("Connection", "close")]
         try:
@@ -281,6 +323,7 @@ class FakeKubeApi:
                     wait = min(deadline, next_bookmark) - now if bookmarks else deadline - now
                     item = await asyncio.wait_for(watcher.queue.get(), max(wait, 0))
                 except TimeoutError:
+                    await self.faults.wait_running()
                     if bookmarks and loop.time() >= next_bookmark:
                         _write_event(writer, "BOOKMARK", {"kind": "Node", "apiVersion": "v1", "metadata": {
                             "resourceVersion": str(self.store.rv), "creationTimestamp": None}})
@@ -289,6 +332,7 @@ class FakeKubeApi:
                     continue
                 if item is None:  # dropped by the hook, or the client went away
                     return
+                await self.faults.wait_running()
                 _write_event(writer, item.type, item.obj)
                 await writer.drain()
             wire.end_chunks(writer)
@@ -297,34 +341,6 @@ class FakeKubeApi:
             self.store.stop_watch(watcher)
             self._watches.pop(watcher, None)
             eof.cancel()
-
-    def _hook(self, req: wire.Request) -> tuple[int, Any]:
-        """The test hooks over HTTP, for a fake in another process (no authentication, not counted)."""
-        q, name = req.query, req.path.removeprefix("/_fake/")
-        try:
-            if name == "drop-watches":
-                return 200, {"dropped": self.drop_watches()}
-            if name == "compact":
-                upto = _int_param(q, "resourceVersion", 0) or None
-                return 200, {"compactedResourceVersion": self.compact(upto)}
-            if name == "fail":
-                self.fail_next(_int_param(q, "count", 1), _int_param(q, "code", 503))
-                return 200, {"pending": len(self._fail)}
-            if name == "requests":
-                return 200, {"total": sum(self.requests.values()), "counts": dict(self.requests)}
-            if name == "add-nodes":
-                self.add_nodes(_int_param(q, "count", 1), q.get("prefix", "node-"))
-                return 200, {"nodes": len(self.store.nodes), "resourceVersion": str(self.store.rv)}
-            if name == "pod-cidrs":
-                return 200, self.set_pod_cidrs(q["node"], [c for c in q.get("cidrs", "").split(",") if c])
-            if name == "state":
-                return 200, {"resourceVersion": str(self.store.rv), "compacted": str(self.store.compacted_rv),
-                             "nodes": len(self.store.nodes), "openWatches": self.open_watches}
-        except KeyError as exc:
-            return 400, {"error": f"missing parameter {exc}"}
-        except ApiError as err:
-            return err.code, err.body
-        return 404, {"error": f"unknown hook {name!r}"}
 
 
 def _audit_verb(req: wire.Request, route: str) -> tuple[str, str]:
@@ -353,15 +369,6 @@ def _patch_type(req: wire.Request) -> str:
     raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media "
                    f"types include: application/json-patch+json, application/merge-patch+json, "
                    f"application/apply-patch+yaml, application/strategic-merge-patch+json{note}")
-
-
-def _int_param(query: dict[str, str], key: str, default: int) -> int:
-    if key not in query:
-        return default
-    try:
-        return int(query[key])
-    except ValueError:
-        raise bad_request(f"invalid value for {key}: {query[key]!r}") from None
 
 
 def _write_event(writer: asyncio.StreamWriter, kind: str, obj: JsonObject) -> None:

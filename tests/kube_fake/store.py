@@ -2,7 +2,8 @@
 
 This is where the fake is strict in the ways flanneld depends on: optimistic concurrency (a stale
 ``metadata.resourceVersion`` is a 409), the node status subresource (it changes metadata and status, never
-spec; the main resource never changes status), consistent paginated lists (every page of one list comes
+spec; the main resource never changes status; a pod CIDR, once set, never changes: only a deleted and
+re-created node gets another), consistent paginated lists (every page of one list comes
 from the same snapshot), and watches that replay history from a version, answering "too old resource
 version" (410 Expired) once that history has been compacted away. Stored objects are never mutated, only
 replaced, so snapshots and queued watch events can share them.
@@ -83,13 +84,15 @@ class Store:
         self._emit("ADDED", obj)
         return obj
 
-    def patch_node(self, name: str, patch: Any, content_type: str, subresource: str = "") -> JsonObject:
-        """Apply a merge or strategic merge patch to the node or (``subresource="status"``) its status."""
+    def patch_node(self, name: str, patch: Any, content_type: str, subresource: str = "", *,
+                   force_pod_cidrs: bool = False) -> JsonObject:
+        """Apply a merge or strategic merge patch to the node or (``subresource="status"``) its status.
+        ``force_pod_cidrs`` (test hooks only) lets the patch change pod CIDRs that are already set."""
         old = self.get_node(name)
         if not isinstance(patch, dict):
             raise bad_request(f"json: cannot unmarshal {type(patch).__name__} into Go value of type "
                               "map[string]interface {}")
-        return self._update_node(old, PATCHERS[content_type](old, patch), subresource)
+        return self._update_node(old, PATCHERS[content_type](old, patch), subresource, force_pod_cidrs)
 
     def replace_node(self, name: str, body: Any, subresource: str = "") -> JsonObject:
         """PUT: the whole object (``metadata.resourceVersion`` in it, when given, must be current)."""
@@ -203,7 +206,7 @@ class Store:
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), resourceVersion=str(self._next_rv()))
         return obj
 
-    def _update_node(self, old: JsonObject, body: Any, subresource: str) -> JsonObject:
+    def _update_node(self, old: JsonObject, body: Any, subresource: str, force_pod_cidrs: bool = False) -> JsonObject:
         """Store ``body`` in place of ``old`` with the API server's update rules; a no-op is not a write."""
         new: JsonObject = copy.deepcopy(body)
         name = old["metadata"]["name"]
@@ -226,6 +229,15 @@ class Store:
             raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on nodes "{name}": the object has been '
                            "modified; please apply your changes to the latest version and try again",
                            {"name": name, "kind": "nodes"})
+        old_cidrs = (old.get("spec") or {}).get("podCIDRs") or []
+        spec = new.get("spec")
+        new_cidrs = (spec.get("podCIDRs") or []) if isinstance(spec, dict) else []
+        if old_cidrs and new_cidrs != old_cidrs and not force_pod_cidrs:  # ValidateNodeUpdate's rule and text
+            raise ApiError(422, "Invalid", f'Node "{name}" is invalid: spec.podCIDRs: Forbidden: node updates may '
+                           'not change podCIDR except from "" to valid',
+                           {"name": name, "kind": "Node", "causes": [{"reason": "FieldValueForbidden", "message":
+                            'Forbidden: node updates may not change podCIDR except from "" to valid',
+                            "field": "spec.podCIDRs"}]})
         for key in ("uid", "creationTimestamp", "resourceVersion"):
             meta[key] = old["metadata"][key]
         new["kind"], new["apiVersion"] = "Node", "v1"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tests.kube_fake.objects import reason_phrase
+from tests.kube_fake.objects import bad_request, reason_phrase
 
 GO_BUFFER = 2048
 CHUNK = 32 * 1024
@@ -96,10 +96,11 @@ def common_headers(content_type: str = "application/json") -> list[tuple[str, st
     ]
 
 
-def write_json(writer: asyncio.StreamWriter, code: int, obj: Any, keep_alive: bool = True) -> None:
+def write_json(writer: asyncio.StreamWriter, code: int, obj: Any, keep_alive: bool = True,
+               extra_headers: list[tuple[str, str]] | None = None) -> None:
     """One complete JSON answer (Go's encoder ends it with a newline)."""
     body = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-    headers = common_headers()
+    headers = common_headers() + (extra_headers or [])
     if not keep_alive:
         headers.append(("Connection", "close"))
     if len(body) <= GO_BUFFER:
@@ -126,3 +127,13 @@ def write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 def end_chunks(writer: asyncio.StreamWriter) -> None:
     writer.write(b"0\r\n\r\n")
+
+
+def int_param(query: dict[str, str], key: str, default: int) -> int:
+    """An integer query parameter; a malformed one is a 400, as kube-apiserver answers."""
+    if key not in query:
+        return default
+    try:
+        return int(query[key])
+    except ValueError:
+        raise bad_request(f"invalid value for {key}: {query[key]!r}") from None

@@ -28,6 +28,7 @@ from flannel.subnet.kvstore import KV, CompactedError, PutResult, WatchEvent, Wa
 from flannel.subnet.lease_keeper import EtcdManagerTimings
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
+from tests.waiting import wait_until
 
 P = "/coreos.com/network"
 FAST = EtcdManagerTimings(renew_retry=0.05, backoff_initial=0.01, backoff_max=0.05)
@@ -46,6 +47,8 @@ class FakeStore:
         self.before_create: Callable[[str], None] | None = None
         self.puts: list[tuple[str, int | None]] = []
         self.revoked: list[int] = []
+        self.opened: list[str] = []
+        """The key (or prefix) of each watch opened, in order: a test waits on it for a watch to be in place."""
         self.closed = False
         self._ids = itertools.count(100)
         self._wake = asyncio.Event()
@@ -117,7 +120,7 @@ class FakeStore:
         return PutResult(self.raw_put(key, value, lease_id), lease_id, granted)
 
     async def replace(self, key: str, value: str, ttl: int | None, mod_revision: int) -> PutResult | None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # as put: a real store always suspends
         self._check("replace")
         current = self.data.get(key)
         if (current.mod_revision if current is not None else 0) != mod_revision:
@@ -147,7 +150,8 @@ class FakeStore:
         self._check("watch")
         if start_revision <= self.compacted:
             raise CompactedError(self.compacted)
-        broken, pos = self._broken, start_revision
+        broken, pos = self._broken, start_revision  # from here on, a break_watches() ends this watch
+        self.opened.append(key)
         yield []
         while True:
             wake = self._wake
@@ -411,11 +415,13 @@ async def test_watch_relists_after_compaction_but_resumes_after_a_lost_watch(sto
         tracker.apply(result)
         result = await next_result(it)
     assert [lease.key for lease in result.snapshot] == ["10.5.5.0-24"]
+    opened = store.opened.count(f"{P}/subnets/")
     pending = asyncio.create_task(next_result(it))
-    await asyncio.sleep(0.02)
+    await wait_until(lambda: store.opened.count(f"{P}/subnets/") == opened + 1, "the watch after the snapshot")
     store.failing.add("get_prefix")
     store.break_watches()
-    await asyncio.sleep(0.1)  # a few back-off rounds with the watch "down"
+    # Listing fails from now on: the watch can only be back by resuming from its last revision.
+    await wait_until(lambda: store.opened.count(f"{P}/subnets/") == opened + 2, "the lost watch resumed")
     store.raw_put(f"{P}/subnets/10.5.6.0-24", '{"PublicIP":"9.9.9.6"}', 0)
     store.failing.clear()
     result = await pending
@@ -430,21 +436,19 @@ async def test_watch_relists_after_compaction_but_resumes_after_a_lost_watch(sto
 
 async def run_keeper(m: EtcdSubnetManager, lease: Lease) -> asyncio.Task[None]:
     task = asyncio.create_task(m.complete_lease(lease))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn, not a wait on time: the keeper starts and sets up its first step
     return task
+
+
+async def own_watch_open(store: FakeStore, key: str, times: int = 1) -> None:
+    """Wait until the keeper's watch on its own key has been opened ``times`` times (it is in place)."""
+    await wait_until(lambda: store.opened.count(key) >= times, f"watch on {key} opened {times} time(s)")
 
 
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 3) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_lease_is_renewed_before_expiry_with_a_fresh_etcd_lease(store: FakeStore) -> None:
@@ -454,7 +458,7 @@ async def test_lease_is_renewed_before_expiry_with_a_fresh_etcd_lease(store: Fak
     key = m.subnet_key(lease.subnet, None)
     first_lease_id = store.data[key].lease_id
     task = await run_keeper(m, lease)
-    await wait_for(lambda: len([p for p in store.puts if p[0] == key]) >= 2)
+    await wait_until(lambda: len([p for p in store.puts if p[0] == key]) >= 2)
     assert store.data[key].lease_id != first_lease_id
     assert store.data[key].value == b'{"PublicIP":"1.2.3.4","PublicIPv6":null}'
     await stop(task)
@@ -475,8 +479,9 @@ async def test_own_lease_watch_after_compaction_does_not_spin(store: FakeStore) 
 
     store.get_prefix = counting  # type: ignore[method-assign]
     task = await run_keeper(m, lease)
-    await asyncio.sleep(0.3)
-    assert calls <= 2, f"the own-lease watch re-read its key {calls} times in 0.3 s"
+    # A watch from the key's own (compacted) revision would fail and re-read forever, never getting here.
+    await own_watch_open(store, m.subnet_key(lease.subnet, None))
+    assert calls == 1, f"the own-lease watch re-read its key {calls} times before its watch was in place"
     await stop(task)
 
 
@@ -485,9 +490,9 @@ async def test_failed_renewal_is_logged_and_retried(store: FakeStore, caplog: py
     lease = dataclasses.replace(await m.acquire_lease(attrs()), expiration=time.time())  # renew at once
     store.failing.add("replace")
     task = await run_keeper(m, lease)
-    await wait_for(lambda: caplog.text.count("Error renewing lease (trying again in 0.05s)") >= 2)
+    await wait_until(lambda: caplog.text.count("Error renewing lease (trying again in 0.05s)") >= 2)
     store.failing.clear()
-    await wait_for(lambda: len(store.puts) >= 1)
+    await wait_until(lambda: len(store.puts) >= 1)
     await stop(task)
 
 
@@ -495,10 +500,15 @@ async def test_reservation_is_never_renewed(store: FakeStore) -> None:
     store.raw_put(f"{P}/subnets/10.5.9.0-24", '{"PublicIP":"1.2.3.4"}')
     m = manager(store, ttl_seconds=2, renew_margin_minutes=0.9 / 60)
     lease = await m.acquire_lease(attrs())
+    key = m.subnet_key(lease.subnet, None)
     store.puts.clear()
     task = await run_keeper(m, lease)
-    await asyncio.sleep(0.2)
-    assert store.puts == []
+    # A renewal would be due at once (a reservation has no expiry): it comes before the keeper's watch is even
+    # in place. Then a later event the keeper must act on: our record overwritten, restored without a TTL.
+    await own_watch_open(store, key)
+    store.raw_put(key, "{not json")
+    await wait_until(lambda: store.data[key].value == b'{"PublicIP":"1.2.3.4","PublicIPv6":null}', "restored")
+    assert store.puts == [(key, None)]
     await stop(task)
 
 
@@ -510,9 +520,9 @@ async def test_deleted_own_lease_is_put_back_with_the_same_subnet(
     lease = await m.acquire_lease(attrs())
     key = m.subnet_key(lease.subnet, None)
     task = await run_keeper(m, lease)
-    await asyncio.sleep(0.05)
+    await own_watch_open(store, key)
     store.raw_delete(key)
-    await wait_for(lambda: bool(changed))
+    await wait_until(lambda: bool(changed), "the lease re-acquired")
     assert key in store.data and store.data[key].lease_id != 0
     assert changed[0].subnet == lease.subnet and m.own_lease == changed[0]
     assert "has been revoked" in caplog.text
@@ -525,7 +535,7 @@ async def test_own_lease_missing_at_start_is_put_back_rather_than_left_unrenewed
     key = m.subnet_key(lease.subnet, None)
     store.raw_delete(key)
     task = await run_keeper(m, lease)
-    await wait_for(lambda: key in store.data)
+    await wait_until(lambda: key in store.data)
     await stop(task)
 
 
@@ -539,7 +549,7 @@ async def test_own_subnet_taken_by_another_node_raises_lease_revoked(store: Fake
 
     store.before_create = thief
     task = await run_keeper(m, lease)
-    await asyncio.sleep(0.05)
+    await own_watch_open(store, key)
     store.raw_delete(key)
     with pytest.raises(LeaseRevokedError, match="held by another node"):
         await asyncio.wait_for(task, 2)
@@ -549,7 +559,7 @@ async def test_own_subnet_no_longer_in_the_config_raises_lease_revoked(store: Fa
     m = manager(store)
     lease = await m.acquire_lease(attrs())
     task = await run_keeper(m, lease)
-    await asyncio.sleep(0.05)
+    await own_watch_open(store, m.subnet_key(lease.subnet, None))
     store.raw_put(f"{P}/config", '{"Network":"10.6.0.0/16"}')
     store.raw_delete(m.subnet_key(lease.subnet, None))
     with pytest.raises(LeaseRevokedError, match="no longer fits"):
@@ -561,14 +571,14 @@ async def test_own_watch_survives_a_lost_watch_and_a_put_reschedules(store: Fake
     lease = await m.acquire_lease(attrs())
     key = m.subnet_key(lease.subnet, None)
     task = await run_keeper(m, lease)
-    await asyncio.sleep(0.05)
+    await own_watch_open(store, key)
     store.break_watches()
-    await asyncio.sleep(0.05)
+    await own_watch_open(store, key, times=2)  # the lost watch is back
     store.puts.clear()
     # Someone re-puts our key with a lease that is about to run out: the keeper must renew at once.
     short, _ = store._grant(1)
     store.raw_put(key, '{"PublicIP":"1.2.3.4","PublicIPv6":null}', short)
-    await wait_for(lambda: store.puts == [(key, 3600)])
+    await wait_until(lambda: store.puts == [(key, 3600)])
     await stop(task)
 
 
@@ -596,7 +606,7 @@ async def test_own_record_overwritten_in_place_is_restored_at_once(store: FakeSt
     task = await run_keeper(m, lease)
     created = store.data[key].create_revision
     store.raw_put(key, garbage)  # an etcdctl put over our key: same create revision, not our value
-    await wait_for(lambda: store.data[key].value == OURS)
+    await wait_until(lambda: store.data[key].value == OURS)
     assert store.data[key].create_revision == created and store.data[key].lease_id != 0
     assert not task.done()
     await stop(task)
@@ -622,7 +632,7 @@ async def test_renewal_releases_the_etcd_lease_it_replaces(store: FakeStore) -> 
     key = m.subnet_key(lease.subnet, None)
     first = store.data[key].lease_id
     task = await run_keeper(m, dataclasses.replace(lease, expiration=time.time()))
-    await wait_for(lambda: first in store.revoked)
+    await wait_until(lambda: first in store.revoked)
     assert store.data[key].lease_id not in (0, first) and store.data[key].value == OURS
     await stop(task)
 

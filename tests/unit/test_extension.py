@@ -25,6 +25,7 @@ from flannel.config import parse_network_config
 from flannel.errors import ConfigError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.subnet.manager import WatchResult
+from tests.waiting import wait_until
 
 EXT = ExternalInterface(name="eth0", index=2, mtu=1400, iface_addr=IPv4Address("198.18.0.1"),
                         iface_v6_addr=IPv6Address("2001:db8::1"), ext_addr=IPv4Address("203.0.113.1"),
@@ -93,11 +94,8 @@ async def test_a_command_running_too_long_is_killed(tmp_path: Path) -> None:
         stat = Path(f"/proc/{pid}/stat")
         return not stat.exists() or stat.read_text().split()[2] == "Z"
 
-    for _ in range(100):  # the whole process group got SIGKILL; the kernel needs a moment to reap it
-        if gone():
-            break
-        await asyncio.sleep(0.05)
-    assert gone()
+    # The whole process group got SIGKILL; the kernel needs a moment to reap it.
+    await wait_until(gone, f"the command's child {pid} gone")
 
 
 async def test_startup_commands_publish_backend_data_and_see_the_documented_variables(tmp_path: Path) -> None:
@@ -262,10 +260,7 @@ async def test_run_resyncs_at_the_interval_and_returns_when_the_watch_ends(tmp_p
 
     async def watch() -> AsyncIterator[WatchResult]:
         yield WatchResult(snapshot=(peer(3, v6=False),))
-        for _ in range(300):  # until the resync has run twice (bounded: the test fails rather than hangs)
-            if len(calls(log_file)) >= 3:
-                return
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: len(calls(log_file)) >= 3, "the resync to run twice", timeout=30)
 
     await asyncio.wait_for(net.run(watch()), 60)
     assert calls(log_file)[:3] == ["add 10.244.3.0/24"] * 3

@@ -16,6 +16,7 @@ from flannel.backend.route_network import RoutePlane
 from flannel.backend.route_plane import PeerRoute, apply_ops
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from tests.unit.test_etcd_manager_logic import FakeStore, P, manager, next_result
+from tests.waiting import wait_until
 
 
 class FakeNetlink:
@@ -73,10 +74,11 @@ async def test_watch_errors_and_reconnects_are_counted() -> None:
     lost = counter(metrics.WATCH_ERRORS, "unavailable")
     compacted = counter(metrics.WATCH_ERRORS, "compacted")
     reconnects = metrics.WATCH_RECONNECTS.labels().value
+    opened = store.opened.count(f"{P}/subnets/")
     pending = asyncio.create_task(next_result(it))
-    await asyncio.sleep(0.02)
+    await wait_until(lambda: store.opened.count(f"{P}/subnets/") == opened + 1, "the watch after the snapshot")
     store.break_watches()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: metrics.WATCH_RECONNECTS.labels().value == reconnects + 1, "the lost watch resumed")
     store.raw_put(f"{P}/subnets/10.5.6.0-24", '{"PublicIP":"9.9.9.6"}', 0)
     result = await pending
     assert result.events and metrics.EVENT_LATENCY._since is not None  # received, not programmed yet

@@ -131,7 +131,7 @@ async def test_a_withheld_reply_holds_the_event_loop_for_one_timeout_then_renewa
         while True:
             ticks.append(time.monotonic())
             ticked.set()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the ticker's period, not a wait: what is measured is the gap between ticks
 
     async def next_tick() -> None:
         ticked.clear()

@@ -23,6 +23,7 @@ from flannel.lease import Lease, LeaseAttrs
 from flannel.netlink import BlackholeRouteReplace, NetlinkError, Route, RouteDelete, RouteReplace
 from flannel.netlink.consts import NLM_F_EXCL, NLM_F_REPLACE, RTMSG
 from flannel.netlink.routes import dump_body
+from tests.waiting import wait_until
 
 EXT = ExternalInterface(name="eth0", index=2, mtu=1400, iface_addr=IPv4Address("198.18.0.1"),
                         iface_v6_addr=None, ext_addr=IPv4Address("198.18.0.1"), ext_v6_addr=None)
@@ -165,7 +166,8 @@ async def test_a_failing_reconcile_is_logged_and_retried_not_fatal(caplog: pytes
                            reconcile_interval=0.01)
     network.synced = True
     task = asyncio.create_task(ReconcileLoop(network.reconcile, network.reconcile_interval).run())
-    await asyncio.sleep(0.1)
+    # The second dump is the retry after the first one failed: the loop got past the failure.
+    await wait_until(lambda: nl.calls >= 2 or task.done(), "a second reconcile")
     assert not task.done(), "the reconcile loop must survive a failing kernel dump"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -17,6 +17,7 @@ from flannel.traffic import keeper as keeper_module
 from flannel.traffic.base import MasqTarget, Repair, SyncResult, TrafficPlan, TrafficRuleError
 from flannel.traffic.commands import CommandNotFoundError, parse_version, run_command
 from flannel.traffic.keeper import TrafficKeeper, TrafficSettings, log_recycling, previous_networks, start_traffic_rules
+from tests.waiting import wait_until
 
 PLAN = TrafficPlan(forward=(ip_network("10.244.0.0/16"),))
 
@@ -76,8 +77,7 @@ async def test_keep_checks_every_period_until_cancelled() -> None:
     calls: list[str] = []
     keeper = TrafficKeeper(FakeManager("iptables", calls), FakeManager("nftables", calls), PLAN, 0.01)
     task = asyncio.create_task(keeper.keep())
-    while calls.count("iptables.ensure") < 3:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: calls.count("iptables.ensure") >= 3, "three resync rounds")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -96,8 +96,7 @@ async def test_an_unexpected_error_costs_one_round_only(caplog: pytest.LogCaptur
     keeper = TrafficKeeper(Buggy("iptables", calls), FakeManager("nftables", calls), PLAN, 0.01)
     keeper.started = True
     task = asyncio.create_task(keeper.keep())
-    while len(calls) < 2:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(calls) >= 2, "a second round after the failing one")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -111,8 +110,7 @@ async def test_a_start_cut_short_is_run_again_by_the_next_round_not_skipped() ->
     keeper = TrafficKeeper(FakeManager("iptables", calls), FakeManager("nftables", calls), PLAN, 0.01)
     keeper.failing = True  # what start_traffic_rules sets when the time limit fired
     task = asyncio.create_task(keeper.keep())
-    while "iptables.ensure" not in calls:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: "iptables.ensure" in calls, "a check after the start was run again")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -172,7 +170,7 @@ async def test_a_hung_start_does_not_hold_up_the_daemon(monkeypatch: pytest.Monk
 
     class Hung(FakeManager):
         async def setup(self, plan: TrafficPlan) -> SyncResult:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # a setup that hangs: the start's time limit must cut it short
             return SyncResult()
 
     monkeypatch.setattr(keeper_module, "START_LIMIT", 0.1)

@@ -23,13 +23,9 @@ import dataclasses
 import logging
 import socket
 from ipaddress import IPv4Address, IPv6Address
-from typing import TYPE_CHECKING
 
 from flannel.backend.base import ExternalInterface
 from flannel.netlink import Link, LinkEvent, Netlink
-
-if TYPE_CHECKING:  # route_network uses this module
-    from flannel.backend.route_network import RoutePlane
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +128,3 @@ class ExternalLink:
 
 def _family(addr: IPv4Address | IPv6Address) -> int:
     return socket.AF_INET if isinstance(addr, IPv4Address) else socket.AF_INET6
-
-
-def follow_index(plane: RoutePlane, old: int, new: int) -> int:
-    """Move a route plane from the external interface's ``old`` index to its ``new`` one: the plane's ``oif``
-    (for future leases) and every wanted route through ``old``. Returns how many wanted routes moved.
-
-    Only attributes are rewritten, from outside the plane: the reconcile then finds the kernel routes (gone
-    with the old device) missing and adds them through the new index.
-    """
-    if plane.oif == old:
-        plane.oif = new
-    moved = 0
-    for key, route in list(plane.desired.items()):
-        if route.oif == old:
-            plane.desired[key] = dataclasses.replace(route, oif=new)
-            moved += 1
-    return moved

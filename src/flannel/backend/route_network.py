@@ -15,6 +15,7 @@ reconcile, because the kernel drops every route through a device that goes down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from flannel import metrics
 from flannel.backend.base import ExternalInterface, LeasedNetwork
-from flannel.backend.external import ExternalLink, follow_index
+from flannel.backend.external import ExternalLink
 from flannel.backend.peer_events import apply_lease_events
 from flannel.backend.reconcile_loop import ReconcileLoop
 from flannel.backend.route_plane import (
@@ -152,3 +153,20 @@ class RouteNetwork(LeasedNetwork):
                 if result.snapshot is not None and not self.synced:
                     self.synced = True
                     loop.reconcile_once()
+
+
+def follow_index(plane: RoutePlane, old: int, new: int) -> int:
+    """Move a route plane from the external interface's ``old`` index to its ``new`` one: the plane's ``oif``
+    (for future leases) and every wanted route through ``old``. Returns how many wanted routes moved.
+
+    Only attributes are rewritten, from outside the plane: the reconcile then finds the kernel routes (gone
+    with the old device) missing and adds them through the new index.
+    """
+    if plane.oif == old:
+        plane.oif = new
+    moved = 0
+    for key, route in list(plane.desired.items()):
+        if route.oif == old:
+            plane.desired[key] = dataclasses.replace(route, oif=new)
+            moved += 1
+    return moved

@@ -16,7 +16,7 @@ import base64
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -58,6 +58,7 @@ class KubeClient:
         ssl_context = build_ssl_context(config) if config.uses_tls else None
         self._endpoint = Endpoint(config.server, ssl_context, config.tls_server_name)
         self._credentials = _Credentials(config)
+        self._streams: set[Connection] = set()
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -71,23 +72,25 @@ class KubeClient:
 
     # -- the API flanneld uses ---------------------------------------------------------------------------------
 
-    async def get_node(self, name: str, resource_version: str | None = None) -> JsonObject:
+    async def get_node(self, name: str, resource_version: str | None = None, *,
+                       timeout: float | None = None) -> JsonObject:
         """GET one node; ``resource_version="0"`` lets the server answer from its cache."""
         query = {"resourceVersion": resource_version} if resource_version is not None else None
-        return await self.request("GET", f"{NODES}/{_segment(name)}", query)
+        return await self.request("GET", f"{NODES}/{_segment(name)}", query, timeout=timeout)
 
     def list_nodes(self, limit: int = 500) -> NodeListing:
         """All nodes, ``limit`` per page: ``async for page in listing``, then ``listing.resource_version``."""
         return NodeListing(self, limit)
 
-    async def watch_nodes(self, resource_version: str,
-                          timeout_seconds: int = 300) -> AsyncGenerator[tuple[str, JsonObject], None]:
+    async def watch_nodes(self, resource_version: str, timeout_seconds: int = 300,
+                          opened: Callable[[], None] | None = None) -> AsyncGenerator[tuple[str, JsonObject], None]:
         """Node events after ``resource_version``: ``(type, node)`` with type ADDED, MODIFIED, DELETED or BOOKMARK.
 
         The iterator ends normally when the server ends the watch (``timeoutSeconds`` passed): watch again
         from the last version seen. It raises ``GoneError`` when that version is too old (HTTP 410, or an
         ERROR event with code 410: list again), and ``KubeUnavailableError`` when the connection drops or
-        the stream cannot be decoded. Close it with ``contextlib.aclosing`` when stopping early.
+        the stream cannot be decoded. Close it with ``contextlib.aclosing`` when stopping early. ``opened`` is
+        called once the server has accepted the watch (a quiet cluster may send nothing for minutes).
         """
         query = {
             "allowWatchBookmarks": "true",
@@ -99,6 +102,8 @@ class KubeClient:
         conn, response = await self._open_stream(NODES, query, verb, path)
         loop = asyncio.get_running_loop()
         try:
+            if opened is not None:
+                opened()
             async for line in conn.iter_lines(response, loop.time() + timeout_seconds + WATCH_GRACE):
                 try:
                     event = json.loads(line)
@@ -115,7 +120,17 @@ class KubeClient:
         except _NETWORK_ERRORS as exc:
             raise unavailable(verb, path, f"watch connection lost: {_describe(exc)}") from exc
         finally:
+            self._streams.discard(conn)
             conn.close()
+
+    def abort_watches(self) -> int:
+        """Cut every open watch connection, so that each watch raises ``KubeUnavailableError`` and its owner
+        resumes it on a new connection. For a connection that may have died silently (the server restarted
+        behind a black hole): HTTP/1.1 has no ping, and TCP would notice only after minutes."""
+        streams = list(self._streams)
+        for conn in streams:
+            conn.abort()
+        return len(streams)
 
     async def patch_node_status(self, name: str, patch: JsonObject, patch_type: str = "strategic") -> JsonObject:
         """PATCH ``nodes/{name}/status`` (annotations and conditions); ``patch_type`` is "strategic" or "merge"."""
@@ -132,19 +147,23 @@ class KubeClient:
     # -- plumbing -----------------------------------------------------------------------------------------------
 
     async def request(self, method: str, path: str, query: Mapping[str, str] | None = None,
-                      body: JsonObject | None = None, content_type: str = "application/json") -> JsonObject:
-        """One API call; the JSON object answered, or the typed error."""
+                      body: JsonObject | None = None, content_type: str = "application/json", *,
+                      timeout: float | None = None) -> JsonObject:
+        """One API call, bounded by ``timeout`` (default ``request_timeout``); the JSON object answered, or the
+        typed error."""
         payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
         head = self._head(method, path, query, content_type if body is not None else "", len(payload))
+        limit = self.request_timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self.request_timeout):
+            async with asyncio.timeout(limit):
                 response, data = await self._exchange(head, payload)
         except TimeoutError as exc:
-            raise unavailable(method, path, f"no answer within {self.request_timeout:g}s") from exc
+            raise unavailable(method, path, f"no answer within {limit:g}s") from exc
         except _NETWORK_ERRORS as exc:
             raise unavailable(method, path, _describe(exc)) from exc
         if response.status >= 300:
-            raise error_from_response(response.status, response.phrase, data, verb=method, path=path)
+            raise error_from_response(response.status, response.phrase, data, verb=method, path=path,
+                                      retry_after_header=response.headers.get("retry-after", ""))
         try:
             decoded = json.loads(data)
         except ValueError as exc:
@@ -185,6 +204,7 @@ class KubeClient:
         try:
             async with asyncio.timeout(self.request_timeout):
                 conn = await self._endpoint.connect()
+                self._streams.add(conn)  # abort_watches also ends a watch still waiting for its answer
                 await conn.send(head)
                 response = await conn.read_head()
                 if response.status == 200:
@@ -192,14 +212,23 @@ class KubeClient:
                 data = await conn.read_body(response, MAX_BODY)
         except TimeoutError as exc:
             if conn is not None:
+                self._streams.discard(conn)
                 conn.close()
             raise unavailable(verb, shown, f"no answer within {self.request_timeout:g}s") from exc
         except _NETWORK_ERRORS as exc:
             if conn is not None:
+                self._streams.discard(conn)
                 conn.close()
             raise unavailable(verb, shown, _describe(exc)) from exc
+        except asyncio.CancelledError:
+            if conn is not None:
+                self._streams.discard(conn)
+                conn.close()
+            raise
+        self._streams.discard(conn)
         conn.close()
-        raise error_from_response(response.status, response.phrase, data, verb=verb, path=shown)
+        raise error_from_response(response.status, response.phrase, data, verb=verb, path=shown,
+                                  retry_after_header=response.headers.get("retry-after", ""))
 
     def _head(self, method: str, path: str, query: Mapping[str, str] | None, content_type: str,
               length: int) -> bytes:

@@ -181,6 +181,11 @@ class Connection:
         if not self.writer.is_closing():
             self.writer.close()
 
+    def abort(self) -> None:
+        """Drop the connection at once (no FIN handshake): a read waiting on it ends with end-of-file."""
+        self.reusable = False
+        self.writer.transport.abort()
+
     @property
     def usable(self) -> bool:
         return self.reusable and not self.writer.is_closing() and not self.reader.at_eof()

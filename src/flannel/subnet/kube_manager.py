@@ -12,7 +12,12 @@ Beyond upstream:
   instead of exiting into a crash loop (upstream #728, #2232);
 * a node with malformed annotations is skipped with a warning naming it, and its last good lease is kept;
   removals go by node name, so a deleted node's routes go even when its annotations were unusable;
-* a lost watch resumes from the last resourceVersion; only a ``410 Gone`` costs a re-list.
+* a lost watch resumes from the last resourceVersion; only a ``410 Gone`` costs a re-list;
+* an API server that is down, hanging, shedding load (429 ``Retry-After``) or failing (5xx) is weather: every
+  loop retries with capped, jittered back-off, ``/readyz`` says ``datastore`` meanwhile, the kernel keeps
+  its state, and the watch resumes within a few seconds of the server's return;
+* the own node is kept true for the whole run (``kube_own_node``): re-created or re-annotated, its annotations
+  are published again; a node whose lease overlaps this node's subnet is never programmed.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from flannel.backoff import Backoff
 from flannel.config import NetworkConfig, parse_network_config
 from flannel.errors import ConfigError, FlannelError, LeaseDecodeError
 from flannel.kube.client import KubeClient
-from flannel.kube.errors import GoneError, KubeApiError, KubeUnavailableError
+from flannel.kube.errors import GoneError, KubeApiError, KubeUnavailableError, retry_delay
 from flannel.lease import Lease, LeaseAttrs
+from flannel.readiness import READINESS
 from flannel.subnet.kube_annotations import (
     AnnotationNames,
     is_flannel_node,
@@ -47,6 +53,7 @@ from flannel.subnet.kube_nodes import (
     node_to_lease,
     own_pod_cidrs,
 )
+from flannel.subnet.kube_own_node import RETRY_CAP, RETRY_INITIAL, OwnNodeKeeper, OwnNodeState
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,10 @@ class KubeManagerOptions:
     """Seconds between "waiting for podCIDR" log lines (and polls of the node)."""
     watch_timeout: int = 300
     """``timeoutSeconds`` of each watch request; the watch is renewed from the last version after it."""
+    own_node_check: float = 10.0
+    """Seconds between reads of the own node (besides those its watch events trigger), see ``kube_own_node``."""
+    check_timeout: float = 10.0
+    """Time limit of each such read: a hanging API server shows as not ready within this."""
 
     @staticmethod
     def from_environ(net_conf_path: str, names: AnnotationNames, set_unavailable: bool,
@@ -122,6 +133,10 @@ class KubeSubnetManager:
         self._known: dict[str, Lease] = {}
         self._version = ""
         """The resourceVersion the node watch resumes from (the last one seen); empty: list again."""
+        self._lease: Lease | None = None
+        self._own = OwnNodeState(asyncio.Event(), rewatch=self.client.abort_watches)
+        self._overlapping: set[str] = set()
+        self._streaming = False  # the current watch was accepted: losing it says nothing of the server yet
 
     # -- start-up ----------------------------------------------------------------------------------------
 
@@ -177,6 +192,7 @@ class KubeSubnetManager:
         # IPv6 subnet, which subnet.env lists; nothing reads the flag on Linux, so the subnets are kept as they are.
         lease = Lease(subnet=v4, ipv6_subnet=v6, attrs=attrs, expiration=time.time() + LEASE_TTL)
         metrics.LEASE_EXPIRY.set(lease.expiration)
+        self._lease = lease
         return lease
 
     async def _wait_for_pod_cidr(self, config: NetworkConfig) -> dict[str, Any]:
@@ -206,19 +222,25 @@ class KubeSubnetManager:
                     raise KubeUnavailableError(exc.status, exc.reason,
                                                f"timeout contacting kube-api, failed to patch node "
                                                f"{self.node_name} ({what}): {exc}") from None
-                log.warning("patching node %s (%s) failed, retrying in %gs: %s", self.node_name, what,
-                            PATCH_RETRY_EVERY, exc)
-                await asyncio.sleep(PATCH_RETRY_EVERY)
+                wait = min(exc.retry_after, PATCH_RETRY_FOR) if exc.retry_after else PATCH_RETRY_EVERY
+                log.warning("patching node %s (%s) failed, retrying in %gs: %s", self.node_name, what, wait, exc)
+                await asyncio.sleep(wait)
 
     async def complete_lease(self, lease: Lease) -> None:
-        """Mark the node's network available (errors only logged), then hold: kube leases are never renewed."""
+        """Mark the node's network available (errors only logged), then keep the own node true until cancelled
+        (``kube_own_node``); raises ``LeaseRevokedError`` when the node's podCIDR is no longer ``lease``'s."""
         if self.opts.set_node_network_unavailable:
             try:
                 await self.client.patch_node_status(self.node_name, network_unavailable_patch(datetime.now(UTC)))
                 log.info("set condition NetworkUnavailable=False on node %s", self.node_name)
             except KubeApiError as exc:
                 log.error("failed to set NetworkUnavailable=False on node %s: %s", self.node_name, exc)
-        await asyncio.Event().wait()
+        if self._config is None:
+            raise FlannelError("complete_lease called before get_network_config")
+        keeper = OwnNodeKeeper(self.client, self.names, self.node_name, self._config, lease, self._own,
+                               set_network_unavailable=self.opts.set_node_network_unavailable,
+                               check_every=self.opts.own_node_check, request_timeout=self.opts.check_timeout)
+        await keeper.run(self._own_node)
 
     async def close(self) -> None:
         await self.client.close()
@@ -248,7 +270,7 @@ class KubeSubnetManager:
                 await reader
 
     async def _read_nodes(self, queue: asyncio.Queue[WatchResult]) -> None:
-        backoff = Backoff(1.0, 30.0)
+        backoff = Backoff(RETRY_INITIAL, RETRY_CAP)
         started = time.monotonic()
         synced = False
         self._version = ""  # every watch_leases starts with a list (and its snapshot)
@@ -274,8 +296,11 @@ class KubeSubnetManager:
                     await asyncio.sleep(backoff.advance())
             except KubeApiError as exc:
                 metrics.WATCH_ERRORS.labels("unavailable").inc()
-                wait = backoff.advance()
-                log.warning("node watch failed, retrying in %.0fs: %s", wait, exc)
+                if not self._streaming:  # a watch lost mid-stream is routine; failing to open one is not
+                    READINESS.problem("datastore", f"cannot reach the Kubernetes API server: {exc}")
+                self._streaming = False  # a list that fails after it (410, then the server away) counts
+                wait = retry_delay(backoff, exc)
+                log.warning("node watch failed, retrying in %.1fs: %s", wait, exc)
                 if not synced and time.monotonic() - started > SYNC_DEADLINE:
                     if not self.opts.cont_when_cache_not_ready:
                         raise FlannelError(f"the node list did not complete within {SYNC_DEADLINE:.0f}s "
@@ -297,6 +322,7 @@ class KubeSubnetManager:
                 if lease is not None:
                     known[name] = lease
         self._known = known
+        READINESS.resolved("datastore")
         await queue.put(WatchResult(snapshot=tuple(known.values())))
         metrics.EVENT_LATENCY.received()
         log.info("node list: %d flannel nodes besides this one (resourceVersion %s)", len(known),
@@ -306,11 +332,12 @@ class KubeSubnetManager:
     async def _watch(self, queue: asyncio.Queue[WatchResult], backoff: Backoff) -> bool:
         """One watch request from ``self._version``, which follows every event, so that the next request resumes
         where this one stopped, whether the server ended it or the connection was lost. True if it saw any."""
-        seen = False
-        stream = self.client.watch_nodes(self._version, self.opts.watch_timeout)
+        seen = self._streaming = False
+        stream = self.client.watch_nodes(self._version, self.opts.watch_timeout, opened=self._watch_alive)
         async with contextlib.aclosing(stream):
             async for kind, node in stream:
                 seen = True
+                self._watch_alive()  # an event or bookmark: the server answers (after a hang, say)
                 backoff.reset()  # the watch is up: a later failure starts again from the initial delay
                 self._version = str((node.get("metadata") or {}).get("resourceVersion") or self._version)
                 if kind == "BOOKMARK":
@@ -321,9 +348,16 @@ class KubeSubnetManager:
                     metrics.EVENT_LATENCY.received()
         return seen
 
+    def _watch_alive(self) -> None:
+        self._streaming = True
+        self._own.watch_heard_at = time.monotonic()
+        READINESS.resolved("datastore")
+
     def _node_event(self, kind: str, node: dict[str, Any]) -> list[tuple[bool, Lease]]:
         """The lease events one node event means: nothing for an unchanged lease (a status heartbeat)."""
         name = node_name(node)
+        if name == self.node_name:
+            self._own.changed.set()  # deleted, re-created, re-annotated: the keeper looks at once
         old = self._known.get(name)
         new = None if kind == "DELETED" else self._lease_of(node, old)
         if new == old:
@@ -344,7 +378,23 @@ class KubeSubnetManager:
         if name == self.node_name or not is_flannel_node(node, self.names) or self._config is None:
             return None
         try:
-            return node_to_lease(node, self.names, self._config)
+            lease = node_to_lease(node, self.names, self._config)
         except LeaseDecodeError as exc:
             log.warning("skipping node %s: %s%s", name, exc, " (its last good lease is kept)" if last else "")
             return last
+        own = self._lease
+        if own is not None and _overlaps(lease, own):
+            # Its podCIDR was this node's once (this node re-created with another CIDR, a stale object, an IPAM
+            # mistake): routing it away from here would take this node's own pods off the air.
+            if name not in self._overlapping:
+                log.error("node %s claims %s, which overlaps this node's own subnet %s: not programming it "
+                          "(two nodes must never share a subnet)", name, lease.key, own.key)
+                self._overlapping.add(name)
+            return None
+        self._overlapping.discard(name)
+        return lease
+
+
+def _overlaps(a: Lease, b: Lease) -> bool:
+    return any(x is not None and y is not None and x.overlaps(y)
+               for x, y in ((a.subnet, b.subnet), (a.ipv6_subnet, b.ipv6_subnet)))
