@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hmac
 import logging
 import re
+
+# hmac.compare_digest, without hmac: importing hmac loads hashlib and OpenSSL's libcrypto (about 4 MiB of RSS
+# in a daemon that keeps ``ssl`` out for the same reason, see daemon/entry.py). hmac takes it from here.
+from _operator import _compare_digest
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,7 +72,7 @@ class Secret(Generic[T]):
         if not isinstance(other, Secret):
             return NotImplemented
         mine, theirs = _as_bytes(self._value), _as_bytes(other._value)
-        return type(self._value) is type(other._value) and hmac.compare_digest(mine, theirs)
+        return type(self._value) is type(other._value) and _compare_digest(mine, theirs)
 
     def __hash__(self) -> int:
         return hash(self._value)
