@@ -13,8 +13,9 @@ from flannel.traffic.base import MasqTarget, Repair, SyncResult, TrafficPlan
 from flannel.traffic.iptables import IptablesManager
 from flannel.traffic.keeper import TrafficKeeper
 from flannel.traffic.nftables import NftablesManager
-from tests.integration.test_traffic_iptables import poll, root_firewall_untouched  # noqa: F401
+from tests.integration.test_traffic_iptables import root_firewall_untouched  # noqa: F401
 from tests.netns import NetNS, netns_fixture  # noqa: F401
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -126,7 +127,7 @@ def test_a_hand_edit_is_repaired_by_the_next_resync(netns: NetNS, edit: str) -> 
         assert nft(netns, "list", "ruleset") != before
         task = asyncio.create_task(keeper.keep())
         try:
-            await poll(lambda: bool(repairs))
+            await wait_until(lambda: bool(repairs), "the nftables resync repaired the table", timeout=60)
         finally:
             task.cancel()
         return before
