@@ -108,10 +108,15 @@ def wait_log(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
+STARTED: list[subprocess.Popen[bytes]] = []
+"""Every flanneld this run started, so that a failing step still stops them all."""
+
+
 def start_flanneld(tmp: Path) -> subprocess.Popen[bytes]:
-    log = open(tmp / "flanneld.log", "ab")  # noqa: SIM115
-    return subprocess.Popen([FLANNELD, "--etcd-endpoints=http://127.0.0.1:2379", f"--subnet-file={tmp}/subnet.env",
-                             "--iface=eth0"], stdout=log, stderr=log)
+    with open(tmp / "flanneld.log", "ab") as log:
+        STARTED.append(subprocess.Popen([FLANNELD, "--etcd-endpoints=http://127.0.0.1:2379",
+                                         f"--subnet-file={tmp}/subnet.env", "--iface=eth0"], stdout=log, stderr=log))
+    return STARTED[-1]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -247,6 +252,11 @@ def inner(args: argparse.Namespace) -> int:
                     f"{rss2:.1f} MiB (steady VmRSS {now2:.1f} MiB; re-listed in {t_relist:.1f} s) | ≤ 50 MiB |")
         stop(p)
     finally:
+        for proc in STARTED:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # a step that failed may have left it frozen
+                proc.kill()
+                proc.wait(10)
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print("| benchmark | result | target |\n|---|---|---|")
