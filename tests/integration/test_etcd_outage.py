@@ -8,6 +8,7 @@ the leases written meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flannel.errors import DatastoreUnavailableError
-from flannel.lease import LeaseAttrs
+from flannel.lease import Lease, LeaseAttrs
 from flannel.readiness import READINESS
 from flannel.subnet.etcd_manager import EtcdSubnetManager
 from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
@@ -63,41 +64,47 @@ def lease_keys(results: list[WatchResult]) -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-async def test_manager_rides_out_etcd_stopped_and_restarted(
-    manager: EtcdSubnetManager, own_etcd: EtcdServer, sig: signal.Signals, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="flannel")
-    lease = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan"))
+@contextlib.asynccontextmanager
+async def running(manager: EtcdSubnetManager, lease: Lease) -> AsyncIterator[list[WatchResult]]:
+    """The manager's two long-running loops on ``lease`` (renewal, lease watch); neither may end meanwhile."""
     results: list[WatchResult] = []
 
     async def watch() -> None:
         async for r in manager.watch_leases():
             results.append(r)
 
-    keeper = asyncio.create_task(manager.complete_lease(lease))
-    watcher = asyncio.create_task(watch())
-    await wait_until(lambda: lease.key in lease_keys(results), "our lease in the watch", timeout=30)
+    loops = [asyncio.create_task(manager.complete_lease(lease)), asyncio.create_task(watch())]
+    try:
+        yield results
+        assert not any(t.done() for t in loops), loops
+    finally:
+        for t in loops:
+            t.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
 
-    own_etcd.halt(sig)
-    await wait_until(lambda: not READINESS.ready, "not ready without etcd", timeout=30)
-    assert "datastore" in READINESS.explain()
-    # Through several failed renewals (the first is due 5 s after the lease was written) both loops keep running.
-    await wait_until(lambda: caplog.text.count("Error renewing lease") >= 3 or keeper.done() or watcher.done(),
-                     "three failed renewals", timeout=60)
-    assert not keeper.done() and not watcher.done(), (keeper, watcher)
-    assert f"lease watch on {PREFIX}/subnets lost" in caplog.text
 
-    own_etcd.restart()
-    own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.99.0-24", '{"PublicIP":"198.18.0.99","BackendType":"vxlan"}')
-    await wait_until(lambda: "10.5.99.0-24" in lease_keys(results), "the lease written meanwhile", timeout=30)
-    await wait_until(lambda: READINESS.ready, "ready again", timeout=30)
-    key = f"{PREFIX}/subnets/{lease.key}"
-    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease renewed", timeout=30)
-    assert not keeper.done() and not watcher.done()
-    for t in (keeper, watcher):
-        t.cancel()
-    await asyncio.gather(keeper, watcher, return_exceptions=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_manager_rides_out_etcd_stopped_and_restarted(
+    manager: EtcdSubnetManager, own_etcd: EtcdServer, sig: signal.Signals, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flannel")
+    lease = await manager.acquire_lease(LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan"))
+    async with running(manager, lease) as results:
+        await wait_until(lambda: lease.key in lease_keys(results), "our lease in the watch", timeout=30)
+
+        own_etcd.halt(sig)
+        await wait_until(lambda: not READINESS.ready, "not ready without etcd", timeout=30)
+        assert "datastore" in READINESS.explain()
+        # Through several failed renewals (the first is due 5 s after the lease was written) both loops run on.
+        await wait_until(lambda: caplog.text.count("Error renewing lease") >= 3, "three failed renewals", timeout=60)
+        assert f"lease watch on {PREFIX}/subnets lost" in caplog.text
+
+        own_etcd.restart()
+        own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.99.0-24", '{"PublicIP":"198.18.0.99","BackendType":"vxlan"}')
+        await wait_until(lambda: "10.5.99.0-24" in lease_keys(results), "the lease written meanwhile", timeout=30)
+        await wait_until(lambda: READINESS.ready, "ready again", timeout=30)
+        key = f"{PREFIX}/subnets/{lease.key}"
+        await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease renewed", timeout=30)
 
 
 async def test_manager_follows_etcd_restored_from_an_older_snapshot(
@@ -114,24 +121,13 @@ async def test_manager_follows_etcd_restored_from_an_older_snapshot(
     own_etcd.etcdctl("put", f"{PREFIX}/subnets/10.5.97.0-24", '{"PublicIP":"198.18.0.97","BackendType":"vxlan"}')
     for _ in range(20):  # move the revision well past the snapshot's
         own_etcd.etcdctl("put", f"{PREFIX}/unrelated", "x")
-    results: list[WatchResult] = []
-
-    async def watch() -> None:
-        async for r in manager.watch_leases():
-            results.append(r)
-
-    keeper = asyncio.create_task(manager.complete_lease(lease))
-    watcher = asyncio.create_task(watch())
-    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.97.0-24"}, "the leases before", timeout=30)
-
-    own_etcd.restore(snapshot)
-    await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.98.0-24"}, "the snapshot's leases", timeout=30)
-    key = f"{PREFIX}/subnets/{lease.key}"
-    await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease put back", timeout=30)
-    assert not keeper.done() and not watcher.done()
-    for t in (keeper, watcher):
-        t.cancel()
-    await asyncio.gather(keeper, watcher, return_exceptions=True)
+    async with running(manager, lease) as results:
+        await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.97.0-24"}, "the leases before", timeout=30)
+        own_etcd.restore(snapshot)
+        await wait_until(lambda: lease_keys(results) == {lease.key, "10.5.98.0-24"}, "the snapshot's leases",
+                         timeout=30)
+        key = f"{PREFIX}/subnets/{lease.key}"
+        await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease put back", timeout=30)
 
 
 async def test_an_auth_error_that_fixes_itself_is_waited_out(own_etcd: EtcdServer) -> None:
