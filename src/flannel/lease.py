@@ -210,4 +210,8 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
         v6 = IPv6Network(f"{IPv6Address(m.group(3))}/{v6_len}", strict=False)
     except ValueError:
         return None
+    if v6.network_address.ipv4_mapped is not None:
+        # Go writes such an address in dotted IPv4 form, a key that neither it nor we can read back: not a
+        # subnet either could have allocated.
+        return None
     return v4, v6
