@@ -24,7 +24,7 @@ from flannel.subnet.etcd_manager import EtcdSubnetManager
 from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
 from flannel.subnet.lease_keeper import EtcdManagerTimings
 from flannel.subnet.manager import WatchResult
-from tests.etcd_server import EtcdServer, start_etcd
+from tests.etcd_server import EtcdServer, make_tls_files, start_etcd
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.etcd
@@ -162,3 +162,31 @@ async def test_an_auth_error_that_fixes_itself_is_waited_out(own_etcd: EtcdServe
         await asyncio.gather(acquiring, return_exceptions=True)
         await m.close()
         READINESS.reset()
+
+
+async def test_a_tls_error_that_fixes_itself_is_waited_out(tmp_path: Path) -> None:
+    """A client certificate etcd does not accept (signed by another CA, as in a botched rotation) makes the
+    store unreachable and the node unready; once the right files are in place, the next dial uses them."""
+    server = start_etcd(tls=True)
+    try:
+        assert server.tls is not None
+        stranger = make_tls_files(tmp_path)  # another CA: etcd refuses its client certificate
+        cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+        assert (cert, key) == (stranger.client_cert, stranger.client_key)
+        READINESS.reset()
+        READINESS.mark_started()
+        store = EtcdStore(EtcdStoreOptions(endpoints=(server.endpoint,), certfile=str(cert), keyfile=str(key),
+                                           cafile=str(server.tls.ca), request_timeout=1.0))
+        try:
+            with pytest.raises(DatastoreUnavailableError):
+                await store.get("/x")
+            assert "datastore" in READINESS.explain()
+            cert.write_bytes(server.tls.client_cert.read_bytes())  # the rotation completes
+            key.write_bytes(server.tls.client_key.read_bytes())
+            assert await store.get("/x") is None
+            assert READINESS.ready
+        finally:
+            await store.close()
+            READINESS.reset()
+    finally:
+        server.stop()
