@@ -14,10 +14,17 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection
 
+from flannel.backoff import RepeatLimiter, repeats
 from flannel.errors import FlannelError
 from flannel.netlink import LinkEvent, LinkMonitor, NetlinkError, link_events
+from flannel.readiness import READINESS
 
 log = logging.getLogger(__name__)
+
+KERNEL_CONDITION = "kernel"
+"""The readiness condition of a reconcile that keeps failing."""
+UNREADY_AFTER = 2
+"""Failed rounds in a row that make the node unready."""
 
 
 class ReconcileLoop:
@@ -27,6 +34,8 @@ class ReconcileLoop:
         self._reconcile = reconcile
         self.interval = interval
         self._kick = asyncio.Event()
+        self._failures = 0
+        self._quiet = RepeatLimiter(60.0)  # the same failure every round is a line a minute
 
     def kick(self) -> None:
         """Reconcile now instead of at the end of the interval."""
@@ -41,11 +50,26 @@ class ReconcileLoop:
             self.reconcile_once()
 
     def reconcile_once(self) -> None:
-        """One reconcile; a failure is logged and left to the next round."""
+        """One reconcile; a failure is logged and left to the next round.
+
+        Failing rounds in a row make the node unready (condition ``kernel``): its routes may not match the
+        leases, and ``/readyz`` should say so rather than answer 200 while, say, the vxlan device cannot be
+        made. One failure alone does not: the next round usually repairs a hiccup.
+        """
         try:
             self._reconcile()
         except (NetlinkError, OSError, FlannelError) as exc:
-            log.warning("reconcile failed, retrying in %gs: %s", self.interval, exc)
+            self._failures += 1
+            held = self._quiet.check(str(exc))
+            if held is not None:
+                log.warning("reconcile failed, retrying in %gs: %s%s", self.interval, exc, repeats(held))
+            if self._failures >= UNREADY_AFTER:
+                READINESS.problem(KERNEL_CONDITION, f"reconcile failed {self._failures} times in a row: {exc}")
+            return
+        if self._failures:
+            self._failures = 0
+            self._quiet.reset()
+            READINESS.resolved(KERNEL_CONDITION)
 
     async def kick_on_link_delete(self, names: Callable[[], Collection[str]]) -> None:
         """Kick whenever a device whose name is in ``names()`` is deleted (``ip link del``, a module unload)."""
