@@ -9,6 +9,7 @@ after every test.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from flannel.backend.base import ExternalInterface
+from flannel.backend.base import BackendContext, ExternalInterface, create_backend
 from flannel.config import NetworkConfig
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink.nsenter import entered
@@ -74,6 +75,29 @@ class Node:
     def reconcile(self) -> int:
         result: int = self.call(self.network.reconcile)
         return result
+
+
+class Nodes:
+    """The networks one test registers in its namespace; ``close()`` releases their netlink sockets."""
+
+    def __init__(self, ns: NetNS) -> None:
+        self.ns = ns
+        self.made: list[Node] = []
+
+    def register(self, config: NetworkConfig, own: Lease, ext: ExternalInterface | None = None) -> Node:
+        """The backend ``config`` names, registered inside the namespace with a fake subnet manager handing
+        out ``own``, on ``ext`` (default: the namespace's veth underlay)."""
+        sm = FakeSubnetManager(own)
+        with entered(self.ns.name):
+            backend = create_backend(BackendContext(subnet_manager=sm, ext_iface=ext or ext_iface(self.ns)), config)
+            network = asyncio.run(backend.register_network(config))
+        node = Node(self.ns, sm, network)
+        self.made.append(node)
+        return node
+
+    def close(self) -> None:
+        for node in self.made:
+            node.network.nl.close()
 
 
 def ext_iface(ns: NetNS, dev: str = "eth0") -> ExternalInterface:

@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from flannel.backend.base import BackendContext, create_backend
 from flannel.backend.udp import bind_socket
 from flannel.config import parse_network_config
 from flannel.lease import Lease
 from flannel.netlink import Netlink
 from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
-from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
+from tests.backend_harness import Node, Nodes, stays_in_own_namespace  # noqa: F401
 from tests.integration.test_hostgw_network import peer as hostgw_peer
 from tests.integration.test_hostgw_network import route as hostgw_route
 from tests.integration.test_hostgw_network import routes as hostgw_routes
@@ -49,23 +48,17 @@ FAR = "203.0.113.7"
 @pytest.fixture
 def register(netns: NetNS) -> Iterator[Callable[..., Node]]:
     """``register(backend)`` builds the network of that ``Backend`` section in ``netns``."""
-    made: list[Node] = []
+    nodes = Nodes(netns)
 
     def make(backend: dict[str, Any]) -> Node:
         config = dataclasses.replace(parse_network_config('{"Network":"10.0.0.0/8"}'),
                                      backend_type=backend["Type"], backend=backend)
-        sm = FakeSubnetManager(Lease(subnet=OWN))
-        with entered(netns.name):
-            network = asyncio.run(create_backend(BackendContext(subnet_manager=sm, ext_iface=ext_iface(netns)),
-                                                 config).register_network(config))
-        network.reconcile_interval = 600.0  # type: ignore[attr-defined]  # only kicks can repair in a test
-        node = Node(netns, sm, network)
-        made.append(node)
+        node = nodes.register(config, Lease(subnet=OWN))
+        node.network.reconcile_interval = 600.0  # only kicks can repair in a test
         return node
 
     yield make
-    for node in made:
-        node.network.nl.close()
+    nodes.close()
 
 
 def recreate_underlay(ns: NetNS) -> None:

@@ -23,9 +23,8 @@ from flannel.backend.route_network import RouteNetwork
 from flannel.config import parse_network_config
 from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
-from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
+from tests.backend_harness import FakeSubnetManager, Node, Nodes, ext_iface, stays_in_own_namespace  # noqa: F401
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 from tests.waiting import wait_until
 
@@ -40,7 +39,7 @@ V6_LOCAL = "2001:db8:18::1"
 
 @pytest.fixture
 def register(netns: NetNS) -> Iterator[Callable[..., Node]]:
-    made: list[Node] = []
+    nodes = Nodes(netns)
 
     def make(v6: bool = False) -> Node:
         text = '{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}'
@@ -52,19 +51,12 @@ def register(netns: NetNS) -> Iterator[Callable[..., Node]]:
             addr6 = IPv6Address(V6_LOCAL)
             ext = dataclasses.replace(ext, iface_v6_addr=addr6, ext_v6_addr=addr6)
             own = Lease(subnet=OWN, ipv6_subnet=OWN6)
-        config = parse_network_config(text)
-        sm = FakeSubnetManager(own)
-        with entered(netns.name):
-            backend = create_backend(BackendContext(subnet_manager=sm, ext_iface=ext), config)
-            network = asyncio.run(backend.register_network(config))
-        assert isinstance(network, RouteNetwork)
-        node = Node(netns, sm, network)
-        made.append(node)
+        node = nodes.register(parse_network_config(text), own, ext)
+        assert isinstance(node.network, RouteNetwork)
         return node
 
     yield make
-    for node in made:
-        node.network.nl.close()
+    nodes.close()
 
 
 def peer(i: int, public: str = "198.18.0.9", backend_type: str = "host-gw", public6: str | None = None) -> Lease:

@@ -27,13 +27,10 @@ from typing import Any
 
 import pytest
 
-from flannel.backend.base import BackendContext
-from flannel.backend.vxlan import VXLANBackend
 from flannel.config import parse_network_config
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink.nsenter import entered
 from flannel.subnet.manager import WatchResult
-from tests.backend_harness import FakeSubnetManager, Node, ext_iface, stays_in_own_namespace  # noqa: F401
+from tests.backend_harness import Node, Nodes, stays_in_own_namespace  # noqa: F401
 from tests.netns import UNDERLAY_IP, NetNS, netns_fixture  # noqa: F401
 from tests.waiting import wait_until
 
@@ -54,23 +51,16 @@ RegisterFn = Callable[..., Node]
 @pytest.fixture
 def register(netns: NetNS) -> Iterator[RegisterFn]:
     """``register(backend={...})`` builds the network in ``netns``; its netlink socket is closed afterwards."""
-    made: list[Node] = []
+    nodes = Nodes(netns)
 
     def make(backend: dict[str, Any] | None = None) -> Node:
         backend = backend if backend is not None else {"Type": "vxlan"}
         config = dataclasses.replace(parse_network_config(f'{{"Network":"{CLUSTER}"}}'),
                                      backend_type="vxlan", backend=backend)
-        sm = FakeSubnetManager(Lease(subnet=OWN))
-        ctx = BackendContext(subnet_manager=sm, ext_iface=ext_iface(netns))
-        with entered(netns.name):
-            network = asyncio.run(VXLANBackend(ctx, config).register_network(config))
-        node = Node(netns, sm, network)
-        made.append(node)
-        return node
+        return nodes.register(config, Lease(subnet=OWN))
 
     yield make
-    for node in made:
-        node.network.nl.close()
+    nodes.close()
 
 
 def mac_of(i: int) -> str:
