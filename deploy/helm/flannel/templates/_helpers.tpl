@@ -53,3 +53,25 @@ template writes the wireguard Mode unquoted). The keys per backend are upstream'
 {{- $_ := set $conf "Backend" $backend -}}
 {{- toPrettyJson $conf -}}
 {{- end }}
+
+{{/*
+Values kept from upstream's chart (`helm upgrade --reuse-values` from chart/kube-flannel, or its values file)
+name upstream's images. Upstream's flanneld image would run Go flannel under this chart's templates: refused
+here, with what to change. Upstream's CNI plugin image is accepted: see "flannel.upstreamPlugin".
+*/}}
+{{- define "flannel.checkValues" -}}
+{{- $image := .Values.flannel.image -}}
+{{- if regexMatch "^(.*/)?flannel-io/flannel$|^(docker\\.io/)?flannel/flannel$" $image.repository -}}
+{{- fail (printf "flannel.image is upstream's Go flanneld image (%s:%s), kept from upstream's kube-flannel chart (helm upgrade --reuse-values, or upstream's values file). This chart runs the Python flanneld: set flannel.image.repository and flannel.image.tag to its image (docs/kubernetes.md), e.g. --set flannel.image.repository=REGISTRY/flanneld,flannel.image.tag=%s, or upgrade with --reset-then-reuse-values instead of --reuse-values to start from this chart's defaults." $image.repository (toString $image.tag) .Chart.AppVersion) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+"true" when flannel_cni.image is upstream's CNI plugin image (ghcr.io/flannel-io/flannel-cni-plugin, or a
+mirror whose name ends the same), kept from upstream's chart. It has no install-cni-plugin; it holds upstream's
+static Go plugin at /flannel, which works with this flanneld (the same subnet.env), so it is installed the way
+upstream's chart does it.
+*/}}
+{{- define "flannel.upstreamPlugin" -}}
+{{- if regexMatch "flannel-cni-plugin$" .Values.flannel.flannel_cni.image.repository -}}true{{- end -}}
+{{- end }}
