@@ -52,6 +52,8 @@ def own_subnets(path: str) -> tuple[IPv4Network | None, IPv6Network | None, dict
     """This node's subnets from subnet.env, its values, and why they are unusable (empty when fine)."""
     try:
         values = read_subnet_env_values(path)
+    except PermissionError as exc:
+        return None, None, {}, f"cannot read {path}: {exc.strerror} (run as root, or as a user who may read it)"
     except OSError as exc:
         return None, None, {}, f"cannot read {path}: {exc.strerror or exc}"
     if not values:
