@@ -218,3 +218,27 @@ def test_flanneld_environment_is_read(etcd: EtcdServer, prefix: str, cluster: st
     env = {"FLANNELD_ETCD_ENDPOINTS": etcd.endpoint, "FLANNELD_ETCD_PREFIX": prefix}
     assert main(["leases"], env, out, io.StringIO()) == 0
     assert "10.5.1.0-24" in out.getvalue() and "\033[" not in out.getvalue()  # no colour into a pipe
+
+
+def test_tls_and_password_from_the_environment_as_flanneld_takes_them(etcd_tls: EtcdServer, prefix: str) -> None:
+    assert etcd_tls.tls is not None
+    etcd_tls.etcdctl("put", f"{prefix}/config", CONFIG)
+    out = io.StringIO()
+    code = main(["leases", "-o", "json"], {
+        "FLANNELD_ETCD_ENDPOINTS": etcd_tls.endpoint, "FLANNELD_ETCD_PREFIX": prefix,
+        "FLANNELD_ETCD_CAFILE": str(etcd_tls.tls.ca), "FLANNELD_ETCD_CERTFILE": str(etcd_tls.tls.client_cert),
+        "FLANNELD_ETCD_KEYFILE": str(etcd_tls.tls.client_key)}, out, io.StringIO())
+    assert code == 0 and json.loads(out.getvalue())["network"] == "10.5.0.0/16"
+
+
+def test_the_password_is_used_and_never_printed(etcd_auth: EtcdServer, prefix: str) -> None:
+    etcd_auth.etcdctl("put", f"{prefix}/config", CONFIG)
+    env = {"FLANNELD_ETCD_ENDPOINTS": etcd_auth.endpoint, "FLANNELD_ETCD_PREFIX": prefix,
+           "FLANNELD_ETCD_USERNAME": "root"}
+    out = io.StringIO()
+    assert main(["config", "get"], {**env, "FLANNELD_ETCD_PASSWORD": "pw"}, out, io.StringIO()) == 0
+    wrong = "s3cret-wrong-password"
+    res = subprocess.run([FLANNELCTL, "leases", "--timeout=3", "-v=9"], capture_output=True, text=True, timeout=30,
+                         check=False, env={**env, "FLANNELD_ETCD_PASSWORD": wrong, "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 1 and "cannot reach etcd" in res.stderr, res.stderr
+    assert wrong not in res.stdout + res.stderr
