@@ -27,7 +27,8 @@ def vx(ip: str, mac: str) -> bytes:
 
 
 def rec(name: str, value: bytes, rev: int, lease_id: int = 7) -> object:
-    return decode(KV(f"/coreos.com/network/subnets/{name}", value, rev, lease_id, rev), 100, 120)
+    ttl, granted = (100, 120) if lease_id else (None, None)  # a reservation has no etcd lease to ask about
+    return decode(KV(f"/coreos.com/network/subnets/{name}", value, rev, lease_id, rev), ttl, granted)
 
 
 # -- the command line ------------------------------------------------------------------------------------
@@ -199,3 +200,34 @@ def test_admitted_leases_exclude_own_foreign_and_refused() -> None:
 def test_fix_commands_name_the_tool() -> None:
     assert drift.command("fdb replace aa dev flannel.1") == "bridge fdb replace aa dev flannel.1"
     assert drift.command("route replace 10.5.2.0/24") == "ip route replace 10.5.2.0/24"
+
+
+# -- the human forms ------------------------------------------------------------------------------------------
+
+
+def test_status_text_names_readiness_drift_and_fixes() -> None:
+    from flannel.ctl.status import render
+
+    doc = {"subnet_file": "/run/flannel/subnet.env", "mtu": 1450,
+           "lease": {"key": "10.5.1.0-24", "public_ip": "198.18.0.11", "backend_type": "vxlan", "reserved": False,
+                     "ttl_seconds": 3600},
+           "flanneld": {"url": "u", "ready": False, "status": 503, "reason": "flanneld is not ready: datastore: x"},
+           "drift": {"checked": True, "backend_type": "vxlan",
+                     "entries": [{"what": "route to 10.5.2.0/24 missing", "fix": "ip route replace ..."}],
+                     "unchecked_reason": None}}
+    findings = [Finding(ERROR, "drift", "route to 10.5.2.0/24 missing", "m", "ip route replace ...")]
+    text = render(doc, findings, colour=False)
+    assert "NOT READY: flanneld is not ready: datastore: x" in text and "1 entry (vxlan)" in text
+    assert "expires in  1h00m" in text and "fix: ip route replace ..." in text and "\033[" not in text
+    assert "\033[31m" in render(doc, findings, colour=True)
+
+
+def test_leases_text_has_a_row_per_record_and_its_problems() -> None:
+    records = [rec("10.5.1.0-24", vx("198.18.0.1", "0a:00:00:00:00:01"), 5, lease_id=0),
+               rec("10.5.4.0-24", b"garbage", 8)]
+    doc, findings, text = leases.build(records, CONFIG, "", "/coreos.com/network/config", colour=False)  # type: ignore[arg-type]
+    lines = text.splitlines()
+    assert lines[0] == "network 10.5.0.0/16  backend vxlan  2 lease(s)"
+    assert lines[3].split() == ["10.5.1.0-24", "198.18.0.1", "vxlan", "0a:00:00:00:00:01", "reserved", "-", "-"]
+    assert lines[4].split()[-1] == "undecodable" and [f.code for f in findings] == ["undecodable"]
+    assert [lease["key"] for lease in doc["leases"]] == ["10.5.1.0-24", "10.5.4.0-24"]

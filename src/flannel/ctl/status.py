@@ -169,8 +169,9 @@ def render(report: dict[str, Any], findings: list[Finding], colour: bool) -> str
         rows.append(["flanneld", f"{state}: {ready['reason']}"])
     d = report["drift"]
     if d["checked"]:
-        rows.append(["drift", paint(f"{len(d['entries'])} entr(y/ies)", ERROR, colour) if d["entries"]
-                     else paint("none", "ok", colour)])
+        n = len(d["entries"])
+        rows.append(["drift", paint(f"{n} {'entry' if n == 1 else 'entries'} ({d['backend_type']})", ERROR, colour)
+                     if n else paint(f"none ({d['backend_type']})", "ok", colour)])
     else:
         rows.append(["drift", f"not checked: {d['unchecked_reason']}"])
     return table(["NODE", ""], rows) + "\n\n" + render_findings(findings, colour)
