@@ -231,3 +231,14 @@ def test_leases_text_has_a_row_per_record_and_its_problems() -> None:
     assert lines[3].split() == ["10.5.1.0-24", "198.18.0.1", "vxlan", "0a:00:00:00:00:01", "reserved", "-", "-"]
     assert lines[4].split()[-1] == "undecodable" and [f.code for f in findings] == ["undecodable"]
     assert [lease["key"] for lease in doc["leases"]] == ["10.5.1.0-24", "10.5.4.0-24"]
+
+
+def test_credentials_in_an_endpoint_url_are_never_printed(tmp_path: object) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["status", "--etcd-endpoints=http://me:hunter2@127.0.0.1:1", "--timeout=2", "-o", "json",
+            "--subnet-file=/nonexistent/subnet.env"]
+    assert main(argv, {}, out, err) == 1
+    assert "hunter2" not in out.getvalue() + err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["leases", *argv[1:3]], {}, out, err) == 1
+    assert "hunter2" not in out.getvalue() + err.getvalue() and "127.0.0.1:1" in err.getvalue()

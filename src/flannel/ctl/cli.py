@@ -25,6 +25,7 @@ from flannel.ctl.output import ERROR, EXIT_PROBLEMS, EXIT_USAGE, Finding, emit, 
 from flannel.daemon import flags
 from flannel.daemon.flag_table import BY_NAME, Kind, parse_go_bool
 from flannel.errors import ConfigError
+from flannel.secret import redact_urls
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         err.write(f"flannelctl: {exc}\nRun 'flannelctl --help' for usage.\n")
         return EXIT_USAGE
     except StoreUnreachable as exc:
-        finding = Finding(ERROR, "store_unreachable", args.opts.etcd_endpoints, str(exc))
+        finding = Finding(ERROR, "store_unreachable", redact_urls(args.opts.etcd_endpoints), str(exc))
         if args.output == "json":
             return emit(out, {}, [finding], "", True)
         err.write(f"flannelctl: {exc}\n")

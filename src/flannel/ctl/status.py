@@ -20,6 +20,7 @@ from flannel.ctl.output import ERROR, WARNING, Finding, duration, paint, render_
 from flannel.daemon.flags import Options
 from flannel.daemon.health import join_host_port
 from flannel.lease import Lease, make_subnet_key
+from flannel.secret import redact_urls
 from flannel.subnetenv import read_single_cidr, read_subnet_env_values
 
 READYZ_TIMEOUT = 3.0
@@ -99,7 +100,7 @@ async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[F
                 ttl, granted = await bounded(store.lease_times(mine.kv.lease_id), timeout, f"look up lease {key}")
                 mine = Record(mine.kv, mine.subnets, mine.lease, mine.error, max(ttl, 0), granted)
     except StoreUnreachable as exc:
-        findings.append(Finding(ERROR, "store_unreachable", opts.etcd_endpoints, str(exc)))
+        findings.append(Finding(ERROR, "store_unreachable", redact_urls(opts.etcd_endpoints), str(exc)))
         drift_doc["unchecked_reason"] = "the store could not be read"
         return report, findings
     report["lease"] = _lease_json(key, mine)
