@@ -242,3 +242,12 @@ def test_credentials_in_an_endpoint_url_are_never_printed(tmp_path: object) -> N
     out, err = io.StringIO(), io.StringIO()
     assert main(["leases", *argv[1:3]], {}, out, err) == 1
     assert "hunter2" not in out.getvalue() + err.getvalue() and "127.0.0.1:1" in err.getvalue()
+
+
+def test_one_subnet_on_two_records_is_a_collision() -> None:
+    """Two kube nodes given one pod CIDR: the same key twice (etcd keys are unique, node names are not)."""
+    fam = [Family(v6=False, network=IPv4Network("10.5.0.0/16"), own=None)]
+    a = Lease(IPv4Network("10.5.1.0/24"), attrs=LeaseAttrs(public_ip=IPv4Address("1.1.1.1")))
+    b = Lease(IPv4Network("10.5.1.0/24"), attrs=LeaseAttrs(public_ip=IPv4Address("1.1.1.2")))
+    assert [(x.attrs.public_ip, reason) for x, reason, _ in find_collisions(fam, [a, b])] == [
+        (IPv4Address("1.1.1.2"), "overlaps_lease")]

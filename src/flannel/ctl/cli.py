@@ -141,6 +141,13 @@ async def _dispatch(args: Args, out: TextIO) -> int:
         v = netconfig.validate(text, source, etcd_mode=not opts.kube_subnet_mgr)
         doc, human = netconfig.report(v, source)
         return emit(out, doc, _invalid(v.error, source), human, as_json)
+    if opts.kube_subnet_mgr and command == "leases":
+        from flannel.ctl.kube_cluster import read_nodes
+
+        _need(words, 1, "leases")
+        config, config_error, records = await read_nodes(opts, timeout)
+        doc, findings, human = leases.build(records, config, config_error, opts.net_config_path, colour)
+        return emit(out, doc, findings, human, as_json)
     if opts.kube_subnet_mgr:
         raise Usage(f"flannelctl {command}: only etcd mode is supported in this release (--kube-subnet-mgr is set)")
     if command == "status":
@@ -254,7 +261,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         err.write(f"flannelctl: {exc}\nRun 'flannelctl --help' for usage.\n")
         return EXIT_USAGE
     except StoreUnreachable as exc:
-        finding = Finding(ERROR, "store_unreachable", redact_urls(args.opts.etcd_endpoints), str(exc))
+        where = (args.opts.kube_api_url or args.opts.kubeconfig_file or "in-cluster API server") \
+            if args.opts.kube_subnet_mgr else args.opts.etcd_endpoints
+        finding = Finding(ERROR, "store_unreachable", redact_urls(where), str(exc))
         if args.output == "json":
             return emit(out, {}, [finding], "", True)
         err.write(f"flannelctl: {exc}\n")

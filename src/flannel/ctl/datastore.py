@@ -52,6 +52,10 @@ class Record:
     """Remaining seconds of its etcd lease; None for a reservation (no etcd lease) or when unknown."""
     granted: int | None
     """The TTL the etcd lease was granted with (renewed ago = granted - ttl); None as ``ttl``."""
+    source: str = "etcd"
+    """``etcd`` (a subnet key) or ``kube`` (a node: ``kv.key`` is ``node/<name>``, nothing is reserved)."""
+    pending: bool = False
+    """kube: a node flanneld has not annotated yet (no lease to read, and nothing wrong with that alone)."""
 
     @property
     def name(self) -> str:
@@ -61,7 +65,7 @@ class Record:
     @property
     def reserved(self) -> bool:
         """A reservation: a key without an etcd lease (spec §6.8)."""
-        return self.kv.lease_id == 0
+        return self.source == "etcd" and self.kv.lease_id == 0
 
 
 def store_options(opts: Options, timeout: float) -> EtcdStoreOptions:

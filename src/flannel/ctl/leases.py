@@ -57,7 +57,11 @@ def check(records: Sequence[Record], config: NetworkConfig | None) -> list[Findi
     """Every problem in the listing; ``config`` None skips the checks that need it."""
     findings: list[Finding] = []
     for r in records:
-        if r.error:
+        if r.pending:
+            findings.append(Finding(WARNING, "not_annotated", r.kv.key, f"{r.error}: flanneld has not run there yet"))
+        elif r.error and r.source == "kube":
+            findings.append(Finding(ERROR, "undecodable", r.kv.key, f"cannot be read ({r.error}); flanneld skips it"))
+        elif r.error:
             findings.append(Finding(ERROR, "undecodable", r.kv.key, f"cannot be read ({r.error}); flanneld skips it, "
                                     "but no node can be given its subnet while it exists",
                                     f"etcdctl del {r.kv.key}"))
@@ -142,10 +146,11 @@ def build(records: Sequence[Record], config: NetworkConfig | None, config_error:
         "leases": rows_json,
     }
     rows = []
-    for j in rows_json:
+    for r, j in zip(records, rows_json, strict=True):
         expires = "reserved" if j["reserved"] else duration(j["ttl_seconds"])
         flagged = ",".join(j["problems"])
-        rows.append([j["key"], j["public_ip"] or j["public_ipv6"] or "", j["backend_type"] or "",
+        label = f"{j['key']} {j['subnet'] or ''}".rstrip() if r.source == "kube" else j["key"]  # node and subnet
+        rows.append([label, j["public_ip"] or j["public_ipv6"] or "", j["backend_type"] or "",
                      j["vtep_mac"] or "", expires, duration(j["renewed_seconds_ago"]),
                      paint(flagged, ERROR, colour) if flagged else ""])
     head = f"network {report['network'] or '?'}  backend {report['backend_type'] or '?'}  {len(records)} lease(s)"

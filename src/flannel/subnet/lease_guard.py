@@ -310,11 +310,15 @@ def find_collisions(families: Sequence[Family], leases: Iterable[Lease], vtep_ma
     out: list[tuple[Lease, str, str]] = []
     for lease in leases:
         key = lease.key
+        if key in guard.held:  # one subnet on two records: two kube nodes given the same pod CIDR
+            out.append((lease, "overlaps_lease", f"subnet {key} is also claimed by an earlier lease (the first holder "
+                        "keeps it)"))
+            continue
         vteps = guard._vteps(lease)
         verdict = guard._collision(key, lease, vteps)
         if verdict is not None:
             out.append((lease, *verdict))
-        elif key not in guard.held:
+        else:
             guard.held[key] = lease
             guard._take(key, lease, vteps)
     return out
