@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from flannel import UPSTREAM_VERSION
 from flannel.ctl.output import ERROR, EXIT_PROBLEMS, EXIT_USAGE, Finding, emit, render_findings, use_colour
@@ -26,6 +26,9 @@ from flannel.daemon import flags
 from flannel.daemon.flag_table import BY_NAME, Kind, parse_go_bool
 from flannel.errors import ConfigError
 from flannel.secret import redact_urls
+
+if TYPE_CHECKING:  # gRPC behind it: imported only by the commands that talk to etcd
+    from flannel.subnet.etcd_store import EtcdStore
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -185,7 +188,7 @@ async def _dispatch(args: Args, out: TextIO) -> int:
                     as_json)
 
 
-async def _config(store: Any, args: Args, stored: bytes | None, key: str, out: TextIO) -> int:
+async def _config(store: EtcdStore, args: Args, stored: bytes | None, key: str, out: TextIO) -> int:
     from flannel.ctl import netconfig
     from flannel.ctl.datastore import bounded
 

@@ -62,9 +62,9 @@ def own_subnets(path: str) -> tuple[IPv4Network | None, IPv6Network | None, dict
                                "with another --subnet-file)"
     v4 = read_single_cidr(values, "FLANNEL_SUBNET", 4)
     v6 = read_single_cidr(values, "FLANNEL_IPV6_SUBNET", 6) if "FLANNEL_IPV6_SUBNET" in values else None
-    if v4 is None:
+    if not isinstance(v4, IPv4Network):
         return None, None, values, f"{path} has no usable FLANNEL_SUBNET"
-    return v4, v6, values, ""  # type: ignore[return-value]
+    return v4, v6 if isinstance(v6, IPv6Network) else None, values, ""
 
 
 async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[Finding]]:
