@@ -132,7 +132,7 @@ def _need(words: list[str], n: int, form: str) -> None:
 async def _dispatch(args: Args, out: TextIO) -> int:
     """Run the command named by the words; its exit code."""
     from flannel.ctl import leases, netconfig, reserve, status
-    from flannel.ctl.datastore import config_key, connected, read_config, read_records
+    from flannel.ctl.datastore import config_key, connected, read_config, read_nodes, read_records
 
     opts, words, timeout = args.opts, args.words, args.timeout
     assert opts is not None
@@ -145,8 +145,6 @@ async def _dispatch(args: Args, out: TextIO) -> int:
         doc, human = netconfig.report(v, source)
         return emit(out, doc, _invalid(v.error, source), human, as_json)
     if opts.kube_subnet_mgr and command == "leases":
-        from flannel.ctl.kube_cluster import read_nodes
-
         _need(words, 1, "leases")
         config, config_error, records = await read_nodes(opts, timeout)
         doc, findings, human = leases.build(records, config, config_error, opts.net_config_path, colour)

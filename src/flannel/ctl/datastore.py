@@ -1,4 +1,4 @@
-"""The cluster as ``flannelctl`` reads it from etcd: every record under ``<prefix>/subnets/``, as it is.
+"""The cluster as ``flannelctl`` reads it: every record under etcd's ``<prefix>/subnets/``, or every node.
 
 flanneld's own listing (``EtcdSubnetManager.list_leases``) drops what it cannot decode, with a log line,
 because a daemon must go on. An operator's tool must do the opposite: show every key, say which ones are
@@ -7,17 +7,24 @@ the key layout (``join_key``) and the decoders are flanneld's own, so what is sh
 
 The store is asked with a bounded wait (``--timeout``), so an unreachable etcd ends the command with a message
 naming the endpoints instead of hanging in flanneld's retry loops.
+
+In Kubernetes mode a lease is not stored anywhere: flanneld derives it from a node (``kube_nodes.node_to_lease``,
+the rule its node watch applies to every peer). So one paginated node list, through the client flanneld uses,
+gives every lease as a ``Record`` of source ``kube``, and the checks are the etcd mode's. A node flanneld has not
+annotated yet is ``pending``. Expiry and reservations do not exist there, and the config is
+``--net-config-path``, unchecked as flanneld reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flannel.config import NetworkConfig, check_network_config, parse_network_config
 from flannel.daemon.flags import Options
@@ -27,6 +34,8 @@ from flannel.secret import redact_urls
 from flannel.subnet.etcd_manager import CONFIG_NOT_FOUND, join_key
 from flannel.subnet.etcd_options import EtcdStoreOptions
 from flannel.subnet.etcd_store import EtcdStore
+from flannel.subnet.kube_annotations import AnnotationNames, annotation_names, node_annotations, node_name
+from flannel.subnet.kube_nodes import node_to_lease
 from flannel.subnet.kvstore import KV
 
 T = TypeVar("T")
@@ -153,3 +162,52 @@ async def read_records(store: EtcdStore, opts: Options, timeout: float, ttls: bo
             ttl, granted = (remaining, given) if remaining >= 0 else (0, given)
         records.append(decode(kv, ttl, granted))
     return records
+
+
+def read_net_conf(path: str) -> tuple[NetworkConfig | None, str]:
+    """net-conf.json as flanneld's kube manager reads it, with its error texts."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError as exc:
+        return None, f"failed to read net conf: {exc}"
+    try:
+        return parse_network_config(text), ""
+    except ConfigError as exc:
+        return None, f"error parsing subnet config: {path}: {exc}"
+
+
+def node_record(node: Mapping[str, Any], index: int, names: AnnotationNames, config: NetworkConfig) -> Record:
+    """One node as a record: its lease, or why it has none."""
+    name = node_name(node) or f"#{index}"
+    kv = KV(f"node/{name}", b"", 0, 0, index)
+    if not node_annotations(node).get(names.public_ip):
+        return Record(kv, None, None, f"node {name} has no {names.public_ip} annotation", None, None, "kube",
+                      pending=True)
+    try:
+        lease = node_to_lease(node, names, config)
+    except LeaseDecodeError as exc:
+        return Record(kv, None, None, str(exc), None, None, "kube")
+    subnets = (lease.subnet, lease.ipv6_subnet) if lease.subnet is not None else None
+    return Record(kv, subnets, lease, "", None, None, "kube")
+
+
+async def read_nodes(opts: Options, timeout: float) -> tuple[NetworkConfig | None, str, list[Record]]:
+    """The config, its error, and one record per node in the API server's order (by name)."""
+    from flannel.kube.client import KubeClient
+    from flannel.kube.config import load_client_config
+    from flannel.kube.errors import KubeApiError
+
+    config, config_error = read_net_conf(opts.net_config_path)
+    names = annotation_names(opts.kube_annotation_prefix)
+    client_config = load_client_config(opts.kube_api_url, opts.kubeconfig_file, os.environ)
+    records: list[Record] = []
+    try:
+        async with asyncio.timeout(timeout), KubeClient(client_config, request_timeout=timeout) as client:
+            async for page in client.list_nodes():
+                records += [node_record(node, len(records) + i, names, config or NetworkConfig())
+                            for i, node in enumerate(page)]
+    except (KubeApiError, DatastoreUnavailableError, OSError, TimeoutError) as exc:
+        why = str(exc) or f"no answer within {timeout:g}s"
+        raise StoreUnreachable(f"cannot list nodes from the API server {client_config.server}: {why}") from None
+    return config, config_error, records
