@@ -115,6 +115,16 @@ class EtcdStore:
         )
         return int(resp.TTL)
 
+    async def lease_times(self, lease_id: int) -> tuple[int, int]:
+        """``(remaining, granted)`` seconds of an etcd lease (``(-1, 0)`` for none or an expired one): what an
+        operator's tool shows as expiry and time since the last renewal. Not part of ``KVStore``."""
+        if lease_id == 0:
+            return -1, 0
+        resp = await self._failover.run(
+            lambda c: _lease_of(c).time_to_live(lease_id, timeout=self._timeout), f"look up lease {lease_id:x}"
+        )
+        return int(resp.TTL), int(resp.grantedTTL)
+
     async def watch(self, key: str, start_revision: int, prefix: bool) -> AsyncGenerator[list[WatchEvent], None]:
         """One watch stream on the current endpoint; until its first answer, failing endpoints are skipped.
 

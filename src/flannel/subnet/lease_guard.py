@@ -296,3 +296,29 @@ class LeaseGuard:
                     del claims.macs[vtep[0]]
                 else:
                     claims.macs[vtep[0]] = rest[0] if len(rest) == 1 else rest
+
+
+def find_collisions(families: Sequence[Family], leases: Iterable[Lease], vtep_macs: bool = False
+                    ) -> list[tuple[Lease, str, str]]:
+    """The leases a guard would skip, taken in the order given (the first holder wins), as
+    ``(lease, reason, explanation naming the other lease)``.
+
+    The same rules as ``LeaseGuard.admit``, without its logging and metrics, over a whole listing at once: for
+    tools that report on a cluster (``flannelctl leases``) rather than program one node.
+    """
+    guard = LeaseGuard(families, None, vtep_macs)
+    out: list[tuple[Lease, str, str]] = []
+    for lease in leases:
+        key = lease.key
+        if key in guard.held:  # one subnet on two records: two kube nodes given the same pod CIDR
+            out.append((lease, "overlaps_lease", f"subnet {key} is also claimed by an earlier lease (the first holder "
+                        "keeps it)"))
+            continue
+        vteps = guard._vteps(lease)
+        verdict = guard._collision(key, lease, vteps)
+        if verdict is not None:
+            out.append((lease, *verdict))
+        else:
+            guard.held[key] = lease
+            guard._take(key, lease, vteps)
+    return out

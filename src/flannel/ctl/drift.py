@@ -1,0 +1,136 @@
+"""Drift on this node: kernel entries a remote lease needs and that are missing, and flannel's entries that
+belong to no lease, for the vxlan and host-gw backends.
+
+Nothing here decides on its own what the kernel should hold. The leases go through the same ``LeaseTracker``
+and ``LeaseGuard`` flanneld runs (so a lease the node refuses is not "missing"), each admitted lease through
+the backend's own plane (``VXLANPlane.entries_for``, ``RoutePlane.route_for``), and the comparison is the
+backend's reconcile (``VXLANPlane.drift_ops``, ``route_plane.route_drift``), whose repair operations are only
+described, never applied: ``flannelctl`` reads the kernel and changes nothing.
+
+Reading routes, neighbours and FDB entries over netlink needs no privilege, so this runs without root.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+
+from flannel.config import NetworkConfig
+from flannel.errors import ConfigError, LeaseDecodeError
+from flannel.lease import EventType, Lease
+from flannel.netlink import Netlink, NetlinkError
+from flannel.subnet.lease_guard import LeaseGuard
+from flannel.subnet.lease_tracker import LeaseTracker
+from flannel.subnet.manager import WatchResult
+
+SUPPORTED = ("vxlan", "host-gw")
+Network = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One difference between the kernel and the leases."""
+
+    what: str
+    """The backend's reason, e.g. ``route to 10.244.3.0/24 missing`` or ``stale fdb entry 0a:58:...``."""
+    fix: str
+    """The kernel operation flanneld's reconcile would apply, as an ``ip``-style line."""
+
+
+def command(describe: str) -> str:
+    """The shell command for an operation's description: ``bridge fdb ...`` or ``ip route ...``."""
+    return f"{'bridge' if describe.startswith('fdb ') else 'ip'} {describe}"
+
+
+class DriftUnchecked(Exception):
+    """The comparison could not be made (the device is missing, netlink refused); ``str()`` says why."""
+
+
+def admitted(config: NetworkConfig, own: Lease, leases: Sequence[Lease], backend_type: str) -> list[Lease]:
+    """The remote leases flanneld on this node programs: through its tracker and guard, of its backend type."""
+    guard = LeaseGuard.for_network(config, own, backend_type, vtep_macs=backend_type == "vxlan")
+    tracker = LeaseTracker(own, guard)
+    events = tracker.apply(WatchResult(snapshot=tuple(leases)))
+    return [ev.lease for ev in events if ev.type is EventType.ADDED and ev.lease.attrs.backend_type == backend_type]
+
+
+def check(nl: Netlink, config: NetworkConfig, own: Lease, leases: Sequence[Lease]) -> list[Drift]:
+    """The drift of this node's backend; ``DriftUnchecked`` when it cannot be compared."""
+    kind = config.backend_type.lower()
+    remote = admitted(config, own, leases, kind)
+    try:
+        if kind == "vxlan":
+            return _vxlan(nl, config, own, remote)
+        if kind == "host-gw":
+            return _host_gw(nl, config, own, remote)
+    except (NetlinkError, OSError) as exc:
+        raise DriftUnchecked(f"cannot read the kernel's state: {exc}") from None
+    raise DriftUnchecked(f"drift is checked for {' and '.join(SUPPORTED)} only, not {config.backend_type}")
+
+
+def _families(config: NetworkConfig, own: Lease) -> list[tuple[int, Network, Network]]:
+    out: list[tuple[int, Network, Network]] = []
+    if config.enable_ipv4 and config.network is not None and own.subnet is not None:
+        out.append((socket.AF_INET, config.network, own.subnet))
+    if config.enable_ipv6 and config.ipv6_network is not None and own.ipv6_subnet is not None:
+        out.append((socket.AF_INET6, config.ipv6_network, own.ipv6_subnet))
+    return out
+
+
+def _vxlan(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Lease]) -> list[Drift]:
+    from flannel.backend.vxlan_config import parse_vxlan_config
+    from flannel.backend.vxlan_plane import VXLANPlane
+
+    try:
+        cfg = parse_vxlan_config(config.backend)
+    except ConfigError as exc:
+        raise DriftUnchecked(f"the config's Backend section is invalid: {exc}") from None
+    out: list[Drift] = []
+    for family, cluster, subnet in _families(config, own):
+        name = cfg.device_name if family == socket.AF_INET else cfg.v6_device_name
+        link = nl.link_by_name(name)
+        if link is None:
+            out.append(Drift(f"device {name} missing", f"wait for flanneld's reconcile to recreate {name}"))
+            continue
+        plane = VXLANPlane(nl=nl, family=family, dev_name=name, cluster=cluster,
+                           own_subnet=subnet, direct_routing=cfg.direct_routing,
+                           dev_index=link.index)
+        for lease in remote:
+            try:
+                entries = plane.entries_for(lease)
+            except (LeaseDecodeError, ValueError):
+                continue  # flanneld skips it too
+            if entries is not None:
+                plane.desired[lease.key] = entries
+        names = {link.index: name}
+        out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
+                for reason, op in plane.drift_ops()]
+    return out
+
+
+def _host_gw(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Lease]) -> list[Drift]:
+    from flannel.backend.route_network import RoutePlane
+    from flannel.backend.route_plane import route_drift
+
+    out: list[Drift] = []
+    for family, cluster, subnet in _families(config, own):
+        public = own.attrs.public_ipv6 if family == socket.AF_INET6 else own.attrs.public_ip
+        index = next((a.index for a in nl.addresses(family=family) if a.address == public), None)
+        if index is None:
+            raise DriftUnchecked(f"no interface holds this node's public IP {public}: host-gw routes go out of it")
+        link = nl.link_by_index(index)
+        names = {index: link.name if link is not None else f"#{index}"}
+        plane = RoutePlane(family=family, cluster=cluster, own_subnet=subnet, oif=index)
+        wanted = []
+        for lease in remote:
+            try:
+                route = plane.route_for(lease)
+            except (LeaseDecodeError, ValueError):
+                continue
+            if route is not None:
+                wanted.append(route)
+        out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
+                for reason, op in route_drift(nl, family, cluster, wanted)]
+    return out
