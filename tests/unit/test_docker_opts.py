@@ -133,3 +133,60 @@ def test_a_relative_subnet_file_is_read_from_the_working_directory(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out.env").read_text() == 'DOCKER_OPTS=" --bip=10.1.2.1/24 --mtu=1450"\n'
+
+
+# --- the docker.service drop-in (deploy/systemd/docker.service.d/flannel.conf) -------------------------
+
+DROP_IN = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "docker.service.d" / "flannel.conf"
+
+
+def unit_settings(text: str) -> list[tuple[str, str, str]]:
+    """``(section, key, value)`` in file order; repeated keys kept, as systemd reads them (empty resets)."""
+    settings, section = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        settings.append((section, key, value))
+    return settings
+
+
+def test_drop_in_orders_docker_after_flanneld_and_insists_on_a_subnet() -> None:
+    unit = {(s, k): v for s, k, v in unit_settings(DROP_IN.read_text()) if s == "Unit"}
+    assert unit[("Unit", "After")] == unit[("Unit", "Wants")] == "flanneld.service"
+    assert unit[("Unit", "AssertPathExists")] == "/run/flannel/subnet.env"
+
+
+def test_drop_in_steps_give_dockerd_flannels_options_after_the_hosts_own(tmp_path: Path) -> None:
+    """systemd's steps, run for real with the paths moved to tmp_path: remove, generate, load, expand."""
+    service = [(k, v) for s, k, v in unit_settings(DROP_IN.read_text()) if s == "Service"]
+    pre = [v for k, v in service if k == "ExecStartPre"]
+    assert pre[0] == "/bin/rm -f /run/docker_opts.env", "the previous run's DOCKER_OPTS must not be fed back"
+    env_file = next(v for k, v in service if k == "EnvironmentFile").lstrip("-")
+    generate = pre[1].split()
+    assert generate[0] == "/opt/flannel/bin/mk-docker-opts" and generate[generate.index("-d") + 1] == env_file
+    starts = [v for k, v in service if k == "ExecStart"]
+    assert starts[0] == "" and "$DOCKER_OPTS" in starts[1].split(), "reset, then unbraced: split into words"
+
+    subnet = tmp_path / "subnet.env"
+    subnet.write_text(
+        "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.72.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
+    out = tmp_path / "docker_opts.env"
+    args = [a.replace("/run/flannel/subnet.env", str(subnet)).replace(env_file, str(out)) for a in generate[1:]]
+    for _restart in range(2):  # the same result on every start
+        out.unlink(missing_ok=True)  # the first ExecStartPre
+        host_env = {"PATH": str(tmp_path), "DOCKER_OPTS": "--log-level=warn"}  # e.g. Debian's /etc/default/docker
+        done = subprocess.run([str(TOOL), *args], env=host_env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        key, _, quoted = out.read_text().strip().partition("=")
+        assert key == "DOCKER_OPTS"
+        argv = [
+            w for word in starts[1].split() for w in (quoted.strip('"').split() if word == "$DOCKER_OPTS" else [word])
+        ]
+        assert argv[0] == "/usr/bin/dockerd"
+        assert argv[-4:] == ["--log-level=warn", "--bip=10.5.72.1/24", "--ip-masq=false", "--mtu=1450"]
