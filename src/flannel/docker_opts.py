@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -252,6 +251,8 @@ def conflicting_routes(flannel_subnet: str, environ: Mapping[str, str]) -> str:
     a, b, c, d, length = match.groups()
     subnet = f"{a}.{b}.{c}.{int(d) - 1}/{length}"
     pattern = re.compile(".".join(re.escape(part) for part in subnet.split(".")))  # grep: "." is any character
+    import subprocess  # here: only a file with an IPv4 subnet needs it, and it is the heaviest import
+
     try:
         shown = subprocess.run(
             ["ip", "route", "show"], capture_output=True, text=True, check=False, env=dict(environ)
