@@ -5,8 +5,8 @@ The vectors in ``docker_opts_vectors.json`` were produced by upstream's script i
 cdf76059), run by ``/bin/sh`` = dash 0.5.12 in a fresh network namespace, with ``-f FILE -d OUT`` plus each
 case's flags and environment. Each case records the exit status, stderr (``PROG`` for the script's ``$0``) and
 the output file's bytes, or ``null`` when none was written. They are a 114-case selection of a 1,076-case
-comparison of the two programs (15 subnet files x 20 flag sets x 5 environments, plus routes), which found no
-difference. Both ran the script's route check in a namespace holding ``routes``.
+comparison of the two programs (15 subnet files x 14 flag sets x 5 environments, 6 bad flag sets, 20 route
+setups), which found no difference. Both ran the script's route check in a namespace holding ``routes``.
 
 Here ours runs as a process: the console script, with the case's environment. Cases without routes run with
 a PATH that has no ``ip``, as the script then finds no clash either; the route cases need a namespace (root).
