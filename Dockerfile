@@ -26,10 +26,12 @@ RUN apt-get update \
 COPY --from=build /opt/flannel /opt/flannel
 COPY deploy/image/flannel_install.py /opt/bin/flannel-install
 COPY deploy/image/iptables-wrapper /usr/sbin/iptables-wrapper
-# /opt/bin holds what the manifests run: flanneld, install-cni-plugin and install-conf (upstream's paths).
+# /opt/bin holds what the manifests run: flanneld, install-cni-plugin and install-conf (upstream's paths),
+# and mk-docker-opts.sh, the Docker host helper, where upstream's image has it (docs/docker.md).
 # The wrapper becomes the preferred iptables/ip6tables alternative until its first call picks a backend.
 RUN chmod 0755 /opt/bin/flannel-install /usr/sbin/iptables-wrapper \
     && ln -s /opt/flannel/bin/flanneld /opt/bin/flanneld \
+    && ln -s /opt/flannel/bin/mk-docker-opts /opt/bin/mk-docker-opts.sh \
     && ln -s flannel-install /opt/bin/install-cni-plugin \
     && ln -s flannel-install /opt/bin/install-conf \
     && for family in iptables ip6tables; do \
@@ -37,7 +39,8 @@ RUN chmod 0755 /opt/bin/flannel-install /usr/sbin/iptables-wrapper \
             --slave /usr/sbin/$family-restore $family-restore /usr/sbin/iptables-wrapper \
             --slave /usr/sbin/$family-save $family-save /usr/sbin/iptables-wrapper; \
     done \
-    && /opt/bin/flanneld --version
+    && /opt/bin/flanneld --version \
+    && /opt/bin/mk-docker-opts.sh -f /nonexistent -d /dev/null
 ENV PATH=/opt/flannel/bin:${PATH} \
     PYTHONUNBUFFERED=1
 ENTRYPOINT ["/opt/bin/flanneld"]

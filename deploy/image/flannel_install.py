@@ -13,9 +13,13 @@ Python, so the node gets two things in its CNI bin directory:
   (the host's Python writes its own ``__pycache__`` there on the first call if its version differs), and
   ``run.py``, which checks the Python version and calls the plugin.
 * ``flannel``: a ``/bin/sh`` launcher that runs ``run.py`` with the first of ``python3.16`` … ``python3.11``,
-  ``python3`` on PATH, isolated (``-I -S``: no site-packages, no ``PYTHON*`` variables). Naming the versions
-  first lets a node whose ``python3`` is older (RHEL 9, Ubuntu 22.04) use an added ``python3.11``/``3.12``.
-  Too old a Python, or none, gets a CNI error object that says what the node needs.
+  ``python3`` on PATH that actually runs and is new enough, isolated (``-I -S``: no site-packages, no
+  ``PYTHON*`` variables). Naming the versions first lets a node whose ``python3`` is older (RHEL 9, Ubuntu
+  22.04) use an added ``python3.11``/``3.12``. A name on PATH is not a working Python: a pyenv shim for a
+  version that is not installed exits 127, and a runtime given no error object quietly puts the pod on its
+  own network. So the first call runs each candidate once and records the interpreter's real path; later
+  calls exec it with no extra process. None usable gets a CNI error object, for every verb, that says what
+  the node needs and what was tried.
 
 Why not a zipapp: zipimport reads no ``__pycache__``, so every call would compile the plugin again unless the
 host's Python is exactly the image's (measured here, VERSION calls: 27 ms from source, 15 ms with matching
@@ -53,23 +57,70 @@ PYTHONS = ("python3.16", "python3.15", "python3.14", "python3.13", "python3.12",
 """What the launcher looks for on PATH, in order: a named version first, as ``python3`` may be older."""
 RUN = "run.py"
 
+ERROR_CODE = 999
+"""The code of the launcher's CNI error: 1-99 belong to the spec, so a plugin's own errors take 100 and up, and
+999 is what libcni's skel (and so upstream's Go plugin) reports for any failure that is not a typed CNI error."""
+STATUS_ERROR_CODE = 50
+"""For STATUS the spec names the code: 50, "the plugin is not available (cannot service ADD requests)"."""
+
+PYTHON_CACHE = "python"
+"""File in the installed version's directory naming the interpreter the launcher verified, for later calls."""
+PROBE = (
+    "import sys; v = sys.version_info; "
+    "print(sys.executable if v >= {min_python!r} and sys.executable else '%d.%d.%d' % tuple(v[:3]))"
+)
+"""What the launcher runs to vet a candidate: its real path (past any shim) if new enough, else its version.
+
+Python 2 syntax too, so an ancient ``python3`` still answers with its version rather than a traceback."""
+
 LAUNCHER_TEMPLATE = """#!/bin/sh
 # The flannel CNI plugin (flannel-py {version}), installed by the kube-flannel DaemonSet (install-cni-plugin).
-# It runs {store}/$PACKAGE_ID/{run} next to this file with the first of these Pythons on PATH; the plugin
-# needs Python {min_text} or later (docs/kubernetes.md).
+# It runs {store}/$PACKAGE_ID/{run} next to this file with Python {min_text} or later (docs/kubernetes.md): the
+# interpreter recorded in {store}/$PACKAGE_ID/{cache} by an earlier call, else the first of the names below on
+# PATH that actually runs and is new enough (a pyenv shim for a version that is not installed exits 127).
 PACKAGE_ID="{package_id}"
 case "$0" in
     */*) here=${{0%/*}} ;;
     *) here=$(dirname "$(command -v -- "$0")") ;;
 esac
-for python in {pythons}; do
-    if command -v "$python" >/dev/null 2>&1; then
-        exec "$python" -I -S "$here/{store}/$PACKAGE_ID/{run}" "$@"
-    fi
+pkg="$here/{store}/$PACKAGE_ID"
+if [ -r "$pkg/{cache}" ] && read -r python < "$pkg/{cache}" && [ -x "$python" ]; then
+    exec "$python" -I -S "$pkg/{run}" "$@"
+fi
+tried=""
+for candidate in {pythons}; do
+    command -v "$candidate" >/dev/null 2>&1 || continue
+    found=$("$candidate" -I -S -c "{probe}" </dev/null 2>/dev/null)
+    status=$?
+    case "$status:$found" in
+        0:/*)
+            # One write of one line: a reader racing it sees no complete line and probes on its own.
+            {{ printf '%s\\n' "$found" > "$pkg/{cache}"; }} 2>/dev/null
+            exec "$found" -I -S "$pkg/{run}" "$@"
+            ;;
+        0:[0-9]*) tried="$tried $candidate (Python $found)," ;;
+        *) tried="$tried $candidate (exit status $status)," ;;
+    esac
 done
+tried=${{tried%,}}
 msg="the flannel CNI plugin needs Python {min_text} or later on this host, as python3 or python3.X on PATH"
-echo "flannel: $msg" >&2
-printf '{{"cniVersion":"1.1.0","code":999,"msg":"%s","details":"PATH=%s"}}\\n' "$msg" "$PATH"
+details="PATH=$PATH; tried:${{tried:- no python3 found}}"
+echo "flannel: $msg ($details)" >&2
+# JSON-quote the details with builtins only: PATH may hold no tr or sed.
+rest=$details
+details=""
+while [ -n "$rest" ]; do
+    char=${{rest%"${{rest#?}}"}}
+    rest=${{rest#?}}
+    case $char in
+        '"' | '\\') details="$details\\\\$char" ;;
+        [[:cntrl:]]) ;;
+        *) details="$details$char" ;;
+    esac
+done
+code={code}
+[ "$CNI_COMMAND" = STATUS ] && code={status_code}
+printf '{{"cniVersion":"1.1.0","code":%s,"msg":"%s","details":"%s"}}\\n' "$code" "$msg" "$details"
 exit 1
 """
 
@@ -79,11 +130,13 @@ import sys
 
 if sys.version_info < {min_python!r}:
     import json
+    import os
 
     found = "%d.%d.%d at %s" % (sys.version_info[0], sys.version_info[1], sys.version_info[2], sys.executable)
     message = "the flannel CNI plugin needs Python {min_text} or later on this host"
     sys.stderr.write("flannel: %s, found %s\\n" % (message, found))
-    error = {{"cniVersion": "1.1.0", "code": 999, "msg": message, "details": "Python " + found}}
+    code = {status_code} if os.environ.get("CNI_COMMAND") == "STATUS" else {code}
+    error = {{"cniVersion": "1.1.0", "code": code, "msg": message, "details": "Python " + found}}
     sys.stdout.write(json.dumps(error) + "\\n")
     sys.exit(1)
 import os
@@ -134,13 +187,29 @@ def package_id(root: str, files: Sequence[str]) -> str:
 def launcher_text(pkg_id: str) -> str:
     """The ``flannel`` launcher for the installed version ``pkg_id``."""
     return LAUNCHER_TEMPLATE.format(
-        version=__version__, store=STORE, package_id=pkg_id, run=RUN, min_text=_MIN_TEXT, pythons=" ".join(PYTHONS)
+        version=__version__,
+        store=STORE,
+        package_id=pkg_id,
+        run=RUN,
+        cache=PYTHON_CACHE,
+        min_text=_MIN_TEXT,
+        pythons=" ".join(PYTHONS),
+        probe=PROBE.format(min_python=MIN_PYTHON),
+        code=ERROR_CODE,
+        status_code=STATUS_ERROR_CODE,
     )
 
 
 def run_text() -> str:
     """``run.py``, installed next to the package."""
-    return RUN_TEMPLATE.format(version=__version__, launcher=LAUNCHER, min_python=MIN_PYTHON, min_text=_MIN_TEXT)
+    return RUN_TEMPLATE.format(
+        version=__version__,
+        launcher=LAUNCHER,
+        min_python=MIN_PYTHON,
+        min_text=_MIN_TEXT,
+        code=ERROR_CODE,
+        status_code=STATUS_ERROR_CODE,
+    )
 
 
 def installed_id(launcher: str) -> str | None:

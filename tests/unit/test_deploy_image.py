@@ -121,6 +121,87 @@ def test_launcher_without_any_python_says_what_the_node_needs(tmp_path: Path, in
     assert b"needs Python 3.11" in out.stderr
 
 
+PYENV_SHIM = """#!/bin/sh
+# What pyenv's shim does for a version that is not installed: complain and exit 127.
+echo "$0" >> "$SHIM_LOG"
+echo "pyenv: ${0##*/}: command not found" >&2
+exit 127
+"""
+OLD_PYTHON = """#!/bin/sh
+# Stand-in for a Python 3.9 (none can run here): answers the launcher's probe with its version.
+echo "$0" >> "$SHIM_LOG"
+echo 3.9.18
+"""
+
+
+@pytest.fixture
+def broken_pythons(tmp_path: Path) -> Path:
+    """A directory whose two newest ``python3.X`` names fail: a pyenv shim (exit 127) and a too-old Python."""
+    if sys.version_info >= (3, 15):
+        pytest.skip("the shims take the names python3.16 and python3.15, this interpreter's own")
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name, text in (("python3.16", PYENV_SHIM), ("python3.15", OLD_PYTHON)):
+        (shims / name).write_text(text)
+        (shims / name).chmod(0o755)
+    return shims
+
+
+def shim_calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "shim.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("verb", ["ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC"])
+def test_launcher_with_only_broken_pythons_answers_every_verb_with_a_cni_error(
+    tmp_path: Path, installer: Any, broken_pythons: Path, verb: str
+) -> None:
+    """A runtime that gets no error object falls back to its own network; it must get one, whatever the verb."""
+    installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    env = {"PATH": str(broken_pythons), "CNI_COMMAND": verb, "SHIM_LOG": str(tmp_path / "shim.log")}
+    out = subprocess.run(
+        [str(tmp_path / "flannel")], input=b'{"cniVersion":"1.0.0"}', env=env, capture_output=True, timeout=30
+    )
+    assert out.returncode == 1
+    error = json.loads(out.stdout)
+    assert error["code"] == (50 if verb == "STATUS" else 999)
+    assert error["msg"].startswith("the flannel CNI plugin needs Python 3.11 or later on this host")
+    assert "python3.16 (exit status 127)" in error["details"]
+    assert "python3.15 (Python 3.9.18)" in error["details"]
+    assert f"PATH={broken_pythons}" in error["details"]
+    assert b"needs Python 3.11" in out.stderr
+
+
+def test_launcher_passes_over_broken_pythons_to_a_working_one_and_remembers_it(
+    tmp_path: Path, broken_pythons: Path, bare_python: Path
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    assert run_installer("install-cni-plugin", str(bin_dir)).returncode == 0
+    env = {"PATH": f"{broken_pythons}:{bare_python}", "CNI_COMMAND": "VERSION", "SHIM_LOG": str(tmp_path / "shim.log")}
+    first = subprocess.run([str(bin_dir / "flannel")], env=env, capture_output=True, timeout=30)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads(first.stdout)["supportedVersions"][-1] == "1.1.0"
+    assert len(shim_calls(tmp_path)) == 2, "each broken candidate was tried once"
+    (cache,) = (bin_dir / ".flannel").glob("*/python")
+    assert cache.read_text() == f"{bare_python}/python3.{sys.version_info.minor}\n"
+
+    again = subprocess.run([str(bin_dir / "flannel")], env=env, capture_output=True, timeout=30)
+    assert again.returncode == 0, again.stderr
+    assert len(shim_calls(tmp_path)) == 2, "the remembered interpreter is used without probing"
+
+
+def test_launcher_probes_again_when_the_remembered_python_is_gone(
+    tmp_path: Path, installer: Any, bare_python: Path
+) -> None:
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    cache = tmp_path / ".flannel" / pkg_id / "python"
+    cache.write_text(str(tmp_path / "uninstalled" / "python3.11") + "\n")
+    out = call_plugin(tmp_path / "flannel", bare_python, "VERSION")
+    assert out.returncode == 0, out.stderr
+    assert cache.read_text() == f"{bare_python}/python3.{sys.version_info.minor}\n"
+
+
 def test_installed_plugin_adds_and_deletes_through_its_delegate(tmp_path: Path, bare_python: Path) -> None:
     """ADD and DEL import most of the plugin: the installed copy must hold all of it."""
     bin_dir = tmp_path / "bin"
@@ -449,6 +530,9 @@ def test_dockerfile_provides_what_the_manifests_run() -> None:
     text = " ".join(dockerfile_instructions())
     for path in ("/opt/bin/flanneld", "/opt/bin/install-cni-plugin", "/opt/bin/install-conf"):
         assert path in text, f"the image has no {path}"
+    # upstream's image carries the Docker helper as /opt/bin/mk-docker-opts.sh; ours is the console script
+    assert "ln -s /opt/flannel/bin/mk-docker-opts /opt/bin/mk-docker-opts.sh" in text
+    assert "/opt/bin/mk-docker-opts.sh -f /nonexistent -d /dev/null" in text, "the build runs it once"
     assert 'ENTRYPOINT ["/opt/bin/flanneld"]' in text
     assert "iptables-wrapper" in text and "update-alternatives --install" in text
     for package in ("iptables", "nftables", "iproute2", "ca-certificates"):
