@@ -5,6 +5,9 @@ the namespace's loopback, so nothing touches the root namespace. The script re-e
 namespace. Bounded: a few hundred lease writes and a handful of daemon starts.
 
 Usage: .venv/bin/python bench/bench_daemon.py [--peers-convergence 1000] [--peers-rss 5000] [--events 200]
+
+flanneld inherits the environment: ``FLANNEL_ETCD_CLIENT=gateway`` runs it on the experimental JSON-gateway
+etcd client (issue #16); the table's first line names the client.
 """
 
 from __future__ import annotations
@@ -259,6 +262,7 @@ def inner(args: argparse.Namespace) -> int:
                 proc.wait(10)
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"etcd client: {os.environ.get('FLANNEL_ETCD_CLIENT') or 'grpc'}\n")
     print("| benchmark | result | target |\n|---|---|---|")
     print("\n".join(rows))
     return 0
