@@ -124,7 +124,7 @@ class EtcdGatewayStore:
                         answered = True
                         yield batch
             except Exception as exc:
-                reason = self._failover.failed(member, exc, what)
+                reason = await self._failover.failed(member, exc, what)
                 if answered:
                     raise DatastoreUnavailableError(f"etcd {member.url}: {what}: {reason}") from None
                 failures.append((member.url, reason))
@@ -187,7 +187,7 @@ class GatewayFailover:
                 async with asyncio.timeout(self.timeout + 1):
                     result = await op(member)
             except Exception as exc:
-                failures.append((member.url, self.failed(member, exc, what)))
+                failures.append((member.url, await self.failed(member, exc, what)))
                 continue
             self.answered()
             return result
@@ -198,7 +198,7 @@ class GatewayFailover:
         """etcd answered a request: whatever made the node unready because of it is over."""
         READINESS.resolved(READINESS_CONDITION)
 
-    def failed(self, member: Member, exc: BaseException, what: str) -> str:
+    async def failed(self, member: Member, exc: BaseException, what: str) -> str:
         """Retire ``member`` after a connection failure and say what failed; raise any other error."""
         reason = _connection_failure(exc, self.timeout)
         if reason is None:

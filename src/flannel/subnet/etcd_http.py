@@ -194,6 +194,10 @@ class Member:
                     if line.strip():
                         yield json.loads(line)
             raise ConnectionResetError("stream ended")
+        except (OSError, h11.ProtocolError):
+            if self.closed:  # retired under us (another request failed over): an error to resume from
+                raise DatastoreUnavailableError("connection closed") from None
+            raise
         finally:
             self._busy.discard(conn)
             conn.close()
@@ -219,6 +223,10 @@ class Member:
             status = await conn.send(path, json.dumps(payload).encode(), self._headers(token))
             body = await conn.body()
             done = True
+        except (OSError, h11.ProtocolError):
+            if self.closed:
+                raise DatastoreUnavailableError("connection closed") from None
+            raise
         finally:
             self._busy.discard(conn)
             if done and not self.closed and len(self._idle) < _IDLE_KEPT and conn.reusable():
