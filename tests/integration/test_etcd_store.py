@@ -227,3 +227,30 @@ async def test_store_connects_lazily_on_first_use(store_cls: type[EtcdStore], et
         assert (await s.get(f"{prefix}/k")) is not None
     finally:
         await s.close()
+
+
+async def test_the_gateway_client_lists_in_pages_of_one_snapshot(
+    etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flannel.subnet import etcd_gateway
+
+    monkeypatch.setattr(etcd_gateway, "LIST_PAGE", 2)
+    s = await etcd_gateway.EtcdGatewayStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5))
+    try:
+        for i in range(5):
+            await s.put(f"{prefix}/k{i}", f"v{i}", None)
+        later = f"{prefix}/k5"
+        real = s._call
+
+        async def call_then_write(path: str, payload: dict[str, object], what: str) -> dict[str, object]:
+            answer = await real(path, payload, what)
+            if "revision" not in payload:
+                etcd.etcdctl("put", later, "after the first page")  # not in the snapshot being listed
+            return answer
+
+        s._call = call_then_write  # type: ignore[method-assign]
+        kvs, rev = await s.get_prefix(f"{prefix}/")
+        assert [(kv.key, kv.value) for kv in kvs] == [(f"{prefix}/k{i}", f"v{i}".encode()) for i in range(5)]
+        assert (await s.get(later)) is not None and rev == kvs[-1].mod_revision
+    finally:
+        await s.close()
