@@ -3,7 +3,7 @@
 ``EtcdGatewayStore`` talks to etcd's gRPC-gateway (``/v3/...``, JSON) instead of gRPC, because gRPC's
 library is most of flanneld's memory (issue #16). h11 is a sans-I/O HTTP/1.1 state machine (framing,
 chunked bodies, keep-alive rules) that costs ~0.4 MiB; measured against it, ``httpcore`` imports ``ssl``
-eagerly and needs ``anyio`` (+2.8 MiB before ``anyio``), ``aiohttp`` +15.6 MiB (docs/performance.md). What
+eagerly and needs ``anyio`` (+3 MiB over ``ssl``, before ``anyio``), ``aiohttp`` +15.3 MiB (docs/performance.md). What
 is left to us is small: a socket per request in flight, a few idle ones kept, and the member's TLS and token.
 
 A ``Member`` is one endpoint: its TLS context (built at first dial, server name checked against this
@@ -193,6 +193,8 @@ class Member:
                 for line in lines:
                     if line.strip():
                         yield json.loads(line)
+            if pending.strip():  # etcd's last word (a refusal such as "no leader") comes without a newline
+                yield json.loads(pending)
             raise ConnectionResetError("stream ended")
         except (OSError, h11.ProtocolError):
             if self.closed:  # retired under us (another request failed over): an error to resume from
