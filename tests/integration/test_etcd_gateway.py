@@ -20,7 +20,7 @@ import pytest
 from flannel.errors import DatastoreUnavailableError
 from flannel.subnet import etcd_gateway
 from flannel.subnet.etcd_options import EtcdStoreOptions
-from tests.etcd_server import ETCD, ETCDCTL, EtcdServer, free_port
+from tests.etcd_server import ETCD, ETCDCTL, EtcdServer, free_port, start_etcd
 
 pytestmark = pytest.mark.etcd
 
@@ -103,3 +103,22 @@ async def test_the_gateway_client_lists_in_pages_of_one_snapshot(
         assert (await s.get(later)) is not None and rev == kvs[-1].mod_revision
     finally:
         await s.close()
+
+
+async def test_a_kept_connection_that_etcd_closed_meanwhile_is_not_a_failure(prefix: str) -> None:
+    """etcd restarted while the store's keep-alive connections sat idle: the next request opens a fresh one
+    instead of failing on a dead one (with one endpoint, that failure would be the request's error)."""
+    server = start_etcd()
+    try:
+        s = await etcd_gateway.EtcdGatewayStore.open(EtcdStoreOptions(endpoints=(server.endpoint,), request_timeout=5))
+        try:
+            await s.put(f"{prefix}/k", "v", None)  # leaves a connection in the pool
+            server.halt()
+            server.restart()
+            await asyncio.sleep(0.2)  # the event loop sees the closed connection, as a running daemon's would
+            kv = await s.get(f"{prefix}/k")
+            assert kv is not None and kv.value == b"v"
+        finally:
+            await s.close()
+    finally:
+        server.stop()

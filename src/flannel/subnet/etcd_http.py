@@ -116,6 +116,10 @@ class HttpConnection:
             return False
         return True
 
+    def closed_by_peer(self) -> bool:
+        """The other side closed this idle connection already (its end of stream has arrived)."""
+        return self._reader.at_eof() or self._writer.is_closing()
+
     def close(self) -> None:
         self._writer.close()
 
@@ -218,6 +222,8 @@ class Member:
         self._idle.clear()
 
     async def _call(self, path: str, payload: dict[str, Any], token: str | None) -> dict[str, Any]:
+        while self._idle and self._idle[-1].closed_by_peer():  # a proxy or etcd closed it while idle: not a failure
+            self._idle.pop().close()
         conn = self._idle.pop() if self._idle else await self._connect()
         self._busy.add(conn)
         done = False
