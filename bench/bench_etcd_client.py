@@ -10,8 +10,10 @@ reports its peak RSS (VmHWM) and the time of each step; the parent also times sp
 * ``gateway+ssl``: the same with ``ssl`` loaded, as it is when the gateway client speaks TLS.
 
 Rounds alternate the variants' order; medians are reported. Bounded: 3 rounds × 3 variants by default.
+With ``--tls`` etcd requires client certificates (made with the tests' helper) and the variants are ``grpc``
+and ``gateway+ssl``.
 
-Usage: .venv/bin/python bench/bench_etcd_client.py [--rounds 3] [--peers 5000] [--lists 5]
+Usage: .venv/bin/python bench/bench_etcd_client.py [--rounds 3] [--peers 5000] [--lists 5] [--tls]
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ def peer_lease(i: int) -> tuple[str, str]:
     return f"{PREFIX}/subnets/10.{100 + a}.{b}.0-24", value
 
 
-async def fill(endpoint: str, peers: int) -> None:
+async def fill(endpoint: str, peers: int, tls: Path | None) -> None:
     """``peers`` records on one 1-day lease, 64 to a transaction (written with etcd3aio, outside the measure)."""
     from etcd3aio import Etcd3Client
 
-    async with Etcd3Client([endpoint.removeprefix("http://")]) as c:
+    kwargs = {}
+    if tls is not None:
+        kwargs = {"ca_cert": (tls / "ca.pem").read_bytes(), "cert_chain": (tls / "client.pem").read_bytes(),
+                  "cert_key": (tls / "client-key.pem").read_bytes(), "tls_server_name": "127.0.0.1"}
+    async with Etcd3Client([endpoint.split("://")[1]], **kwargs) as c:
         for _ in range(100):
             try:
                 await c.kv.get("x")
@@ -69,7 +75,7 @@ async def fill(endpoint: str, peers: int) -> None:
             await c.kv.txn(compare=[], success=ops, failure=[])
 
 
-def child(variant: str, endpoint: str, lists: int) -> None:
+def child(variant: str, endpoint: str, lists: int, tls: str) -> None:
     """One measured process; prints one JSON line."""
     t0 = T0
     sys.path.insert(0, str(REPO / "src"))
@@ -82,7 +88,9 @@ def child(variant: str, endpoint: str, lists: int) -> None:
     t_import = time.perf_counter()
 
     async def run() -> dict[str, float]:
-        store = await Store.open(EtcdStoreOptions(endpoints=(endpoint,), request_timeout=10))
+        files = {} if not tls else {"cafile": f"{tls}/ca.pem", "certfile": f"{tls}/client.pem",
+                                     "keyfile": f"{tls}/client-key.pem"}
+        store = await Store.open(EtcdStoreOptions(endpoints=(endpoint,), request_timeout=10, **files))
         t_open = time.perf_counter()
         times = []
         count, rev = 0, 0
@@ -124,28 +132,39 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peers", type=int, default=5000)
     ap.add_argument("--lists", type=int, default=5)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--tls-dir", default="")
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.endpoint, args.lists)
+        child(args.child, args.endpoint, args.lists, args.tls_dir)
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="flannel-bench-etcd-"))
     client, peer = free_port(), free_port()
-    endpoint = f"http://127.0.0.1:{client}"
-    etcd = subprocess.Popen(
-        [shutil.which("etcd") or "etcd", "--data-dir", str(tmp / "etcd"), "--listen-client-urls", endpoint,
-         "--advertise-client-urls", endpoint, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"default=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
+    endpoint = f"{'https' if args.tls else 'http'}://127.0.0.1:{client}"
+    cmd = [shutil.which("etcd") or "etcd", "--data-dir", str(tmp / "etcd"), "--listen-client-urls", endpoint,
+           "--advertise-client-urls", endpoint, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+           "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+           "--initial-cluster", f"default=http://127.0.0.1:{peer}"]
+    variants = VARIANTS
+    if args.tls:
+        sys.path.insert(0, str(REPO))
+        from tests.etcd_server import make_tls_files
+
+        files = make_tls_files(tmp)
+        cmd += ["--cert-file", str(files.server_cert), "--key-file", str(files.server_key), "--client-cert-auth",
+                "--trusted-ca-file", str(files.ca)]
+        variants = ("grpc", "gateway+ssl")
+    etcd = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     try:
-        asyncio.run(fill(endpoint, args.peers))
+        asyncio.run(fill(endpoint, args.peers, tmp if args.tls else None))
         for r in range(args.rounds):
-            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            order = variants[r % len(variants):] + variants[:r % len(variants)]
             for variant in order:
                 t = time.perf_counter()
                 out = subprocess.run([sys.executable, __file__, "--child", variant, "--endpoint", endpoint,
-                                      "--lists", str(args.lists)], capture_output=True, text=True, timeout=120)
+                                      "--lists", str(args.lists), "--tls-dir", str(tmp) if args.tls else ""],
+                                     capture_output=True, text=True, timeout=120)
                 if out.returncode:
                     raise RuntimeError(f"{variant}: {out.stderr[-2000:]}")
                 row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -155,7 +174,8 @@ def main() -> int:
         etcd.terminate()
         etcd.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{args.peers} records, {args.rounds} rounds, medians (min–max)\n")
+    print(f"{args.peers} records, {'TLS with client certificates, ' if args.tls else ''}{args.rounds} rounds, "
+          "medians (min–max)\n")
     print("| client | peak RSS (VmHWM) | import | connect | first list | list (median of "
           f"{args.lists}) | spawn → listed + watched, exit |\n|---|---:|---:|---:|---:|---:|---:|")
 
