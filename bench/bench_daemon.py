@@ -5,6 +5,10 @@ the namespace's loopback, so nothing touches the root namespace. The script re-e
 namespace. Bounded: a few hundred lease writes and a handful of daemon starts.
 
 Usage: .venv/bin/python bench/bench_daemon.py [--peers-convergence 1000] [--peers-rss 5000] [--events 200]
+
+flanneld inherits the environment: ``FLANNEL_ETCD_CLIENT=gateway`` runs it on the experimental JSON-gateway
+etcd client (issue #16); the table's first line names the client. ``--tls``: etcd requires client
+certificates (made with the tests' helper) and flanneld gets ``--etcd-cafile/certfile/keyfile``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
 from one_host_netns import run_inside  # noqa: E402
 
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
+TLS_DIR: Path | None = None
+"""Where the certificates are when ``--tls`` is on."""
 PREFIX = "/coreos.com/network"
 RTMGRP_IPV4_ROUTE = 0x40
 RTM_NEWROUTE = 24
@@ -49,10 +56,14 @@ class Etcd:
         self.start()
 
     def start(self) -> None:
+        url = etcd_url()
+        tls = [] if TLS_DIR is None else [
+            "--cert-file", str(TLS_DIR / "server.pem"), "--key-file", str(TLS_DIR / "server-key.pem"),
+            "--client-cert-auth", "--trusted-ca-file", str(TLS_DIR / "ca.pem")]
         self.proc = subprocess.Popen(
             [shutil.which("etcd") or "etcd", "--data-dir", str(self.tmp / "etcd"),
-             "--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
-             "--listen-peer-urls", "http://127.0.0.1:2380"],
+             "--listen-client-urls", url, "--advertise-client-urls", url,
+             "--listen-peer-urls", "http://127.0.0.1:2380", *tls],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -60,10 +71,24 @@ class Etcd:
         self.proc.wait(10)
 
 
-async def put_leases(start: int, count: int) -> None:
+def etcd_url() -> str:
+    return f"{'http' if TLS_DIR is None else 'https'}://127.0.0.1:2379"
+
+
+def etcd_client() -> Any:
+    """An etcd3aio client for the benchmark's own writes (outside the measure), with the client certificate
+    under ``--tls``."""
     from etcd3aio import Etcd3Client
 
-    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+    if TLS_DIR is None:
+        return Etcd3Client(["127.0.0.1:2379"])
+    return Etcd3Client(["127.0.0.1:2379"], ca_cert=(TLS_DIR / "ca.pem").read_bytes(),
+                       cert_chain=(TLS_DIR / "client.pem").read_bytes(),
+                       cert_key=(TLS_DIR / "client-key.pem").read_bytes(), tls_server_name="127.0.0.1")
+
+
+async def put_leases(start: int, count: int) -> None:
+    async with etcd_client() as c:
         for _ in range(100):
             try:
                 await c.kv.get("x")
@@ -77,9 +102,7 @@ async def put_leases(start: int, count: int) -> None:
 
 
 async def put_config() -> None:
-    from etcd3aio import Etcd3Client
-
-    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+    async with etcd_client() as c:
         for _ in range(100):
             try:
                 await c.kv.put(f"{PREFIX}/config", '{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}')
@@ -91,9 +114,7 @@ async def put_config() -> None:
 
 async def compact_now() -> int:
     """Compact etcd at its current revision; return that revision."""
-    from etcd3aio import Etcd3Client
-
-    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+    async with etcd_client() as c:
         rev = int((await c.kv.get("x")).header.revision)
         await c.kv.compact(rev, physical=True)
         return rev
@@ -114,7 +135,9 @@ STARTED: list[subprocess.Popen[bytes]] = []
 
 def start_flanneld(tmp: Path) -> subprocess.Popen[bytes]:
     with open(tmp / "flanneld.log", "ab") as log:
-        STARTED.append(subprocess.Popen([FLANNELD, "--etcd-endpoints=http://127.0.0.1:2379",
+        tls = [] if TLS_DIR is None else [f"--etcd-cafile={TLS_DIR}/ca.pem", f"--etcd-certfile={TLS_DIR}/client.pem",
+                                          f"--etcd-keyfile={TLS_DIR}/client-key.pem"]
+        STARTED.append(subprocess.Popen([FLANNELD, f"--etcd-endpoints={etcd_url()}", *tls,
                                          f"--subnet-file={tmp}/subnet.env", "--iface=eth0"], stdout=log, stderr=log))
     return STARTED[-1]
 
@@ -189,7 +212,14 @@ def top_mappings(pid: int, n: int = 12) -> str:
 
 
 def inner(args: argparse.Namespace) -> int:
+    global TLS_DIR
     tmp = Path(tempfile.mkdtemp(prefix="flannel-bench-"))
+    if args.tls:
+        sys.path.insert(0, str(REPO))
+        from tests.etcd_server import make_tls_files
+
+        make_tls_files(tmp)
+        TLS_DIR = tmp
     etcd = Etcd(tmp)
     rows: list[str] = []
     try:
@@ -259,6 +289,7 @@ def inner(args: argparse.Namespace) -> int:
                 proc.wait(10)
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"etcd client: {os.environ.get('FLANNEL_ETCD_CLIENT') or 'grpc'}{', TLS' if args.tls else ''}\n")
     print("| benchmark | result | target |\n|---|---|---|")
     print("\n".join(rows))
     return 0
@@ -266,10 +297,8 @@ def inner(args: argparse.Namespace) -> int:
 
 async def measure_events(s: socket.socket, events: int) -> list[float]:
     """Put ``events`` new leases one by one over one connection; time each until its route is announced."""
-    from etcd3aio import Etcd3Client
-
     lat = []
-    async with Etcd3Client(["127.0.0.1:2379"]) as c:
+    async with etcd_client() as c:
         lease = await c.lease.grant(86400)
         for k in range(events):
             i = 20000 + k
@@ -289,6 +318,7 @@ def main() -> int:
     ap.add_argument("--peers-convergence", type=int, default=1000)
     ap.add_argument("--peers-rss", type=int, default=5000)
     ap.add_argument("--events", type=int, default=200)
+    ap.add_argument("--tls", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from flannel.subnet.etcd_gateway import EtcdGatewayStore
 from flannel.subnet.etcd_store import EtcdStore, EtcdStoreOptions
 from tests.etcd_server import EtcdServer, start_etcd
 
@@ -42,9 +43,18 @@ def prefix() -> str:
     return f"/test-{uuid.uuid4().hex[:12]}/network"
 
 
+STORE_CLASSES: dict[str, type[EtcdStore] | type[EtcdGatewayStore]] = {"grpc": EtcdStore, "gateway": EtcdGatewayStore}
+
+
+@pytest.fixture(params=sorted(STORE_CLASSES))
+def store_cls(request: pytest.FixtureRequest) -> type[EtcdStore] | type[EtcdGatewayStore]:
+    """Each etcd client in turn: gRPC (the default) and the JSON gateway (experimental, issue #16)."""
+    return STORE_CLASSES[request.param]
+
+
 @pytest.fixture
-async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
-    """An ``EtcdStore`` connected to the session server."""
-    s = await EtcdStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5.0))
+async def store(etcd: EtcdServer, store_cls: type[EtcdStore]) -> AsyncIterator[EtcdStore]:
+    """A store of each client connected to the session server."""
+    s = await store_cls.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5.0))
     yield s
     await s.close()

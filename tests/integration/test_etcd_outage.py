@@ -43,10 +43,10 @@ def own_etcd() -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-async def manager(own_etcd: EtcdServer) -> AsyncIterator[EtcdSubnetManager]:
+async def manager(own_etcd: EtcdServer, store_cls: type[EtcdStore]) -> AsyncIterator[EtcdSubnetManager]:
     READINESS.reset()
     READINESS.mark_started()
-    store = EtcdStore(EtcdStoreOptions(endpoints=(own_etcd.endpoint,), request_timeout=1.0))
+    store = store_cls(EtcdStoreOptions(endpoints=(own_etcd.endpoint,), request_timeout=1.0))
     # A 30 s TTL renewed 25 s before expiry: a renewal every 5 s, several of them inside an outage.
     m = EtcdSubnetManager(store, PREFIX, ttl_seconds=30, renew_margin_minutes=25 / 60, timings=FAST)
     yield m
@@ -130,13 +130,13 @@ async def test_manager_follows_etcd_restored_from_an_older_snapshot(
         await wait_until(lambda: (own_etcd.ttl_of(key) or 0) > 0, "our lease put back", timeout=30)
 
 
-async def test_an_auth_error_that_fixes_itself_is_waited_out(own_etcd: EtcdServer) -> None:
+async def test_an_auth_error_that_fixes_itself_is_waited_out(own_etcd: EtcdServer, store_cls: type[EtcdStore]) -> None:
     """A wrong password (an operator rotating it, the node's secret updated first) is a datastore problem that
     the node reports and waits out; once etcd takes the password, the manager gets its lease."""
     own_etcd.enable_auth("root", "old")
     READINESS.reset()
     READINESS.mark_started()
-    store = EtcdStore(EtcdStoreOptions(endpoints=(own_etcd.endpoint,), username="root", password="new",
+    store = store_cls(EtcdStoreOptions(endpoints=(own_etcd.endpoint,), username="root", password="new",
                                        request_timeout=1.0))
     m = EtcdSubnetManager(store, PREFIX, timings=FAST)
     attrs = LeaseAttrs(public_ip=IPv4Address("198.18.0.11"), backend_type="vxlan")
@@ -164,7 +164,7 @@ async def test_an_auth_error_that_fixes_itself_is_waited_out(own_etcd: EtcdServe
         READINESS.reset()
 
 
-async def test_a_tls_error_that_fixes_itself_is_waited_out(tmp_path: Path) -> None:
+async def test_a_tls_error_that_fixes_itself_is_waited_out(tmp_path: Path, store_cls: type[EtcdStore]) -> None:
     """A client certificate etcd does not accept (signed by another CA, as in a botched rotation) makes the
     store unreachable and the node unready; once the right files are in place, the next dial uses them."""
     server = start_etcd(tls=True)
@@ -175,7 +175,7 @@ async def test_a_tls_error_that_fixes_itself_is_waited_out(tmp_path: Path) -> No
         assert (cert, key) == (stranger.client_cert, stranger.client_key)
         READINESS.reset()
         READINESS.mark_started()
-        store = EtcdStore(EtcdStoreOptions(endpoints=(server.endpoint,), certfile=str(cert), keyfile=str(key),
+        store = store_cls(EtcdStoreOptions(endpoints=(server.endpoint,), certfile=str(cert), keyfile=str(key),
                                            cafile=str(server.tls.ca), request_timeout=1.0))
         try:
             with pytest.raises(DatastoreUnavailableError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flannel.daemon.entry import _kube_mode
+from flannel.daemon.entry import _gateway_needs_ssl, _kube_mode
 
 
 @pytest.mark.parametrize(("argv", "env", "kube"), [
@@ -50,4 +50,34 @@ def test_etcd_mode_loads_no_openssl_through_the_back_door() -> None:
              "from flannel.backend import vxlan, hostgw, udp; from flannel.traffic import keeper;"
              "print(sorted(m for m in ('_hashlib', 'hashlib', '_ssl') if sys.modules.get(m) is not None))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("argv", "env", "needs"), [
+    (["--etcd-endpoints=https://e:2379"], {}, False),  # the gRPC client has its own TLS
+    (["--etcd-endpoints=https://e:2379"], {"FLANNEL_ETCD_CLIENT": "gateway"}, True),
+    (["--etcd-endpoints", "http://a:2379,https://b:2379"], {"FLANNEL_ETCD_CLIENT": "gateway"}, True),
+    (["--etcd-endpoints=http://e:2379"], {"FLANNEL_ETCD_CLIENT": "gateway"}, False),
+    ([], {"FLANNEL_ETCD_CLIENT": "gateway", "FLANNELD_ETCD_ENDPOINTS": "https://e:2379"}, True),
+    (["--etcd-certfile=/c.pem"], {"FLANNEL_ETCD_CLIENT": "gateway"}, True),
+    ([], {"FLANNEL_ETCD_CLIENT": "gateway", "FLANNELD_ETCD_CERTFILE": "/c.pem"}, True),
+    ([], {"FLANNEL_ETCD_CLIENT": "gateway"}, False),
+])
+def test_the_gateway_client_keeps_ssl_only_when_it_speaks_tls(argv: list[str], env: dict[str, str],
+                                                             needs: bool) -> None:
+    assert _gateway_needs_ssl(argv, env) is needs
+
+
+def test_the_gateway_client_loads_neither_grpc_nor_ssl_over_http() -> None:
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False);"
+             "import asyncio; from flannel.daemon import startup, main; startup.etcd_store_class();"
+             "from flannel.subnet import etcd_manager;"
+             "print(sorted(m for m in ('grpc', 'etcd3aio', '_ssl', '_hashlib') if sys.modules.get(m) is not None))")
+    env = {**os.environ, "FLANNEL_ETCD_CLIENT": "gateway"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True,
+                         env=env)
     assert out.stdout.strip() == "[]"

@@ -9,6 +9,9 @@ not in ``main``:
   ``ssl`` by design (it supports Pythons built without it). Kube mode talks HTTPS to the API server itself,
   so it keeps ``ssl`` (and never loads gRPC).
 * glibc is limited to one malloc arena, so gRPC's threads do not each grow their own heap.
+
+The experimental JSON-gateway etcd client (``FLANNEL_ETCD_CLIENT=gateway``, issue #16) has no TLS stack of
+its own: with an ``https://`` endpoint or a client certificate it needs ``ssl``, loaded before asyncio.
 """
 
 from __future__ import annotations
@@ -37,6 +40,26 @@ def _kube_mode(argv: list[str], environ: Mapping[str, str]) -> bool:
     return on
 
 
+def _flag(argv: list[str], environ: Mapping[str, str], name: str) -> str:
+    """The last value of ``--name=value``/``--name value`` in ``argv``, else ``FLANNELD_NAME`` (a pre-scan)."""
+    value = environ.get("FLANNELD_" + name.upper().replace("-", "_"), "")
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        flag, eq, rest = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and flag == name:
+            value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    return value
+
+
+def _gateway_needs_ssl(argv: list[str], environ: Mapping[str, str]) -> bool:
+    """Whether the JSON-gateway etcd client is chosen and will speak TLS (``https://``, or a client certificate,
+    which bare endpoints use too); over-approximating only costs the 4 MiB that ``ssl`` would cost anyway."""
+    if environ.get("FLANNEL_ETCD_CLIENT", "") != "gateway":
+        return False
+    return "https://" in _flag(argv, environ, "etcd-endpoints") or bool(_flag(argv, environ, "etcd-certfile"))
+
+
 def _limit_memory(kube: bool) -> None:
     if not kube:
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
@@ -49,7 +72,8 @@ def _limit_memory(kube: bool) -> None:
 
 def run() -> None:
     """Entry point of the ``flanneld`` script."""
-    _limit_memory(_kube_mode(sys.argv[1:], os.environ))
+    argv = sys.argv[1:]
+    _limit_memory(_kube_mode(argv, os.environ) or _gateway_needs_ssl(argv, os.environ))
     from flannel.daemon.main import entry
 
     entry()

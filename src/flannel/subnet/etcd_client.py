@@ -30,7 +30,7 @@ from etcd3aio.watch import WatchService
 from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
 from flannel.readiness import READINESS
-from flannel.subnet.etcd_options import Endpoint, parse_endpoint, uses_tls
+from flannel.subnet.etcd_options import INSECURE_WARNING, READINESS_CONDITION, Endpoint, parse_endpoint, uses_tls
 
 if TYPE_CHECKING:
     from flannel.subnet.etcd_options import EtcdStoreOptions
@@ -38,12 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-INSECURE_WARNING = "no certificate provided: connecting to etcd with http. This is insecure"
 # An unreachable member, or one that no longer takes our auth token (expired, revoked): another client is needed.
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAUTHENTICATED)
 _T = TypeVar("_T")
-READINESS_CONDITION = "datastore"
-"""The readiness condition etcd failures open (``flannel.readiness``)."""
 
 
 class DefiniteError(DatastoreUnavailableError):
