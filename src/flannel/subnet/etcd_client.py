@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -27,20 +26,17 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.watch import WatchService
 
-from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
-from flannel.readiness import READINESS
-from flannel.subnet.etcd_options import INSECURE_WARNING, READINESS_CONDITION, Endpoint, parse_endpoint, uses_tls
+from flannel.subnet.etcd_failover import EndpointFailover
+from flannel.subnet.etcd_options import Endpoint, parse_endpoint, uses_tls
 
 if TYPE_CHECKING:
     from flannel.subnet.etcd_options import EtcdStoreOptions
 
-log = logging.getLogger(__name__)
 
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # An unreachable member, or one that no longer takes our auth token (expired, revoked): another client is needed.
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAUTHENTICATED)
-_T = TypeVar("_T")
 
 
 class DefiniteError(DatastoreUnavailableError):
@@ -156,82 +152,28 @@ class Connection:
         return client, refresher
 
 
-class Failover:
-    """The endpoints in order, with one ``Connection`` to the current one; a failing one hands over to the next."""
+class Failover(EndpointFailover[Connection, Client]):
+    """``EndpointFailover`` with gRPC clients: a call cancelled because another task closed its channel counts
+    as a connection failure too."""
 
-    def __init__(self, options: EtcdStoreOptions) -> None:
-        self.urls: Sequence[str] = options.endpoints
-        self.timeout = options.request_timeout
-        self._options = options
-        self._index = 0
-        self._conn: Connection | None = None
-        if not (options.certfile and options.keyfile):
-            log.warning(INSECURE_WARNING)
+    caught = (Exception, asyncio.CancelledError)
 
-    def current(self) -> Connection:
-        """The connection to the current endpoint (created, not dialled, when there is none)."""
-        if not self.urls:
-            raise DatastoreUnavailableError("no etcd endpoints given")
-        if self._conn is None:
-            self._conn = Connection(self.urls[self._index], self._options)
-        return self._conn
+    def _open(self, url: str) -> Connection:
+        return Connection(url, self._options)
 
-    async def run(self, op: Callable[[Client], Awaitable[_T]], what: str) -> _T:
-        """``op`` on the current endpoint, moving on after each connection failure (each endpoint once).
+    async def _ready(self, conn: Connection) -> Client:
+        return await conn.ready()
 
-        Each attempt is bounded by the request timeout. Errors other than connection failures, and the last
-        connection failure, are raised as ``DatastoreUnavailableError``.
-        """
-        failures: list[tuple[str, str]] = []
-        for _ in range(max(len(self.urls), 1)):
-            conn = self.current()
-            try:
-                async with asyncio.timeout(self.timeout + 1):
-                    result = await op(await conn.ready())
-            except (Exception, asyncio.CancelledError) as exc:
-                failures.append((conn.url, await self.failed(conn, exc, what)))
-                continue
-            self.answered()
-            return result
-        raise self.exhausted(what, failures)
-
-    @staticmethod
-    def answered() -> None:
-        """etcd answered a request: whatever made the node unready because of it is over."""
-        READINESS.resolved(READINESS_CONDITION)
-
-    async def failed(self, conn: Connection, exc: BaseException, what: str) -> str:
-        """Retire ``conn`` after a connection failure and say what failed; raise any other error."""
-        reason = _connection_failure(exc, conn, self.timeout)
-        if reason is None:
-            if isinstance(exc, EtcdError | grpc.aio.AioRpcError | DatastoreUnavailableError):
-                READINESS.problem(READINESS_CONDITION, f"etcd {conn.url}: {what}: {_detail(exc)}")
-            _raise_definite(exc, conn.url, what)
-        if conn is self._conn:
-            self._conn = None
-            self._index = (self._index + 1) % len(self.urls)
-            if len(self.urls) > 1:
-                metrics.DATASTORE_FAILOVERS.inc()
-                log.warning("etcd %s failed (%s: %s); switching to %s", conn.url, what, reason, self.urls[self._index])
+    async def _close(self, conn: Connection) -> None:
         await conn.close()
-        return reason
 
-    def exhausted(self, what: str, failures: Sequence[tuple[str, str]]) -> DatastoreUnavailableError:
-        """The error for a request that failed on every endpoint; it names them all. The node is not ready."""
-        if len(failures) == 1:
-            url, reason = failures[0]
-            error = DatastoreUnavailableError(f"etcd {url}: {what}: {reason}")
-        else:
-            tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
-            error = DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
-        READINESS.problem(READINESS_CONDITION, str(error))
-        return error
+    def _unusable(self, exc: BaseException, conn: Connection) -> str | None:
+        return _connection_failure(exc, conn, self.timeout)
 
-    async def close(self) -> None:
-        """Close the current connection; the next request dials the current endpoint again."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+    def _store_error(self, exc: BaseException, url: str, what: str) -> DatastoreUnavailableError | None:
+        if isinstance(exc, EtcdError | grpc.aio.AioRpcError):
+            return DatastoreUnavailableError(f"etcd {url}: {what}: {_detail(exc)}")
+        return exc if isinstance(exc, DatastoreUnavailableError) else None
 
 
 def _connection_failure(exc: BaseException, conn: Connection | None = None, timeout: float = 0) -> str | None:
@@ -251,13 +193,6 @@ def _connection_failure(exc: BaseException, conn: Connection | None = None, time
     if isinstance(exc, EtcdConnectionError | EtcdTransientError | EtcdUnauthenticatedError | DatastoreUnavailableError):
         return str(exc)
     return None
-
-
-def _raise_definite(exc: BaseException, url: str, what: str) -> NoReturn:
-    """Raise an error that is not a connection failure: etcd's as ``DatastoreUnavailableError``, others as is."""
-    if isinstance(exc, EtcdError | grpc.aio.AioRpcError):
-        raise DatastoreUnavailableError(f"etcd {url}: {what}: {_detail(exc)}") from None
-    raise exc
 
 
 def _detail(exc: BaseException) -> str:

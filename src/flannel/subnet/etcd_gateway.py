@@ -15,23 +15,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 from binascii import a2b_base64
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import h11
 
-from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
-from flannel.readiness import READINESS
+from flannel.subnet.etcd_failover import EndpointFailover
 from flannel.subnet.etcd_http import DefiniteError, GatewayError, Member
-from flannel.subnet.etcd_options import INSECURE_WARNING, READINESS_CONDITION, EtcdStoreOptions
+from flannel.subnet.etcd_options import EtcdStoreOptions
 from flannel.subnet.kvstore import KV, CompactedError, PutResult, WatchEvent, WatchEventType
 
-log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 LIST_PAGE = 1000
 """Keys per range request of ``get_prefix``."""
 _FAILOVER_CODES = (4, 14, 16)
@@ -146,7 +141,7 @@ class EtcdGatewayStore:
         raise self._failover.exhausted(what, failures)
 
     async def close(self) -> None:
-        self._failover.close()
+        await self._failover.close()
 
     async def _call(self, path: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
         return await self._failover.run(lambda member: member.call(path, payload), what)
@@ -173,80 +168,25 @@ class EtcdGatewayStore:
         return PutResult(_revision(answer), lease_id, granted)
 
 
-class GatewayFailover:
-    """The endpoints in order, one ``Member`` at a time; a failing one hands over to the next (as ``Failover``)."""
+class GatewayFailover(EndpointFailover[Member, Member]):
+    """``EndpointFailover`` with gateway members."""
 
-    def __init__(self, options: EtcdStoreOptions) -> None:
-        self.urls: Sequence[str] = options.endpoints
-        self.timeout = options.request_timeout
-        self._options = options
-        self._index = 0
-        self._member: Member | None = None
-        if not (options.certfile and options.keyfile):
-            log.warning(INSECURE_WARNING)
+    def _open(self, url: str) -> Member:
+        return Member(url, self._options)
 
-    def current(self) -> Member:
-        if not self.urls:
-            raise DatastoreUnavailableError("no etcd endpoints given")
-        if self._member is None:
-            self._member = Member(self.urls[self._index], self._options)
-        return self._member
+    async def _ready(self, conn: Member) -> Member:
+        return conn
 
-    async def run(self, op: Callable[[Member], Awaitable[_T]], what: str) -> _T:
-        """``op`` on the current endpoint, moving on after each connection failure (each endpoint once), each
-        attempt bounded by the request timeout."""
-        failures: list[tuple[str, str]] = []
-        for _ in range(max(len(self.urls), 1)):
-            member = self.current()
-            try:
-                async with asyncio.timeout(self.timeout + 1):
-                    result = await op(member)
-            except Exception as exc:
-                failures.append((member.url, await self.failed(member, exc, what)))
-                continue
-            self.answered()
-            return result
-        raise self.exhausted(what, failures)
+    async def _close(self, conn: Member) -> None:
+        conn.close()
 
-    @staticmethod
-    def answered() -> None:
-        """etcd answered a request: whatever made the node unready because of it is over."""
-        READINESS.resolved(READINESS_CONDITION)
+    def _unusable(self, exc: BaseException, conn: Member) -> str | None:
+        return _connection_failure(exc, self.timeout)
 
-    async def failed(self, member: Member, exc: BaseException, what: str) -> str:
-        """Retire ``member`` after a connection failure and say what failed; raise any other error."""
-        reason = _connection_failure(exc, self.timeout)
-        if reason is None:
-            if isinstance(exc, GatewayError | DatastoreUnavailableError):
-                READINESS.problem(READINESS_CONDITION, f"etcd {member.url}: {what}: {exc}")
-                if isinstance(exc, GatewayError):
-                    raise DatastoreUnavailableError(f"etcd {member.url}: {what}: {exc}") from None
-            raise exc
-        if member is self._member:
-            self._member = None
-            self._index = (self._index + 1) % len(self.urls)
-            if len(self.urls) > 1:
-                metrics.DATASTORE_FAILOVERS.inc()
-                log.warning("etcd %s failed (%s: %s); switching to %s", member.url, what, reason,
-                            self.urls[self._index])
-        member.close()
-        return reason
-
-    def exhausted(self, what: str, failures: Sequence[tuple[str, str]]) -> DatastoreUnavailableError:
-        """The error for a request that failed on every endpoint; it names them all. The node is not ready."""
-        if len(failures) == 1:
-            url, reason = failures[0]
-            error = DatastoreUnavailableError(f"etcd {url}: {what}: {reason}")
-        else:
-            tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
-            error = DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
-        READINESS.problem(READINESS_CONDITION, str(error))
-        return error
-
-    def close(self) -> None:
-        member, self._member = self._member, None
-        if member is not None:
-            member.close()
+    def _store_error(self, exc: BaseException, url: str, what: str) -> DatastoreUnavailableError | None:
+        if isinstance(exc, GatewayError):
+            return DatastoreUnavailableError(f"etcd {url}: {what}: {exc}")
+        return exc if isinstance(exc, DatastoreUnavailableError) else None
 
 
 def _connection_failure(exc: BaseException, timeout: float) -> str | None:
