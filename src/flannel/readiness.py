@@ -5,7 +5,7 @@ back to 503 while something the node depends on is away (the datastore, the API 
 and a probe can tell a node that merely keeps its old kernel state from one that follows the cluster. The
 kernel state is never touched because of a condition set here: it only reports.
 
-Each subsystem names its own condition (``"datastore"``, ``"lease"``), sets it with the reason when it
+Each subsystem names its condition (``DATASTORE``, ``LEASE``, ``KERNEL`` below), sets it with the reason when it
 loses something and clears it when it recovers. Process-wide, like ``metrics``, because each subsystem
 would otherwise need a handle threaded through every constructor.
 """
@@ -19,6 +19,13 @@ from flannel import metrics
 from flannel.secret import redact_urls
 
 log = logging.getLogger(__name__)
+
+DATASTORE = "datastore"
+"""Condition: etcd or the Kubernetes API server cannot be reached (or refuses us)."""
+LEASE = "lease"
+"""Condition: the node's own lease record is missing (kube mode: its Node object)."""
+KERNEL = "kernel"
+"""Condition: the reconcile keeps failing, so the kernel may not match the leases."""
 
 NOT_STARTED = "flanneld is not ready yet"
 """Upstream's ``/readyz`` body before ``subnet.env`` is written."""

@@ -17,12 +17,10 @@ from collections.abc import Callable, Collection
 from flannel.backoff import RepeatLimiter, repeats
 from flannel.errors import FlannelError
 from flannel.netlink import LinkEvent, LinkMonitor, NetlinkError, link_events
-from flannel.readiness import READINESS
+from flannel.readiness import KERNEL, READINESS
 
 log = logging.getLogger(__name__)
 
-KERNEL_CONDITION = "kernel"
-"""The readiness condition of a reconcile that keeps failing."""
 UNREADY_AFTER = 2
 """Failed rounds in a row that make the node unready."""
 
@@ -64,12 +62,12 @@ class ReconcileLoop:
             if held is not None:
                 log.warning("reconcile failed, retrying in %gs: %s%s", self.interval, exc, repeats(held))
             if self._failures >= UNREADY_AFTER:
-                READINESS.problem(KERNEL_CONDITION, f"reconcile failed {self._failures} times in a row: {exc}")
+                READINESS.problem(KERNEL, f"reconcile failed {self._failures} times in a row: {exc}")
             return
         if self._failures:
             self._failures = 0
             self._quiet.reset()
-            READINESS.resolved(KERNEL_CONDITION)
+            READINESS.resolved(KERNEL)
 
     async def kick_on_link_delete(self, names: Callable[[], Collection[str]]) -> None:
         """Kick whenever a device whose name is in ``names()`` is deleted (``ip link del``, a module unload)."""

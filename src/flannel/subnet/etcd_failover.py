@@ -17,8 +17,8 @@ from typing import ClassVar, Generic, Protocol, TypeVar
 
 from flannel import metrics
 from flannel.errors import DatastoreUnavailableError
-from flannel.readiness import READINESS
-from flannel.subnet.etcd_options import INSECURE_WARNING, READINESS_CONDITION, EtcdStoreOptions
+from flannel.readiness import DATASTORE, READINESS
+from flannel.subnet.etcd_options import INSECURE_WARNING, EtcdStoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class EndpointFailover(Generic[C, R]):
     @staticmethod
     def answered() -> None:
         """etcd answered a request: whatever made the node unready because of it is over."""
-        READINESS.resolved(READINESS_CONDITION)
+        READINESS.resolved(DATASTORE)
 
     async def failed(self, conn: C, exc: BaseException, what: str) -> str:
         """Retire ``conn`` after a connection failure and say what failed; raise any other error."""
@@ -115,7 +115,7 @@ class EndpointFailover(Generic[C, R]):
             error = self._store_error(exc, conn.url, what)
             if error is None:
                 raise exc
-            READINESS.problem(READINESS_CONDITION, str(error))
+            READINESS.problem(DATASTORE, str(error))
             if error is exc:
                 raise exc
             raise error from None
@@ -136,7 +136,7 @@ class EndpointFailover(Generic[C, R]):
         else:
             tried = "; ".join(f"{url}: {reason}" for url, reason in failures)
             error = DatastoreUnavailableError(f"etcd {','.join(self.urls)}: {what}: no endpoint answered ({tried})")
-        READINESS.problem(READINESS_CONDITION, str(error))
+        READINESS.problem(DATASTORE, str(error))
         return error
 
     async def close(self) -> None:

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2379
 INSECURE_WARNING = "no certificate provided: connecting to etcd with http. This is insecure"
-READINESS_CONDITION = "datastore"
-"""The readiness condition etcd failures open (``flannel.readiness``), whichever client is in use."""
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", re.ASCII)
 
 

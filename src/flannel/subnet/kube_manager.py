@@ -38,7 +38,7 @@ from flannel.errors import ConfigError, FlannelError, LeaseDecodeError
 from flannel.kube.client import KubeClient
 from flannel.kube.errors import GoneError, KubeApiError, KubeUnavailableError, retry_delay
 from flannel.lease import Lease, LeaseAttrs
-from flannel.readiness import READINESS
+from flannel.readiness import DATASTORE, READINESS
 from flannel.subnet.kube_annotations import (
     AnnotationNames,
     is_flannel_node,
@@ -297,7 +297,7 @@ class KubeSubnetManager:
             except KubeApiError as exc:
                 metrics.WATCH_ERRORS.labels("unavailable").inc()
                 if not self._streaming:  # a watch lost mid-stream is routine; failing to open one is not
-                    READINESS.problem("datastore", f"cannot reach the Kubernetes API server: {exc}")
+                    READINESS.problem(DATASTORE, f"cannot reach the Kubernetes API server: {exc}")
                 self._streaming = False  # a list that fails after it (410, then the server away) counts
                 wait = retry_delay(backoff, exc)
                 log.warning("node watch failed, retrying in %.1fs: %s", wait, exc)
@@ -322,7 +322,7 @@ class KubeSubnetManager:
                 if lease is not None:
                     known[name] = lease
         self._known = known
-        READINESS.resolved("datastore")
+        READINESS.resolved(DATASTORE)
         await queue.put(WatchResult(snapshot=tuple(known.values())))
         metrics.EVENT_LATENCY.received()
         log.info("node list: %d flannel nodes besides this one (resourceVersion %s)", len(known),
@@ -351,7 +351,7 @@ class KubeSubnetManager:
     def _watch_alive(self) -> None:
         self._streaming = True
         self._own.watch_heard_at = time.monotonic()
-        READINESS.resolved("datastore")
+        READINESS.resolved(DATASTORE)
 
     def _node_event(self, kind: str, node: dict[str, Any]) -> list[tuple[bool, Lease]]:
         """The lease events one node event means: nothing for an unchanged lease (a status heartbeat)."""

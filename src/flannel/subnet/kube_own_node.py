@@ -39,7 +39,7 @@ from flannel.errors import FlannelError, LeaseRevokedError
 from flannel.kube.client import KubeClient
 from flannel.kube.errors import KubeApiError, NotFoundError, retry_delay
 from flannel.lease import Lease
-from flannel.readiness import READINESS
+from flannel.readiness import DATASTORE, LEASE, READINESS
 from flannel.subnet.kube_annotations import AnnotationNames, node_annotations, own_annotation_patch
 from flannel.subnet.kube_nodes import PodCidrNotAssignedError, network_unavailable_patch, own_pod_cidrs
 
@@ -98,14 +98,14 @@ class OwnNodeKeeper:
                               "and waiting for it to be re-created, then publishing its annotations again",
                               self.node_name)
                     self._deleted = True
-                READINESS.problem("lease", f"node {self.node_name} does not exist in the API server (deleted)")
+                READINESS.problem(LEASE, f"node {self.node_name} does not exist in the API server (deleted)")
                 await self._pause(self.check_every)
                 continue
             except KubeApiError as exc:
                 wait = retry_delay(backoff, exc)
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()
-                READINESS.problem("datastore", f"cannot reach the Kubernetes API server: {exc}")
+                READINESS.problem(DATASTORE, f"cannot reach the Kubernetes API server: {exc}")
                 log.warning("checking node %s failed, retrying in %.1fs: %s", self.node_name, wait, exc)
                 await self._pause(wait)
                 continue
@@ -122,7 +122,7 @@ class OwnNodeKeeper:
         try:
             v4, v6 = own_pod_cidrs(node, self.config)
         except PodCidrNotAssignedError:
-            READINESS.problem("lease", f"node {self.node_name} was re-created and has no podCIDR yet")
+            READINESS.problem(LEASE, f"node {self.node_name} was re-created and has no podCIDR yet")
             log.warning("node %s has no spec.podCIDR (re-created?); waiting for it", self.node_name)
             return
         except FlannelError as exc:
@@ -151,12 +151,12 @@ class OwnNodeKeeper:
             log.info("node %s is back, with this flanneld's podCIDR and annotations", self.node_name)
             self._deleted = False
         self._uid = uid
-        READINESS.resolved("lease")
+        READINESS.resolved(LEASE)
 
     def _reached(self) -> None:
         """The API server answered: clear ``datastore``, and after an outage reconnect a watch that has
         heard nothing since it began."""
-        READINESS.resolved("datastore")
+        READINESS.resolved(DATASTORE)
         since, self._failing_since = self._failing_since, None
         if since is not None and self.state.watch_heard_at < since and self.state.rewatch():
             log.info("the API server answers again; reconnected the node watch, silent since the outage began")
