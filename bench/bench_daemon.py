@@ -75,20 +75,22 @@ def etcd_url() -> str:
     return f"{'http' if TLS_DIR is None else 'https'}://127.0.0.1:2379"
 
 
-def etcd_client() -> Any:
+def etcd_client(address: str = "127.0.0.1:2379", tls_dir: Path | None = None) -> Any:
     """An etcd3aio client for the benchmark's own writes (outside the measure), with the client certificate
-    under ``--tls``."""
+    from ``tls_dir`` (default: ``TLS_DIR``, set by ``--tls``)."""
     from etcd3aio import Etcd3Client
 
-    if TLS_DIR is None:
-        return Etcd3Client(["127.0.0.1:2379"])
-    return Etcd3Client(["127.0.0.1:2379"], ca_cert=(TLS_DIR / "ca.pem").read_bytes(),
-                       cert_chain=(TLS_DIR / "client.pem").read_bytes(),
-                       cert_key=(TLS_DIR / "client-key.pem").read_bytes(), tls_server_name="127.0.0.1")
+    tls_dir = tls_dir if tls_dir is not None else TLS_DIR
+    if tls_dir is None:
+        return Etcd3Client([address])
+    return Etcd3Client([address], ca_cert=(tls_dir / "ca.pem").read_bytes(),
+                       cert_chain=(tls_dir / "client.pem").read_bytes(),
+                       cert_key=(tls_dir / "client-key.pem").read_bytes(), tls_server_name="127.0.0.1")
 
 
-async def put_leases(start: int, count: int) -> None:
-    async with etcd_client() as c:
+async def put_leases(start: int, count: int, address: str = "127.0.0.1:2379", tls_dir: Path | None = None) -> None:
+    """``count`` peer records from number ``start`` on, on one 1-day lease, 64 to a transaction."""
+    async with etcd_client(address, tls_dir) as c:
         for _ in range(100):
             try:
                 await c.kv.get("x")

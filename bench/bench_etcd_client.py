@@ -46,33 +46,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def peer_lease(i: int) -> tuple[str, str]:
-    a, b = divmod(i + 1, 256)
-    mac = f"02:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}:00:01"
-    value = (f'{{"PublicIP":"198.19.{(i >> 8) & 255}.{i & 255}","PublicIPv6":null,"BackendType":"vxlan",'
-             f'"BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}')
-    return f"{PREFIX}/subnets/10.{100 + a}.{b}.0-24", value
-
-
 async def fill(endpoint: str, peers: int, tls: Path | None) -> None:
-    """``peers`` records on one 1-day lease, 64 to a transaction (written with etcd3aio, outside the measure)."""
-    from etcd3aio import Etcd3Client
+    """``peers`` records written by bench_daemon's writer (imported here, in the parent only: the measured
+    children must import nothing but what they measure)."""
+    from bench_daemon import put_leases
 
-    kwargs = {}
-    if tls is not None:
-        kwargs = {"ca_cert": (tls / "ca.pem").read_bytes(), "cert_chain": (tls / "client.pem").read_bytes(),
-                  "cert_key": (tls / "client-key.pem").read_bytes(), "tls_server_name": "127.0.0.1"}
-    async with Etcd3Client([endpoint.split("://")[1]], **kwargs) as c:
-        for _ in range(100):
-            try:
-                await c.kv.get("x")
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        lease = await c.lease.grant(86400)
-        for base in range(0, peers, 64):
-            ops = [c.kv.txn_op_put(*peer_lease(i), lease=lease.ID) for i in range(base, min(base + 64, peers))]
-            await c.kv.txn(compare=[], success=ops, failure=[])
+    await put_leases(0, peers, endpoint.split("://")[1], tls)
 
 
 def child(variant: str, endpoint: str, lists: int, tls: str) -> None:
