@@ -1,38 +1,21 @@
 """``flannelctl status`` reads flanneld's ``/readyz``: the reason flanneld gives for being unready reaches the
-operator. flanneld's real health server runs in a test namespace (as in test_health_server.py)."""
+operator. flanneld's real health server runs in a test namespace, with test_health_server.py's fixtures."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from flannel.ctl.status import probe_readyz
-from flannel.daemon.health import HealthServer, start_health_server
+from flannel.daemon.health import HealthServer
 from flannel.netlink import nsenter
 from flannel.readiness import READINESS
+from tests.integration.test_health_server import PORT, inside, server  # noqa: F401  (fixtures)
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
 pytestmark = pytest.mark.root
-
-PORT = 10258
-
-
-@pytest.fixture
-def inside(netns: NetNS) -> Iterator[NetNS]:
-    with nsenter.entered(netns.name):
-        yield netns
-
-
-@pytest.fixture
-async def server(inside: NetNS) -> AsyncIterator[HealthServer]:
-    READINESS.reset()
-    s = await start_health_server("127.0.0.1", PORT)
-    yield s
-    await s.close()
-    READINESS.reset()
 
 
 async def probe(ns: NetNS, port: int = PORT) -> dict[str, Any]:
@@ -45,7 +28,7 @@ async def probe(ns: NetNS, port: int = PORT) -> dict[str, Any]:
     return await asyncio.to_thread(run)
 
 
-async def test_unready_reason_and_ready(inside: NetNS, server: HealthServer) -> None:
+async def test_unready_reason_and_ready(inside: NetNS, server: HealthServer) -> None:  # noqa: F811
     assert await probe(inside) == {"url": f"http://127.0.0.1:{PORT}/readyz", "ready": False, "status": 503,
                                    "reason": "flanneld is not ready yet"}
     server.mark_ready()
@@ -56,6 +39,6 @@ async def test_unready_reason_and_ready(inside: NetNS, server: HealthServer) -> 
     assert (await probe(inside))["ready"] is True
 
 
-async def test_nothing_listening_means_not_running(inside: NetNS) -> None:
+async def test_nothing_listening_means_not_running(inside: NetNS) -> None:  # noqa: F811
     doc = await probe(inside, PORT + 1)
     assert doc["ready"] is None and doc["reason"].startswith("nothing listens there")
