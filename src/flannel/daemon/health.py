@@ -82,10 +82,6 @@ class HealthServer:
         READINESS.mark_started()
 
     @property
-    def ready(self) -> bool:
-        return READINESS.ready
-
-    @property
     def connections(self) -> int:
         """Connections open right now (for tests and debugging)."""
         return len(self._conns)
