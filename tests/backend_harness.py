@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from flannel.backend.base import BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import BackendContext, ExternalInterface
+from flannel.backend.registry import create_backend
 from flannel.config import NetworkConfig
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink.nsenter import entered

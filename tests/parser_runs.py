@@ -12,7 +12,8 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
 
-from flannel.backend.base import BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import BackendContext, ExternalInterface
+from flannel.backend.registry import create_backend
 from flannel.cni.errors import CNIError
 from flannel.cni.netconf import parse_netconf, read_args
 from flannel.cni.subnet_file import parse_subnet_env

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from flannel.backend.base import BackendContext, create_backend
+from flannel.backend.base import BackendContext
 from flannel.backend.hostgw import NAT_ERROR
+from flannel.backend.registry import create_backend
 from flannel.backend.route_network import RouteNetwork
 from flannel.config import parse_network_config
 from flannel.errors import FlannelError

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from flannel.backend.base import BackendContext, create_backend
+from flannel.backend.base import BackendContext
 from flannel.backend.ipip import DEVICE_NAME, NO_KERNEL_SUPPORT
+from flannel.backend.registry import create_backend
 from flannel.config import parse_network_config
 from flannel.errors import FlannelError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent

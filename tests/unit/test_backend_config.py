@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from flannel.backend.alloc import AllocBackend
-from flannel.backend.base import Backend, BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import Backend, BackendContext, ExternalInterface
 from flannel.backend.extension import ExtensionBackend
 from flannel.backend.hostgw import HostGWBackend
 from flannel.backend.ipip import IPIPBackend
+from flannel.backend.registry import create_backend
 from flannel.backend.udp import UDPBackend, parse_udp_config
 from flannel.backend.vxlan import VXLANBackend
 from flannel.config import parse_network_config

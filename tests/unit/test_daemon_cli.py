@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flannel.backend.base import BackendContext, create_backend
+from flannel.backend.base import BackendContext
+from flannel.backend.registry import create_backend
 from flannel.config import NetworkConfig
 from flannel.errors import ConfigError, NotImplementedYetError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flannel.backend.base import BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import BackendContext, ExternalInterface
 from flannel.backend.extension import (
     CommandError,
     ExtensionBackend,
@@ -21,6 +21,7 @@ from flannel.backend.extension import (
     parse_extension_config,
     run_command,
 )
+from flannel.backend.registry import create_backend
 from flannel.config import parse_network_config
 from flannel.errors import ConfigError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flannel.backend.base import BACKENDS, BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import BackendContext, ExternalInterface
 from flannel.backend.ipip import (
     NO_KERNEL_SUPPORT,
     IPIPBackend,
@@ -21,6 +21,7 @@ from flannel.backend.ipip import (
     parse_ipip_config,
     repoint,
 )
+from flannel.backend.registry import BACKENDS, create_backend
 from flannel.backend.route_plane import PeerRoute
 from flannel.config import parse_network_config
 from flannel.errors import ConfigError, FlannelError

@@ -12,9 +12,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 import pytest
 
 from flannel.backend.alloc import AllocBackend, AllocNetwork
-from flannel.backend.base import BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import BackendContext, ExternalInterface
 from flannel.backend.hostgw import NAT_ERROR
 from flannel.backend.reconcile_loop import ReconcileLoop
+from flannel.backend.registry import create_backend
 from flannel.backend.route_network import RouteNetwork, RoutePlane
 from flannel.backend.route_plane import RTPROT_FLANNEL, PeerRoute, route_ops
 from flannel.config import parse_network_config

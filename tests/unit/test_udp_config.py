@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from flannel.backend.base import Backend, BackendContext, ExternalInterface, create_backend
+from flannel.backend.base import Backend, BackendContext, ExternalInterface
+from flannel.backend.registry import create_backend
 from flannel.backend.udp import OFFLOAD_DATA, UDPBackend, UDPConfig, parse_udp_config, peer_offload
 from flannel.config import parse_network_config
 from flannel.errors import ConfigError, FlannelError

@@ -1,20 +1,20 @@
-"""The backend interfaces and the registry of backends.
+"""The backend interfaces.
 
 Upstream's split is kept: a ``Backend`` turns a network config into a running ``Network`` (acquiring the
 lease on the way, because the lease must carry data such as the VTEP MAC that only exists once the device
-does), and a ``Network`` consumes lease events. Backends are listed in one explicit table rather than
-registered by import side effects, so it is obvious what exists and what is still to come.
+does), and a ``Network`` consumes lease events. This module imports no backend: the table of backends is
+``flannel.backend.registry``, so every backend can import the interfaces without an import circle.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, FlannelError, NotImplementedYetError
+from flannel.errors import ConfigError, FlannelError
 from flannel.lease import Lease
 from flannel.subnet.manager import SubnetManager, WatchResult
 
@@ -103,70 +103,3 @@ class Backend(Protocol):
     async def register_network(self, config: NetworkConfig) -> Network:
         """Create devices, acquire the lease and return the network ready to run."""
         ...
-
-
-BackendFactory = Callable[[BackendContext, NetworkConfig], Backend]
-
-
-def _not_yet(name: str) -> BackendFactory:
-    def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
-        raise NotImplementedYetError(f"backend {name!r} is not implemented yet in this release (use vxlan)")
-
-    return factory
-
-
-def _vxlan(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    from flannel.backend.vxlan import VXLANBackend  # imported lazily: only the chosen backend loads
-
-    return VXLANBackend(ctx, config)
-
-
-def _host_gw(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    from flannel.backend.hostgw import HostGWBackend
-
-    return HostGWBackend(ctx, config)
-
-
-def _udp(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    from flannel.backend.udp import UDPBackend
-
-    return UDPBackend(ctx, config)
-
-
-def _ipip(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    from flannel.backend.ipip import IPIPBackend
-
-    return IPIPBackend(ctx, config)
-
-
-def _extension(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    from flannel.backend.extension import ExtensionBackend
-
-    return ExtensionBackend(ctx, config)
-
-
-def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    from flannel.backend.alloc import AllocBackend
-
-    return AllocBackend(ctx, config)
-
-
-BACKENDS: dict[str, BackendFactory] = {
-    "vxlan": _vxlan,
-    "host-gw": _host_gw,
-    "udp": _udp,
-    "ipip": _ipip,
-    "ipsec": _not_yet("ipsec"),
-    "wireguard": _not_yet("wireguard"),
-    "extension": _extension,
-    "alloc": _alloc,
-    "tencent-vpc": _not_yet("tencent-vpc"),
-}
-
-
-def create_backend(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    """Look up ``Backend.Type`` (case-insensitively, as upstream) and construct the backend."""
-    factory = BACKENDS.get(config.backend_type.lower())
-    if factory is None:
-        raise ConfigError(f"unknown backend type: {config.backend_type}", field="Backend.Type")
-    return factory(ctx, config)

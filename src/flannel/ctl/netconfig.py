@@ -3,7 +3,7 @@
 A config that flanneld would refuse should never reach etcd: every node would then loop on "failed to retrieve
 network config" at its next restart. So validation is flanneld's own sequence, with its messages: the
 document parse and ``CheckNetworkConfig`` (``config.py``, etcd mode), "none defined stack", the IPv6-only
-refusal of etcd mode, and the backend's own parse of its ``Backend`` section (``backend.base.create_backend``,
+refusal of etcd mode, and the backend's own parse of its ``Backend`` section (``backend.registry.create_backend``,
 which each backend's constructor does without touching the kernel). The backend's warnings (an unknown key,
 a Windows-only setting) are collected from its log records and shown too.
 
@@ -71,7 +71,8 @@ class _NoSubnetManager:
 
 
 def _check_backend(config: NetworkConfig) -> None:
-    from flannel.backend.base import BackendContext, ExternalInterface, create_backend
+    from flannel.backend.base import BackendContext, ExternalInterface
+    from flannel.backend.registry import create_backend
 
     ext = ExternalInterface(name="eth0", index=1, mtu=1500, iface_addr=PLACEHOLDER_V4, iface_v6_addr=PLACEHOLDER_V6,
                             ext_addr=PLACEHOLDER_V4, ext_v6_addr=PLACEHOLDER_V6)

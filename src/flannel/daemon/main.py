@@ -79,7 +79,8 @@ async def retry(what: str, fn: Callable[[], Awaitable[T]], stop: asyncio.Event, 
 
 
 async def run(opts: flags.Options) -> int:
-    from flannel.backend.base import Backend, BackendContext, create_backend
+    from flannel.backend.base import Backend, BackendContext
+    from flannel.backend.registry import create_backend
     from flannel.config import NetworkConfig
     from flannel.daemon.startup import build_subnet_manager, check_br_netfilter, select_external, write_env
 

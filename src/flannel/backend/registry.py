@@ -1,0 +1,80 @@
+"""The table of backends, by ``Backend.Type``.
+
+Backends are listed in one explicit table rather than registered by import side effects, so it is obvious
+what exists and what is still to come. Each factory imports its backend lazily: only the chosen backend's
+module (and its optional dependencies, such as a cloud SDK) is ever loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flannel.backend.base import Backend, BackendContext
+from flannel.config import NetworkConfig
+from flannel.errors import ConfigError, NotImplementedYetError
+
+BackendFactory = Callable[[BackendContext, NetworkConfig], Backend]
+
+
+def _not_yet(name: str) -> BackendFactory:
+    def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
+        raise NotImplementedYetError(f"backend {name!r} is not implemented yet in this release (use vxlan)")
+
+    return factory
+
+
+def _vxlan(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.vxlan import VXLANBackend  # imported lazily: only the chosen backend loads
+
+    return VXLANBackend(ctx, config)
+
+
+def _host_gw(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.hostgw import HostGWBackend
+
+    return HostGWBackend(ctx, config)
+
+
+def _udp(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.udp import UDPBackend
+
+    return UDPBackend(ctx, config)
+
+
+def _ipip(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.ipip import IPIPBackend
+
+    return IPIPBackend(ctx, config)
+
+
+def _extension(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.extension import ExtensionBackend
+
+    return ExtensionBackend(ctx, config)
+
+
+def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.alloc import AllocBackend
+
+    return AllocBackend(ctx, config)
+
+
+BACKENDS: dict[str, BackendFactory] = {
+    "vxlan": _vxlan,
+    "host-gw": _host_gw,
+    "udp": _udp,
+    "ipip": _ipip,
+    "ipsec": _not_yet("ipsec"),
+    "wireguard": _not_yet("wireguard"),
+    "extension": _extension,
+    "alloc": _alloc,
+    "tencent-vpc": _not_yet("tencent-vpc"),
+}
+
+
+def create_backend(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    """Look up ``Backend.Type`` (case-insensitively, as upstream) and construct the backend."""
+    factory = BACKENDS.get(config.backend_type.lower())
+    if factory is None:
+        raise ConfigError(f"unknown backend type: {config.backend_type}", field="Backend.Type")
+    return factory(ctx, config)
