@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.host_mounts import MountHolder
 from tests.waiting import holds_within
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,6 +91,16 @@ class Host:
     pods: list[str] = field(default_factory=list)
     pods6: list[str] = field(default_factory=list)
     """IPv6 addresses of the pods (dual-stack clusters only), in the order of ``pods``."""
+    holder: MountHolder | None = None
+    """The host's private mount namespace (clusters built with ``private_mounts``), else None."""
+
+    def prefix(self) -> list[str]:
+        """The argv prefix that runs a command on this host: its mount namespace too where it has one."""
+        return self.holder.prefix() if self.holder is not None else ["ip", "netns", "exec", self.ns]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a command on this host (see ``prefix``)."""
+        return sh(*self.prefix(), *args, check=check, timeout=timeout)
 
     @property
     def subnet_file(self) -> Path:
@@ -114,8 +125,10 @@ class Cluster:
     """Build, drive and tear down the namespaces, etcd and flanneld processes."""
 
     def __init__(self, network: str = "10.244.0.0/16", backend: str = '{"Type":"vxlan"}',
-                 ipv6_network: str | None = None) -> None:
+                 ipv6_network: str | None = None, private_mounts: bool = False) -> None:
+        """``private_mounts`` gives each host its own mount namespace (tests/host_mounts.py): own ``/run``."""
         cleanup_stale()
+        self.private_mounts = private_mounts
         self.prefix = f"{NS_FAMILY}{os.getpid()}x{os.urandom(2).hex()}"
         self.network = network
         self.backend = backend
@@ -210,6 +223,8 @@ class Cluster:
         workdir.mkdir()
         host = Host(n=n, ns=ns, ip=ip, workdir=workdir, ip6=ip6)
         self.hosts[n] = host
+        if self.private_mounts:
+            host.holder = MountHolder(ns, workdir)
         return host
 
     def start_flanneld(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
@@ -218,7 +233,7 @@ class Cluster:
         prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
         with open(host.log_file, "ab") as log:  # the child has its own copy of the descriptor
             host.proc = subprocess.Popen(
-                ["ip", "netns", "exec", host.ns, *prefix, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
+                [*host.prefix(), *prefix, FLANNELD, f"--etcd-endpoints={ETCD_URL}",
                  f"--subnet-file={host.subnet_file}", *extra],
                 stdout=log, stderr=log)
 
@@ -321,6 +336,8 @@ class Cluster:
         for host in self.hosts.values():
             with contextlib.suppress(Exception):
                 self.stop_flanneld(host)
+            if host.holder is not None:
+                host.holder.close()
         if self.etcd is not None and self.etcd.poll() is None:
             self.etcd.terminate()
             try:
