@@ -6,8 +6,15 @@
 node's ``/etc/cni/net.d`` atomically (temporary file in the destination directory, the source's mode, fsync,
 rename), so the container runtime never reads half a file. Exactly two arguments, or usage and exit 1.
 
-``install-cni-plugin BIN_DIR`` replaces upstream's ``cp -f /flannel /opt/cni/bin/flannel``. Our plugin is
-Python, so the node gets two things in its CNI bin directory:
+``install-cni-plugin [--python=auto|bundled|node] BIN_DIR`` replaces upstream's ``cp -f /flannel
+/opt/cni/bin/flannel``. Our plugin is Python. Where the image carries its own runtime (``cni_runtime.py``
+builds it: this interpreter, the libraries it links and the standard-library modules the plugin uses, about
+14 MB) and the static launcher (``cni_launcher.c``), the default (``auto``) and ``bundled`` put both on the
+node: ``flannel`` is then the static launcher and ``.flannel/<id>/runtime/`` the interpreter, and the plugin
+needs nothing from the node, not even a libc (Flatcar, Talos, Bottlerocket, COS). It is also no slower than
+a node's own Python (docs/performance.md), so it is preferred whenever it is there. ``node`` (and ``auto``
+without a runtime in the image, as in a development checkout) uses the node's Python instead, and the node
+gets two things in its CNI bin directory:
 
 * ``.flannel/<version>-<digest>/``: the ``flannel`` package's sources, byte-compiled for the image's Python
   (the host's Python writes its own ``__pycache__`` there on the first call if its version differs), and
@@ -39,6 +46,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from types import ModuleType
 
 from flannel import __version__
 from flannel.atomicfile import write_atomically
@@ -56,6 +64,13 @@ MIN_PYTHON = (3, 11)
 PYTHONS = ("python3.16", "python3.15", "python3.14", "python3.13", "python3.12", "python3.11", "python3")
 """What the launcher looks for on PATH, in order: a named version first, as ``python3`` may be older."""
 RUN = "run.py"
+RUNTIME = "runtime"
+"""Directory of an installed version that holds the bundled interpreter (bundled mode only)."""
+RUNTIME_SOURCE = "/opt/flannel/cni-runtime"
+"""Where the image keeps the runtime tree (``FLANNEL_CNI_RUNTIME`` overrides it, for tests)."""
+LAUNCHER_BINARY = "/opt/flannel/libexec/flannel-cni-launcher"
+"""Where the image keeps the static launcher (``FLANNEL_CNI_LAUNCHER`` overrides it, for tests)."""
+MODES = ("auto", "bundled", "node")
 
 ERROR_CODE = 999
 """The code of the launcher's CNI error: 1-99 belong to the spec, so a plugin's own errors take 100 and up, and
@@ -155,6 +170,46 @@ class InstallError(Exception):
     """A failure worth one line on stderr (the init container then exits 1 and the kubelet retries)."""
 
 
+def _load_cni_runtime() -> ModuleType:
+    """``cni_runtime.py``, which sits next to this file (in the image: /opt/bin)."""
+    path = os.path.join(os.path.dirname(os.path.realpath(__file__)), "cni_runtime.py")
+    spec = importlib.util.spec_from_file_location("cni_runtime", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cni_runtime = _load_cni_runtime()
+
+
+class Bundle:
+    """The image's own interpreter tree and the static launcher that runs it."""
+
+    def __init__(self, runtime: str, launcher: bytes) -> None:
+        self.runtime = runtime
+        self.launcher = launcher
+        with open(os.path.join(runtime, cni_runtime.MANIFEST), encoding="utf-8") as f:
+            self.manifest = f.read()
+
+
+def find_bundle(mode: str) -> Bundle | None:
+    """The bundle to install for ``mode``: None means the node's Python (``node``, or ``auto`` without one)."""
+    if mode not in MODES:
+        raise InstallError(f"unknown --python={mode}: use one of {', '.join(MODES)}")
+    if mode == "node":
+        return None
+    runtime = os.environ.get("FLANNEL_CNI_RUNTIME", RUNTIME_SOURCE)
+    launcher = os.environ.get("FLANNEL_CNI_LAUNCHER", LAUNCHER_BINARY)
+    if not (os.path.isfile(os.path.join(runtime, cni_runtime.MANIFEST)) and os.path.isfile(launcher)):
+        if mode == "bundled":
+            raise InstallError(f"--python=bundled needs the runtime {runtime} and the launcher {launcher}")
+        return None
+    with open(launcher, "rb") as f:
+        return Bundle(runtime, f.read())
+
+
 def package_dir() -> str:
     """Where the image's ``flannel`` package lives (site-packages, or ``src/`` in an editable install)."""
     spec = importlib.util.find_spec(PACKAGE)
@@ -173,9 +228,11 @@ def source_files(root: str) -> list[str]:
     return sorted(found)
 
 
-def package_id(root: str, files: Sequence[str]) -> str:
-    """``<version>-<digest>``: the same sources always get the same directory name."""
+def package_id(root: str, files: Sequence[str], bundle: Bundle | None = None) -> str:
+    """``<version>-<digest>``: the same sources (and runtime) always get the same directory name."""
     digest = hashlib.sha256(run_text().encode())
+    if bundle is not None:
+        digest.update(b"runtime\0" + bundle.manifest.encode())
     for rel in files:
         with open(os.path.join(root, rel), "rb") as f:
             data = f.read()
@@ -213,21 +270,31 @@ def run_text() -> str:
 
 
 def installed_id(launcher: str) -> str | None:
-    """The version the current launcher runs, if it is ours."""
+    """The version the current launcher runs, if it is ours (the script or the static binary)."""
     try:
-        with open(launcher, encoding="utf-8", errors="replace") as f:
-            match = _PACKAGE_ID_LINE.search(f.read(4096))
+        with open(launcher, "rb") as f:
+            data = f.read(4 << 20)
     except OSError:
         return None
-    return match.group(1) if match else None
+    if data.startswith(b"#!"):
+        match = _PACKAGE_ID_LINE.search(data[:4096].decode("utf-8", "replace"))
+        return match.group(1) if match else None
+    try:
+        return cni_runtime.launcher_id(data)
+    except ValueError:
+        return None
 
 
-def _matches(root: str, files: Sequence[str], target: str) -> bool:
-    """Whether ``target`` holds exactly these sources and ``run.py`` (not a copy cut short by a crash)."""
+def _matches(root: str, files: Sequence[str], target: str, bundle: Bundle | None) -> bool:
+    """Whether ``target`` holds exactly these sources, ``run.py`` and runtime (not a copy cut short)."""
     try:
         with open(os.path.join(target, RUN), encoding="utf-8") as f:
             if f.read() != run_text():
                 return False
+        if bundle is not None:
+            with open(os.path.join(target, RUNTIME, cni_runtime.MANIFEST), encoding="utf-8") as f:
+                if f.read() != bundle.manifest:
+                    return False
         for rel in files:
             with open(os.path.join(root, rel), "rb") as a, open(os.path.join(target, PACKAGE, rel), "rb") as b:
                 if a.read() != b.read():
@@ -253,7 +320,7 @@ def _fsync_tree(top: str) -> None:
         _fsync(directory)
 
 
-def _copy_package(root: str, files: Sequence[str], target: str) -> None:
+def _copy_package(root: str, files: Sequence[str], target: str, bundle: Bundle | None) -> None:
     """Copy the sources into a fresh directory next to ``target``, byte-compile, flush, rename into place."""
     store = os.path.dirname(target)
     tmp = os.path.join(store, f".tmp-{os.path.basename(target)}-{os.getpid()}")
@@ -266,6 +333,8 @@ def _copy_package(root: str, files: Sequence[str], target: str) -> None:
             os.chmod(dest, 0o644)
         with open(os.path.join(tmp, RUN), "w", encoding="utf-8") as f:
             f.write(run_text())
+        if bundle is not None:
+            shutil.copytree(bundle.runtime, os.path.join(tmp, RUNTIME), symlinks=True)
         # For a host whose Python is the image's; others write their own __pycache__ on the first call.
         if not compileall.compile_dir(os.path.join(tmp, PACKAGE), quiet=1):
             raise InstallError(f"byte-compiling {tmp} failed")
@@ -289,37 +358,56 @@ def _prune(store: str, keep: set[str]) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def install_cni_plugin(bin_dir: str, root: str | None = None) -> str:
+def install_cni_plugin(bin_dir: str, root: str | None = None, mode: str = "auto") -> str:
     """Install the plugin into ``bin_dir``; return the installed version's id."""
     root = root or package_dir()
+    bundle = find_bundle(mode)
     files = source_files(root)
     if "cni/plugin.py" not in files:
         raise InstallError(f"{root} does not look like the {PACKAGE} package (no cni/plugin.py)")
-    pkg_id = package_id(root, files)
+    pkg_id = package_id(root, files, bundle)
     store = os.path.join(bin_dir, STORE)
     os.makedirs(store, mode=0o755, exist_ok=True)
     target = os.path.join(store, pkg_id)
-    if not _matches(root, files, target):
-        _copy_package(root, files, target)
+    if not _matches(root, files, target, bundle):
+        _copy_package(root, files, target, bundle)
     launcher = os.path.join(bin_dir, LAUNCHER)
     previous = installed_id(launcher)
-    write_atomically(launcher, launcher_text(pkg_id).encode(), 0o755)
+    if bundle is not None:
+        try:
+            program = cni_runtime.set_launcher_id(bundle.launcher, pkg_id)
+        except ValueError as exc:
+            raise InstallError(f"the launcher binary: {exc}") from exc
+    else:
+        program = launcher_text(pkg_id).encode()
+    write_atomically(launcher, program, 0o755)
     _prune(store, {pkg_id} | ({previous} if previous else set()))
     return pkg_id
 
 
 def main_install_cni_plugin(args: Sequence[str]) -> int:
-    """``install-cni-plugin BIN_DIR``."""
+    """``install-cni-plugin [--python=auto|bundled|node] BIN_DIR``."""
+    mode = "auto"
+    if args and args[0].startswith("--python="):
+        mode, args = args[0].partition("=")[2], args[1:]
     if len(args) != 1:
-        print("usage: install-cni-plugin BIN_DIR   (the node's CNI bin directory, e.g. /opt/cni/bin)", file=sys.stderr)
+        print("usage: install-cni-plugin [--python=auto|bundled|node] BIN_DIR   (the node's CNI bin directory,"
+              " e.g. /opt/cni/bin)", file=sys.stderr)
         return 1
     try:
-        pkg_id = install_cni_plugin(args[0])
+        pkg_id = install_cni_plugin(args[0], mode=mode)
     except (OSError, InstallError) as exc:
         print(f"install-cni-plugin: {exc}", file=sys.stderr)
         return 1
-    print(f"installed the flannel CNI plugin {pkg_id} in {args[0]} (the node needs Python >= {_MIN_TEXT})")
+    runs = "with its own Python" if installed_id_is_binary(args[0]) else f"with the node's Python >= {_MIN_TEXT}"
+    print(f"installed the flannel CNI plugin {pkg_id} in {args[0]} (it runs {runs})")
     return 0
+
+
+def installed_id_is_binary(bin_dir: str) -> bool:
+    """Whether the installed launcher is the static one (bundled runtime)."""
+    with open(os.path.join(bin_dir, LAUNCHER), "rb") as f:
+        return not f.read(2).startswith(b"#!")
 
 
 def install_conf(source: str, destination: str) -> None:

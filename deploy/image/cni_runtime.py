@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Build the CNI plugin's own Python: a relocatable copy of this interpreter with only what the plugin uses.
+
+Nodes whose OS has no Python (Flatcar, Talos, Bottlerocket, COS) cannot run the plugin with the node's
+interpreter, where upstream's static Go binary just works. So the image carries a small runtime tree, made at
+image build time by this script, and ``install-cni-plugin`` puts it on the node beside the plugin:
+
+* ``bin/python3``: this interpreter's executable;
+* ``lib/``: every shared library it and the kept extension modules link (``ldd``), libc included, and the
+  dynamic loader as ``lib/ld.so``. The static launcher (``cni_launcher.c``) runs the interpreter *through*
+  that loader, with ``--library-path lib``: nothing is taken from the node, whatever its libc;
+* ``lib/python3.X/``: the standard-library modules the plugin can import, found by ``modulefinder`` over the
+  plugin's code (every import in every function counts, so error paths are covered), byte-compiled, with the
+  extension modules in ``lib-dynload/``. Packages the plugin never reaches (asyncio, email, ssl, tkinter,
+  ...) are excluded by name, and the build fails if the plugin imports one of them directly.
+
+The tree is about 3 % of the interpreter's full installation. ``MANIFEST`` lists every file with its size and
+SHA-256, for the installer's content-addressed id.
+
+Usage: ``cni_runtime.py OUT_DIR`` (run with the image's interpreter).
+"""
+
+from __future__ import annotations
+
+import compileall
+import hashlib
+import modulefinder
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterable
+
+EXCLUDED = (
+    "tkinter", "_tkinter", "lib2to3", "test", "unittest", "pydoc", "pydoc_data", "doctest", "pdb", "bdb",
+    "multiprocessing", "asyncio", "email", "http", "xml", "xmlrpc", "distutils", "ctypes", "concurrent",
+    "importlib.metadata", "importlib.resources", "webbrowser", "ftplib", "readline", "tarfile", "zipfile",
+    "lzma", "bz2", "ssl", "_ssl", "hashlib", "_hashlib", "urllib", "decimal", "_decimal", "_pydecimal",
+    "sqlite3", "curses", "dbm", "idlelib", "ensurepip", "turtle", "netrc", "mimetypes", "socketserver",
+    "pickle", "_pickle", "cmd", "code", "codeop", "getpass", "tty", "termios", "plistlib", "_testcapi",
+    "_testinternalcapi",
+)
+"""Standard-library packages that the plugin's import graph reaches only through modules it never calls
+(``modulefinder`` follows every import of every module it meets, e.g. ``inspect`` → ``dis`` is kept but
+``argparse`` → ``gettext`` is harmless while ``subprocess`` → ``multiprocessing`` would pull in everything)."""
+
+ALWAYS = ("encodings",)
+"""Packages kept whole: the interpreter loads codecs by name at start-up and when a locale asks for one."""
+
+MANIFEST = "MANIFEST"
+
+ID_MARKER = b"FLANNEL-PACKAGE-ID:"
+"""Where the launcher's ``PACKAGE_ID`` field starts (``cni_launcher.c``)."""
+ID_FIELD = 160
+"""The size of that field, the marker and the terminating NUL included (``cni_launcher.c``)."""
+
+
+def _stdlib_modules(plugin_src: str) -> dict[str, str]:
+    """Module name → file, for every standard-library module the plugin can import."""
+    finder = modulefinder.ModuleFinder(path=[plugin_src, *sys.path[1:]], excludes=list(EXCLUDED))
+    finder.run_script(os.path.join(plugin_src, "flannel", "cni", "plugin.py"))
+    found = {}
+    for name, module in finder.modules.items():
+        if name.split(".")[0] == "flannel" or name == "__main__" or not module.__file__:
+            continue
+        found[name] = module.__file__
+    _check_no_direct_use(finder, plugin_src)
+    return found
+
+
+def _check_no_direct_use(finder: modulefinder.ModuleFinder, plugin_src: str) -> None:
+    """The plugin's own modules must not import an excluded package: that import would fail on the node."""
+    for name, module in finder.modules.items():
+        if name.split(".")[0] != "flannel" or not module.__file__:
+            continue
+        with open(module.__file__, encoding="utf-8") as f:
+            text = f.read()
+        for excluded in EXCLUDED:
+            if re.search(rf"^\s*(?:import|from)\s+{re.escape(excluded)}\b", text, re.MULTILINE):
+                raise SystemExit(f"{module.__file__} imports {excluded}, which the CNI runtime leaves out")
+
+
+def _shared_libraries(binaries: Iterable[str]) -> tuple[dict[str, str], str]:
+    """The libraries ``ldd`` names for ``binaries`` (the name the binary asks for → the file), and the
+    dynamic loader's path."""
+    libs: dict[str, str] = {}
+    loader = ""
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            line = line.strip()
+            if "=>" in line:
+                soname, _, rest = line.partition("=>")
+                path = rest.split("(")[0].strip()
+                if path.startswith("/"):
+                    libs[soname.strip()] = os.path.realpath(path)
+            elif line.startswith("/"):
+                loader = os.path.realpath(line.split("(")[0].strip())
+    if not loader:
+        raise SystemExit(f"ldd names no dynamic loader for {sys.executable}")
+    return libs, loader
+
+
+def _copy(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copy2(src, dst)
+
+
+def build(out: str, plugin_src: str) -> None:
+    """Write the runtime tree into ``out`` (which must not exist yet)."""
+    if os.path.exists(out):
+        raise SystemExit(f"{out} exists; the runtime is built into a new directory")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    version_dir = os.path.basename(stdlib)  # python3.X
+    executable = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    modules = _stdlib_modules(plugin_src)
+    extensions = [f for f in modules.values() if f.endswith(".so")]
+    libs, loader = _shared_libraries([executable, *extensions])
+    _copy(executable, os.path.join(out, "bin", "python3"))
+    for soname, lib in sorted(libs.items()):
+        _copy(lib, os.path.join(out, "lib", soname))
+    _copy(loader, os.path.join(out, "lib", "ld.so"))
+    target_lib = os.path.join(out, "lib", version_dir)
+    for path in modules.values():
+        rel = os.path.relpath(path, stdlib)
+        if rel.startswith(".."):
+            raise SystemExit(f"{path} is outside the standard library {stdlib}")
+        _copy(path, os.path.join(target_lib, rel))
+    for package in ALWAYS:
+        shutil.copytree(os.path.join(stdlib, package), os.path.join(target_lib, package), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    # os is the interpreter's landmark for its prefix, lib-dynload for its exec prefix: both must exist.
+    _copy(os.path.join(stdlib, "os.py"), os.path.join(target_lib, "os.py"))
+    os.makedirs(os.path.join(target_lib, "lib-dynload"), exist_ok=True)
+    # Byte code beside the source's place (legacy layout), then no source: half the size, same start-up.
+    if not compileall.compile_dir(target_lib, quiet=1, legacy=True):
+        raise SystemExit(f"byte-compiling {target_lib} failed")
+    for directory, _, files in os.walk(target_lib):
+        for name in files:
+            if name.endswith(".py"):
+                os.unlink(os.path.join(directory, name))
+    _strip([os.path.join(out, "bin", "python3"), *(os.path.join(out, "lib", so) for so in libs
+                                                   if so.startswith("libpython"))])
+    write_manifest(out)
+
+
+def _strip(files: Iterable[str]) -> None:
+    """Drop debug symbols from the interpreter and libpython where ``strip`` exists (a source build keeps
+    them: 23 MB of a 25 MB libpython here); the system's own libraries are left as they are."""
+    strip = shutil.which("strip")
+    if strip is not None:
+        subprocess.run([strip, "--strip-unneeded", *files], check=True)
+
+
+def write_manifest(out: str) -> None:
+    """``MANIFEST``: one ``<sha256> <size> <path>`` line per file, sorted, for the installer's id."""
+    lines = []
+    for directory, subdirs, files in os.walk(out):
+        subdirs.sort()
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, out)
+            if rel == MANIFEST:
+                continue
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            lines.append(f"{digest} {os.path.getsize(path)} {rel}\n")
+    with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+def _id_field(launcher: bytes) -> int:
+    """Offset of the id field in a launcher binary; the binary must hold exactly one."""
+    at = launcher.find(ID_MARKER)
+    if at < 0 or launcher.find(ID_MARKER, at + 1) >= 0 or at + ID_FIELD > len(launcher):
+        raise ValueError("not a flannel CNI launcher (its PACKAGE_ID field is missing or ambiguous)")
+    return at + len(ID_MARKER)
+
+
+def set_launcher_id(launcher: bytes, pkg_id: str) -> bytes:
+    """A copy of the launcher binary that runs the installed version ``pkg_id``."""
+    start = _id_field(launcher)
+    size = ID_FIELD - len(ID_MARKER)
+    raw = pkg_id.encode()
+    if len(raw) >= size or b"\0" in raw or b"/" in raw:
+        raise ValueError(f"package id {pkg_id!r} does not fit the launcher's field")
+    return launcher[:start] + raw.ljust(size, b"\0") + launcher[start + size:]
+
+
+def launcher_id(launcher: bytes) -> str | None:
+    """The installed version a launcher binary runs (None when it is not set)."""
+    start = _id_field(launcher)
+    value = launcher[start:start + ID_FIELD - len(ID_MARKER)].split(b"\0", 1)[0]
+    return value.decode() if value else None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (2, 3):
+        print("usage: cni_runtime.py OUT_DIR [PLUGIN_SRC]   (PLUGIN_SRC: the directory holding the flannel"
+              " package; default: where this interpreter imports it from)", file=sys.stderr)
+        return 2
+    if len(argv) == 3:
+        plugin_src = argv[2]
+    else:
+        import flannel
+
+        plugin_src = os.path.dirname(os.path.dirname(os.path.abspath(flannel.__file__)))
+    build(argv[1], plugin_src)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
