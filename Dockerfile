@@ -17,6 +17,16 @@ RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
         --build-constraint constraints.txt .
+# The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and this interpreter's
+# relocatable runtime tree holding what the plugin imports. Built here, with this stage's own Python, which is
+# the final stage's too (same base image).
+COPY deploy/image/cni_launcher.c deploy/image/cni_runtime.py ./deploy/image/
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev binutils \
+    && mkdir -p /opt/flannel/libexec \
+    && gcc -static -Os -Wall -Werror -o /opt/flannel/libexec/flannel-cni-launcher deploy/image/cni_launcher.c \
+    && strip /opt/flannel/libexec/flannel-cni-launcher \
+    && /opt/flannel/bin/python deploy/image/cni_runtime.py /opt/flannel/cni-runtime /build/src
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \
@@ -25,6 +35,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/flannel /opt/flannel
 COPY deploy/image/flannel_install.py /opt/bin/flannel-install
+COPY deploy/image/cni_runtime.py /opt/bin/cni_runtime.py
 COPY deploy/image/iptables-wrapper /usr/sbin/iptables-wrapper
 # /opt/bin holds what the manifests run: flanneld, install-cni-plugin and install-conf (upstream's paths),
 # and mk-docker-opts.sh, the Docker host helper, where upstream's image has it (docs/docker.md).

@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping procps \
                 containernetworking-plugins iperf3 python3-venv python3-dev ca-certificates openssl \
+                gcc libc6-dev binutils \
                 wireguard-go wireguard-tools strongswan-charon strongswan-swanctl libcharon-extra-plugins \
                 podman containerd docker.io runc crun catatonit busybox-static \
                 golang-github-containernetworking-plugin-dnsname chromium chromium-driver prometheus

@@ -34,7 +34,9 @@ sys.path.insert(0, str(REPO))
 from tests.netns import NETNS_DIR, have_root, new_netns  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
-FLANNEL = str(REPO / ".venv" / "bin" / "flannel")
+FLANNEL = os.environ.get("FLANNEL_BENCH_PLUGIN", str(REPO / ".venv" / "bin" / "flannel"))
+"""The plugin timed: the venv's console script, or an installed launcher (``FLANNEL_BENCH_PLUGIN=/x/flannel``,
+e.g. install-cni-plugin's bundled or node-Python launcher)."""
 BRIDGE = "/usr/lib/cni/bridge"
 SUBNET_ENV = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
 WARMUP = 3

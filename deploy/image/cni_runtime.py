@@ -51,6 +51,11 @@ ALWAYS = ("encodings",)
 
 MANIFEST = "MANIFEST"
 
+RUNTIME_SOURCE = "/opt/flannel/cni-runtime"
+"""Where the image keeps the runtime tree (``FLANNEL_CNI_RUNTIME`` overrides it, for tests)."""
+LAUNCHER_BINARY = "/opt/flannel/libexec/flannel-cni-launcher"
+"""Where the image keeps the static launcher (``FLANNEL_CNI_LAUNCHER`` overrides it, for tests)."""
+MODES = ("auto", "bundled", "node")
 ID_MARKER = b"FLANNEL-PACKAGE-ID:"
 """Where the launcher's ``PACKAGE_ID`` field starts (``cni_launcher.c``)."""
 ID_FIELD = 160
@@ -194,6 +199,33 @@ def launcher_id(launcher: bytes) -> str | None:
     start = _id_field(launcher)
     value = launcher[start:start + ID_FIELD - len(ID_MARKER)].split(b"\0", 1)[0]
     return value.decode() if value else None
+
+
+class Bundle:
+    """The image's own interpreter tree and the static launcher that runs it."""
+
+    def __init__(self, runtime: str, launcher: bytes) -> None:
+        self.runtime = runtime
+        self.launcher = launcher
+        with open(os.path.join(runtime, MANIFEST), encoding="utf-8") as f:
+            self.manifest = f.read()
+
+
+def find_bundle(mode: str) -> Bundle | None:
+    """The bundle to install for ``mode``: None means the node's Python (``node``, or ``auto`` without one).
+    ``FLANNEL_CNI_RUNTIME`` and ``FLANNEL_CNI_LAUNCHER`` override the image's paths (for tests)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown --python={mode}: use one of {', '.join(MODES)}")
+    if mode == "node":
+        return None
+    runtime = os.environ.get("FLANNEL_CNI_RUNTIME", RUNTIME_SOURCE)
+    launcher = os.environ.get("FLANNEL_CNI_LAUNCHER", LAUNCHER_BINARY)
+    if not (os.path.isfile(os.path.join(runtime, MANIFEST)) and os.path.isfile(launcher)):
+        if mode == "bundled":
+            raise ValueError(f"--python=bundled needs the runtime {runtime} and the launcher {launcher}")
+        return None
+    with open(launcher, "rb") as f:
+        return Bundle(runtime, f.read())
 
 
 def main(argv: list[str]) -> int:

@@ -66,11 +66,6 @@ PYTHONS = ("python3.16", "python3.15", "python3.14", "python3.13", "python3.12",
 RUN = "run.py"
 RUNTIME = "runtime"
 """Directory of an installed version that holds the bundled interpreter (bundled mode only)."""
-RUNTIME_SOURCE = "/opt/flannel/cni-runtime"
-"""Where the image keeps the runtime tree (``FLANNEL_CNI_RUNTIME`` overrides it, for tests)."""
-LAUNCHER_BINARY = "/opt/flannel/libexec/flannel-cni-launcher"
-"""Where the image keeps the static launcher (``FLANNEL_CNI_LAUNCHER`` overrides it, for tests)."""
-MODES = ("auto", "bundled", "node")
 
 ERROR_CODE = 999
 """The code of the launcher's CNI error: 1-99 belong to the spec, so a plugin's own errors take 100 and up, and
@@ -184,32 +179,6 @@ def _load_cni_runtime() -> ModuleType:
 cni_runtime = _load_cni_runtime()
 
 
-class Bundle:
-    """The image's own interpreter tree and the static launcher that runs it."""
-
-    def __init__(self, runtime: str, launcher: bytes) -> None:
-        self.runtime = runtime
-        self.launcher = launcher
-        with open(os.path.join(runtime, cni_runtime.MANIFEST), encoding="utf-8") as f:
-            self.manifest = f.read()
-
-
-def find_bundle(mode: str) -> Bundle | None:
-    """The bundle to install for ``mode``: None means the node's Python (``node``, or ``auto`` without one)."""
-    if mode not in MODES:
-        raise InstallError(f"unknown --python={mode}: use one of {', '.join(MODES)}")
-    if mode == "node":
-        return None
-    runtime = os.environ.get("FLANNEL_CNI_RUNTIME", RUNTIME_SOURCE)
-    launcher = os.environ.get("FLANNEL_CNI_LAUNCHER", LAUNCHER_BINARY)
-    if not (os.path.isfile(os.path.join(runtime, cni_runtime.MANIFEST)) and os.path.isfile(launcher)):
-        if mode == "bundled":
-            raise InstallError(f"--python=bundled needs the runtime {runtime} and the launcher {launcher}")
-        return None
-    with open(launcher, "rb") as f:
-        return Bundle(runtime, f.read())
-
-
 def package_dir() -> str:
     """Where the image's ``flannel`` package lives (site-packages, or ``src/`` in an editable install)."""
     spec = importlib.util.find_spec(PACKAGE)
@@ -228,7 +197,7 @@ def source_files(root: str) -> list[str]:
     return sorted(found)
 
 
-def package_id(root: str, files: Sequence[str], bundle: Bundle | None = None) -> str:
+def package_id(root: str, files: Sequence[str], bundle: cni_runtime.Bundle | None = None) -> str:
     """``<version>-<digest>``: the same sources (and runtime) always get the same directory name."""
     digest = hashlib.sha256(run_text().encode())
     if bundle is not None:
@@ -285,7 +254,7 @@ def installed_id(launcher: str) -> str | None:
         return None
 
 
-def _matches(root: str, files: Sequence[str], target: str, bundle: Bundle | None) -> bool:
+def _matches(root: str, files: Sequence[str], target: str, bundle: cni_runtime.Bundle | None) -> bool:
     """Whether ``target`` holds exactly these sources, ``run.py`` and runtime (not a copy cut short)."""
     try:
         with open(os.path.join(target, RUN), encoding="utf-8") as f:
@@ -320,7 +289,7 @@ def _fsync_tree(top: str) -> None:
         _fsync(directory)
 
 
-def _copy_package(root: str, files: Sequence[str], target: str, bundle: Bundle | None) -> None:
+def _copy_package(root: str, files: Sequence[str], target: str, bundle: cni_runtime.Bundle | None) -> None:
     """Copy the sources into a fresh directory next to ``target``, byte-compile, flush, rename into place."""
     store = os.path.dirname(target)
     tmp = os.path.join(store, f".tmp-{os.path.basename(target)}-{os.getpid()}")
@@ -361,7 +330,10 @@ def _prune(store: str, keep: set[str]) -> None:
 def install_cni_plugin(bin_dir: str, root: str | None = None, mode: str = "auto") -> str:
     """Install the plugin into ``bin_dir``; return the installed version's id."""
     root = root or package_dir()
-    bundle = find_bundle(mode)
+    try:
+        bundle = cni_runtime.find_bundle(mode)
+    except ValueError as exc:
+        raise InstallError(str(exc)) from exc
     files = source_files(root)
     if "cni/plugin.py" not in files:
         raise InstallError(f"{root} does not look like the {PACKAGE} package (no cni/plugin.py)")
