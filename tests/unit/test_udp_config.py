@@ -41,7 +41,8 @@ def test_explicit_values() -> None:
     assert parse_udp_config({"Type": "udp", "Port": 9000, "Offload": False}) == UDPConfig(port=9000, offload=False)
     assert parse_udp_config({"Port": 1}).port == 1
     assert parse_udp_config({"Port": 65535}).port == 65535
-    assert parse_udp_config({"Port": 8286.0}).port == 8286  # a JSON number with no fraction is an integer
+    with pytest.raises(ConfigError, match="must be an integer"):  # as Go's encoding/json: not an int literal
+        parse_udp_config({"Port": 8286.0})
 
 
 @pytest.mark.parametrize(

@@ -36,15 +36,18 @@ def read_section(backend_name: str, backend: Mapping[str, Any], fields: Iterable
 
 
 def int_key(raw: Mapping[str, Any], key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
-    """An integer value (a JSON number with no fraction), checked against ``[lo, hi]``."""
+    """An integer value, checked against ``[lo, hi]``.
+
+    Written as an integer literal, as Go's ``encoding/json`` demands for an ``int`` field: ``1500.0`` and
+    ``1.5e3`` are refused there ("cannot unmarshal number 1500.0 into ... of type int"), so they are here, or a
+    config accepted by a Python node would stop a Go node of the same cluster.
+    """
     value = raw.get(key)
     if value is None:
         return default
-    # ``1e400`` decodes to an infinite float, on which ``int()`` would raise OverflowError.
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
-            isinstance(value, float) and not value.is_integer()):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"Backend.{key} must be an integer, got {value!r}", f"Backend.{key}")
-    number = int(value)
+    number = value
     if (lo is not None and number < lo) or (hi is not None and number > hi):
         bounds = f"between {lo} and {hi}" if lo is not None and hi is not None else (
             f"at least {lo}" if lo is not None else f"at most {hi}")
