@@ -15,8 +15,8 @@ from flannel.secret import redact_urls
 
 MARK = "<redacted>"
 
-_SECRET_WORD = r"(?:password|passwd|passphrase|psk|pre_?shared_?key|secret|token|private_?key|privatekey|api_?key|" \
-               r"credentials?|client-key-data|auth)"
+_SECRET_WORD = r"(?:password|passwd|passphrase|psk|pre_?shared[_ -]?key|secret|token|private[_ -]?key|api_?key|" \
+               r"credentials?|client-key-data)"
 
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # PEM private keys, whole blocks (RSA, EC, PKCS#8, encrypted).
@@ -28,6 +28,9 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # JSON: "PSK": "...", "token": "...", "PrivateKey": "..." (case-insensitive, as flannel reads its config).
     (re.compile(rf"(?i)(\"[A-Za-z0-9_-]*{_SECRET_WORD}[A-Za-z0-9_-]*\"\s*:\s*)\"(?:[^\"\\]|\\.)*\""),
      rf'\1"{MARK}"'),
+    # The same inside a JSON string (a config stored as text in a report): \"PSK\":\"...\".
+    (re.compile(rf"(?i)(\\+\"[A-Za-z0-9_-]*{_SECRET_WORD}[A-Za-z0-9_-]*\\+\"\s*:\s*)(\\+\")(?:(?!\2).)*\2"),
+     rf"\1\2{MARK}\2"),
     # Flags: --etcd-password=x, --etcd-password x, -token x.
     (re.compile(rf"(?i)(--?[a-z0-9-]*{_SECRET_WORD}[a-z0-9-]*(?:=|\s+))(?!-)\S+"), rf"\1{MARK}"),
     # Variables and ini/yaml/wg lines: FLANNELD_ETCD_PASSWORD=x, PrivateKey = x, token: x, psk "x".
