@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 FLANNELCTL = str(REPO / ".venv" / "bin" / "flannelctl")
 PORT = 10258
-FLANNEL_CNI = '{"cniVersion":"1.0.0","name":"cbr0","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":true}},' \
-              '{"type":"portmap","capabilities":{"portMappings":true}}]}'
+FLANNEL_CNI = '{"cniVersion":"1.0.0","name":"cbr0","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":' \
+              'true}},{"type":"portmap","capabilities":{"portMappings":true}}]}'
 
 
 def cni_dir(host: Host) -> Path:
@@ -70,7 +70,7 @@ def hosts(cluster: Cluster) -> Iterator[tuple[Host, Host, Host]]:
 def test_a_healthy_node_passes_every_check(hosts: tuple[Host, Host, Host]) -> None:
     h1, _, _ = hosts
     assert eventually(lambda: healthy(h1)), ctl(h1, "doctor")
-    code, doc = ctl(h1, "doctor")
+    _, doc = ctl(h1, "doctor")
     assert {c["check"]: c["status"] for c in doc["checks"]} == {
         "ip_forward": "ok", "rp_filter": "ok", "br_netfilter": "ok", "forward_policy": "ok", "iptables_mixed": "ok",
         "frag_needed": "ok", "mtu": "ok", "vxlan_checksum_offload": "ok", "cni_config": "ok", "kernel_module": "ok",
