@@ -117,9 +117,12 @@ def underlay(nl: Netlink, device: str | None, iface: str | None) -> tuple[str | 
     """The external interface and its MTU: ``--iface`` when given, else the tunnel's underlay, else the
     interface of the default route."""
     try:
-        if iface:
+        if iface:  # --iface: a name or one of the interface's addresses, as flanneld takes it
             link = nl.link_by_name(iface)
-            return (iface, link.mtu) if link is not None else (iface, None)
+            if link is None:
+                index = next((a.index for a in nl.addresses() if str(a.address) == iface), 0)
+                link = nl.link_by_index(index) if index else None
+            return (link.name, link.mtu) if link is not None else (iface, None)
         index = 0
         tunnel = nl.link_by_name(device) if device else None
         info = tunnel.vxlan or tunnel.iptun if tunnel is not None else None
