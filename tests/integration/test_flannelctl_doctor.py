@@ -135,3 +135,24 @@ async def test_status_in_kube_mode_finds_this_node_by_its_pod_cidr(fake_api: Fak
     doc = json.loads(out.getvalue())
     assert code == 1 and "own_lease_missing" in {f["code"] for f in doc["findings"]}
     assert "in the node list" in next(f["message"] for f in doc["findings"] if f["code"] == "own_lease_missing")
+
+
+@pytest.mark.etcd
+def test_garbage_in_etcd_is_a_finding_for_doctor_and_status(etcd: EtcdServer, prefix: str, tmp_path: Path) -> None:
+    etcd.etcdctl("put", f"{prefix}/config", '{"Network": 17, "Backend": [')
+    etcd.etcdctl("put", f"{prefix}/subnets/10.5.52.0-24", "not json {")
+    env = tmp_path / "subnet.env"
+    env.write_text("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\n")
+    common = [f"--etcd-endpoints={etcd.endpoint}", f"--etcd-prefix={prefix}", f"--subnet-file={env}",
+              f"--cni-conf-dir={tmp_path}", "-o", "json", "--timeout=5"]
+    for command, expected in (("doctor", {"config"}), ("status", {"own_lease_missing", "config"})):
+        out, err = io.StringIO(), io.StringIO()
+        code = main([command, *common], {}, out, err)
+        doc = json.loads(out.getvalue())
+        assert code == 1 and "Traceback" not in err.getvalue()
+        assert expected <= {f["code"] for f in doc["findings"] if f["severity"] == "error"}, doc["findings"]
+        if command == "doctor":  # the node's checks ran without the config; the backend's are skipped
+            assert doc["network"] == "10.5.0.0/16" and doc["flannel_mtu"] == 1450
+            assert {c["check"] for c in doc["checks"] if c["status"] == "skipped"} >= {"kernel_module"}
+        else:
+            assert "cannot be read" in next(f["message"] for f in doc["findings"] if f["code"] == "own_lease_missing")

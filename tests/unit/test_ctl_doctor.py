@@ -98,6 +98,8 @@ def test_strict_rp_filter_on_the_underlay_or_the_device_is_named() -> None:
     [f] = check_rp_filter(state)
     assert f.subject == "eth0" and "net.ipv4.conf.eth0.rp_filter=2" in f.fix
     assert check_rp_filter(NodeState(underlay="eth0", sysctls={"net.ipv4.conf.eth0.rp_filter": "2"})) == []
+    pods = NodeState(bridges=("cni0", "docker0"), sysctls={"net.ipv4.conf.all.rp_filter": "1"})
+    assert [f.subject for f in check_rp_filter(pods)] == ["cni0"]  # the pod-facing bridge
 
 
 def test_br_netfilter_matters_with_a_bridge_or_in_kube_mode() -> None:

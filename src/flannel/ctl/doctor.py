@@ -89,7 +89,8 @@ async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str
         underlay, underlay_mtu = gather.underlay(nl, device, iface)
         have_device = gather.device_exists(nl, device)
     release = platform.release()
-    ifaces = [i for i in (underlay, device) if i]
+    bridges = gather.bridges()
+    ifaces = [i for i in (underlay, device, *bridges) if i]
     names = [*gather.SYSCTLS, *(f"net.ipv4.conf.{i.replace('.', '/')}.rp_filter" for i in ifaces)]
     unreadable: dict[str, str] = {}
     files, why = gather.cni_files(cni_dir)
@@ -121,7 +122,7 @@ async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str
         backend_type=kind, network=_network(config, env), device=device if have_device else None,
         flannel_mtu=int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU", "").isdigit() else None,
         underlay=underlay, underlay_mtu=underlay_mtu, sysctls=gather.read_sysctls(names),
-        bridge_nf_present=os.path.isdir("/proc/sys/net/bridge"), bridges=gather.bridges(),
+        bridge_nf_present=os.path.isdir("/proc/sys/net/bridge"), bridges=bridges,
         kube_mode=opts.kube_subnet_mgr, iptables_legacy=legacy, iptables_nft=nft, nft_ruleset=ruleset,
         enable_nftables=enable_nft, forward_rules=opts.iptables_forward_rules, cni_dir=cni_dir, cni_files=files,
         module_state=modules, kernel_release=release,

@@ -105,7 +105,8 @@ def rp_filter(s: NodeState, iface: str) -> int | None:
 
 def check_rp_filter(s: NodeState) -> list[Finding]:
     out = []
-    for iface in (s.underlay, s.device):
+    pod_facing = tuple(b for b in s.bridges if b == "cni0")  # the bridge flannel's CNI plugin delegates to
+    for iface in (s.underlay, s.device, *pod_facing):
         if iface and rp_filter(s, iface) == 1:
             out.append(Finding(ERROR, "rp_filter", iface,
                                f"strict reverse-path filtering (rp_filter=1) on {iface}: packets whose source is "
