@@ -4,8 +4,9 @@ flannelctl runs where flanneld runs, with the same unit file's environment, so i
 and ``FLANNELD_*`` variables through flanneld's own parser (``daemon/flags.py``): ``--etcd-endpoints``,
 ``--etcd-prefix``, TLS, ``FLANNELD_ETCD_PASSWORD``, ``--subnet-file``, ``--healthz-ip``/``--healthz-port`` and
 the rest mean exactly what they mean to flanneld. Only a handful of flags are flannelctl's (``-o``,
-``--timeout``, ``--force``); they and the positional words are taken out first, and the remainder goes to
-flanneld's parser, in any order and in every Go spelling (``-x v``, ``--x=v``).
+``--timeout``, ``--force``, ``--cni-conf-dir``, ``--log-file``); they and the positional words are taken out
+first, and the remainder goes to flanneld's parser, in any order and in every Go spelling (``-x v``, ``--x=v``).
+``docker-opts`` is the exception: everything after it is ``mk-docker-opts``' own getopts flags, untouched.
 
 Exit codes: 0 healthy, 1 problems found (or a request refused, or the store unreachable), 2 usage error.
 """
