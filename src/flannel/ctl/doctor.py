@@ -99,12 +99,10 @@ async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str
     if kind is None:
         unreadable["kernel_module"] = unreadable["vxlan_checksum_offload"] = "the backend is unknown (no config)"
     enable_nft = bool(config is not None and config.enable_nftables)
-    legacy = nft = ruleset = None
+    legacy = nft = None
     if is_root:
         legacy, nft = await asyncio.gather(asyncio.to_thread(gather.run, ["iptables-legacy-save"]),
                                            asyncio.to_thread(gather.run, ["iptables-nft-save"]))
-        if enable_nft:
-            ruleset = await asyncio.to_thread(gather.run, ["nft", "list", "ruleset"])
         if legacy is None and nft is None:
             unreadable["forward_policy"] = unreadable["iptables_mixed"] = unreadable["frag_needed"] = \
                 "neither iptables-legacy-save nor iptables-nft-save could be run"
@@ -123,7 +121,7 @@ async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str
         flannel_mtu=int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU", "").isdigit() else None,
         underlay=underlay, underlay_mtu=underlay_mtu, sysctls=gather.read_sysctls(names),
         bridge_nf_present=os.path.isdir("/proc/sys/net/bridge"), bridges=bridges,
-        kube_mode=opts.kube_subnet_mgr, iptables_legacy=legacy, iptables_nft=nft, nft_ruleset=ruleset,
+        kube_mode=opts.kube_subnet_mgr, iptables_legacy=legacy, iptables_nft=nft,
         enable_nftables=enable_nft, forward_rules=opts.iptables_forward_rules, cni_dir=cni_dir, cni_files=files,
         module_state=modules, kernel_release=release,
         tx_checksum=gather.tx_checksum(device) if have_device and device else None,

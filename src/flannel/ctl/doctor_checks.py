@@ -56,8 +56,6 @@ class NodeState:
     """``iptables-legacy-save`` output (filter table included); None when not run."""
     iptables_nft: str | None = None
     """``iptables-nft-save`` output; None when not run."""
-    nft_ruleset: str | None = None
-    """``nft list ruleset`` (flannel's EnableNFTables mode); None when not run."""
     enable_nftables: bool = False
     """The config's ``EnableNFTables``."""
     forward_rules: bool = True
@@ -147,22 +145,19 @@ def _accepts(save: str, network: IPv4Network | None) -> bool:
     return all(re.search(rf"^-A FLANNEL-FWD -{d} {n} .*-j ACCEPT\b", save, re.M) for d in "sd")
 
 
-def _nft_accepts(ruleset: str | None, network: IPv4Network | None) -> bool:
-    if not ruleset:
-        return False
-    n = re.escape(str(network)) if network is not None else r"\S+"
-    return all(re.search(rf"ip {d}addr {n} accept", ruleset) for d in ("s", "d"))
-
-
 def check_forward_policy(s: NodeState) -> list[Finding]:
     out = []
     for name, save in (("iptables-legacy", s.iptables_legacy), ("iptables-nft", s.iptables_nft)):
         if not save or _policy(save, "FORWARD") != "DROP":
             continue
-        if _accepts(save, s.network) or (s.enable_nftables and _nft_accepts(s.nft_ruleset, s.network)):
+        if _accepts(save, s.network):
             continue
-        why = ("flanneld runs with --iptables-forward-rules=false" if not s.forward_rules else
-               "flanneld's rules are gone (flanneld not running, or something flushed them)")
+        if s.enable_nftables:  # an accept in flannel's own table does not undo a drop in another base chain
+            why = "flanneld runs in nftables mode, and its forward chain cannot override this chain's DROP"
+        elif not s.forward_rules:
+            why = "flanneld runs with --iptables-forward-rules=false"
+        else:
+            why = "flanneld's rules are gone (flanneld not running, or something flushed them)"
         net = str(s.network) if s.network is not None else "<Network>"
         out.append(Finding(ERROR, "forward_drop", f"{name} FORWARD",
                            f"the FORWARD policy is DROP and flannel's accept rules (chain FLANNEL-FWD) are missing "
