@@ -156,3 +156,21 @@ def test_garbage_in_etcd_is_a_finding_for_doctor_and_status(etcd: EtcdServer, pr
             assert {c["check"] for c in doc["checks"] if c["status"] == "skipped"} >= {"kernel_module"}
         else:
             assert "cannot be read" in next(f["message"] for f in doc["findings"] if f["code"] == "own_lease_missing")
+
+
+async def test_doctor_in_kube_mode_reads_net_conf_and_the_api_server_s_clock(fake_api: FakeKubeApi,
+                                                                            tmp_path: Path) -> None:
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}')
+    cni = tmp_path / "cni"
+    cni.mkdir()
+    (cni / "10-bridge.conf").write_text('{"type":"bridge"}')
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["doctor", "--kube-subnet-mgr", f"--kube-api-url={fake_api.url}", f"--net-config-path={conf}",
+            f"--subnet-file={tmp_path}/none", f"--cni-conf-dir={cni}", "-o", "json", "--timeout=5"]
+    await asyncio.to_thread(main, argv, {}, out, err)
+    doc = json.loads(out.getvalue())
+    assert "Traceback" not in err.getvalue()
+    assert doc["backend_type"] == "vxlan" and doc["network"] == "10.244.0.0/16"
+    assert doc["clock"] == {"source": fake_api.url, "skew_seconds": 0.0}
+    assert ("cni_no_flannel", str(cni)) in {(f["code"], f["subject"]) for f in doc["findings"]}
