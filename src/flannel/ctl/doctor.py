@@ -11,33 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
-from ipaddress import IPv4Network, ip_network
 from typing import Any
 
 from flannel.config import NetworkConfig
 from flannel.ctl import doctor_gather as gather
-from flannel.ctl.doctor_checks import NodeState, run_checks
+from flannel.ctl.doctor_checks import run_checks
 from flannel.ctl.output import ERROR, Finding, paint, render_findings, table
 from flannel.daemon.flags import Options
 from flannel.secret import redact_urls
 from flannel.subnetenv import read_subnet_env_values
-
-DEFAULT_CNI_DIR = "/etc/cni/net.d"
-
-
-def device_name(config: NetworkConfig) -> str | None:
-    """The backend's own device, named as the backend names it."""
-    kind = config.backend_type.lower()
-    if kind == "vxlan":
-        from flannel.backend.vxlan_config import parse_vxlan_config
-        from flannel.errors import ConfigError
-
-        try:
-            return parse_vxlan_config(config.backend).device_name
-        except ConfigError:
-            return "flannel.1"
-    return {"ipip": "flannel.ipip", "udp": "flannel0", "wireguard": "flannel-wg"}.get(kind)
 
 
 async def read_config(opts: Options, timeout: float, findings: list[Finding]) -> NetworkConfig | None:
@@ -60,20 +42,9 @@ async def read_config(opts: Options, timeout: float, findings: list[Finding]) ->
     return config
 
 
-def _network(config: NetworkConfig | None, env: dict[str, str]) -> IPv4Network | None:
-    if config is not None and config.network is not None:
-        return config.network
-    try:
-        net = ip_network(env.get("FLANNEL_NETWORK", ""), strict=False)
-    except ValueError:
-        return None
-    return net if isinstance(net, IPv4Network) else None
-
-
 async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str, Any], list[Finding]]:
     """Read the node, run every check; the JSON report and the findings."""
     from flannel.ctl.status import probe_readyz, readyz_address
-    from flannel.netlink import Netlink
 
     findings: list[Finding] = []
     is_root = os.geteuid() == 0
@@ -82,50 +53,7 @@ async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str
     except OSError:
         env = {}
     config = await read_config(opts, timeout, findings)
-    kind = config.backend_type.lower() if config is not None else None
-    device = device_name(config) if config is not None else None
-    iface = opts.iface[0] if opts.iface else None
-    with Netlink() as nl:
-        underlay, underlay_mtu = gather.underlay(nl, device, iface)
-        have_device = gather.device_exists(nl, device)
-    release = platform.release()
-    bridges = gather.bridges()
-    ifaces = [i for i in (underlay, device, *bridges) if i]
-    names = [*gather.SYSCTLS, *(f"net.ipv4.conf.{i.replace('.', '/')}.rp_filter" for i in ifaces)]
-    unreadable: dict[str, str] = {}
-    files, why = gather.cni_files(cni_dir)
-    if why:
-        unreadable["cni_config"] = why
-    if kind is None:
-        unreadable["kernel_module"] = unreadable["vxlan_checksum_offload"] = "the backend is unknown (no config)"
-    enable_nft = bool(config is not None and config.enable_nftables)
-    legacy = nft = None
-    if is_root:
-        legacy, nft = await asyncio.gather(asyncio.to_thread(gather.run, ["iptables-legacy-save"]),
-                                           asyncio.to_thread(gather.run, ["iptables-nft-save"]))
-        if legacy is None and nft is None:
-            unreadable["forward_policy"] = unreadable["iptables_mixed"] = unreadable["frag_needed"] = \
-                "neither iptables-legacy-save nor iptables-nft-save could be run"
-    modules = {}
-    module = {"vxlan": "vxlan", "ipip": "ipip", "wireguard": "wireguard", "udp": "tun"}.get(kind or "")
-    if module is not None:
-        modules[module] = "loaded" if have_device else gather.module_state(module, release)
-    if opts.kube_subnet_mgr:
-        skew, source = await gather.kube_clock_skew(opts.kube_api_url, opts.kubeconfig_file, timeout)
-    else:
-        source = opts.etcd_endpoints.split(",")[0]
-        skew = await asyncio.to_thread(gather.etcd_clock_skew, source, opts.etcd_cafile, opts.etcd_certfile,
-                                       opts.etcd_keyfile, timeout)
-    state = NodeState(
-        backend_type=kind, network=_network(config, env), device=device if have_device else None,
-        flannel_mtu=int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU", "").isdigit() else None,
-        underlay=underlay, underlay_mtu=underlay_mtu, sysctls=gather.read_sysctls(names),
-        bridge_nf_present=os.path.isdir("/proc/sys/net/bridge"), bridges=bridges,
-        kube_mode=opts.kube_subnet_mgr, iptables_legacy=legacy, iptables_nft=nft,
-        enable_nftables=enable_nft, forward_rules=opts.iptables_forward_rules, cni_dir=cni_dir, cni_files=files,
-        module_state=modules, kernel_release=release,
-        tx_checksum=gather.tx_checksum(device) if have_device and device else None,
-        clock_skew=skew, clock_source=redact_urls(source), unreadable=unreadable)
+    state = await gather.read_node(opts, config, env, cni_dir, is_root, timeout)
     checks, found = run_checks(state, is_root)
     findings += found
     flanneld = None
@@ -134,10 +62,11 @@ async def collect(opts: Options, timeout: float, cni_dir: str) -> tuple[dict[str
         if flanneld["ready"] is not True:
             code = "flanneld_not_running" if flanneld["ready"] is None else "flanneld_not_ready"
             findings.append(Finding(ERROR, code, flanneld["url"], flanneld["reason"]))
-    report = {"root": is_root, "backend_type": kind, "network": str(state.network) if state.network else None,
-              "device": state.device, "underlay": {"name": underlay, "mtu": underlay_mtu},
-              "flannel_mtu": state.flannel_mtu, "kernel_release": release, "cni_dir": cni_dir,
-              "clock": {"source": state.clock_source, "skew_seconds": skew}, "flanneld": flanneld,
+    report = {"root": is_root, "backend_type": state.backend_type,
+              "network": str(state.network) if state.network else None,
+              "device": state.device, "underlay": {"name": state.underlay, "mtu": state.underlay_mtu},
+              "flannel_mtu": state.flannel_mtu, "kernel_release": state.kernel_release, "cni_dir": cni_dir,
+              "clock": {"source": state.clock_source, "skew_seconds": state.clock_skew}, "flanneld": flanneld,
               "checks": checks}
     return report, findings
 

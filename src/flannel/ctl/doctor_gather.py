@@ -1,4 +1,5 @@
-"""Reading the node for ``flannelctl doctor``: ``/proc/sys``, ``/sys``, netlink, iptables and the store's clock.
+"""Reading the node for ``flannelctl doctor``: ``/proc/sys``, ``/sys``, netlink, iptables and the store's clock,
+into the ``NodeState`` the pure checks take (``read_node``).
 
 Everything is read in the caller's network namespace (run it where flanneld runs, or with ``ip netns exec``).
 Only iptables needs root (its save tools open a netlink socket with CAP_NET_ADMIN), so those are not run
@@ -16,17 +17,22 @@ import email.utils
 import fcntl
 import http.client
 import os
+import platform
 import socket
 import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Iterable
-from ipaddress import IPv4Address
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from flannel.config import NetworkConfig
+from flannel.ctl.doctor_checks import MODULES, NodeState
+from flannel.daemon.flags import Options
 from flannel.netlink import Netlink, NetlinkError
+from flannel.secret import redact_urls
 
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
@@ -199,3 +205,77 @@ async def kube_clock_skew(api_url: str, kubeconfig: str, timeout: float) -> tupl
             return _date_skew(response.headers.get("date", ""), sent, time.time()), cfg.server
     except (OSError, TimeoutError, KubeApiError, DatastoreUnavailableError):  # unreachable: status says why
         return None, cfg.server
+
+
+def device_name(config: NetworkConfig) -> str | None:
+    """The backend's own device, named as the backend names it."""
+    kind = config.backend_type.lower()
+    if kind == "vxlan":
+        from flannel.backend.vxlan_config import parse_vxlan_config
+        from flannel.errors import ConfigError
+
+        try:
+            return parse_vxlan_config(config.backend).device_name
+        except ConfigError:
+            return "flannel.1"
+    return {"ipip": "flannel.ipip", "udp": "flannel0", "wireguard": "flannel-wg"}.get(kind)
+
+
+def cluster_network(config: NetworkConfig | None, env: Mapping[str, str]) -> IPv4Network | None:
+    """The config's ``Network``, or subnet.env's ``FLANNEL_NETWORK`` when the config could not be read."""
+    if config is not None and config.network is not None:
+        return config.network
+    try:
+        net = ip_network(env.get("FLANNEL_NETWORK", ""), strict=False)
+    except ValueError:
+        return None
+    return net if isinstance(net, IPv4Network) else None
+
+
+async def read_node(opts: Options, config: NetworkConfig | None, env: Mapping[str, str], cni_dir: str, is_root: bool,
+                    timeout: float) -> NodeState:
+    """Everything the checks look at, read from this node (in the caller's namespace); iptables only as root."""
+    kind = config.backend_type.lower() if config is not None else None
+    device = device_name(config) if config is not None else None
+    iface = opts.iface[0] if opts.iface else None
+    with Netlink() as nl:
+        ext, ext_mtu = underlay(nl, device, iface)
+        have_device = device_exists(nl, device)
+    release = platform.release()
+    bridge_names = bridges()
+    ifaces = [i for i in (ext, device, *bridge_names) if i]
+    names = [*SYSCTLS, *(f"net.ipv4.conf.{i.replace('.', '/')}.rp_filter" for i in ifaces)]
+    unreadable: dict[str, str] = {}
+    files, why = cni_files(cni_dir)
+    if why:
+        unreadable["cni_config"] = why
+    if kind is None:
+        unreadable["kernel_module"] = unreadable["vxlan_checksum_offload"] = "the backend is unknown (no config)"
+    enable_nft = bool(config is not None and config.enable_nftables)
+    legacy = nft = None
+    if is_root:
+        legacy, nft = await asyncio.gather(asyncio.to_thread(run, ["iptables-legacy-save"]),
+                                           asyncio.to_thread(run, ["iptables-nft-save"]))
+        if legacy is None and nft is None:
+            unreadable["forward_policy"] = unreadable["iptables_mixed"] = unreadable["frag_needed"] = \
+                "neither iptables-legacy-save nor iptables-nft-save could be run"
+    modules = {}
+    module = MODULES.get(kind or "")
+    if module is not None:
+        modules[module] = "loaded" if have_device else module_state(module, release)
+    if opts.kube_subnet_mgr:
+        skew, source = await kube_clock_skew(opts.kube_api_url, opts.kubeconfig_file, timeout)
+    else:
+        source = opts.etcd_endpoints.split(",")[0]
+        skew = await asyncio.to_thread(etcd_clock_skew, source, opts.etcd_cafile, opts.etcd_certfile,
+                                       opts.etcd_keyfile, timeout)
+    return NodeState(
+        backend_type=kind, network=cluster_network(config, env), device=device if have_device else None,
+        flannel_mtu=int(env["FLANNEL_MTU"]) if env.get("FLANNEL_MTU", "").isdigit() else None,
+        underlay=ext, underlay_mtu=ext_mtu, sysctls=read_sysctls(names),
+        bridge_nf_present=os.path.isdir("/proc/sys/net/bridge"), bridges=bridge_names,
+        kube_mode=opts.kube_subnet_mgr, iptables_legacy=legacy, iptables_nft=nft,
+        enable_nftables=enable_nft, forward_rules=opts.iptables_forward_rules, cni_dir=cni_dir, cni_files=files,
+        module_state=modules, kernel_release=release,
+        tx_checksum=tx_checksum(device) if have_device and device else None,
+        clock_skew=skew, clock_source=redact_urls(source), unreadable=unreadable)
