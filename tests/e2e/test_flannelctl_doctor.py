@@ -74,7 +74,7 @@ def test_a_healthy_node_passes_every_check(hosts: tuple[Host, Host, Host]) -> No
     assert {c["check"]: c["status"] for c in doc["checks"]} == {
         "ip_forward": "ok", "rp_filter": "ok", "br_netfilter": "ok", "forward_policy": "ok", "iptables_mixed": "ok",
         "frag_needed": "ok", "mtu": "ok", "vxlan_checksum_offload": "ok", "cni_config": "ok", "kernel_module": "ok",
-        "clock_skew": "ok"}
+        "clock_skew": "ok"}  # on a kernel >= 5.7 the vxlan checksum offload is a warning at most
     assert doc["backend_type"] == "vxlan" and doc["device"] == "flannel.1" and doc["flannel_mtu"] == 1450
     assert doc["underlay"] == {"name": "eth0", "mtu": 1500} and doc["clock"]["skew_seconds"] == 0.0
     assert doc["flanneld"]["ready"] is True and doc["root"] is True
