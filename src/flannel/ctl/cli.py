@@ -4,8 +4,9 @@ flannelctl runs where flanneld runs, with the same unit file's environment, so i
 and ``FLANNELD_*`` variables through flanneld's own parser (``daemon/flags.py``): ``--etcd-endpoints``,
 ``--etcd-prefix``, TLS, ``FLANNELD_ETCD_PASSWORD``, ``--subnet-file``, ``--healthz-ip``/``--healthz-port`` and
 the rest mean exactly what they mean to flanneld. Only a handful of flags are flannelctl's (``-o``,
-``--timeout``, ``--force``); they and the positional words are taken out first, and the remainder goes to
-flanneld's parser, in any order and in every Go spelling (``-x v``, ``--x=v``).
+``--timeout``, ``--force``, ``--cni-conf-dir``, ``--log-file``); they and the positional words are taken out
+first, and the remainder goes to flanneld's parser, in any order and in every Go spelling (``-x v``, ``--x=v``).
+``docker-opts`` is the exception: everything after it is ``mk-docker-opts``' own getopts flags, untouched.
 
 Exit codes: 0 healthy, 1 problems found (or a request refused, or the store unreachable), 2 usage error.
 """
@@ -36,18 +37,23 @@ USAGE = """\
 Usage: flannelctl [FLAGS] COMMAND [ARGS]
 
 Commands:
-  status                           this node: lease, flanneld readiness, kernel drift (vxlan, host-gw)
+  status                           this node: lease, flanneld readiness, kernel drift
   leases                           every lease in the cluster, with conflicts
   reserve SUBNET --public-ip IP    reserve a subnet for the node with that public IP (etcd)
   unreserve SUBNET                 delete a reservation
   config get                       print the network config stored in etcd, and check it
   config validate FILE             check a config file with flanneld's own rules ('-': stdin)
   config set FILE                  validate, then store a config file in etcd
+  doctor                           check this node for the common causes of a broken fabric
+  bundle FILE.tar.gz               logs, config, leases, kernel state and doctor output, secrets redacted
+  docker-opts [mk-docker-opts flags]  write dockerd options from subnet.env (as mk-docker-opts)
 
 flannelctl flags:
   -o, --output table|json          output format (default table; json keys: docs/flannelctl.md)
   --timeout SECONDS                how long to wait for etcd and flanneld (default 5)
   --force                          reserve/unreserve: overwrite or delete another node's record
+  --cni-conf-dir DIR               doctor, bundle: the runtime's CNI config directory (default /etc/cni/net.d)
+  --log-file FILE                  bundle: a flanneld log file to include (repeatable)
 
 Every flanneld flag and FLANNELD_* variable is accepted with flanneld's meaning (--etcd-endpoints,
 --etcd-prefix, --etcd-cafile/certfile/keyfile, --etcd-username, FLANNELD_ETCD_PASSWORD, --subnet-file,
@@ -70,6 +76,10 @@ class Args:
         self.force = False
         self.words: list[str] = []
         self.opts: flags.Options | None = None
+        self.passed: list[str] = []
+        """flanneld's flags as given (``bundle`` hands them to the commands it runs)."""
+        self.cni_dir = "/etc/cni/net.d"
+        self.log_files: list[str] = []
 
 
 def parse(argv: list[str], environ: Mapping[str, str]) -> Args:
@@ -88,6 +98,16 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Args:
         name, eq, value = arg.lstrip("-").partition("=")
         if name in ("h", "help"):
             raise flags.HelpRequested()
+        if name in ("cni-conf-dir", "log-file"):  # doctor and bundle
+            if not eq:
+                if not rest:
+                    raise Usage(f"flag needs an argument: -{name}")
+                value = rest.pop(0)
+            if name == "cni-conf-dir":
+                args.cni_dir = value
+            else:
+                args.log_files.append(value)
+            continue
         if name in ("o", "output", "timeout"):
             if not eq:
                 if not rest:
@@ -117,6 +137,7 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Args:
                 passed.append(rest.pop(0))
         else:
             raise Usage(f"flag provided but not defined: -{name}")
+    args.passed = passed
     try:
         args.opts = flags.parse_args(passed, environ)
     except flags.UsageError as exc:
@@ -144,13 +165,22 @@ async def _dispatch(args: Args, out: TextIO) -> int:
         v = netconfig.validate(text, source, etcd_mode=not opts.kube_subnet_mgr)
         doc, human = netconfig.report(v, source)
         return emit(out, doc, _invalid(v.error, source), human, as_json)
+    if command == "doctor":
+        from flannel.ctl import doctor
+
+        _need(words, 1, "doctor")
+        doc, findings = await doctor.collect(opts, timeout, args.cni_dir)
+        return emit(out, doc, findings, doctor.render(doc, findings, colour), as_json)
+    if opts.kube_subnet_mgr and command in ("reserve", "unreserve"):
+        raise Usage(f"flannelctl {command}: reservations are an etcd feature (spec 6.8); in Kubernetes mode a "
+                    "node's subnet is its spec.podCIDR, set by the controller manager")
+    if opts.kube_subnet_mgr and command == "config":
+        return _kube_config(args, out)
     if opts.kube_subnet_mgr and command == "leases":
         _need(words, 1, "leases")
         config, config_error, records = await read_nodes(opts, timeout)
         doc, findings, human = leases.build(records, config, config_error, opts.net_config_path, colour)
         return emit(out, doc, findings, human, as_json)
-    if opts.kube_subnet_mgr:
-        raise Usage(f"flannelctl {command}: only etcd mode is supported in this release (--kube-subnet-mgr is set)")
     if command == "status":
         _need(words, 1, "status")
         doc, findings = await status.collect(opts, timeout)
@@ -217,6 +247,54 @@ async def _config(store: EtcdStore, args: Args, stored: bytes | None, key: str, 
     raise Usage("usage: flannelctl config get|set FILE|validate FILE")
 
 
+def _kube_config(args: Args, out: TextIO) -> int:
+    """``config get`` in kube mode: net-conf.json (``--net-config-path``) and its check as flanneld reads it."""
+    from flannel.ctl import netconfig
+
+    assert args.opts is not None
+    words, path = args.words, args.opts.net_config_path
+    if words[1:2] != ["get"]:
+        raise Usage("flannelctl config set: in Kubernetes mode the config is the kube-flannel ConfigMap "
+                    f"(mounted at {path}); edit it with kubectl")
+    _need(words, 2, "config get")
+    try:
+        data = Path(path).read_bytes()[: 1 << 20]
+    except OSError as exc:
+        return emit(out, {"key": path, "config": None}, [Finding(ERROR, "config", path, f"failed to read net "
+                    f"conf: {exc.strerror or exc}")], f"{path}: {exc.strerror or exc}", args.output == "json")
+    v = netconfig.validate(data, path, etcd_mode=False)
+    doc, human = netconfig.report(v, path)
+    text = data.decode("utf-8", "replace")
+    return emit(out, {**doc, "key": path, "config": text}, _invalid(v.error, path), f"{text.rstrip()}\n\n{human}",
+                args.output == "json")
+
+
+def _bundle(args: Args, environ: Mapping[str, str], out: TextIO) -> int:
+    """``bundle FILE``: runs the reports through ``main`` itself (each with its own event loop), then the tools."""
+    import io
+
+    from flannel.ctl import bundle
+
+    assert args.opts is not None
+    _need(args.words, 2, "bundle FILE.tar.gz")
+
+    def report(words: list[str]) -> tuple[int, str]:
+        buf = io.StringIO()
+        code = main([*words, *args.passed, f"--timeout={args.timeout:g}", f"--cni-conf-dir={args.cni_dir}", "-o",
+                     "json"], environ, buf, io.StringIO())
+        return code, buf.getvalue()
+
+    try:
+        manifest = bundle.build(args.words[1], report, environ, args.opts.subnet_file, args.log_files, args.cni_dir)
+    except OSError as exc:
+        raise Usage(f"cannot write {args.words[1]}: {exc.strerror or exc}") from None
+    missing = [p["name"] for p in manifest["parts"] if p["exit_code"] is None]
+    doc = {"file": args.words[1], **manifest}
+    human = f"wrote {args.words[1]} ({len(manifest['parts'])} parts, secrets redacted)" + (
+        f"\nnot collected: {', '.join(missing)}" if missing else "")
+    return emit(out, doc, [], human, args.output == "json")
+
+
 def _invalid(error: str, source: str) -> list[Finding]:
     return [Finding(ERROR, "config_invalid", source, error)] if error else []
 
@@ -237,8 +315,13 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
 
     out, err = stdout or sys.stdout, stderr or sys.stderr
     env = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["docker-opts"]:  # mk-docker-opts' own getopts flags, untouched: one implementation
+        from flannel import docker_opts
+
+        return docker_opts.main(["flannelctl docker-opts", *argv[1:]], env)
     try:
-        args = parse(sys.argv[1:] if argv is None else argv, env)
+        args = parse(argv, env)
     except flags.HelpRequested:
         out.write(USAGE)
         return 0
@@ -257,6 +340,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
 
             check_etcd_flags(args.opts.etcd_endpoints, args.opts.etcd_keyfile, args.opts.etcd_certfile,
                              args.opts.etcd_cafile)
+        if args.words[:1] == ["bundle"]:
+            return _bundle(args, env, out)
         return asyncio.run(_dispatch(args, out))
     except (Usage, ConfigError) as exc:
         err.write(f"flannelctl: {exc}\nRun 'flannelctl --help' for usage.\n")

@@ -1,11 +1,16 @@
 """Drift on this node: kernel entries a remote lease needs and that are missing, and flannel's entries that
-belong to no lease, for the vxlan and host-gw backends.
+belong to no lease, for the vxlan, host-gw, ipip and udp backends.
 
 Nothing here decides on its own what the kernel should hold. The leases go through the same ``LeaseTracker``
 and ``LeaseGuard`` flanneld runs (so a lease the node refuses is not "missing"), each admitted lease through
 the backend's own plane (``VXLANPlane.entries_for``, ``RoutePlane.route_for``), and the comparison is the
 backend's reconcile (``VXLANPlane.drift_ops``, ``route_plane.route_drift``), whose repair operations are only
 described, never applied: ``flannelctl`` reads the kernel and changes nothing.
+
+ipip routes each peer through ``flannel.ipip`` (``IPIPRoutePlane``: ``via <public IP> dev flannel.ipip onlink``,
+or the external interface under DirectRouting), compared by the same ``route_drift``. udp keeps its per-peer
+table in flanneld's memory, out of the kernel's sight; what the kernel holds is ``flannel0`` with its /32
+address and the one route of the whole ``Network`` through it, and that is what is compared.
 
 Reading routes, neighbours and FDB entries over netlink needs no privilege, so this runs without root.
 """
@@ -25,7 +30,7 @@ from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
-SUPPORTED = ("vxlan", "host-gw")
+SUPPORTED = ("vxlan", "host-gw", "ipip", "udp")
 Network = IPv4Network | IPv6Network
 
 
@@ -65,9 +70,13 @@ def check(nl: Netlink, config: NetworkConfig, own: Lease, leases: Sequence[Lease
             return _vxlan(nl, config, own, remote)
         if kind == "host-gw":
             return _host_gw(nl, config, own, remote)
+        if kind == "ipip":
+            return _ipip(nl, config, own, remote)
+        if kind == "udp":
+            return _udp(nl, config, own)
     except (NetlinkError, OSError) as exc:
         raise DriftUnchecked(f"cannot read the kernel's state: {exc}") from None
-    raise DriftUnchecked(f"drift is checked for {' and '.join(SUPPORTED)} only, not {config.backend_type}")
+    raise DriftUnchecked(f"drift is checked for {', '.join(SUPPORTED)} only, not {config.backend_type}")
 
 
 def _families(config: NetworkConfig, own: Lease) -> list[tuple[int, Network, Network]]:
@@ -133,4 +142,68 @@ def _host_gw(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Le
                 wanted.append(route)
         out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
                 for reason, op in route_drift(nl, family, cluster, wanted)]
+    return out
+
+
+def _external_index(nl: Netlink, own: Lease) -> int | None:
+    return next((a.index for a in nl.addresses(family=socket.AF_INET) if a.address == own.attrs.public_ip), None)
+
+
+def _ipip(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Lease]) -> list[Drift]:
+    from flannel.backend.ipip import DEVICE_NAME, IPIPRoutePlane, parse_ipip_config
+    from flannel.backend.route_plane import route_drift
+
+    try:
+        cfg = parse_ipip_config(config.backend)
+    except ConfigError as exc:
+        raise DriftUnchecked(f"the config's Backend section is invalid: {exc}") from None
+    out: list[Drift] = []
+    for family, cluster, subnet in _families(config, own):
+        if family != socket.AF_INET:
+            continue  # ipip is IPv4 only
+        link = nl.link_by_name(DEVICE_NAME)
+        if link is None:
+            out.append(Drift(f"device {DEVICE_NAME} missing",
+                             f"wait for flanneld's reconcile to recreate {DEVICE_NAME}"))
+            continue
+        ext = _external_index(nl, own)
+        if ext is None and cfg.direct_routing:
+            raise DriftUnchecked(f"no interface holds this node's public IP {own.attrs.public_ip}: DirectRouting "
+                                 "routes go out of it")
+        names = {link.index: DEVICE_NAME}
+        if ext is not None:
+            ext_link = nl.link_by_index(ext)
+            names[ext] = ext_link.name if ext_link is not None else f"#{ext}"
+        plane = IPIPRoutePlane(family=family, cluster=cluster, own_subnet=subnet, oif=ext or 0, nl=nl,
+                               tunnel_index=link.index, direct_routing=cfg.direct_routing)
+        wanted = []
+        for lease in remote:
+            try:
+                route = plane.route_for(lease)
+            except (LeaseDecodeError, ValueError):
+                continue
+            if route is not None:
+                wanted.append(route)
+        out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
+                for reason, op in route_drift(nl, family, cluster, wanted)]
+    return out
+
+
+def _udp(nl: Netlink, config: NetworkConfig, own: Lease) -> list[Drift]:
+    """flannel0, its address and MTU-independent settings, and the route of the whole network through it."""
+    name = "flannel0"
+    if config.network is None or own.subnet is None:
+        return []
+    link = nl.link_by_name(name)
+    if link is None:
+        return [Drift(f"device {name} missing", "restart flanneld (its TUN device closed; flanneld re-creates it "
+                      "at its next reconcile)")]
+    out: list[Drift] = []
+    address = own.subnet.network_address
+    if not link.up:
+        out.append(Drift(f"device {name} down", f"ip link set {name} up"))
+    if not any(a.address == address and a.prefixlen == 32 for a in nl.addresses(link.index)):
+        out.append(Drift(f"address {address}/32 on {name} missing", f"ip addr add {address}/32 dev {name}"))
+    if not any(r.dst == config.network for r in nl.routes(socket.AF_INET, oif=link.index)):
+        out.append(Drift(f"route to {config.network} missing", f"ip route replace {config.network} dev {name}"))
     return out

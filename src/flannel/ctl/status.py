@@ -15,7 +15,7 @@ from typing import Any
 
 from flannel.config import NetworkConfig
 from flannel.ctl import drift
-from flannel.ctl.datastore import Record, StoreUnreachable, bounded, connected, read_config, read_records
+from flannel.ctl.datastore import Record, StoreUnreachable, bounded, connected, read_config, read_nodes, read_records
 from flannel.ctl.output import ERROR, WARNING, Finding, duration, paint, render_findings, table
 from flannel.daemon.flags import Options
 from flannel.daemon.health import join_host_port
@@ -92,29 +92,43 @@ async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[F
         return report, findings
     key = make_subnet_key(v4, v6)
     try:
-        async with connected(opts, timeout) as store:
-            kv, config, config_error = await read_config(store, opts, timeout)
-            records = await read_records(store, opts, timeout, ttls=False)
-            mine = next((r for r in records if r.name == key), None)
-            if mine is not None and mine.kv.lease_id:
-                ttl, granted = await bounded(store.lease_times(mine.kv.lease_id), timeout, f"look up lease {key}")
-                mine = Record(mine.kv, mine.subnets, mine.lease, mine.error, max(ttl, 0), granted)
+        config, config_error, where, records, mine = await _read_store(opts, timeout, key, v4)
     except StoreUnreachable as exc:
-        findings.append(Finding(ERROR, "store_unreachable", redact_urls(opts.etcd_endpoints), str(exc)))
+        subject = "kube API server" if opts.kube_subnet_mgr else redact_urls(opts.etcd_endpoints)
+        findings.append(Finding(ERROR, "store_unreachable", subject, str(exc)))
         drift_doc["unchecked_reason"] = "the store could not be read"
         return report, findings
-    report["lease"] = _lease_json(key, mine)
+    report["lease"] = _lease_json(mine.kv.key if opts.kube_subnet_mgr and mine else key, mine)
     if mine is None or mine.lease is None:
         why = "is missing" if mine is None else f"cannot be read ({mine.error})"
-        findings.append(Finding(ERROR, "own_lease_missing", key, f"this node's lease {why} in etcd: other nodes "
-                                "cannot reach its pods"))
+        store = "the node list" if opts.kube_subnet_mgr else "etcd"
+        findings.append(Finding(ERROR, "own_lease_missing", key, f"this node's lease {why} in {store}: other "
+                                "nodes cannot reach its pods"))
     if config is None:
-        findings.append(Finding(ERROR, "config", kv.key if kv else opts.etcd_prefix, config_error))
+        findings.append(Finding(ERROR, "config", where, config_error))
         drift_doc["unchecked_reason"] = "no valid network config"
         return report, findings
     own = mine.lease if mine is not None and mine.lease is not None else Lease(v4, v6)
     _drift(config, own, [r.lease for r in records if r.lease is not None], drift_doc, findings)
     return report, findings
+
+
+async def _read_store(opts: Options, timeout: float, key: str, v4: IPv4Network
+                      ) -> tuple[NetworkConfig | None, str, str, list[Record], Record | None]:
+    """The config, its error and where it lives, every record, and this node's own (by key, or in kube mode by
+    the node whose pod CIDR is subnet.env's subnet)."""
+    if opts.kube_subnet_mgr:
+        config, config_error, records = await read_nodes(opts, timeout)
+        mine = next((r for r in records if r.subnets is not None and r.subnets[0] == v4), None)
+        return config, config_error, opts.net_config_path, records, mine
+    async with connected(opts, timeout) as store:
+        kv, config, config_error = await read_config(store, opts, timeout)
+        records = await read_records(store, opts, timeout, ttls=False)
+        mine = next((r for r in records if r.name == key), None)
+        if mine is not None and mine.kv.lease_id:
+            ttl, granted = await bounded(store.lease_times(mine.kv.lease_id), timeout, f"look up lease {key}")
+            mine = Record(mine.kv, mine.subnets, mine.lease, mine.error, max(ttl, 0), granted)
+    return config, config_error, kv.key if kv else opts.etcd_prefix, records, mine
 
 
 def _drift(config: NetworkConfig, own: Lease, leases: list[Lease], doc: dict[str, Any],
