@@ -46,6 +46,9 @@ def render() -> bytes:
 BUILD_INFO = gauge("flannel_build_info", "Always 1; the labels say which flanneld this is.",
                    ["version", "upstream_version", "backend"])
 READY = gauge("flannel_ready", "1 once subnet.env has been written (what /readyz reports), else 0.")
+READINESS_PROBLEM = gauge("flannel_readiness_problem",
+                          "1 while a readiness condition fails (datastore: the store is unreachable; lease: the own "
+                          "lease record is missing; kernel: the reconcile keeps failing), else 0.", ["condition"])
 
 
 def set_build_info(backend: str) -> None:

@@ -43,6 +43,7 @@ Commands:
   config get                       print the network config stored in etcd, and check it
   config validate FILE             check a config file with flanneld's own rules ('-': stdin)
   config set FILE                  validate, then store a config file in etcd
+  probe                            reach every peer over the overlay: RTT and the DF path MTU (needs root)
 
 flannelctl flags:
   -o, --output table|json          output format (default table; json keys: docs/flannelctl.md)
@@ -144,6 +145,12 @@ async def _dispatch(args: Args, out: TextIO) -> int:
         v = netconfig.validate(text, source, etcd_mode=not opts.kube_subnet_mgr)
         doc, human = netconfig.report(v, source)
         return emit(out, doc, _invalid(v.error, source), human, as_json)
+    if command == "probe":  # etcd and kube mode alike (ctl/probe.py)
+        from flannel.ctl import probe as probe_cmd
+
+        _need(words, 1, "probe")
+        doc, findings = await probe_cmd.collect(opts, timeout)
+        return emit(out, doc, findings, probe_cmd.render(doc, findings, colour), as_json)
     if opts.kube_subnet_mgr and command == "leases":
         _need(words, 1, "leases")
         config, config_error, records = await read_nodes(opts, timeout)
