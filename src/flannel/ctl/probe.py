@@ -61,7 +61,7 @@ async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[F
         report["peers"].append({**r.as_json(), "subnet": str(lease.subnet),
                                 "public_ip": str(public) if public != UNSET_IPV4 else None})
         if not r.reachable:
-            findings.append(Finding(ERROR, "unreachable", r.peer, f"no echo reply from {r.address} over the overlay "
+            findings.append(Finding(ERROR, "unreachable", r.peer, f"{r.address} does not answer over the overlay "
                                     f"({r.error or 'no reply'}): pods on {lease.subnet} cannot be reached from here",
                                     "flannelctl status (drift), then check the underlay between the public IPs"))
         elif mtu is not None and r.path_mtu_bytes is not None and r.path_mtu_bytes < mtu:
