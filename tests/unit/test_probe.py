@@ -3,13 +3,19 @@ real probe of this host's loopback (ICMP to 127.0.0.1 changes nothing anywhere).
 
 from __future__ import annotations
 
+import io
+import json
 import struct
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
 from flannel import probe
+from flannel.ctl import probe as ctl_probe
+from flannel.ctl.cli import main
+from flannel.lease import Lease, LeaseAttrs
 
 
 def threshold(limit: int, calls: list[int]) -> Callable[[int], Awaitable[bool]]:
@@ -88,3 +94,31 @@ async def test_many_targets_are_probed_concurrently_and_in_order() -> None:
         pytest.skip(f"no ICMP socket for this user: {exc}")
     assert [r.peer for r in results] == [t.peer for t in targets]
     assert all(r.reachable for r in results)
+
+
+# -- flannelctl probe: its findings and table ---------------------------------------------------------------
+
+def peer_lease(n: int) -> Lease:
+    return Lease(IPv4Network(f"10.244.{n}.0/24"), attrs=LeaseAttrs(IPv4Address(f"198.18.0.{10 + n}"), None, "vxlan"))
+
+
+def test_unreachable_peers_and_narrow_paths_are_errors() -> None:
+    results = [probe.ProbeResult("10.244.2.0-24", "10.244.2.0", True, 0.0001, 1450),
+               probe.ProbeResult("10.244.3.0-24", "10.244.3.0", False, None, None, "no reply"),
+               probe.ProbeResult("10.244.4.0-24", "10.244.4.0", True, 0.0001, 1400)]
+    rows, findings = ctl_probe.assess(results, [peer_lease(2), peer_lease(3), peer_lease(4)], mtu=1450)
+    assert [(f.code, f.subject) for f in findings] == [("unreachable", "10.244.3.0-24"),
+                                                       ("path_mtu_below_mtu", "10.244.4.0-24")]
+    assert "1400 bytes, but pods use MTU 1450" in findings[1].message
+    assert rows[0] == {"peer": "10.244.2.0-24", "address": "10.244.2.0", "reachable": True, "rtt_seconds": 0.0001,
+                       "path_mtu_bytes": 1450, "error": None, "subnet": "10.244.2.0/24", "public_ip": "198.18.0.12"}
+    text = ctl_probe.render({"self": "10.244.1.0-24", "backend_type": "vxlan", "mtu": 1450, "peers": rows},
+                            findings, colour=False)
+    assert "UNREACHABLE" in text and "0.10 ms" in text and "ERROR unreachable 10.244.3.0-24" in text
+
+
+def test_probe_without_subnet_env_says_so_and_exits_1(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["probe", f"--subnet-file={tmp_path / 'subnet.env'}", "-o", "json"], {}, out, err)
+    doc = json.loads(out.getvalue())
+    assert code == 1 and [f["code"] for f in doc["findings"]] == ["no_subnet_env"], err.getvalue()

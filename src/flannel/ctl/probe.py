@@ -13,6 +13,7 @@ command says so and exits 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flannel import probe
@@ -42,7 +43,8 @@ async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[F
         where = opts.kube_api_url or "the API server" if opts.kube_subnet_mgr else redact_urls(opts.etcd_endpoints)
         return report, [Finding(ERROR, "store_unreachable", where, str(exc))]
     if config is None:
-        return report, [Finding(ERROR, "config", opts.etcd_prefix, config_error)]
+        return report, [Finding(ERROR, "config", opts.net_config_path if opts.kube_subnet_mgr else opts.etcd_prefix,
+                                config_error)]
     report["backend_type"] = config.backend_type
     leases = [r.lease for r in records if r.lease is not None]
     own = next((lease for lease in leases if lease.subnet == v4), Lease(v4, v6))
@@ -53,13 +55,21 @@ async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[F
         results = await probe.probe_all(targets, timeout=min(timeout, probe.DEFAULT_TIMEOUT))
     except probe.ProbeUnavailable as exc:
         return report, [Finding(ERROR, "probe_unavailable", "icmp", str(exc))]
+    report["peers"], findings = assess(results, peers, mtu)
+    return report, findings
+
+
+def assess(results: Sequence[probe.ProbeResult], peers: Sequence[Lease], mtu: int | None
+           ) -> tuple[list[dict[str, Any]], list[Finding]]:
+    """The peers' JSON rows and the findings: unreachable peers, and paths narrower than ``mtu``."""
+    rows: list[dict[str, Any]] = []
     findings: list[Finding] = []
     by_key = {p.key: p for p in peers}
     for r in results:
         lease = by_key[r.peer]
         public = lease.attrs.public_ip
-        report["peers"].append({**r.as_json(), "subnet": str(lease.subnet),
-                                "public_ip": str(public) if public != UNSET_IPV4 else None})
+        rows.append({**r.as_json(), "subnet": str(lease.subnet),
+                     "public_ip": str(public) if public != UNSET_IPV4 else None})
         if not r.reachable:
             findings.append(Finding(ERROR, "unreachable", r.peer, f"{r.address} does not answer over the overlay "
                                     f"({r.error or 'no reply'}): pods on {lease.subnet} cannot be reached from here",
@@ -68,7 +78,7 @@ async def collect(opts: Options, timeout: float) -> tuple[dict[str, Any], list[F
             findings.append(Finding(ERROR, "path_mtu_below_mtu", r.peer, f"the largest packet that crosses with DF "
                                     f"set is {r.path_mtu_bytes} bytes, but pods use MTU {mtu}: their large packets "
                                     "are dropped", "lower the MTU in the network config, or raise the underlay's"))
-    return report, findings
+    return rows, findings
 
 
 async def _read(opts: Options, timeout: float) -> tuple[NetworkConfig | None, str, list[Record]]:

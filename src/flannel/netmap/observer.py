@@ -85,7 +85,10 @@ class Observer:
         """Refresh forever (a supervised subsystem: cancelled at shutdown)."""
         while True:
             started = time.monotonic()
-            await self.refresh()
+            try:
+                await self.refresh()
+            except OSError as exc:  # out of descriptors or buffers: weather; try again next round
+                self._warn(f"network map refresh failed: {exc}")
             await asyncio.sleep(max(self.interval - (time.monotonic() - started), 0.5))
 
     async def refresh(self) -> None:
