@@ -200,11 +200,11 @@ def test_the_map_page_in_chromium_shows_three_nodes_and_turns_a_broken_peer_red(
                 route_deleted = True
                 # Within a refresh period: a probe round (2 s, plus 3 unanswered echoes) and a fetch (2 s).
                 page.wait_for_function(
-                    f"(() => {{ const n = document.querySelector('g.node[data-key=\"{key}\"]');"
-                    f" const e = document.querySelector('line.edge[data-to=\"{key}\"]');"
-                    f" return n && e && {list(RED)}.includes(n.dataset.health)"
-                    " && e.dataset.state === 'unreachable'; }})()",
-                    timeout=30_000)
+                    """([key, red]) => {
+                        const n = document.querySelector(`g.node[data-key="${key}"]`);
+                        const e = document.querySelector(`line.edge[data-to="${key}"]`);
+                        return n && e && red.includes(n.dataset.health) && e.dataset.state === "unreachable";
+                    }""", arg=[key, list(RED)], timeout=30_000)
                 broken = ARTIFACTS / "route-deleted.png"
                 page.screenshot(path=str(broken))
                 print(f"network map screenshots: {healthy} {broken}")
