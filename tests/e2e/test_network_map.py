@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import REPO, Cluster, Host, eventually, in_ns, subnet_of
+from tests.e2e.conftest import _cluster
 from tests.unit.test_prometheus_rules import RULES, dashboard_exprs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -221,3 +222,29 @@ def test_the_map_page_in_chromium_shows_three_nodes_and_turns_a_broken_peer_red(
             in_ns(h1.ns, "ip", "route", "replace", peer, "via", peer.split("/")[0], "dev", "flannel.1", "onlink")
         shutil.rmtree(wrapper_dir, ignore_errors=True)
     assert eventually(lambda: all_reachable(map_json(h1), 2), timeout=30), map_json(h1)  # whole again
+
+
+@pytest.fixture(scope="module")
+def hostgw_hosts() -> Iterator[list[Host]]:
+    for c in _cluster(backend='{"Type":"host-gw"}'):
+        hs = [c.add_host(n) for n in (1, 2, 3)]
+        for h in hs:
+            c.start_flanneld(h, "--reconcile-interval=3600")
+        for h in hs:
+            c.wait_ready(h)
+        c.add_pod(hs[1])  # h2 gets a pod, hence cni0 with <subnet>.1; h3 has none
+        assert eventually(lambda: all(subnet_of(h) in c.routes(hs[0]) for h in hs[1:]))  # noqa: B023
+        yield hs
+
+
+def test_host_gw_peers_are_probed_at_their_pod_gateway(hostgw_hosts: list[Host]) -> None:
+    h1, h2, h3 = hostgw_hosts
+    r = probe(h1, "-o", "json")
+    doc = json.loads(r.stdout)
+    peers = {p["subnet"]: p for p in doc["peers"]}
+    two, three = peers[subnet_of(h2)], peers[subnet_of(h3)]
+    # cni0's gateway answers, over the route via h2's public IP, with eth0's whole MTU (host-gw adds no header)
+    assert two["reachable"] and two["address"].endswith(".1") and two["path_mtu_bytes"] == 1500
+    # a node without pods has no address in its subnet: it shows as unreachable (docs/map.md says so)
+    assert not three["reachable"] and three["address"] == subnet_of(h3).split("/")[0][:-1] + "1"
+    assert r.returncode == 1 and [f["subject"] for f in doc["findings"]] == [subnet_of(h3).replace("/", "-")]
