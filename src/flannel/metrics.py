@@ -46,6 +46,9 @@ def render() -> bytes:
 BUILD_INFO = gauge("flannel_build_info", "Always 1; the labels say which flanneld this is.",
                    ["version", "upstream_version", "backend"])
 READY = gauge("flannel_ready", "1 once subnet.env has been written (what /readyz reports), else 0.")
+READINESS_PROBLEM = gauge("flannel_readiness_problem",
+                          "1 while a readiness condition fails (datastore: the store is unreachable; lease: the own "
+                          "lease record is missing; kernel: the reconcile keeps failing), else 0.", ["condition"])
 
 
 def set_build_info(backend: str) -> None:
@@ -191,3 +194,21 @@ UDP_PACKETS = counter("flannel_udp_packets_total",
                       "Packets carried by the udp backend, by direction (tun_to_udp, udp_to_tun).", ["direction"])
 UDP_DROPPED = counter("flannel_udp_dropped_total",
                       "Datagrams the udp backend dropped, by reason (runt, garbage, unknown_source...).", ["reason"])
+
+# -- the overlay probe and the network map (flannel.netmap; only with --map-port or --probe-interval) --------
+
+PROBE_REACHABLE = gauge("flannel_probe_reachable",
+                        "1 when the last probe of a peer over the overlay got an echo reply, else 0; by peer lease.",
+                        ["peer"])
+PROBE_RTT = gauge("flannel_probe_rtt_seconds", "Round trip of the last successful probe echo to a peer.", ["peer"])
+PROBE_PATH_MTU = gauge("flannel_probe_path_mtu_bytes",
+                       "Largest IPv4 packet (headers included) that last crossed the overlay to a peer with DF set.",
+                       ["peer"])
+PROBES = counter("flannel_probes_total", "Peer probes run, by result (reachable, unreachable).", ["result"])
+PROBE_LAST = gauge("flannel_probe_last_run_timestamp_seconds", "When the last round of peer probes ended (unix time).")
+DRIFT_ENTRIES = gauge("flannel_drift_entries",
+                      "Kernel entries that differ from the leases at the last check (missing or stale routes, "
+                      "neighbours, FDB entries); vxlan and host-gw.")
+LEASE_CONFLICTS = gauge("flannel_lease_conflicts",
+                        "Leases in the store that collide with another or with the network config (what "
+                        "flannelctl leases flags), at the last check.")

@@ -157,6 +157,10 @@ class Family(Generic[C]):
                 child = self._children[key] = self._new_child()
         return child
 
+    def remove(self, *values: str) -> None:
+        """Forget the child for these label values (a peer that left): its series disappears from the output."""
+        self._children.pop(tuple(str(v) for v in values), None)
+
     def samples(self) -> Iterator[str]:
         raise NotImplementedError
 

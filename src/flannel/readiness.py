@@ -37,6 +37,7 @@ class Readiness:
     def __init__(self) -> None:
         self._started = False
         self._problems: dict[str, tuple[str, float]] = {}
+        self._publish()  # every known condition's series exists (at 0) from the start
 
     @property
     def ready(self) -> bool:
@@ -89,6 +90,8 @@ class Readiness:
 
     def _publish(self) -> None:
         metrics.READY.set(1 if self.ready else 0)
+        for condition in (DATASTORE, LEASE, KERNEL, *self._problems):
+            metrics.READINESS_PROBLEM.labels(condition).set(1 if condition in self._problems else 0)
 
 
 READINESS = Readiness()

@@ -52,7 +52,7 @@ def test_defaults() -> None:
 def test_every_flag_has_an_options_field_and_vice_versa() -> None:
     fields = {f.name for f in dataclasses.fields(Options)} - {"explicit"}
     assert fields == {spec.field for spec in FLAGS}
-    assert len(FLAGS) == 32  # upstream's 31 plus --reconcile-interval
+    assert len(FLAGS) == 35  # upstream's 31 plus --reconcile-interval, --map-port, --map-address, --probe-interval
 
 
 def test_env_names() -> None:

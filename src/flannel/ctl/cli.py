@@ -47,6 +47,7 @@ Commands:
   doctor                           check this node for the common causes of a broken fabric
   bundle FILE.tar.gz               logs, config, leases, kernel state and doctor output, secrets redacted
   docker-opts [mk-docker-opts flags]  write dockerd options from subnet.env (as mk-docker-opts)
+  probe                            reach every peer over the overlay: RTT and the DF path MTU (needs root)
 
 flannelctl flags:
   -o, --output table|json          output format (default table; json keys: docs/flannelctl.md)
@@ -176,6 +177,12 @@ async def _dispatch(args: Args, out: TextIO) -> int:
                     "node's subnet is its spec.podCIDR, set by the controller manager")
     if opts.kube_subnet_mgr and command == "config":
         return _kube_config(args, out)
+    if command == "probe":  # etcd and kube mode alike (ctl/probe.py)
+        from flannel.ctl import probe as probe_cmd
+
+        _need(words, 1, "probe")
+        doc, findings = await probe_cmd.collect(opts, timeout)
+        return emit(out, doc, findings, probe_cmd.render(doc, findings, colour), as_json)
     if opts.kube_subnet_mgr and command == "leases":
         _need(words, 1, "leases")
         config, config_error, records = await read_nodes(opts, timeout)

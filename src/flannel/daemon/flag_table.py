@@ -108,6 +108,14 @@ FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("reconcile-interval", _I, 10,
              "seconds between comparisons of kernel routes, neighbours and FDB entries with the leases "
              "(drift is repaired and logged; not in upstream flannel)"),
+    # Not in upstream: the live network map and the overlay probe (docs/map.md).
+    FlagSpec("map-port", _I, 0,
+             "port for the live network map page and /map.json (0 to disable; not in upstream flannel)"),
+    FlagSpec("map-address", _S, "127.0.0.1",
+             "the IP address the network map server listens on (not in upstream flannel)"),
+    FlagSpec("probe-interval", _I, 0,
+             "seconds between probes of every peer over the overlay (0: only with --map-port, every 5 s; "
+             "not in upstream flannel)"),
     FlagSpec("v", Kind.LEVEL, 0, "number for the log level verbosity"),
     FlagSpec("vmodule", Kind.VMODULE, "",
              "comma-separated list of pattern=N settings for file-filtered logging"),

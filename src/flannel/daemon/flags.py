@@ -114,6 +114,13 @@ class Options:
     """``--set-node-network-unavailable``: clear the node's NetworkUnavailable condition when ready."""
     reconcile_interval: int
     """``--reconcile-interval``: seconds between kernel-vs-lease reconciles (not in upstream)."""
+    map_port: int
+    """``--map-port``: port of the network map server (flannel.netmap); 0 disables it (not in upstream)."""
+    map_address: str
+    """``--map-address``: listen address of the network map server; loopback unless told (not in upstream)."""
+    probe_interval: int
+    """``--probe-interval``: seconds between overlay probes of every peer; 0 probes only for the map (not in
+    upstream)."""
     v: int
     """``-v``: klog verbosity level."""
     vmodule: str
@@ -244,6 +251,12 @@ def validate(options: Options) -> None:
             f"--healthz-port must be between 0 and 65535 (0 disables the server), got {options.healthz_port}",
             "healthz-port",
         )
+    if not 0 <= options.map_port <= 65535:
+        raise ConfigError(f"--map-port must be between 0 and 65535 (0 disables the map), got {options.map_port}",
+                          "map-port")
+    if not 0 <= options.probe_interval <= 86400:
+        raise ConfigError(f"--probe-interval must be between 0 and 86400 seconds, got {options.probe_interval}",
+                          "probe-interval")
     if not options.kube_subnet_mgr:
         from flannel.subnet.etcd_options import check_etcd_flags  # no gRPC behind it
 

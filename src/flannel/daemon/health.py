@@ -27,6 +27,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from flannel import metrics
 from flannel.backoff import RepeatLimiter, repeats
@@ -53,6 +54,9 @@ _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _CLIENT_GONE = (errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EPERM)
 
 TEXT = "text/plain; charset=utf-8"
+Handler = Callable[[str], tuple[int, str, bytes]]
+"""Answers a path with status, content type and body: another page set served by the same bounded server
+(the network map, ``flannel.netmap``)."""
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large",
             503: "Service Unavailable"}
 
@@ -65,8 +69,9 @@ def join_host_port(host: str, port: int) -> str:
 class HealthServer:
     """Answers health and metrics requests; ``/readyz`` reports ``readiness.READINESS``."""
 
-    def __init__(self, listeners: list[socket.socket], address: str) -> None:
+    def __init__(self, listeners: list[socket.socket], address: str, handler: Handler | None = None) -> None:
         self.address = address
+        self._handler = handler
         self._listeners = listeners
         self._conns: set[asyncio.Task[None]] = set()
         self._reading: dict[asyncio.Task[None], None] = {}
@@ -88,6 +93,8 @@ class HealthServer:
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for a path (any method, as upstream's handlers)."""
+        if self._handler is not None:
+            return self._handler(path)
         if path == "/healthz":
             return 200, TEXT, b"flanneld is running"
         if path == "/readyz":
@@ -204,16 +211,20 @@ class HealthServer:
                 await asyncio.wait(late)
 
 
-async def start_health_server(host: str, port: int) -> HealthServer:
-    """Listen on ``host:port``; a ``FlannelError`` naming the address when that is impossible (port in use)."""
+async def start_health_server(host: str, port: int, handler: Handler | None = None,
+                              what: str = "healthz") -> HealthServer:
+    """Listen on ``host:port``; a ``FlannelError`` naming the address when that is impossible (port in use).
+
+    ``handler`` replaces the health paths with its own (``what`` names the server in logs and errors).
+    """
     address = join_host_port(host, port)
-    log.info("Start healthz server on %s", address)
+    log.info("Start %s server on %s", what, address)
     try:
         listeners = await _listen(host, port)
     except OSError as exc:
         why = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise FlannelError(f"cannot start the healthz server on {address}: {why}") from None
-    return HealthServer(listeners, address)
+        raise FlannelError(f"cannot start the {what} server on {address}: {why}") from None
+    return HealthServer(listeners, address, handler)
 
 
 async def _listen(host: str, port: int) -> list[socket.socket]:

@@ -107,6 +107,7 @@ async def run(opts: flags.Options) -> int:
             raise ConfigError(f"{source}: {exc}", exc.field) from None
 
     health: HealthServer | None = None
+    map_server: HealthServer | None = None
     try:
         if opts.healthz_port > 0:  # before the config and the lease, so /readyz says 503 meanwhile (spec §2)
             health = await start_health_server(opts.healthz_ip, opts.healthz_port)
@@ -122,10 +123,22 @@ async def run(opts: flags.Options) -> int:
                 health.mark_ready()
             log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
             notify_systemd()
+        watch, observer = sm.watch_leases(), None
+        if opts.map_port > 0 or opts.probe_interval > 0:  # the overlay probe and the network map (docs/map.md)
+            from flannel.netmap import handler
+            from flannel.netmap.observer import MAP_PROBE_INTERVAL, Observer
+
+            observer = Observer(config, network.lease, float(opts.probe_interval) or MAP_PROBE_INTERVAL)
+            watch = observer.tap(watch)
+            if opts.map_port > 0:
+                map_server = await start_health_server(opts.map_address, opts.map_port, handler(observer.document),
+                                                       what="network map")
         subsystems = {
-            "lease-watch": network.run(sm.watch_leases()),
+            "lease-watch": network.run(watch),
             "lease-renewal": sm.complete_lease(network.lease),
         }
+        if observer is not None:
+            subsystems["network-map"] = observer.run()
         if not traffic.plan.empty:
             subsystems["traffic-rules"] = traffic.keep()
         if opts.ip_blackhole_route:
@@ -139,6 +152,8 @@ async def run(opts: flags.Options) -> int:
         log.info("stopped during start-up")
         code = 0
     finally:
+        if map_server is not None:
+            await map_server.close()
         if health is not None:
             await health.close()
         await sm.close()
