@@ -16,12 +16,18 @@ COPY src ./src
 RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
-        --build-constraint constraints.txt .
+        --build-constraint constraints.txt '.[ipsec]'
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates iproute2 iptables nftables \
+    && rm -rf /var/lib/apt/lists/*
+# The ipsec backend's IKE daemon: charon (started by flanneld), swanctl for debugging, and the standard plugins
+# (openssl, gcm) that the default ESP proposal aes128gcm16-sha256-prfsha256-ecp256 needs.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        strongswan-charon strongswan-swanctl libstrongswan-standard-plugins \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/flannel /opt/flannel
 COPY deploy/image/flannel_install.py /opt/bin/flannel-install

@@ -38,7 +38,7 @@ from flannel.config import NetworkConfig
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import NetlinkError
-from flannel.netlink.xfrm import Xfrm, XfrmPolicy
+from flannel.netlink.xfrm import Xfrm
 from flannel.readiness import READINESS
 from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker

@@ -62,14 +62,21 @@ def find_charon(which: Callable[[str], str | None] = shutil.which) -> str:
                       "(Debian: strongswan-charon, strongswan-libcharon, libstrongswan-standard-plugins)")
 
 
-def _set_parent_death_signal() -> None:
-    """In the child, between fork and exec: SIGTERM when flanneld's thread that forked it goes away.
+def _parent_death_signal() -> Callable[[], None]:
+    """The ``preexec_fn`` that asks for SIGTERM when flanneld's forking thread goes away.
 
+    libc is looked up here, in flanneld, because ``find_library`` runs programs: the child, forked from a
+    process with threads (gRPC's, asyncio's workers), must do nothing between fork and exec but the one call.
     The signal follows the *thread* that forked, so charon must be started from the event loop's thread
     (``asyncio.create_subprocess_exec`` forks there), never from a worker thread that may end.
     """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    term = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, term, 0, 0, 0)
+
+    return preexec
 
 
 class CharonProcess:
@@ -84,7 +91,7 @@ class CharonProcess:
 
     async def start(self) -> None:
         # No arguments: charon takes none that flannel needs, and nothing secret ever goes on a command line.
-        self.proc = await asyncio.create_subprocess_exec(self.path, preexec_fn=_set_parent_death_signal)
+        self.proc = await asyncio.create_subprocess_exec(self.path, preexec_fn=_parent_death_signal())
         log.info("started charon %s (pid %d)", self.path, self.proc.pid)
 
     async def supervise(self) -> None:
