@@ -11,9 +11,9 @@ from flannel.netlink.xfrm import (
     XFRM_INF,
     XFRM_MSG_NEWPOLICY,
     XFRMA_TMPL,
-    parse_policy,
     pack_policy,
     pack_policy_id,
+    parse_policy,
     policy_from_text,
 )
 
