@@ -37,12 +37,16 @@ charon {{
 }}
 """
 
+LIBIPSEC_CONF = STRONGSWAN_CONF.replace("kernel-netlink", "kernel-libipsec kernel-netlink").replace(
+    "install_routes = no", "install_routes = yes")
+"""For ``UserspaceESP``: ESP in charon's kernel-libipsec (a TUN device, ``ipsec0``), routes to it in table 220."""
+
 ESP_MISSING = "the kernel has no ESP (ip xfrm state add ... proto esp: Requested type not found)"
 
 
-def write_strongswan_conf(directory: Path) -> Path:
+def write_strongswan_conf(directory: Path, text: str = STRONGSWAN_CONF) -> Path:
     path = directory / "strongswan.conf"
-    path.write_text(STRONGSWAN_CONF)
+    path.write_text(text)
     return path
 
 

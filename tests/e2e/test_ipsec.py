@@ -38,7 +38,9 @@ def ipsec_cluster() -> Iterator[Cluster]:
         conf = write_strongswan_conf(c.tmp)
         for n in (1, 2):
             host = c.add_host(n)
-            c.start_flanneld(host, "--reconcile-interval=1", env={"STRONGSWAN_CONF": str(conf)})
+            # --ip-masq as kube-flannel.yml runs it, so that pod-to-pod traffic keeps the pods' addresses (else the
+            # CNI bridge masquerades it to the host's, outside the policies' selectors)
+            c.start_flanneld(host, "--reconcile-interval=1", "--ip-masq", env={"STRONGSWAN_CONF": str(conf)})
         for host in c.hosts.values():
             c.wait_ready(host)
         yield c

@@ -38,7 +38,7 @@ from flannel.config import NetworkConfig
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import NetlinkError
-from flannel.netlink.xfrm import Xfrm
+from flannel.netlink.xfrm import Xfrm, XfrmPolicy
 from flannel.readiness import READINESS
 from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
@@ -133,7 +133,23 @@ class IPsecNetwork(LeasedNetwork):
             READINESS.resolved(CHARON)
             self._quiet.reset()
             log.info("loaded the IKE shared key for %s", self.local_ip)
+            if self.cfg.userspace_esp:
+                await self.check_libipsec()
             return
+
+    async def check_libipsec(self) -> None:
+        """With UserspaceESP, say so loudly when charon lacks kernel-libipsec: its SAs would go to a kernel
+        that (presumably) has no ESP, and with no kernel policies either, pod traffic would leave unencrypted."""
+        try:
+            plugins = await self.vici.plugins()
+        except CharonError as exc:
+            log.warning("cannot list charon's plugins: %s", exc)
+            return
+        if "kernel-libipsec" in plugins:
+            log.info("UserspaceESP: charon does ESP in userspace (kernel-libipsec)")
+        else:
+            log.error("UserspaceESP is set but charon has no kernel-libipsec plugin (it loaded: %s); load it in "
+                      "strongswan.conf (Debian: libcharon-extra-plugins)", " ".join(sorted(plugins)))
 
     # -- lease events -------------------------------------------------------------------------------
 
@@ -177,9 +193,14 @@ class IPsecNetwork(LeasedNetwork):
         if failed:
             self.loop.kick()
 
+    def kernel_policies(self, peer: Peer) -> list[XfrmPolicy]:
+        """The kernel policies a peer needs: none with UserspaceESP (they would catch the traffic that
+        kernel-libipsec's routes send to its TUN device, and the kernel has no SA for it)."""
+        return [] if self.cfg.userspace_esp else peer.policies()
+
     async def add_peer(self, peer: Peer) -> None:
         """Policies, then the key, then the connection (upstream's order)."""
-        for policy in peer.policies():
+        for policy in self.kernel_policies(peer):
             self.xfrm.update_policy(policy)
             log.info("%s", policy.describe("update"))
         await self.vici.load_shared(shared_key(peer.remote_ip, self.cfg.psk), str(peer.remote_ip))
@@ -202,7 +223,7 @@ class IPsecNetwork(LeasedNetwork):
                 await self.vici.unload_shared(shared_key_id(peer.remote_ip))
             except CharonError as exc:
                 errors.append(exc)
-        for policy in peer.policies():
+        for policy in self.kernel_policies(peer):
             try:
                 if self.xfrm.delete_policy(policy):
                     log.info("%s", policy.describe("delete"))
@@ -222,7 +243,7 @@ class IPsecNetwork(LeasedNetwork):
     def reconcile_policies(self) -> int:
         """Restore missing or changed policies of wanted peers; delete reqid-11 policies nobody wants."""
         want = {
-            pol.key: pol for peer in self.peers.values() for pol in peer.policies()}
+            pol.key: pol for peer in self.peers.values() for pol in self.kernel_policies(peer)}
         have = {pol.key: pol for pol in self.xfrm.policies() if pol.reqid == REQID}
         repairs = 0
         for key, pol in want.items():

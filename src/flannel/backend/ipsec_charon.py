@@ -208,6 +208,11 @@ class Vici:
         answer = await self.call("get-conns", lambda s: s.get_conns())
         return {_text(c) for c in answer.get("conns", [])}
 
+    async def plugins(self) -> set[str]:
+        """The plugins charon loaded (``stats``)."""
+        answer = await self.call("stats", lambda s: s.stats())
+        return {_text(p) for p in answer.get("plugins", [])}
+
     async def list_sas(self) -> list[dict[str, Any]]:
         """``list-sas``: one dict per IKE_SA, by connection name."""
         return list(await self.call("list-sas", lambda s: list(s.list_sas())))

@@ -16,7 +16,7 @@ from flannel.errors import ConfigError
 from flannel.netlink.xfrm import XFRM_POLICY_FWD, XFRM_POLICY_IN, XFRM_POLICY_OUT, XfrmPolicy
 from flannel.secret import NO_SECRET, Secret
 
-_FIELDS = ["PSK", "UDPEncap", "ESPProposal"]
+_FIELDS = ["PSK", "UDPEncap", "ESPProposal", "UserspaceESP"]
 DEFAULT_ESP_PROPOSAL = "aes128gcm16-sha256-prfsha256-ecp256"
 IKE_PROPOSAL = "aes256-sha256-modp4096"
 """Upstream's fixed IKE proposal: both ends must offer it."""
@@ -41,6 +41,9 @@ class IPsecConfig:
     """Force UDP encapsulation of ESP (port 4500), e.g. through NAT or firewalls that drop protocol 50."""
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
     """The ESP (CHILD_SA) proposal, in strongSwan's syntax."""
+    userspace_esp: bool = False
+    """Not upstream: ESP in charon's kernel-libipsec plugin (a TUN device) instead of the kernel, for kernels
+    without ESP. charon then installs its own (userspace) policies and routes, and flanneld none in the kernel."""
 
 
 def parse_ipsec_config(backend: Mapping[str, Any]) -> IPsecConfig:
@@ -63,7 +66,8 @@ def parse_ipsec_config(backend: Mapping[str, Any]) -> IPsecConfig:
         raise ConfigError(f"Backend.ESPProposal must be a string, got {proposal!r}", "Backend.ESPProposal")
     if not proposal:
         raise ConfigError("Backend.ESPProposal must not be empty", "Backend.ESPProposal")
-    return IPsecConfig(psk=secret, udp_encap=bool_key(raw, "UDPEncap"), esp_proposal=proposal)
+    return IPsecConfig(psk=secret, udp_encap=bool_key(raw, "UDPEncap"), esp_proposal=proposal,
+                       userspace_esp=bool_key(raw, "UserspaceESP"))
 
 
 def ipsec_mtu(ext_mtu: int, udp_encap: bool) -> int:
@@ -106,7 +110,9 @@ class Peer:
 def connection(peer: Peer, cfg: IPsecConfig) -> dict[str, Any]:
     """The ``load-conn`` message for ``peer``: every setting of upstream's table, and nothing else.
 
-    Identities are not set: charon then uses the public IPs, and finds the PSK by them (its owners).
+    Identities are not set: charon then uses the public IPs, and finds the PSK by them (its owners). With
+    ``UserspaceESP`` charon installs the policies (in kernel-libipsec, which also routes the remote subnet to
+    its TUN device): the one setting that differs, and it never reaches the peer.
     """
     child = {
         "local_ts": [str(peer.local_subnet)],
@@ -118,7 +124,7 @@ def connection(peer: Peer, cfg: IPsecConfig) -> dict[str, Any]:
         "mode": "tunnel",
         "reqid": str(REQID),
         "rekey_time": "1h",
-        "policies": "no",
+        "policies": "yes" if cfg.userspace_esp else "no",
     }
     ike = {
         "local_addrs": [str(peer.local_ip)],
