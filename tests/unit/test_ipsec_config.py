@@ -159,3 +159,16 @@ def test_the_registry_builds_the_ipsec_backend_and_refuses_ipv6() -> None:
         create_backend(ctx, NetworkConfig(network=net, backend_type="ipsec", backend={"PSK": PSK},
                                           enable_ipv6=True))
     assert err.value.field == "EnableIPv6"
+
+
+def test_userspace_esp_is_off_by_default_and_only_changes_who_installs_policies() -> None:
+    assert parse_ipsec_config({"PSK": PSK}).userspace_esp is False
+    cfg = parse_ipsec_config({"PSK": PSK, "UserspaceESP": True})
+    kernel = connection(PEER, IPsecConfig(psk=Secret(PSK)))[PEER.conn_name]
+    user = connection(PEER, cfg)[PEER.conn_name]
+    assert user["children"][PEER.child_name].pop("policies") == "yes"
+    assert kernel["children"][PEER.child_name].pop("policies") == "no"
+    assert user == kernel, "everything the peer sees is the same"
+    with pytest.raises(ConfigError) as err:
+        parse_ipsec_config({"PSK": PSK, "UserspaceESP": "yes"})
+    assert err.value.field == "Backend.UserspaceESP"
