@@ -272,9 +272,23 @@ def test_a_removed_lease_unloads_its_connection_and_deletes_its_policies(ipsec_c
     h1, h2 = c.hosts[1], c.hosts[2]
     name = conn_name(h1, h2)
     assert eventually(lambda: name in conns(h1) and has_tunnel_policies(h1, h2))
-    c.stop_flanneld(h2)
+    c.stop_flanneld(h2, signal.SIGKILL)  # charon goes too: its parent-death signal
     c.delete_lease(h2)
     assert eventually(lambda: name not in conns(h1)), conns(h1)
     assert eventually(lambda: subnet_of(h2) not in policies(h1)), policies(h1)
     assert shared_ids(h1) == [f"flannel-{h1.ip}"]
-    assert not charon_pids(h2), "charon stopped with its flanneld"
+    assert eventually(lambda: not ike_established(h1, h2.ip)), "unload-conn deletes the IKE_SA too"
+    assert eventually(lambda: not charon_pids(h2)), "charon ended with its SIGKILLed flanneld"
+
+
+def test_sigterm_stops_charon_and_leaves_the_policies(ipsec_cluster: Cluster) -> None:
+    c = ipsec_cluster
+    h1 = c.hosts[1]
+    c.etcdctl("put", "/coreos.com/network/subnets/10.244.201.0-24",
+              '{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"ipsec"}')
+    assert eventually(lambda: "10.244.201.0/24" in policies(h1)), policies(h1)
+    before = [line for line in policies(h1).splitlines() if "reqid 11" in line]
+    assert len(before) == 3
+    assert c.stop_flanneld(h1) == 0
+    assert not charon_pids(h1), "flanneld waited for charon to exit"
+    assert [line for line in policies(h1).splitlines() if "reqid 11" in line] == before
