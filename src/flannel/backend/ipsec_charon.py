@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,8 @@ VICI_TIMEOUT = 5.0
 """Seconds one VICI request may take before the session is dropped as wedged."""
 STOP_TIMEOUT = 5.0
 """Seconds charon gets to exit after SIGTERM before it is killed."""
+STABLE_AFTER = 60.0
+"""Seconds of running after which a charon that exits is restarted at once again (the back-off starts over)."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -101,9 +104,12 @@ class CharonProcess:
             if self.proc is None:
                 await self.start()
             assert self.proc is not None
+            started = time.monotonic()
             code = await self.proc.wait()
             if self._stopping:
                 return
+            if time.monotonic() - started >= STABLE_AFTER:
+                backoff.reset()
             wait = backoff.advance()
             log.error("charon (pid %d) exited with status %s; starting it again in %.0fs", self.proc.pid, code, wait)
             self.proc = None
