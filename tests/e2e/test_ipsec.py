@@ -149,6 +149,20 @@ def test_hand_deleted_policy_and_unloaded_connection_come_back_and_stale_ones_go
     assert eventually(lambda: conn_name(h1, h2) in conns(h1)), conns(h1)
 
 
+def test_a_lease_outside_the_network_gets_no_tunnel_and_the_others_keep_theirs(ipsec_cluster: Cluster) -> None:
+    c = ipsec_cluster
+    h1, h2 = c.hosts[1], c.hosts[2]
+    c.etcdctl("put", "/coreos.com/network/subnets/10.99.0.0-24",
+              '{"PublicIP":"198.18.0.98","PublicIPv6":null,"BackendType":"ipsec"}')
+    try:
+        assert eventually(lambda: "10.99.0.0" in h1.log_file.read_text()), h1.log_file.read_text()[-2000:]
+        assert "10.99.0.0" not in policies(h1)
+        assert not [n for n in conns(h1) if "10.99.0.0" in n]
+        assert has_tunnel_policies(h1, h2) and conn_name(h1, h2) in conns(h1)
+    finally:
+        c.etcdctl("del", "/coreos.com/network/subnets/10.99.0.0-24")
+
+
 def test_psk_never_reaches_logs_or_arguments(ipsec_cluster: Cluster) -> None:
     c = ipsec_cluster
     for host in c.hosts.values():
