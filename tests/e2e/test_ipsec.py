@@ -295,11 +295,23 @@ def test_a_removed_lease_unloads_its_connection_and_deletes_its_policies(ipsec_c
     assert eventually(lambda: not charon_pids(h2)), "charon ended with its SIGKILLed flanneld"
 
 
+def test_a_lease_whose_public_ip_changes_gets_its_tunnel_moved(ipsec_cluster: Cluster) -> None:
+    c = ipsec_cluster
+    h1 = c.hosts[1]
+    key, peer = "/coreos.com/network/subnets/10.244.201.0-24", "10.244.201.0/24"
+    c.etcdctl("put", key, '{"PublicIP":"198.18.0.98","PublicIPv6":null,"BackendType":"ipsec"}')
+    old = f"{h1.ip}-{subnet_of(h1)}-{peer}-198.18.0.98"
+    assert eventually(lambda: old in conns(h1) and "dst 198.18.0.98" in policies(h1)), policies(h1)
+    c.etcdctl("put", key, '{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"ipsec"}')
+    new = f"{h1.ip}-{subnet_of(h1)}-{peer}-198.18.0.99"
+    assert eventually(lambda: new in conns(h1) and old not in conns(h1)), conns(h1)
+    assert eventually(lambda: "198.18.0.98" not in policies(h1) and "dst 198.18.0.99" in policies(h1))
+    assert shared_ids(h1) == sorted([f"flannel-{h1.ip}", "flannel-198.18.0.99"])
+
+
 def test_sigterm_stops_charon_and_leaves_the_policies(ipsec_cluster: Cluster) -> None:
     c = ipsec_cluster
     h1 = c.hosts[1]
-    c.etcdctl("put", "/coreos.com/network/subnets/10.244.201.0-24",
-              '{"PublicIP":"198.18.0.99","PublicIPv6":null,"BackendType":"ipsec"}')
     assert eventually(lambda: "10.244.201.0/24" in policies(h1)), policies(h1)
     before = [line for line in policies(h1).splitlines() if "reqid 11" in line]
     assert len(before) == 3
