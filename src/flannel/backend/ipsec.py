@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from ipaddress import IPv4Address, IPv4Network
 
@@ -51,6 +52,8 @@ CHARON = "charon"
 """Readiness condition: charon cannot be reached over VICI, so new peers cannot be keyed."""
 CONNECT_RETRY = 1.0
 """Seconds between attempts to reach charon and load this node's key (upstream's one second)."""
+START_GRACE = 5.0
+"""Seconds charon gets to open its VICI socket before a failure to reach it is reported."""
 KEY_PREFIX = "flannel-"
 
 
@@ -118,11 +121,19 @@ class IPsecNetwork(LeasedNetwork):
             self.xfrm.close()
 
     async def load_own_key(self) -> None:
-        """Load the PSK for this node's own IP, every second until charon takes it (upstream's start)."""
+        """Load the PSK for this node's own IP, every second until charon takes it (upstream's start).
+
+        charon needs a moment to open its socket: failures in the first ``START_GRACE`` seconds are not reported.
+        """
+        started = time.monotonic()
         while True:
             try:
                 await self.vici.load_shared(shared_key(self.local_ip, self.cfg.psk), str(self.local_ip))
             except CharonError as exc:
+                if time.monotonic() - started < START_GRACE:
+                    log.debug("charon not ready yet: %s", exc)
+                    await asyncio.sleep(CONNECT_RETRY)
+                    continue
                 READINESS.problem(CHARON, str(exc))
                 held = self._quiet.check(str(exc))
                 if held is not None:
