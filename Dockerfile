@@ -16,7 +16,7 @@ COPY src ./src
 RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
-        --build-constraint constraints.txt .
+        --build-constraint constraints.txt '.[ipsec]'
 # The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and this interpreter's
 # relocatable runtime tree holding what the plugin imports. Built here, with this stage's own Python, which is
 # the final stage's too (same base image).
@@ -32,6 +32,13 @@ FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates iproute2 iptables nftables \
+    && rm -rf /var/lib/apt/lists/*
+# The ipsec backend's IKE daemon: charon (started by flanneld), swanctl for debugging, and the standard plugins
+# (openssl, gcm) that the default ESP proposal aes128gcm16-sha256-prfsha256-ecp256 needs; the extra plugins
+# carry kernel-libipsec, for UserspaceESP (docs/backends.md).
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/flannel /opt/flannel
 COPY deploy/image/flannel_install.py /opt/bin/flannel-install

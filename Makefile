@@ -8,7 +8,7 @@ PYTHON ?= python3
 APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping procps \
                 containernetworking-plugins iperf3 python3-venv python3-dev ca-certificates openssl \
                 gcc libc6-dev binutils \
-                wireguard-go wireguard-tools strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+                wireguard-go wireguard-tools strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
                 podman containerd docker.io runc crun catatonit busybox-static \
                 golang-github-containernetworking-plugin-dnsname chromium chromium-driver prometheus
 
@@ -42,7 +42,7 @@ deps:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev,ipsec]'
 	@# The CNI plugin starts once per pod: byte-compile so no call pays for compiling (editable install).
 	$(VENV)/bin/python -m compileall -q src/flannel
 	touch $@

@@ -78,9 +78,10 @@ def bounded(run: Callable[[], list[runs.Outcome]]) -> list[runs.Outcome]:
 # --- the network config ---------------------------------------------------------------------------------------
 
 BACKEND_KEYS = ["Type", "VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting", "Offload", "SubnetAddCommand",
-                "PreStartupCommand", "SubnetAddResyncInterval"]
+                "PreStartupCommand", "SubnetAddResyncInterval", "PSK", "UDPEncap", "ESPProposal"]
 backend_sections = objects(case_variants(BACKEND_KEYS), st.one_of(
-    json_values, st.sampled_from(["vxlan", "VXLAN", "host-gw", "udp", "ipip", "extension", "alloc", "wireguard"])))
+    json_values, st.sampled_from(["vxlan", "VXLAN", "host-gw", "udp", "ipip", "extension", "alloc", "wireguard",
+                                   "ipsec"])))
 configs = objects(case_variants([k for k in CONFIG_KEYS if k != "Backend"]), json_values).flatmap(
     lambda doc: st.one_of(st.just(doc), backend_sections.map(lambda b: {**doc, "Backend": b})))
 

@@ -40,3 +40,25 @@ def test_one_failed_round_is_a_hiccup_two_in_a_row_make_the_node_unready_until_o
     fail = False
     loop.reconcile_once()
     assert READINESS.ready
+
+
+async def test_a_coroutine_reconcile_is_awaited_and_its_failures_count_the_same() -> None:
+    from flannel.errors import FlannelError
+
+    calls: list[str] = []
+    fail = True
+
+    async def reconcile() -> int:
+        calls.append("ran")
+        if fail:
+            raise FlannelError("load-conn x: charon at unix:///var/run/charon.vici not reachable")
+        return 1
+
+    loop = ReconcileLoop(reconcile, interval=2)
+    await loop.areconcile_once()
+    await loop.areconcile_once()
+    assert calls == ["ran", "ran"], "awaited, not merely called"
+    assert "kernel: reconcile failed 2 times in a row: load-conn x" in READINESS.explain()
+    fail = False
+    await loop.areconcile_once()
+    assert READINESS.ready

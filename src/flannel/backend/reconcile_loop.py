@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Collection
 
@@ -45,7 +46,18 @@ class ReconcileLoop:
                 async with asyncio.timeout(self.interval):
                     await self._kick.wait()
             self._kick.clear()
-            self.reconcile_once()
+            await self.areconcile_once()
+
+    async def areconcile_once(self) -> None:
+        """``reconcile_once`` for a reconcile that may be a coroutine function (ipsec's talks to charon)."""
+        try:
+            result = self._reconcile()
+            if inspect.isawaitable(result):
+                await result
+        except (NetlinkError, OSError, FlannelError) as exc:
+            self._failed(exc)
+            return
+        self._succeeded()
 
     def reconcile_once(self) -> None:
         """One reconcile; a failure is logged and left to the next round.
@@ -57,13 +69,19 @@ class ReconcileLoop:
         try:
             self._reconcile()
         except (NetlinkError, OSError, FlannelError) as exc:
-            self._failures += 1
-            held = self._quiet.check(str(exc))
-            if held is not None:
-                log.warning("reconcile failed, retrying in %gs: %s%s", self.interval, exc, repeats(held))
-            if self._failures >= UNREADY_AFTER:
-                READINESS.problem(KERNEL, f"reconcile failed {self._failures} times in a row: {exc}")
+            self._failed(exc)
             return
+        self._succeeded()
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        held = self._quiet.check(str(exc))
+        if held is not None:
+            log.warning("reconcile failed, retrying in %gs: %s%s", self.interval, exc, repeats(held))
+        if self._failures >= UNREADY_AFTER:
+            READINESS.problem(KERNEL, f"reconcile failed {self._failures} times in a row: {exc}")
+
+    def _succeeded(self) -> None:
         if self._failures:
             self._failures = 0
             self._quiet.reset()

@@ -47,6 +47,12 @@ def _ipip(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return IPIPBackend(ctx, config)
 
 
+def _ipsec(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.ipsec import IPsecBackend
+
+    return IPsecBackend(ctx, config)
+
+
 def _extension(ctx: BackendContext, config: NetworkConfig) -> Backend:
     from flannel.backend.extension import ExtensionBackend
 
@@ -64,7 +70,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "host-gw": _host_gw,
     "udp": _udp,
     "ipip": _ipip,
-    "ipsec": _not_yet("ipsec"),
+    "ipsec": _ipsec,
     "wireguard": _not_yet("wireguard"),
     "extension": _extension,
     "alloc": _alloc,

@@ -1,4 +1,4 @@
-"""Open rtnetlink sockets inside another network namespace.
+"""Open rtnetlink (and XFRM) sockets inside another network namespace.
 
 A netlink socket stays bound to the namespace of the thread that created it, so entering a namespace just
 for the ``socket()`` call is enough: every later request through that socket acts there. This is what lets
@@ -59,11 +59,16 @@ def entered(netns: str) -> Iterator[None]:
 
 def route_socket(netns: str | None, groups: int = 0) -> socket.socket:
     """A bound NETLINK_ROUTE socket in ``netns`` (None: the caller's namespace), subscribed to ``groups``."""
+    return netlink_socket(netns, NETLINK_ROUTE, groups)
+
+
+def netlink_socket(netns: str | None, protocol: int, groups: int = 0) -> socket.socket:
+    """A bound netlink socket of ``protocol`` (NETLINK_ROUTE, NETLINK_XFRM...) in ``netns``."""
     if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     else:
         with entered(netns):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     try:
         sock.bind((0, groups))
     except OSError:

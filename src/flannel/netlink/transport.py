@@ -102,7 +102,7 @@ class Transport:
 
     def _open(self) -> tuple[socket.socket, int]:
         """A configured request socket and its receive-buffer size."""
-        sock = nsenter.route_socket(self.netns)
+        sock = self._socket()
         try:
             rcvbuf = nsenter.set_buffers(sock, self._bufsize)
             for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
@@ -114,6 +114,10 @@ class Transport:
             sock.close()
             raise
         return sock, rcvbuf
+
+    def _socket(self) -> socket.socket:
+        """A new, bound, unconfigured socket; NETLINK_ROUTE here, another family in a subclass (``xfrm``)."""
+        return nsenter.route_socket(self.netns)
 
     def close(self) -> None:
         self._sock.close()
