@@ -21,6 +21,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
+from typing import TYPE_CHECKING
 
 from flannel.config import NetworkConfig
 from flannel.errors import ConfigError, LeaseDecodeError
@@ -29,6 +30,10 @@ from flannel.netlink import Netlink, NetlinkError
 from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
+
+if TYPE_CHECKING:
+    from flannel.backend.route_network import RoutePlane
+    from flannel.backend.route_plane import PeerRoute
 
 SUPPORTED = ("vxlan", "host-gw", "ipip", "udp")
 Network = IPv4Network | IPv6Network
@@ -132,17 +137,22 @@ def _host_gw(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Le
         link = nl.link_by_index(index)
         names = {index: link.name if link is not None else f"#{index}"}
         plane = RoutePlane(family=family, cluster=cluster, own_subnet=subnet, oif=index)
-        wanted = []
-        for lease in remote:
-            try:
-                route = plane.route_for(lease)
-            except (LeaseDecodeError, ValueError):
-                continue
-            if route is not None:
-                wanted.append(route)
         out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
-                for reason, op in route_drift(nl, family, cluster, wanted)]
+                for reason, op in route_drift(nl, family, cluster, _wanted_routes(plane, remote))]
     return out
+
+
+def _wanted_routes(plane: RoutePlane, remote: Sequence[Lease]) -> list[PeerRoute]:
+    """The routes a route plane wants for the remote leases (a lease it cannot read wants none)."""
+    wanted = []
+    for lease in remote:
+        try:
+            route = plane.route_for(lease)
+        except (LeaseDecodeError, ValueError):
+            continue
+        if route is not None:
+            wanted.append(route)
+    return wanted
 
 
 def _external_index(nl: Netlink, own: Lease) -> int | None:
@@ -176,16 +186,8 @@ def _ipip(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Lease
             names[ext] = ext_link.name if ext_link is not None else f"#{ext}"
         plane = IPIPRoutePlane(family=family, cluster=cluster, own_subnet=subnet, oif=ext or 0, nl=nl,
                                tunnel_index=link.index, direct_routing=cfg.direct_routing)
-        wanted = []
-        for lease in remote:
-            try:
-                route = plane.route_for(lease)
-            except (LeaseDecodeError, ValueError):
-                continue
-            if route is not None:
-                wanted.append(route)
         out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
-                for reason, op in route_drift(nl, family, cluster, wanted)]
+                for reason, op in route_drift(nl, family, cluster, _wanted_routes(plane, remote))]
     return out
 
 
