@@ -10,7 +10,8 @@ not model are added here, each from AWS's published behaviour, and nothing else 
   moto never does. The limit is enforced here (``MOTO_ROUTE_LIMIT``, default 50).
 * weather: ``POST /_faults`` with ``{"action": "DescribeRouteTables", "code": "RequestLimitExceeded",
   "status": 503, "count": 2}`` makes the next ``count`` requests of that action fail as AWS fails them
-  (EC2's XML error document), so the SDK's real error parsing and our retries are exercised. ``GET /_faults``
+  (EC2's XML error document; or, with ``"body"``, that body as it is: an answer the SDK cannot parse), so
+  the SDK's real error parsing and our retries are exercised. ``GET /_faults``
   tells what is still pending (an action never called leaves its fault pending), ``DELETE`` drops it all.
 """
 
@@ -62,7 +63,7 @@ class Faults:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
-        self.pending: dict[str, list[tuple[str, int]]] = {}
+        self.pending: dict[str, list[tuple[str, int, str | None]]] = {}
         self.served: dict[str, int] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -77,7 +78,7 @@ class Faults:
                 spec = json.loads(body)
                 with self.lock:
                     self.pending.setdefault(spec["action"], []).extend(
-                        [(spec["code"], int(spec.get("status", 503)))] * int(spec.get("count", 1)))
+                        [(spec["code"], int(spec.get("status", 503)), spec.get("body"))] * int(spec.get("count", 1)))
             with self.lock:
                 answer = json.dumps({"pending": {k: len(v) for k, v in self.pending.items()},
                                      "served": self.served}).encode()
@@ -91,10 +92,11 @@ class Faults:
                 self.served[action] = self.served.get(action, 0) + 1
         if fault is None:
             return self.app(environ, start_response)
-        code, status = fault
-        doc = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
-               f'<Message>injected by the test</Message></Error></Errors>'
-               f'<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>').encode()
+        code, status, body = fault
+        doc = body.encode() if body is not None else (
+            f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+            f'<Message>injected by the test</Message></Error></Errors>'
+            f'<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>').encode()
         start_response(f"{status} Injected", [("Content-Type", "text/xml"), ("Content-Length", str(len(doc)))])
         return [doc]
 

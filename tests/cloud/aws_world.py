@@ -66,6 +66,7 @@ class AWSWorld:
         self.instances: dict[int, dict[str, str]] = {}
         self.node_keys: dict[str, str] = {}
         self._admin: Any = None
+        self._admin_keys = ("", "")
         self.router_routes: set[str] = set()
 
     # -- moto and seeding -----------------------------------------------------------------------------------
@@ -127,11 +128,32 @@ class AWSWorld:
                                      headers={"Content-Type": "application/octet-stream"})
         with urllib.request.urlopen(req, timeout=10):
             pass  # from here on moto checks every signature and IAM policy
-        self._admin = self._client("ec2", admin["AccessKeyId"], admin["SecretAccessKey"])
+        self._admin_keys = (admin["AccessKeyId"], admin["SecretAccessKey"])
+        self._admin = self._client("ec2", *self._admin_keys)
 
     def ec2(self, operation: str, **params: Any) -> Any:
         """An EC2 call as the administrator (from the worker thread)."""
         return self.run(lambda: getattr(self._admin, operation)(**params))
+
+    def admin(self, service: str, operation: str, **params: Any) -> Any:
+        """A call to another of moto's services (IAM, STS) as the administrator."""
+        return self.run(lambda: getattr(self._client(service, *self._admin_keys), operation)(**params))
+
+    def role_credentials(self) -> dict[str, str]:
+        """Temporary credentials of a role with ``NODE_POLICY``, as IMDS serves an instance role's."""
+        # On AWS the principal is the service ec2.amazonaws.com; the test assumes the role itself (as the
+        # administrator of moto's default account) to obtain the credentials IMDS then hands out.
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                         "Principal": {"AWS": "arn:aws:iam::123456789012:user/admin"}}]}
+        arn = self.admin("iam", "create_role", RoleName="flannel-node",
+                         AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        self.admin("iam", "put_role_policy", RoleName="flannel-node", PolicyName="flannel",
+                   PolicyDocument=json.dumps(NODE_POLICY))
+        creds = self.admin("sts", "assume_role", RoleArn=arn, RoleSessionName="i-node")["Credentials"]
+        return {"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": creds["AccessKeyId"],
+                "SecretAccessKey": creds["SecretAccessKey"], "Token": creds["SessionToken"],
+                "Expiration": creds["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     # -- hosts ----------------------------------------------------------------------------------------------
 
@@ -200,9 +222,9 @@ class AWSWorld:
         self.router_routes = wanted
         return wanted
 
-    def inject(self, action: str, code: str, status: int = 503, count: int = 1) -> None:
+    def inject(self, action: str, code: str, status: int = 503, count: int = 1, body: str | None = None) -> None:
         """The next ``count`` ``action`` requests fail with ``code`` (tests/cloud/aws_moto.py's ``/_faults``)."""
-        body = json.dumps({"action": action, "code": code, "status": status, "count": count}).encode()
+        body = json.dumps({"action": action, "code": code, "status": status, "count": count, "body": body}).encode()
 
         def post() -> None:
             with urllib.request.urlopen(urllib.request.Request(f"{MOTO_URL}/_faults", data=body), timeout=10):

@@ -9,6 +9,7 @@ cluster and run in order; each leaves it working.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,8 @@ from tests.e2e.conftest import _cluster
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 BACKEND = '{"Type":"aws-vpc","CheckInterval":1}'
+PORT = 10256
+HEALTHZ = f"--healthz-port={PORT}"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def world() -> Iterator[AWSWorld]:
             for n in (1, 2, 3):
                 host = c.add_host(n)
                 w.add_instance(host, mode="v1" if n == 3 else "v2")
-                w.start_flanneld(host)
+                w.start_flanneld(host, HEALTHZ)
             for host in c.hosts.values():
                 c.wait_ready(host, timeout=60)
             yield w
@@ -84,20 +87,30 @@ def test_pods_ping_across_hosts_once_the_vpc_router_has_the_tables_routes(world:
     assert eventually(lambda: all(c.matrix().values()), timeout=20), c.matrix()
 
 
-def test_a_restart_leaves_a_route_that_is_already_right_alone(world: AWSWorld) -> None:
+def test_a_restart_removes_blackholes_in_the_network_and_leaves_a_route_that_is_right_alone(
+        world: AWSWorld) -> None:
     c, w = world.c, world
+    eni = w.ec2("create_network_interface", SubnetId=w.subnet_a)["NetworkInterface"]["NetworkInterfaceId"]
+    for dst in ("10.244.250.0/24", "10.99.0.0/24"):
+        w.ec2("create_route", RouteTableId=w.table_a, DestinationCidrBlock=dst, NetworkInterfaceId=eni)
+    w.ec2("delete_network_interface", NetworkInterfaceId=eni)
+    states = {r["DestinationCidrBlock"]: r["State"] for r in w.routes(w.table_a)}
+    assert states["10.244.250.0/24"] == states["10.99.0.0/24"] == "blackhole"
     h1 = c.hosts[1]
-    for action in ("CreateRoute", "DeleteRoute", "ReplaceRoute"):
+    for action in ("CreateRoute", "ReplaceRoute"):
         w.inject(action, "TestCanary", status=400)  # consumed only if the action is called
     try:
         c.stop_flanneld(h1)
-        w.start_flanneld(h1)
+        w.start_flanneld(h1, HEALTHZ)
         c.wait_ready(h1, timeout=60)
         pending = w.faults()["pending"]
-        assert pending == {"CreateRoute": 1, "DeleteRoute": 1, "ReplaceRoute": 1}, pending
+        assert pending == {"CreateRoute": 1, "ReplaceRoute": 1}, f"own route rewritten: {pending}"
     finally:
         w.faults("DELETE")
-    assert "is in place" in log_of(h1) or "route added" not in log_of(h1).rsplit("EC2 instance", 1)[-1]
+    after = {r["DestinationCidrBlock"] for r in w.routes(w.table_a)}
+    assert "10.244.250.0/24" not in after and "10.99.0.0/24" in after
+    assert "removing blackhole route 10.244.250.0/24" in log_of(h1)
+    w.ec2("delete_route", RouteTableId=w.table_a, DestinationCidrBlock="10.99.0.0/24")
 
 
 def test_the_periodic_check_restores_a_deleted_route_and_replaces_one_pointing_elsewhere(world: AWSWorld) -> None:
@@ -117,23 +130,6 @@ def test_the_periodic_check_restores_a_deleted_route_and_replaces_one_pointing_e
     assert eventually(lambda: all(c.matrix().values()), timeout=20), c.matrix()
 
 
-def test_blackhole_routes_inside_the_network_are_removed_at_start_and_others_kept(world: AWSWorld) -> None:
-    c, w = world.c, world
-    eni = w.ec2("create_network_interface", SubnetId=w.subnet_a)["NetworkInterface"]["NetworkInterfaceId"]
-    for dst in ("10.244.250.0/24", "10.99.0.0/24"):
-        w.ec2("create_route", RouteTableId=w.table_a, DestinationCidrBlock=dst, NetworkInterfaceId=eni)
-    w.ec2("delete_network_interface", NetworkInterfaceId=eni)
-    states = {r["DestinationCidrBlock"]: r["State"] for r in w.routes(w.table_a)}
-    assert states["10.244.250.0/24"] == states["10.99.0.0/24"] == "blackhole"
-    h1 = c.hosts[1]
-    c.stop_flanneld(h1)
-    w.start_flanneld(h1)
-    c.wait_ready(h1, timeout=60)
-    after = {r["DestinationCidrBlock"] for r in w.routes(w.table_a)}
-    assert "10.244.250.0/24" not in after and "10.99.0.0/24" in after
-    w.ec2("delete_route", RouteTableId=w.table_a, DestinationCidrBlock="10.99.0.0/24")
-
-
 def test_throttling_and_server_errors_are_retried_with_backoff(world: AWSWorld) -> None:
     c, w = world.c, world
     h1 = c.hosts[1]
@@ -141,13 +137,45 @@ def test_throttling_and_server_errors_are_retried_with_backoff(world: AWSWorld) 
     # DescribeInstances is called at start only, so the other hosts' periodic checks cannot take these faults.
     w.inject("DescribeInstances", "RequestLimitExceeded", status=503, count=1)
     w.inject("DescribeInstances", "InternalError", status=500, count=1)
-    w.start_flanneld(h1)
+    w.start_flanneld(h1, HEALTHZ)
     c.wait_ready(h1, timeout=60)
     log = log_of(h1).rsplit("EC2 instance", 1)[-1]
     assert "DescribeInstances at http://198.18.0.3:5000: RequestLimitExceeded" in log
     assert "DescribeInstances at http://198.18.0.3:5000: InternalError" in log
     assert "attempt 2 of 6, retrying" in log
     assert w.faults()["pending"].get("DescribeInstances", 0) == 0
+
+
+READYZ = """
+import sys, urllib.request, urllib.error
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def readyz(host: Host, port: int) -> tuple[int, str]:
+    r = host.run(sys.executable, "-c", READYZ, f"http://127.0.0.1:{port}/readyz", check=False)
+    code, _, body = r.stdout.partition(" ")
+    return (int(code), body) if code.isdigit() else (0, r.stderr)
+
+
+def test_an_ec2_outage_makes_the_node_unready_and_touches_nothing_until_it_ends(world: AWSWorld) -> None:
+    c, w = world.c, world
+    h2 = c.hosts[2]
+    assert eventually(lambda: readyz(h2, PORT)[0] == 200, timeout=20), readyz(h2, PORT)
+    route = own_route(w, 2)
+    w.inject("DescribeRouteTables", "InternalError", status=500, count=1000)
+    try:
+        assert eventually(lambda: "cloud-route" in readyz(h2, PORT)[1], timeout=30), readyz(h2, PORT)
+        assert readyz(h2, PORT)[0] == 503
+        assert h2.proc is not None and h2.proc.poll() is None, "an outage never stops the daemon"
+    finally:
+        w.faults("DELETE")
+    assert own_route(w, 2) == route
+    assert eventually(lambda: readyz(h2, PORT)[0] == 200, timeout=30), readyz(h2, PORT)
 
 
 # -- bad input: a spare host whose flanneld runs under its own etcd prefix, one config per test -------------------
@@ -242,6 +270,31 @@ def test_a_nearly_full_table_warns_and_a_full_one_is_a_clear_error(world: AWSWor
         w.c.stop_flanneld(spare)
     start_with(w, spare, "full", {"Type": "aws-vpc", "RouteTableID": tables[50]})
     fails_with(w, spare, f"route table {tables[50]} is full: 50 of 50 routes are used")
+
+
+def test_an_instance_role_from_instance_metadata_is_a_credential_source(world: AWSWorld, spare: Host) -> None:
+    w = world
+    w.metadata.instances[spare.ns].role = ("flannel-node", w.role_credentials())
+    start_with(w, spare, "role", {"Type": "aws-vpc"}, env=w.env(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY=""))
+    try:
+        w.c.wait_ready(spare, timeout=60)
+        assert "credentials from boto3's 'iam-role' source" in log_of(spare)
+        assert any(r.get("NetworkInterfaceId") == w.instances[4]["eni"] for r in w.routes(w.table_a))
+    finally:
+        w.c.stop_flanneld(spare)
+        w.metadata.instances[spare.ns].role = None
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("<DescribeInstancesResponse><reservationSet><item>", "DescribeInstances at http://198.18.0.3:5000: an "
+                                                          "answer the SDK cannot parse"),
+    ("<html>captive portal</html>", "(from instance metadata) not found at http://198.18.0.3:5000"),
+])
+def test_an_answer_that_is_not_what_the_sdk_expects_is_a_clear_error(
+        world: AWSWorld, spare: Host, body: str, error: str) -> None:
+    world.inject("DescribeInstances", "", status=200, body=body)
+    start_with(world, spare, "garbage", {"Type": "aws-vpc"})
+    fails_with(world, spare, error)
 
 
 def test_a_subnet_without_a_table_of_its_own_uses_the_vpcs_main_table(world: AWSWorld) -> None:

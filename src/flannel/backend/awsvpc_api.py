@@ -25,6 +25,7 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.parsers import ResponseParserError  # type: ignore[import-untyped]
 from botocore.utils import (  # type: ignore[import-untyped]
     IMDSFetcher,
     _RetriesExceededError,
@@ -48,6 +49,9 @@ AUTH = frozenset({"AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId"
 NETWORK_ERRORS: tuple[type[Exception], ...] = (
     botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
     botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
+CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
+    botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError)
 
 START_ATTEMPTS = 6
 """Attempts of one call during start-up (about 15 s of back-off in all) before the start fails."""
@@ -198,9 +202,14 @@ class EC2:
                 failure: AWSError = AWSUnavailableError(text, code)
             except NETWORK_ERRORS as exc:
                 failure = AWSUnavailableError(f"{_name(operation)} at {self.endpoint}: {exc}")
-            except botocore.exceptions.ResponseParserError as exc:
+            except ResponseParserError as exc:
                 raise AWSError(f"{_name(operation)} at {self.endpoint}: an answer the SDK cannot parse: "
                                f"{str(exc)[:300]}") from None
+            except CREDENTIAL_ERRORS as exc:  # an instance role's credentials could not be refreshed, say
+                raise AWSAuthError(f"{_name(operation)}: AWS credentials from boto3's {self.credential_method!r} "
+                                   f"source are no longer usable: {exc}") from None
+            except botocore.exceptions.BotoCoreError as exc:  # HTTP client failures: weather like the above
+                failure = AWSUnavailableError(f"{_name(operation)} at {self.endpoint}: {exc}")
             if attempt == attempts:
                 raise failure
             wait = backoff.advance_jittered()
