@@ -34,6 +34,7 @@ from botocore.utils import (  # type: ignore[import-untyped]
 
 from flannel.backoff import Backoff, RepeatLimiter, repeats
 from flannel.errors import FlannelError
+from flannel.secret import make_non_dumpable
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,10 @@ class EC2:
                 raise AWSAuthError(f"AWS credentials could not be loaded: {exc}") from None
             if credentials is None:
                 raise AWSAuthError("no AWS credentials found; looked for " + ", ".join(CREDENTIAL_SOURCES))
+            # boto3 now holds the keys (or the instance role's session token) in this process' memory.
+            if make_non_dumpable():
+                log.info("holding AWS credentials: process marked non-dumpable (no core dumps; debuggers need "
+                         "CAP_SYS_PTRACE)")
             config = Config(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=20,
                             user_agent_extra="flannel-py/aws-vpc")
             return cls(session.client("ec2", config=config), str(credentials.method))
