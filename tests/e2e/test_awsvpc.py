@@ -19,6 +19,8 @@ from tests.e2e.cluster import Host, eventually, subnet_of
 from tests.e2e.conftest import _cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
+pytest.importorskip("boto3", reason="the aws extra is not installed (pip install -e '.[dev,aws]')")
+pytest.importorskip("moto", reason="moto[server] (a dev dependency) is not installed (pip install -e '.[dev,aws]')")
 
 BACKEND = '{"Type":"aws-vpc","CheckInterval":1}'
 PORT = 10256
