@@ -36,3 +36,11 @@ def test_the_documented_policy_is_the_one_the_tests_enforce() -> None:
 def test_the_policy_lists_exactly_the_calls_the_backend_makes() -> None:
     statement = NODE_POLICY["Statement"][0]  # type: ignore[index]
     assert set(statement["Action"]) == called_actions()
+
+
+def test_flannelctl_expects_aws_vpc_leases_without_a_backend_type() -> None:
+    from flannel.config import parse_network_config
+    from flannel.ctl.leases import expected_backend_type
+
+    config = parse_network_config('{"Network":"10.244.0.0/16","Backend":{"Type":"aws-vpc"}}')
+    assert expected_backend_type(config) == ""
