@@ -67,7 +67,7 @@ class Instance:
             name, doc = self.role
             items["/latest/meta-data/iam/security-credentials/"] = name
             items[f"/latest/meta-data/iam/security-credentials/{name}"] = json.dumps(doc)
-        if path in items:
+        if items.get(path):
             return 200, items[path]
         return 404, ""
 

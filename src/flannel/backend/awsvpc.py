@@ -75,8 +75,11 @@ class AWSVPCBackend:
         log.info("EC2 API at %s, credentials from boto3's %r source", ec2.endpoint, ec2.credential_method)
         eni = await find_eni(ec2, identity.instance_id, ext.iface_addr)
         await disable_source_dest_check(ec2, eni)
-        tables = self.cfg.route_tables or (await detect_route_table(ec2, eni),)
-        await check_tables_exist(ec2, tables)
+        if self.cfg.route_tables:
+            tables = self.cfg.route_tables
+            await check_tables_exist(ec2, tables)
+        else:
+            tables = (await detect_route_table(ec2, eni),)
         lease = await self.ctx.subnet_manager.acquire_lease(LeaseAttrs(public_ip=ext.ext_addr))
         network = AWSVPCNetwork(lease, ext.mtu, ec2, str(eni["NetworkInterfaceId"]), tables, config.network,
                                 self.cfg)

@@ -104,7 +104,8 @@ class _Metadata(IMDSFetcher):  # type: ignore[misc]
         response = self._get_request(url_path=path, retry_func=lambda _r: False, token=token)
         if response.status_code == 200 and response.text:
             return response.text.strip(), "IMDSv2" if token else "IMDSv1"
-        raise AWSError(f"instance metadata at {self.get_base_url()} answered {response.status_code} for {path}",
+        what = "an empty body" if response.status_code == 200 else str(response.status_code)
+        raise AWSError(f"instance metadata at {self.get_base_url()} answered {what} for {path}",
                        code=str(response.status_code))
 
 
@@ -140,7 +141,8 @@ async def read_identity(attempts: int = METADATA_ATTEMPTS) -> Identity:
             if isinstance(exc, AWSError) and exc.code == "404":
                 raise  # the service answers, and says there is no such item: not an EC2 instance
             if attempt == attempts:
-                raise AWSError(f"instance metadata at {endpoint} unreachable after {attempts} attempts: "
+                outcome = "unreachable" if isinstance(exc, (_RetriesExceededError, *NETWORK_ERRORS)) else "failed"
+                raise AWSError(f"instance metadata at {endpoint} {outcome} after {attempts} attempts: "
                                f"{reason}") from None
             wait = backoff.advance_jittered()
             log.warning("instance metadata at %s: %s (attempt %d of %d, retrying in %.1fs)", endpoint, reason,
