@@ -272,6 +272,9 @@ def test_a_nearly_full_table_warns_and_a_full_one_is_a_clear_error(world: AWSWor
         w.c.stop_flanneld(spare)
     start_with(w, spare, "full", {"Type": "aws-vpc", "RouteTableID": tables[50]})
     fails_with(w, spare, f"route table {tables[50]} is full: 50 of 50 routes are used")
+    # A RouteLimit above the table's real quota: EC2's own refusal gives the same clear error.
+    start_with(w, spare, "full2", {"Type": "aws-vpc", "RouteTableID": tables[50], "RouteLimit": 100})
+    fails_with(w, spare, f"route table {tables[50]} is full (EC2 refused")
 
 
 def test_an_instance_role_from_instance_metadata_is_a_credential_source(world: AWSWorld, spare: Host) -> None:
