@@ -107,6 +107,10 @@ def main(argv: list[str]) -> None:
 
     host, port = argv[0], int(argv[1])
     _patch_moto()
+    # The services the tests use, loaded before listening: a client waiting for the port then finds them ready.
+    import moto.ec2.models
+    import moto.iam.models
+    import moto.sts.models  # noqa: F401
     server = make_server(host, port, Faults(DomainDispatcherApplication(create_backend_app)), threaded=True,
                          request_handler=MotoRequestHandler)
     print(f"moto EC2 on http://{host}:{port}", flush=True)

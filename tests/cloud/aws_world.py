@@ -71,15 +71,23 @@ class AWSWorld:
 
     # -- moto and seeding -----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start moto in its own namespace, listening on every address there; callable before the cluster's
+        ``start()``, so that moto's slow start-up (importing its models) overlaps etcd's and the hosts'."""
         ns = self.c._add_ns(f"{self.c.prefix}aws")
-        self.c._plug(ns, "eth0", f"{MOTO_IP}/24")
-        in_ns(self.ul, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         with open(self.moto_log, "wb") as log:
             self.moto = subprocess.Popen(
                 ["ip", "netns", "exec", ns, str(REPO / ".venv" / "bin" / "python"), "-m", "tests.cloud.aws_moto",
-                 MOTO_IP, "5000"], cwd=REPO, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
+                 "0.0.0.0", "5000"], cwd=REPO, stdout=log, stderr=log)
+
+    def start(self) -> None:
+        """Once the cluster is started: moto on the underlay at 198.18.0.3, ready and seeded."""
+        if self.moto is None:
+            self.launch()
+        self.c._plug(f"{self.c.prefix}aws", "eth0", f"{MOTO_IP}/24")
+        in_ns(self.ul, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        assert self.moto is not None
+        deadline = time.monotonic() + 90
         while not self.run(self._moto_up):
             if time.monotonic() > deadline or self.moto.poll() is not None:
                 raise RuntimeError(f"moto did not start: {self.moto_log.read_text()[-2000:]}")

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cloud.aws_world import AWSWorld, log_of
-from tests.e2e.cluster import Host, eventually, subnet_of
-from tests.e2e.conftest import _cluster
+from tests.e2e.cluster import Cluster, Host, eventually, subnet_of
+from tests.e2e.conftest import _skip_reason
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 pytest.importorskip("boto3", reason="the aws extra is not installed (pip install -e '.[dev,aws]')")
@@ -29,19 +29,25 @@ HEALTHZ = f"--healthz-port={PORT}"
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[AWSWorld]:
-    for c in _cluster(backend=BACKEND, private_mounts=True):
-        w = AWSWorld(c)
-        try:
-            w.start()
-            for n in (1, 2, 3):
-                host = c.add_host(n)
-                w.add_instance(host, mode="v1" if n == 3 else "v2")
-                w.start_flanneld(host, HEALTHZ)
-            for host in c.hosts.values():
-                c.wait_ready(host, timeout=60)
-            yield w
-        finally:
-            w.close()
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    c = Cluster(backend=BACKEND, private_mounts=True)
+    w = AWSWorld(c)
+    try:
+        w.launch()  # moto's start-up overlaps etcd's
+        c.start()
+        w.start()
+        for n in (1, 2, 3):
+            host = c.add_host(n)
+            w.add_instance(host, mode="v1" if n == 3 else "v2")
+            w.start_flanneld(host, HEALTHZ)
+        for host in c.hosts.values():
+            c.wait_ready(host, timeout=60)
+        yield w
+    finally:
+        w.close()
+        c.close()
 
 
 def own_route(w: AWSWorld, n: int) -> dict[str, str] | None:
