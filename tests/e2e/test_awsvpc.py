@@ -195,12 +195,13 @@ def spare(world: AWSWorld) -> Host:
     return host
 
 
-def start_with(w: AWSWorld, host: Host, name: str, backend: object, env: dict[str, str] | None = None) -> str:
+def start_with(w: AWSWorld, host: Host, name: str, backend: object, env: dict[str, str] | None = None,
+               args: tuple[str, ...] = ()) -> str:
     """flanneld on ``host`` with ``backend`` under the etcd prefix ``/<name>/network``; returns the prefix."""
     prefix = f"/{name}/network"
     w.c.etcdctl("put", f"{prefix}/config", json.dumps({"Network": "10.244.0.0/16", "Backend": backend}))
     host.log_file.write_text("")
-    w.start_flanneld(host, f"--etcd-prefix={prefix}", env=env)
+    w.start_flanneld(host, f"--etcd-prefix={prefix}", *args, env=env)
     return prefix
 
 
@@ -285,11 +286,15 @@ def test_a_nearly_full_table_warns_and_a_full_one_is_a_clear_error(world: AWSWor
 
 def test_an_instance_role_from_instance_metadata_is_a_credential_source(world: AWSWorld, spare: Host) -> None:
     w = world
-    w.metadata.instances[spare.ns].role = ("flannel-node", w.role_credentials())
-    start_with(w, spare, "role", {"Type": "aws-vpc"}, env=w.env(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY=""))
+    creds = w.role_credentials()
+    w.metadata.instances[spare.ns].role = ("flannel-node", creds)
+    start_with(w, spare, "role", {"Type": "aws-vpc"}, env=w.env(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY=""),
+               args=("-v=10",))
     try:
         w.c.wait_ready(spare, timeout=60)
-        assert "credentials from boto3's 'iam-role' source" in log_of(spare)
+        log = log_of(spare)
+        assert "credentials from boto3's 'iam-role' source" in log
+        assert creds["SecretAccessKey"] not in log and creds["Token"] not in log, "a credential reached the log"
         assert any(r.get("NetworkInterfaceId") == w.instances[4]["eni"] for r in w.routes(w.table_a))
     finally:
         w.c.stop_flanneld(spare)

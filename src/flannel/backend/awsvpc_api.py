@@ -39,6 +39,12 @@ from flannel.secret import make_non_dumpable
 
 log = logging.getLogger(__name__)
 
+SDK_LOGGERS = ("botocore", "boto3", "urllib3")
+"""Held at INFO whatever ``-v`` says: botocore's DEBUG lines print every request's headers, among them
+``X-Amz-Security-Token`` (an instance role's session token) and the signed ``Authorization``."""
+for _logger in SDK_LOGGERS:
+    logging.getLogger(_logger).setLevel(logging.INFO)
+
 THROTTLING = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
                         "TooManyRequestsException", "EC2ThrottledException", "RequestThrottledException"})
 """Error codes that mean "slow down": retried with back-off."""
