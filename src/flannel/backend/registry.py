@@ -7,11 +7,12 @@ module (and its optional dependencies, such as a cloud SDK) is ever loaded.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from flannel.backend.base import Backend, BackendContext
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, NotImplementedYetError
+from flannel.errors import ConfigError, FlannelError, NotImplementedYetError
 
 BackendFactory = Callable[[BackendContext, NetworkConfig], Backend]
 
@@ -65,6 +66,19 @@ def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return AllocBackend(ctx, config)
 
 
+def _aws_vpc(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    # daemon/entry.py keeps ``ssl`` out of an etcd-mode daemon (sys.modules["ssl"] = None) because nothing
+    # there speaks TLS through it; the EC2 API does (HTTPS), so the block is lifted for this backend only.
+    if "ssl" in sys.modules and sys.modules["ssl"] is None:
+        del sys.modules["ssl"]
+    try:
+        from flannel.backend.awsvpc import AWSVPCBackend  # loads boto3: only on nodes configured for aws-vpc
+    except ImportError as exc:
+        raise FlannelError(f"the aws-vpc backend needs boto3: pip install 'flannel[aws]' ({exc})") from None
+
+    return AWSVPCBackend(ctx, config)
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "vxlan": _vxlan,
     "host-gw": _host_gw,
@@ -75,6 +89,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "extension": _extension,
     "alloc": _alloc,
     "tencent-vpc": _not_yet("tencent-vpc"),
+    "aws-vpc": _aws_vpc,
 }
 
 
