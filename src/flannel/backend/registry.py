@@ -47,6 +47,12 @@ def _ipip(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return IPIPBackend(ctx, config)
 
 
+def _wireguard(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.wireguard import WireGuardBackend
+
+    return WireGuardBackend(ctx, config)
+
+
 def _extension(ctx: BackendContext, config: NetworkConfig) -> Backend:
     from flannel.backend.extension import ExtensionBackend
 
@@ -65,7 +71,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "udp": _udp,
     "ipip": _ipip,
     "ipsec": _not_yet("ipsec"),
-    "wireguard": _not_yet("wireguard"),
+    "wireguard": _wireguard,
     "extension": _extension,
     "alloc": _alloc,
     "tencent-vpc": _not_yet("tencent-vpc"),
