@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.cluster import Cluster, Host, eventually, subnet_of
-from tests.e2e.wireguard_support import peers, pubkey, wg, wg_cluster
+from tests.e2e.wireguard_support import ifindex, peers, pubkey, wg, wg_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -97,3 +97,53 @@ def test_a_hand_built_upstream_peer_exchanges_traffic_with_flannel_hosts(c: Clus
         assert h4.run("ping", "-c1", "-W2", "-I", f"{UP_V4}.1", host.pods[0], check=False).returncode == 0
     transfer = [line.split("\t") for line in wg(h4, "show", "flannel-wg", "transfer").splitlines()]
     assert all(int(rx) > 0 and int(tx) > 0 for _, rx, tx in transfer), transfer
+
+
+def test_a_lease_with_a_garbage_key_is_skipped_and_the_others_keep_working(c: Cluster) -> None:
+    h1, h2 = c.hosts[1], c.hosts[2]
+    bad = "10.244.251.0-24&fd00:10:244:fb::-64"
+    c.etcdctl("put", f"/coreos.com/network/subnets/{bad}",
+              '{"PublicIP":"198.18.0.99","PublicIPv6":"2001:db8:198:18::99","BackendType":"wireguard",'
+              '"BackendData":{"PublicKey":"not-a-key","Port":51820},'
+              '"BackendV6Data":{"PublicKey":"not-a-key","Port":51820}}')
+    assert eventually(lambda: f"skipping lease {bad}: BackendData.PublicKey 'not-a-key' is not a base64 "
+                              "WireGuard key" in h1.log_file.read_text())
+    assert len(peers(h1)) == 3  # h2, h3 and the upstream peer
+    assert c.ping(c.pod_ns(h1, 1), h2.pods[0]) and c.ping(c.pod_ns(h1, 1), h2.pods6[0])
+    c.etcdctl("del", f"/coreos.com/network/subnets/{bad}")
+
+
+def test_a_device_deleted_by_hand_is_made_again_with_its_peers(c: Cluster) -> None:
+    h1, h2 = c.hosts[1], c.hosts[2]
+    before, index = peers(h1), ifindex(h1, "flannel-wg")
+    h1.run("ip", "link", "del", "flannel-wg")  # wireguard-go exits with its device
+
+    def remade() -> bool:
+        new = h1.run("cat", "/sys/class/net/flannel-wg/ifindex", check=False).stdout.strip()
+        return new not in ("", str(index)) and set(
+            h1.run("wg", "show", "flannel-wg", "peers", check=False).stdout.split()) == before
+
+    assert eventually(remade, timeout=20), h1.log_file.read_text()[-2000:]
+    assert eventually(lambda: "device flannel-wg made again with 3 peer(s)" in h1.log_file.read_text())
+    assert eventually(lambda: c.ping(c.pod_ns(h1, 1), h2.pods[0]), timeout=15)
+    assert eventually(lambda: c.ping(c.pod_ns(h1, 1), h2.pods6[0]), timeout=15)
+
+
+def test_removal_on_shutdown_is_an_option(c: Cluster) -> None:
+    h3 = c.hosts[3]
+    assert c.stop_flanneld(h3) == 0
+    assert h3.run("test", "-e", "/sys/class/net/flannel-wg", check=False).returncode == 0  # kept by default
+    c.start_flanneld(h3, env={"FLANNEL_WIREGUARD_REMOVE_ON_SHUTDOWN": "true"})
+    c.wait_ready(h3)
+    assert c.stop_flanneld(h3) == 0
+    assert h3.run("test", "-e", "/sys/class/net/flannel-wg", check=False).returncode == 1
+    assert h3.holder is not None
+    assert eventually(lambda: not any("wireguard-go" in _cmdline(pid) for pid in h3.holder.pids()))  # type: ignore[union-attr]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
