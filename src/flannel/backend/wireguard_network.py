@@ -126,6 +126,8 @@ class WireGuardNetwork(LeasedNetwork):
         return sum(self._reconcile_device(dev) for dev in self.devices)
 
     def _reconcile_device(self, dev: WGDevice) -> int:
+        if dev.driver.starting:
+            return self._remake(dev, "is starting")
         link = self.nl.link_by_name(dev.name)
         if link is None or not dev.driver.owns(link):
             return self._remake(dev, "is missing" if link is None else f"is of kind {link.kind!r}")
@@ -158,13 +160,15 @@ class WireGuardNetwork(LeasedNetwork):
         return repairs + ensure_layer3(self.nl, dev)
 
     def _remake(self, dev: WGDevice, what: str) -> int:
-        """Make the device again with its key, port and every wanted peer (``wireguard-go``: over several rounds)."""
-        link = self.nl.link_by_name(dev.name)
-        if link is not None:
-            log.warning("device %s %s; deleting it to make it again", dev.name, what)
-            self.nl.delete_link(link.index)
-        elif not dev.driver.starting:
-            log.warning("device %s %s; making it again", dev.name, what)
+        """Make the device again with its key, port and every wanted peer (``wireguard-go``: over several rounds,
+        the first starting it, a later one finding it ready)."""
+        if not dev.driver.starting:
+            link = self.nl.link_by_name(dev.name)
+            if link is not None:
+                log.warning("device %s %s; deleting it to make it again", dev.name, what)
+                self.nl.delete_link(link.index)
+            else:
+                log.warning("device %s %s; making it again", dev.name, what)
         if not dev.driver.create():
             asyncio.get_running_loop().call_later(RESTART_POLL, self._kick)
             return 0
