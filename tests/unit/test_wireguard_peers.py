@@ -24,8 +24,8 @@ RULES = PeerRules(mode=Mode.SEPARATE, port=51820, port_v6=51821, network=IPv4Net
 def lease(pub4: str = "198.18.0.12", pub6: str | None = "2001:db8::12", port: int | None = 51820,
           port6: int | None = 51821, key: object = KEY) -> Lease:
     def data(p: int | None) -> str:
-        return '{"PublicKey":%s%s}' % (f'"{key}"' if isinstance(key, str) else key,
-                                      f',"Port":{p}' if p is not None else "")
+        text = f'"{key}"' if isinstance(key, str) else str(key)
+        return '{"PublicKey":' + text + (f',"Port":{p}' if p is not None else "") + "}"
     return Lease(subnet=IPv4Network("10.244.2.0/24"), ipv6_subnet=IPv6Network("fd00:10:244:2::/64"),
                  attrs=LeaseAttrs(public_ip=IPv4Address(pub4), public_ipv6=IPv6Address(pub6) if pub6 else None,
                                   backend_type="wireguard", backend_data=data(port),

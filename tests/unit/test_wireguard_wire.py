@@ -13,7 +13,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from flannel.backend.wireguard_genetlink import decode_device, encode_get_family, encode_set
 from flannel.backend.wireguard_model import DeviceChange, PeerSpec
-from flannel.backend.wireguard_uapi import decode_get, encode_set as uapi_set, parse_endpoint
+from flannel.backend.wireguard_uapi import decode_get, parse_endpoint
+from flannel.backend.wireguard_uapi import encode_set as uapi_set
 from flannel.secret import Secret
 
 K1, K2, PSK = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
