@@ -1,7 +1,7 @@
 """In-kernel WireGuard over generic netlink: the ``wireguard`` family of ``include/uapi/linux/wireguard.h``.
 
 Encoded by hand on ``flannel.netlink.wire`` (the project's own netlink packing) rather than with pyroute2,
-whose import alone costs ~22 MiB of RSS (docs/performance.md). The layout, from the kernel header:
+whose import would add about 10 MiB of RSS to the daemon (docs/performance.md). The layout, from the kernel header:
 
 * family ``wireguard`` (``WG_GENL_NAME``), version 1, resolved through ``nlctrl`` (``CTRL_CMD_GETFAMILY``);
 * ``WG_CMD_SET_DEVICE`` (1) with ``WGDEVICE_A_IFNAME``, ``PRIVATE_KEY``, ``LISTEN_PORT`` (u16), ``FLAGS``

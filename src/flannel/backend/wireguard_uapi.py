@@ -3,8 +3,8 @@
 The protocol is a few lines of ``key=value`` text over a Unix socket, ``/var/run/wireguard/<device>.sock``
 (wireguard.com/xplatform): ``get=1`` answers with the device and its peers, ``set=1`` takes changes; every
 answer ends in ``errno=N`` and a blank line. Keys travel in hex. No maintained PyPI package speaks it, and the
-one library that speaks WireGuard at all (pyroute2, generic netlink only) costs ~22 MiB of RSS to import
-(docs/performance.md), so this module does, in ~150 lines.
+one library that speaks WireGuard at all (pyroute2, generic netlink only) would add about 10 MiB of RSS to the
+daemon (docs/performance.md), so this module does, in ~150 lines.
 
 Calls are synchronous with a deadline (``TIMEOUT``): ``wireguard-go`` answers from memory within
 milliseconds, as the kernel answers rtnetlink requests, and the backend's reconcile is synchronous like every
