@@ -22,6 +22,7 @@ FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates iproute2 iptables nftables \
+        wireguard-go wireguard-tools \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/flannel /opt/flannel
 COPY deploy/image/flannel_install.py /opt/bin/flannel-install
