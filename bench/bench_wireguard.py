@@ -33,10 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.e2e.cluster import Cluster, sh
-from tests.host_mounts import MountHolder
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from bench_throughput import (
+from tests.e2e.cluster import Cluster, sh  # noqa: E402
+from tests.host_mounts import MountHolder  # noqa: E402
+
+from bench_throughput import (  # noqa: E402
     STREAMS,
     UNDERLAY_GW,
     DataPath,
