@@ -19,8 +19,9 @@ from tests.e2e.cluster import Cluster, Host
 RECONCILE = "--reconcile-interval=2"
 
 
-def wg_cluster(backend: str, ipv6: bool) -> Iterator[Cluster]:
-    """Three hosts, each with its own /run (so its own /var/run/wireguard and key file), flanneld on each."""
+def wg_cluster(backend: str, ipv6: bool, hosts: int = 3) -> Iterator[Cluster]:
+    """``hosts`` hosts (none: the caller adds them), each with its own /run (so its own /var/run/wireguard and
+    key file), flanneld (etcd mode) and a pod on each."""
     if os.geteuid() != 0:
         pytest.skip("end-to-end tests need root (network namespaces)")
     missing = [t for t in ("wireguard-go", "wg", "etcd", "ping") if shutil.which(t) is None]
@@ -29,7 +30,7 @@ def wg_cluster(backend: str, ipv6: bool) -> Iterator[Cluster]:
     c = Cluster(backend=backend, ipv6_network="fd00:10:244::/56" if ipv6 else None, private_mounts=True)
     try:
         c.start()
-        for n in (1, 2, 3):
+        for n in range(1, hosts + 1):
             c.start_flanneld(c.add_host(n), RECONCILE)
         for host in c.hosts.values():
             c.wait_ready(host)
