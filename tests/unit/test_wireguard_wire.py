@@ -112,3 +112,10 @@ def test_genetlink_get_device_reply_is_decoded() -> None:
     p = state.peers[K2]
     assert p.endpoint == (IPv4Address("1.2.3.4"), 51820) and p.keepalive == 25 and not p.psk
     assert p.allowed_ips == {ip_network("10.0.0.0/24"), ip_network("fd00::/64")}
+
+
+def test_keys_never_show_in_repr_or_str() -> None:
+    change = DeviceChange(private_key=Secret(K1), peers=(PEER,))
+    for text in (repr(change), str(change), repr(PEER), f"{PEER}"):
+        assert K1.hex() not in text and PSK.hex() not in text and "redacted" in text
+        assert "AQEBAQEB" not in text and "AwMDAwMD" not in text  # base64 of K1 and of the PSK
