@@ -61,15 +61,21 @@ def test_key_file_is_upstreams_format(c: Cluster) -> None:
     assert derived == pubkey(h)
 
 
-def test_a_peer_deleted_by_hand_comes_back(c: Cluster) -> None:
+def test_a_peer_address_and_route_changed_by_hand_come_back(c: Cluster) -> None:
     h1, h2 = c.hosts[1], c.hosts[2]
     key = pubkey(h2)
+    own = subnet_of(h1).split("/")[0]
     wg(h1, "set", "flannel-wg", "peer", key, "remove")
     wg(h1, "set", "flannel-wg-v6", "peer", key, "allowed-ips", "fd00:10:244:ff::/64")
+    h1.run("ip", "addr", "del", f"{own}/32", "dev", "flannel-wg")
+    h1.run("ip", "-6", "route", "del", "fd00:10:244::/56", "dev", "flannel-wg-v6")
     assert key not in peers(h1)
     assert eventually(lambda: key in peers(h1), timeout=15), h1.log_file.read_text()[-2000:]
     assert eventually(lambda: "fd00:10:244:ff::/64" not in wg(h1, "show", "flannel-wg-v6", "allowed-ips"))
+    assert eventually(lambda: f"{own}/32" in h1.run("ip", "addr", "show", "dev", "flannel-wg").stdout)
+    assert eventually(lambda: "fd00:10:244::/56" in h1.run("ip", "-6", "route", "show", "dev", "flannel-wg-v6").stdout)
     assert eventually(lambda: c.ping(c.pod_ns(h1, 1), h2.pods[0]))
+    assert eventually(lambda: c.ping(c.pod_ns(h1, 1), h2.pods6[0]))
 
 
 def test_restart_keeps_subnet_key_and_device_and_loses_no_ping(c: Cluster) -> None:

@@ -51,7 +51,10 @@ class WireGuardBackend:
     def __init__(self, ctx: BackendContext, config: NetworkConfig) -> None:
         self.ctx = ctx
         self.cfg: WireGuardConfig = parse_wireguard_config(config.backend)
-        self.node: NodeSettings = node_settings()
+        try:
+            self.node: NodeSettings = node_settings()
+        except ConfigError as exc:  # not the network config: waiting for it to change would not help
+            raise FlannelError(str(exc)) from None
         if self.cfg.mode is Mode.IPV4 and not config.enable_ipv4:
             raise ConfigError("Backend.Mode ipv4 needs IPv4 (EnableIPv4)", "Backend.Mode")
         if self.cfg.mode is Mode.IPV6 and not config.enable_ipv6:

@@ -104,22 +104,19 @@ async def ensure_device(nl: Netlink, dev: WGDevice, key: Secret[bytes]) -> Link:
 
 
 def ensure_layer3(nl: Netlink, dev: WGDevice) -> int:
-    """The device's own /32 and /128, link up, and ``<Network> dev <device> scope link``; returns changes."""
+    """The device's own /32 and /128, link up, and ``<Network> dev <device> scope link``; returns the routes
+    it had to add (address changes are logged by ``ensure_address``)."""
     link = nl.link_by_index(dev.index)
     if link is None:
         return 0
-    changes = 0
     for address, cluster in dev.addresses:
-        before = len(nl.addresses(link.index))
         ensure_address(nl, link, address, cluster if isinstance(address, IPv4Address) else None)  # type: ignore[arg-type]
-        changes += len(nl.addresses(link.index)) != before
-        link = nl.link_by_index(dev.index) or link
+        link = nl.link_by_index(dev.index) or link  # it may have been set up
+    changes = 0
     for _address, cluster in dev.addresses:
         family = socket.AF_INET if cluster.version == 4 else socket.AF_INET6
-        present = any(r.dst == cluster and r.gateway is None for r in nl.routes(family, oif=dev.index))
-        if not present:
-            op = RouteReplace(dst=cluster, gateway=None, oif=dev.index, scope=RT_SCOPE_LINK)
-            nl.apply([op])
+        if not any(r.dst == cluster and r.gateway is None for r in nl.routes(family, oif=dev.index)):
+            nl.apply([RouteReplace(dst=cluster, gateway=None, oif=dev.index, scope=RT_SCOPE_LINK)])
             log.info("route replace %s dev %s scope link", cluster, dev.name)
             changes += 1
     return changes
