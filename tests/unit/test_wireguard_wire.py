@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 from ipaddress import IPv4Address, IPv6Address, ip_network
+from pathlib import Path
+
+import pytest
 
 from flannel.backend.wireguard_genetlink import decode_device, encode_get_family, encode_set
 from flannel.backend.wireguard_model import DeviceChange, PeerSpec
-from flannel.backend.wireguard_uapi import decode_get, parse_endpoint
+from flannel.backend.wireguard_uapi import UAPIClient, UAPIError, decode_get, parse_endpoint
 from flannel.backend.wireguard_uapi import encode_set as uapi_set
 from flannel.secret import Secret
 
@@ -119,3 +124,58 @@ def test_keys_never_show_in_repr_or_str() -> None:
     for text in (repr(change), str(change), repr(PEER), f"{PEER}"):
         assert K1.hex() not in text and PSK.hex() not in text and "redacted" in text
         assert "AQEBAQEB" not in text and "AwMDAwMD" not in text  # base64 of K1 and of the PSK
+
+
+def test_uapi_answer_split_over_writes_is_read_to_its_blank_line(tmp_path: Path) -> None:
+    """wireguard-go keeps the connection open after answering: the end is the blank line, however it arrives."""
+    path = tmp_path / "wg0.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            got.append(conn.recv(4096))
+            conn.sendall(b"listen_port=51820\nerrno=0\n")
+            time.sleep(0.05)
+            conn.sendall(b"\n")
+            conn.recv(1)  # stays open until the client hangs up, as wireguard-go does
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        state = UAPIClient("wg0", str(tmp_path), timeout=5).get()
+    finally:
+        thread.join(5)
+        server.close()
+    assert got == [b"get=1\n\n"] and state.listen_port == 51820 and not state.peers
+
+
+def test_uapi_refusal_carries_the_errno(tmp_path: Path) -> None:
+    path = tmp_path / "wg0.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"errno=-22\n\n")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with pytest.raises(UAPIError) as err:
+            UAPIClient("wg0", str(tmp_path), timeout=5).set(DeviceChange(listen_port=1))
+    finally:
+        thread.join(5)
+        server.close()
+    assert err.value.errno == -22 and "refused" in str(err.value)
+
+
+def test_uapi_without_a_daemon_is_an_error_naming_the_socket(tmp_path: Path) -> None:
+    with pytest.raises(UAPIError, match=f"get on {tmp_path}/flannel-wg.sock"):
+        UAPIClient("flannel-wg", str(tmp_path)).get()

@@ -30,12 +30,13 @@ from flannel.backend.wireguard_config import (
     node_settings,
     parse_wireguard_config,
 )
-from flannel.backend.wireguard_device import UAPIError, choose_driver, describe
+from flannel.backend.wireguard_device import choose_driver, describe
 from flannel.backend.wireguard_key import b64, load_or_create, public_key
 from flannel.backend.wireguard_model import Network
 from flannel.backend.wireguard_network import WireGuardNetwork
 from flannel.backend.wireguard_peers import PeerRules
 from flannel.backend.wireguard_setup import WGDevice, ensure_device, ensure_layer3
+from flannel.backend.wireguard_uapi import UAPIError
 from flannel.config import NetworkConfig
 from flannel.errors import ConfigError, FlannelError
 from flannel.gojson import compact

@@ -24,7 +24,7 @@ from typing import Protocol
 from flannel.backend.wireguard_config import ENV_IMPL, ENV_WG_GO, Impl
 from flannel.backend.wireguard_genetlink import GenlClient
 from flannel.backend.wireguard_model import DeviceChange, DeviceState
-from flannel.backend.wireguard_uapi import SOCKET_DIR, UAPIClient, UAPIError
+from flannel.backend.wireguard_uapi import SOCKET_DIR, UAPIClient
 from flannel.errors import FlannelError
 from flannel.netlink import Link, Netlink, NetlinkError
 
@@ -211,5 +211,3 @@ def stop_device(nl: Netlink, name: str) -> None:
     except NetlinkError as exc:
         log.warning("could not delete %s on shutdown: %s", name, exc)
 
-
-__all__ = ["Driver", "KernelDriver", "UAPIError", "UserspaceDriver", "choose_driver", "describe", "stop_device"]

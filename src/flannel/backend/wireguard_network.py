@@ -20,11 +20,12 @@ from collections.abc import AsyncIterator
 from flannel import metrics
 from flannel.backend.base import LeasedNetwork
 from flannel.backend.reconcile_loop import ReconcileLoop
-from flannel.backend.wireguard_device import UAPIError, stop_device
+from flannel.backend.wireguard_device import stop_device
 from flannel.backend.wireguard_key import b64
 from flannel.backend.wireguard_model import DeviceChange, PeerSpec, endpoint_text
 from flannel.backend.wireguard_peers import PeerRules, peers_for
 from flannel.backend.wireguard_setup import WGDevice, configure_change, ensure_layer3
+from flannel.backend.wireguard_uapi import UAPIError
 from flannel.config import NetworkConfig
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.lease import EventType, Lease, LeaseEvent

@@ -133,22 +133,19 @@ class UAPIClient:
                 sock.settimeout(self.timeout)
                 sock.connect(self.path)
                 sock.sendall(request)
-                chunks: list[bytes] = []
-                size = 0
-                while True:
+                buf = bytearray()
+                # Every answer ends in "errno=N" and a blank line, the only blank line in it; the daemon keeps
+                # the connection open for another request, so the end is read from the text, not from EOF.
+                while not buf.endswith(b"\n\n"):
                     chunk = sock.recv(65536)
                     if not chunk:
                         break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    # Every answer ends in "errno=N\n\n"; the connection stays open for another request.
-                    if chunks[-1].endswith(b"\n\n") and b"errno=" in b"".join(chunks[-2:]):
-                        break
-                    if size > _MAX_REPLY:
+                    buf += chunk
+                    if len(buf) > _MAX_REPLY:
                         raise UAPIError(f"{what} on {self.path}: answer larger than {_MAX_REPLY} bytes")
         except OSError as exc:
             raise UAPIError(f"{what} on {self.path}: {exc.strerror or exc}") from None
-        return b"".join(chunks).decode("ascii", "replace")
+        return buf.decode("ascii", "replace")
 
     def get(self) -> DeviceState:
         """The device as ``wireguard-go`` holds it."""
