@@ -121,12 +121,13 @@ class UserspaceDriver:
         if self._starting is None:
             os.makedirs(os.path.dirname(self.uapi.path), mode=0o755, exist_ok=True)
             # No key on the command line: it goes over the socket once the daemon answers.
-            # Its own session, so that a signal to flanneld's process group does not stop the device; without
+            # Its own process group, so that a signal to flanneld's (a Ctrl-C) does not stop the device; not its
+            # own session, which under sched_autogroup would also give it a scheduling group of its own. Without
             # LOG_LEVEL, so that the daemon does not keep our pipe open (it logs to /dev/null then).
             env = {k: v for k, v in os.environ.items() if k != "LOG_LEVEL"}
             self._starting = subprocess.Popen([self.program, self.name], stdin=subprocess.DEVNULL,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True,
-                                              start_new_session=True, env=env)
+                                              process_group=0, env=env)
             log.info("started %s %s (pid %d)", self.program, self.name, self._starting.pid)
         code = self._starting.poll()
         if code is None:
