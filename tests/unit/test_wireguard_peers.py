@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flannel.backend.wireguard_config import Mode
 from flannel.backend.wireguard_peers import PeerRules, peers_for, select_endpoint
@@ -97,3 +100,27 @@ def test_a_subnet_outside_the_network_is_refused() -> None:
 def test_a_lease_without_data_for_a_family_gets_no_peer_there() -> None:
     p4, p6 = peers_for(RULES, lease(pub6=None))
     assert p4 is not None and p6 is None
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False,
+                     allow_infinity=False), st.text(max_size=50), st.just(KEY), st.just(51820))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+_data = st.one_of(_values, st.dictionaries(st.sampled_from(["PublicKey", "publickey", "Port", "PORT", "x"]),
+                                           _values, max_size=3))
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(_data, _data, st.sampled_from(list(Mode)))
+def test_any_lease_data_gives_peers_or_a_decode_error(data4: object, data6: object, mode: Mode) -> None:
+    attrs = LeaseAttrs(public_ip=IPv4Address("198.18.0.12"), public_ipv6=IPv6Address("2001:db8::12"),
+                       backend_type="wireguard", backend_data=json.dumps(data4), backend_v6_data=json.dumps(data6))
+    lease = Lease(subnet=IPv4Network("10.244.2.0/24"), ipv6_subnet=IPv6Network("fd00:10:244:2::/64"), attrs=attrs)
+    try:
+        got = peers_for(dataclasses.replace(RULES, mode=mode), lease)
+    except LeaseDecodeError as exc:
+        assert "BackendData" in str(exc) or "BackendV6Data" in str(exc), exc
+        return
+    for peer in got:
+        if peer is not None:
+            assert len(peer.public_key) == 32 and peer.endpoint is not None and 0 < peer.endpoint[1] <= 65535
