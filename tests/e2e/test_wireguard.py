@@ -98,6 +98,23 @@ def test_restart_keeps_subnet_key_and_device_and_loses_no_ping(c: Cluster) -> No
     assert "adopting existing wireguard device flannel-wg" in h1.log_file.read_text()
 
 
+def test_a_new_key_replaces_the_old_peer_everywhere(c: Cluster) -> None:
+    """Upstream leaves the old key's peer behind on every other node; here it goes."""
+    h1, h2 = c.hosts[1], c.hosts[2]
+    old = pubkey(h2)
+    assert c.stop_flanneld(h2) == 0
+    h2.run("rm", "/run/flannel/wgkey")
+    c.start_flanneld(h2, RECONCILE)
+    c.wait_ready(h2)
+    new = pubkey(h2)
+    assert new != old and "has another private key; recreating it" in h2.log_file.read_text()
+    for host in (h1, c.hosts[3]):
+        assert eventually(lambda host=host: new in peers(host) and old not in peers(host)
+                          and new in peers(host, "flannel-wg-v6") and old not in peers(host, "flannel-wg-v6")), \
+            wg(host, "show")
+    assert eventually(lambda: c.ping(c.pod_ns(h1, 1), h2.pods[0]) and c.ping(c.pod_ns(h1, 1), h2.pods6[0]))
+
+
 def test_a_lease_leaving_removes_its_peer(c: Cluster) -> None:
     h1, h3 = c.hosts[1], c.hosts[3]
     key = pubkey(h3)
