@@ -37,6 +37,11 @@ def test_every_key_is_read_case_insensitively() -> None:
     assert cfg.psk == Secret(bytes(range(32)))
 
 
+def test_null_means_the_default_as_in_go() -> None:
+    cfg = parse_wireguard_config({"Mode": None, "ListenPort": None, "PSK": None})
+    assert cfg.mode is Mode.SEPARATE and cfg.listen_port == 51820 and not cfg.psk
+
+
 def test_the_psk_never_shows_in_repr() -> None:
     cfg = parse_wireguard_config({"PSK": PSK})
     assert PSK not in repr(cfg) and PSK not in str(cfg) and "redacted" in repr(cfg)

@@ -106,7 +106,9 @@ def parse_key(text: str, what: str) -> bytes:
 def parse_wireguard_config(backend: Mapping[str, Any]) -> WireGuardConfig:
     """Read the ``Backend`` object; raise ``ConfigError`` naming ``Backend.<key>`` on a bad value."""
     raw = read_section("wireguard", backend, _FIELDS)
-    mode_text = raw.get("Mode", "separate")
+    mode_text = raw.get("Mode")
+    if mode_text is None:  # absent or JSON null: Go keeps the default
+        mode_text = Mode.SEPARATE.value
     if not isinstance(mode_text, str) or mode_text not in {m.value for m in Mode}:
         raise ConfigError(f"Backend.Mode {mode_text!r}: no valid Mode configured (want separate, auto, ipv4 or "
                           "ipv6)", "Backend.Mode")
