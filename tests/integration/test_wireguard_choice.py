@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,7 @@ from flannel.backend.wireguard_config import Impl
 from flannel.backend.wireguard_device import KernelDriver, UserspaceDriver, choose_driver
 from flannel.backend.wireguard_genetlink import GenlClient
 from flannel.errors import FlannelError
-from flannel.netlink import Netlink, NetlinkError
+from flannel.netlink import Netlink, NetlinkError, wire
 from tests.netns import NetNS, netns_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.root]
@@ -41,6 +42,19 @@ def test_the_kernel_family_lookup_fails_cleanly_without_the_module() -> None:
     with pytest.raises(NetlinkError) as err:
         GenlClient()
     assert err.value.errno == errno.ENOENT
+
+
+def test_the_generic_netlink_client_talks_to_this_kernel() -> None:
+    """The request/ACK and dump framing of ``GenlClient``, against a family every kernel has (``nlctrl``)."""
+    client = GenlClient(name="nlctrl")
+    try:
+        assert client.family == 0x10  # GENL_ID_CTRL
+        dump = struct.pack("=BBH", 3, 1, 0)  # CTRL_CMD_GETFAMILY, every family
+        msg = struct.pack("=IHHII", 16 + len(dump), 0x10, 0x1 | 0x300, 99, 0) + dump
+        names = [wire.cstr(wire.nested(body[4:])[2]) for body in client._request([msg], "genl families")]
+        assert "nlctrl" in names and ("wireguard" in names) == kernel_has_wireguard()
+    finally:
+        client.close()
 
 
 def test_auto_falls_back_to_wireguard_go_and_leaves_no_device(nl: Netlink) -> None:

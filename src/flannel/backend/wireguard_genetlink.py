@@ -173,18 +173,19 @@ def decode_device(bodies: list[bytes]) -> DeviceState:
 
 
 class GenlClient:
-    """A NETLINK_GENERIC socket bound to the ``wireguard`` family; ``NetlinkError(ENOENT)`` without it."""
+    """A NETLINK_GENERIC socket bound to a family (``wireguard``); ``NetlinkError(ENOENT)`` without it."""
 
-    def __init__(self, timeout: float = 2.0) -> None:
+    def __init__(self, timeout: float = 2.0, name: str = WG_GENL_NAME) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
         self._sock.settimeout(timeout)
         self._sock.bind((0, 0))
         self._seq = 0
         try:
-            replies = self._request([encode_get_family(self._next())], "resolve genl family wireguard")
-            fam = wire.nested(replies[0][4:]).get(CTRL_ATTR_FAMILY_ID)
+            op = f"resolve genl family {name}"
+            replies = self._request([encode_get_family(self._next(), name)], op)
+            fam = wire.nested(replies[0][4:]).get(CTRL_ATTR_FAMILY_ID) if replies else None
             if fam is None:
-                raise NetlinkError(errno.ENOENT, "resolve genl family wireguard", "no family id")
+                raise NetlinkError(errno.ENOENT, op, "no family id")
             self.family = wire.u16(fam)
         except BaseException:
             self._sock.close()
