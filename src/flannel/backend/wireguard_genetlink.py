@@ -11,8 +11,9 @@ whose import would add about 10 MiB of RSS to the daemon (docs/performance.md). 
   nested array of ``FAMILY`` u16, ``IPADDR``, ``CIDR_MASK`` u8);
 * ``WG_CMD_GET_DEVICE`` (0) as a dump, answered with the same attributes.
 
-This machine's kernel has no WireGuard, so the path is tested here only for its bytes (tests/unit), against
-layouts derived from the header; it runs wherever ``ip link add type wireguard`` works.
+This machine's kernel has no WireGuard, so the path is tested here for its bytes (tests/unit, against layouts
+derived from the header) and for its socket framing against the ``nlctrl`` family (tests/integration); it
+runs wherever ``ip link add type wireguard`` works.
 """
 
 from __future__ import annotations
