@@ -119,6 +119,8 @@ class UserspaceDriver:
         and the socket exist (it forks the daemon first); until then this returns False.
         """
         if self._starting is None:
+            if self.uapi.alive():
+                return False  # the daemon of a device just deleted is still on its way out (and on the port)
             os.makedirs(os.path.dirname(self.uapi.path), mode=0o755, exist_ok=True)
             # No key on the command line: it goes over the socket once the daemon answers.
             # Its own process group, so that a signal to flanneld's (a Ctrl-C) does not stop the device; not its
