@@ -33,6 +33,7 @@ FROM ${PYTHON_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         ca-certificates iproute2 iptables nftables \
+        wireguard-go wireguard-tools \
     && rm -rf /var/lib/apt/lists/*
 # The ipsec backend's IKE daemon: charon (started by flanneld), swanctl for debugging, and the standard plugins
 # (openssl, gcm) that the default ESP proposal aes128gcm16-sha256-prfsha256-ecp256 needs; the extra plugins

@@ -89,6 +89,8 @@ bench: venv
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_cni.py
 	$(PY) bench/bench_throughput.py
+	$(PY) bench/bench_wireguard.py
+	$(PY) bench/bench_wireguard_import.py
 	$(PY) bench/bench_kube.py
 
 clean:

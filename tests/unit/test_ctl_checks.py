@@ -158,8 +158,8 @@ def test_bad_subnets(text: str) -> None:
 
 @pytest.mark.parametrize(("doc", "error"), [
     ('{"Network":"10.5.0.0/16","Backend":{"Type":"bogus"}}', "f: unknown backend type: bogus"),
-    ('{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}', "not implemented yet"),
     ('{"Network":"10.5.0.0/16","Backend":{"Type":"ipsec","PSK":"short"}}', "f: config error, password is too short"),
+    ('{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard","Mode":"x"}}', "no valid Mode configured"),
     ('{"EnableIPv4":false}', "none defined stack"),
     ('{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}', "IPv6-only networks are not supported"),
     ('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":70}}', "f: Backend.MTU 70 is too small"),

@@ -54,6 +54,12 @@ def _ipsec(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return IPsecBackend(ctx, config)
 
 
+def _wireguard(ctx: BackendContext, config: NetworkConfig) -> Backend:
+    from flannel.backend.wireguard import WireGuardBackend
+
+    return WireGuardBackend(ctx, config)
+
+
 def _extension(ctx: BackendContext, config: NetworkConfig) -> Backend:
     from flannel.backend.extension import ExtensionBackend
 
@@ -85,7 +91,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "udp": _udp,
     "ipip": _ipip,
     "ipsec": _ipsec,
-    "wireguard": _not_yet("wireguard"),
+    "wireguard": _wireguard,
     "extension": _extension,
     "alloc": _alloc,
     "tencent-vpc": _not_yet("tencent-vpc"),

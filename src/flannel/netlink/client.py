@@ -90,6 +90,16 @@ class Netlink(Transport):
             raise NetlinkError(errno.ENODEV, op, "device vanished right after creation")
         return link
 
+    def create_plain(self, name: str, kind: str, mtu: int) -> Link:
+        """Create a device of a kind that takes no settings (``ip link add NAME mtu M type KIND``; EEXIST when the
+        name is taken, EOPNOTSUPP when the kernel does not know the kind) and return it as created."""
+        op = f"link add {name} mtu {mtu} type {kind}"
+        self._transact(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, links.plain_body(name, kind, mtu), op)
+        link = self.link_by_name(name)
+        if link is None:
+            raise NetlinkError(errno.ENODEV, op, "device vanished right after creation")
+        return link
+
     def delete_link(self, index: int) -> None:
         self._transact(RTM_DELLINK, 0, links.ifinfo(index), f"link del #{index}")
 

@@ -269,3 +269,12 @@ def gso_body(index: int, max_size: int, max_segs: int) -> bytes:
 
 def name_body(name: str) -> bytes:
     return ifinfo() + wire.attr_str(IFLA_IFNAME, name)
+
+
+def plain_body(name: str, kind: str, mtu: int) -> bytes:
+    """RTM_NEWLINK body for ``ip link add NAME mtu M type KIND``: a device kind without settings (wireguard)."""
+    parts = [ifinfo(), wire.attr_str(IFLA_IFNAME, name)]
+    if mtu > 0:
+        parts.append(wire.attr_u32(IFLA_MTU, mtu))
+    parts.append(wire.attr(IFLA_LINKINFO, wire.attr_str(IFLA_INFO_KIND, kind)))
+    return b"".join(parts)
