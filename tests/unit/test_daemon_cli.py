@@ -71,6 +71,6 @@ def test_unknown_backend_type_uses_upstream_text() -> None:
 
 def test_backend_type_lookup_is_case_insensitive() -> None:
     with pytest.raises(NotImplementedYetError):
-        create_backend(BackendContext(None, None), NetworkConfig(backend_type="IPsec"))  # type: ignore[arg-type]
+        create_backend(BackendContext(None, None), NetworkConfig(backend_type="Tencent-VPC"))  # type: ignore[arg-type]
     backend = create_backend(BackendContext(None, None), NetworkConfig(backend_type="WireGuard"))  # type: ignore[arg-type]
     assert type(backend).__name__ == "WireGuardBackend"
