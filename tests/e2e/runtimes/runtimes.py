@@ -51,6 +51,8 @@ class Runtime(ABC):
     """Per-host directories besides the CNI ones."""
     cni: ClassVar[bool] = True
     """Whether containers are attached by the flannel CNI plugin (else by dockerd's bridge driver)."""
+    publishes: ClassVar[bool] = True
+    """Whether the CLI publishes ports (``-p``): podman through the conflist's ``portmap``, dockerd itself."""
 
     def __init__(self, hosts: RuntimeHosts) -> None:
         self.hosts = hosts
@@ -77,8 +79,9 @@ class Runtime(ABC):
         """Start the runtime's daemon on ``host`` (if it has one) and import the image."""
 
     @abstractmethod
-    def start(self, host: Host, name: str) -> None:
-        """Start container ``name`` on ``host``, running ``sleep``, attached to the flannel network."""
+    def start(self, host: Host, name: str, publish: str | None = None) -> None:
+        """Start container ``name`` on ``host``, running ``sleep``, attached to the flannel network;
+        ``publish`` is ``-p``'s ``HOSTPORT:CONTAINERPORT`` (runtimes that publish ports only)."""
 
     @abstractmethod
     def exec(self, host: Host, name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -152,10 +155,11 @@ graphroot = "/var/lib/containers/storage"
         tar = rootfs_tar(host.workdir / "rootfs.tar")
         self.run(host, "podman", "import", str(tar), IMAGE)
 
-    def start(self, host: Host, name: str) -> None:
+    def start(self, host: Host, name: str, publish: str | None = None) -> None:
         # podman 4 leaves NET_RAW out of the default capabilities, and busybox's ping needs a raw socket
+        ports = ["-p", publish] if publish else []
         self.run(host, "podman", "run", "-d", "--name", name, "--network", NETWORK, "--cap-add", "NET_RAW",
-                 IMAGE, "sleep", "3600")
+                 *ports, IMAGE, "sleep", "3600")
         self.remember(host, name)
 
     def exec(self, host: Host, name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
@@ -178,6 +182,7 @@ class Containerd(Runtime):
     binary = "ctr"
     package = "containerd"
     binds = ("/var/lib/containerd",)
+    publishes = False  # ctr passes no portMappings to CNI
 
     CONFIG = """\
 version = 2
@@ -207,8 +212,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 return int(fields[1]), fields[2]
         return None
 
-    def start(self, host: Host, name: str) -> None:
-        assert host.holder is not None
+    def start(self, host: Host, name: str, publish: str | None = None) -> None:
+        assert host.holder is not None and publish is None
         with open(host.workdir / f"ctr-run-{name}.log", "ab") as log:
             proc = host.holder.popen(["ctr", "run", "--cni", "--rm", IMAGE, name, "sleep", "3600"],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -292,8 +297,9 @@ class Docker(Runtime):
         wait_until_sync(answers, f"dockerd answers on h{host.n}", timeout=TIMEOUT)
         self.docker(host, "import", str(rootfs_tar(host.workdir / "rootfs.tar")), IMAGE)
 
-    def start(self, host: Host, name: str) -> None:
-        self.docker(host, "run", "-d", "--name", name, IMAGE, "sleep", "3600")
+    def start(self, host: Host, name: str, publish: str | None = None) -> None:
+        ports = ["-p", publish] if publish else []
+        self.docker(host, "run", "-d", "--name", name, *ports, IMAGE, "sleep", "3600")
         self.remember(host, name)
 
     def exec(self, host: Host, name: str, *cmd: str) -> subprocess.CompletedProcess[str]:

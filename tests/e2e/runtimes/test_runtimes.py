@@ -20,10 +20,16 @@ import pytest
 from tests.e2e.cluster import Cluster, Host, eventually, subnet_of
 from tests.e2e.conftest import _missing_tools
 from tests.e2e.runtimes.hosts import RuntimeHosts, runtime_hosts
+from tests.e2e.runtimes.image import BUSYBOX
 from tests.e2e.runtimes.runtimes import RUNTIMES, Docker, Runtime, cni_state
 from tests.e2e.test_masquerade import PORT, PeerServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+TCP_PORT = 8080
+"""A busybox nc server in container c1."""
+HOST_PORT = 18080
+"""Host 1's port published to it (podman and docker)."""
 
 
 @dataclass
@@ -52,7 +58,7 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
         try:
             for host in hosts.hosts:
                 rt.setup(host)
-            rt.start(hosts.h1, "c1")
+            rt.start(hosts.h1, "c1", publish=f"{HOST_PORT}:{TCP_PORT}" if rt.publishes else None)
             rt.start(hosts.h2, "c2")
             yield Setup(rt, hosts)
         finally:
@@ -72,6 +78,9 @@ def test_containers_get_an_address_from_their_hosts_subnet_and_the_overlay_mtu(s
         assert rt.options(h1) == f'DOCKER_OPTS=" --bip={env["FLANNEL_SUBNET"]} --ip-masq=false ' \
                                  f'--mtu={env["FLANNEL_MTU"]}"\n'
         assert f"inet {env['FLANNEL_SUBNET']} " in h1.run("ip", "-o", "-4", "addr", "show", "docker0").stdout
+        # --ip-masq=false: flanneld masquerades (FLANNEL_IPMASQ=true), dockerd adds no rule of its own
+        postrouting = h1.run("iptables", "-w", "-t", "nat", "-S", "POSTROUTING").stdout
+        assert "MASQUERADE" not in postrouting and "FLANNEL-POSTRTG" in postrouting, postrouting
 
 
 def test_a_container_reaches_a_container_on_the_other_host(setup: Setup) -> None:
@@ -135,3 +144,21 @@ def test_a_removed_container_gives_its_address_back(setup: Setup) -> None:
     else:
         assert isinstance(rt, Docker) and addr not in rt.endpoints(h1)
     assert ip not in h1.run("ip", "-o", "-4", "addr").stdout
+
+
+@pytest.mark.parametrize("setup", [n for n, rt in RUNTIMES.items() if rt.publishes], indirect=True)
+def test_tcp_across_hosts_to_the_container_and_to_its_published_port(setup: Setup) -> None:
+    """c2 on host 2 connects to c1 on host 1 by c1's own address; host 2 itself connects through host 1's
+    published port (podman: the conflist's portmap plugin, chained after flannel; docker: dockerd). busybox's
+    nc serves (Debian's static busybox wget crashes, so no httpd)."""
+    rt, h1, h2 = setup.rt, setup.hosts.h1, setup.hosts.h2
+    serve = f"nc -ll -p {TCP_PORT} -e echo served-by-c1 </dev/null >/dev/null 2>&1 &"
+    assert rt.exec(h1, "c1", "sh", "-c", serve).returncode == 0
+    c1 = rt.address(h1, "c1")[0].split("/")[0]
+
+    def from_c2() -> bool:
+        return rt.exec(h2, "c2", "nc", "-w", "5", c1, str(TCP_PORT)).stdout == "served-by-c1\n"
+
+    assert eventually(from_c2), f"c2 -> c1 ({c1}):{TCP_PORT}"
+    r = h2.run("sh", "-c", f"{BUSYBOX} nc -w 5 {h1.ip} {HOST_PORT} </dev/null", check=False)
+    assert r.stdout == "served-by-c1\n", f"h2 -> {h1.ip}:{HOST_PORT}: {r.stdout} {r.stderr}"
