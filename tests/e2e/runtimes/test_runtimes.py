@@ -78,9 +78,12 @@ def test_containers_get_an_address_from_their_hosts_subnet_and_the_overlay_mtu(s
         assert rt.options(h1) == f'DOCKER_OPTS=" --bip={env["FLANNEL_SUBNET"]} --ip-masq=false ' \
                                  f'--mtu={env["FLANNEL_MTU"]}"\n'
         assert f"inet {env['FLANNEL_SUBNET']} " in h1.run("ip", "-o", "-4", "addr", "show", "docker0").stdout
-        # --ip-masq=false: flanneld masquerades (FLANNEL_IPMASQ=true), dockerd adds no rule of its own
+        # --ip-masq=false: flanneld masquerades (FLANNEL_IPMASQ=true), dockerd does not masquerade the subnet
+        # (it keeps only its hairpin rule for the published port, -s c1 -d c1)
         postrouting = h1.run("iptables", "-w", "-t", "nat", "-S", "POSTROUTING").stdout
-        assert "MASQUERADE" not in postrouting and "FLANNEL-POSTRTG" in postrouting, postrouting
+        subnet = subnet_of(h1)
+        assert f"-s {subnet} ! -o docker0 -j MASQUERADE" not in postrouting, postrouting
+        assert "-j FLANNEL-POSTRTG" in postrouting, postrouting
 
 
 def test_a_container_reaches_a_container_on_the_other_host(setup: Setup) -> None:
