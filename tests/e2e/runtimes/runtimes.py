@@ -43,8 +43,8 @@ class Runtime(ABC):
     """One runtime on the two hosts of ``hosts``."""
 
     name: ClassVar[str]
-    binary: ClassVar[str]
-    """The program whose absence skips the runtime's tests."""
+    binaries: ClassVar[tuple[str, ...]]
+    """The programs whose absence skips the runtime's tests."""
     package: ClassVar[str]
     """The Debian package that installs it (Makefile APT_PACKAGES)."""
     binds: ClassVar[tuple[str, ...]]
@@ -63,8 +63,9 @@ class Runtime(ABC):
     @classmethod
     def missing(cls) -> str | None:
         """The skip reason when the runtime is not installed here, else None."""
-        if shutil.which(cls.binary) is None:
-            return f"{cls.binary} is not installed (Debian package {cls.package}; `make deps` installs it)"
+        absent = [b for b in cls.binaries if shutil.which(b) is None]
+        if absent:
+            return f"{', '.join(absent)} not installed (Debian package {cls.package}; `make deps` installs it)"
         return None
 
     def run(self, host: Host, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,7 +124,7 @@ class Runtime(ABC):
 
 class Podman(Runtime):
     name = "podman"
-    binary = "podman"
+    binaries = ("podman",)
     package = "podman"
     binds = ("/var/lib/containers", "/etc/containers")
 
@@ -179,7 +180,7 @@ graphroot = "/var/lib/containers/storage"
 
 class Containerd(Runtime):
     name = "containerd"
-    binary = "ctr"
+    binaries = ("containerd", "ctr")
     package = "containerd"
     binds = ("/var/lib/containerd",)
     publishes = False  # ctr passes no portMappings to CNI
@@ -260,7 +261,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 class Docker(Runtime):
     name = "docker"
-    binary = "dockerd"
+    binaries = ("dockerd", "docker")
     package = "docker.io"
     binds = ("/var/lib/docker", "/etc/docker")
     cni = False
