@@ -156,7 +156,8 @@ def test_tcp_across_hosts_to_the_container_and_to_its_published_port(setup: Setu
     nc serves (Debian's static busybox wget crashes, so no httpd)."""
     rt, h1, h2 = setup.rt, setup.hosts.h1, setup.hosts.h2
     serve = f"nc -ll -p {TCP_PORT} -e echo served-by-c1 </dev/null >/dev/null 2>&1 &"
-    assert rt.exec(h1, "c1", "sh", "-c", serve).returncode == 0
+    r = rt.exec(h1, "c1", "sh", "-c", serve)
+    assert r.returncode == 0, f"{r.stdout} {r.stderr}"
     c1 = rt.address(h1, "c1")[0].split("/")[0]
 
     def from_c2() -> bool:
