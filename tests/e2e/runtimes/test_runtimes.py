@@ -122,6 +122,25 @@ def test_containers_keep_their_address_and_reach_each_other_after_a_flanneld_res
     assert seen_by_outside(setup, h1, "c1") == h1.ip
 
 
+@pytest.mark.parametrize("setup", [n for n, rt in RUNTIMES.items() if rt.publishes], indirect=True)
+def test_tcp_across_hosts_to_the_container_and_to_its_published_port(setup: Setup) -> None:
+    """c2 on host 2 connects to c1 on host 1 by c1's own address; host 2 itself connects through host 1's
+    published port (podman: the conflist's portmap plugin, chained after flannel; docker: dockerd). busybox's
+    nc serves (Debian's static busybox wget crashes, so no httpd)."""
+    rt, h1, h2 = setup.rt, setup.hosts.h1, setup.hosts.h2
+    serve = f"nc -ll -p {TCP_PORT} -e echo served-by-c1 </dev/null >/dev/null 2>&1 &"
+    r = rt.exec(h1, "c1", "sh", "-c", serve)
+    assert r.returncode == 0, f"{r.stdout} {r.stderr}"
+    c1 = rt.address(h1, "c1")[0].split("/")[0]
+
+    def from_c2() -> bool:
+        return rt.exec(h2, "c2", "nc", "-w", "5", c1, str(TCP_PORT)).stdout == "served-by-c1\n"
+
+    assert eventually(from_c2), f"c2 -> c1 ({c1}):{TCP_PORT}"
+    r = h2.run("sh", "-c", f"{BUSYBOX} nc -w 5 {h1.ip} {HOST_PORT} </dev/null", check=False)
+    assert r.stdout == "served-by-c1\n", f"h2 -> {h1.ip}:{HOST_PORT}: {r.stdout} {r.stderr}"
+
+
 def test_a_removed_container_gives_its_address_back(setup: Setup) -> None:
     rt, h1 = setup.rt, setup.hosts.h1
     bridge = "docker0" if isinstance(rt, Docker) else "cni0"
@@ -147,22 +166,3 @@ def test_a_removed_container_gives_its_address_back(setup: Setup) -> None:
     else:
         assert isinstance(rt, Docker) and addr not in rt.endpoints(h1)
     assert ip not in h1.run("ip", "-o", "-4", "addr").stdout
-
-
-@pytest.mark.parametrize("setup", [n for n, rt in RUNTIMES.items() if rt.publishes], indirect=True)
-def test_tcp_across_hosts_to_the_container_and_to_its_published_port(setup: Setup) -> None:
-    """c2 on host 2 connects to c1 on host 1 by c1's own address; host 2 itself connects through host 1's
-    published port (podman: the conflist's portmap plugin, chained after flannel; docker: dockerd). busybox's
-    nc serves (Debian's static busybox wget crashes, so no httpd)."""
-    rt, h1, h2 = setup.rt, setup.hosts.h1, setup.hosts.h2
-    serve = f"nc -ll -p {TCP_PORT} -e echo served-by-c1 </dev/null >/dev/null 2>&1 &"
-    r = rt.exec(h1, "c1", "sh", "-c", serve)
-    assert r.returncode == 0, f"{r.stdout} {r.stderr}"
-    c1 = rt.address(h1, "c1")[0].split("/")[0]
-
-    def from_c2() -> bool:
-        return rt.exec(h2, "c2", "nc", "-w", "5", c1, str(TCP_PORT)).stdout == "served-by-c1\n"
-
-    assert eventually(from_c2), f"c2 -> c1 ({c1}):{TCP_PORT}"
-    r = h2.run("sh", "-c", f"{BUSYBOX} nc -w 5 {h1.ip} {HOST_PORT} </dev/null", check=False)
-    assert r.stdout == "served-by-c1\n", f"h2 -> {h1.ip}:{HOST_PORT}: {r.stdout} {r.stderr}"
