@@ -284,6 +284,9 @@ class Docker(Runtime):
         (host_dir(host, "/etc/docker") / "daemon.json").write_text("{}\n")
         # as the systemd drop-in does: the options from subnet.env (default paths), then dockerd with them
         self.run(host, MK_DOCKER_OPTS, "-c")
+        # as on a freshly booted host: forwarding off until dockerd turns it on, and with it sets the FORWARD
+        # policy to DROP; only flanneld's FORWARD rules then let traffic from other hosts into docker0
+        host.run("sysctl", "-qw", "net.ipv4.ip_forward=0")
         daemon = (f"exec dockerd -H {self.SOCKET} --data-root /var/lib/docker --exec-root /run/docker "
                   "--pidfile /run/docker.pid --config-file /etc/docker/daemon.json $DOCKER_OPTS")
         log_file = host.workdir / "dockerd.log"

@@ -84,13 +84,25 @@ def test_containers_get_an_address_from_their_hosts_subnet_and_the_overlay_mtu(s
         subnet = subnet_of(h1)
         assert f"-s {subnet} ! -o docker0 -j MASQUERADE" not in postrouting, postrouting
         assert "-j FLANNEL-POSTRTG" in postrouting, postrouting
+        forward = h1.run("iptables", "-w", "-S", "FORWARD").stdout
+        assert "-P FORWARD DROP" in forward and "-j FLANNEL-FWD" in forward, forward
 
 
 def test_a_container_reaches_a_container_on_the_other_host(setup: Setup) -> None:
     rt, h1, h2 = setup.rt, setup.hosts.h1, setup.hosts.h2
     a, b = rt.address(h1, "c1")[0].split("/")[0], rt.address(h2, "c2")[0].split("/")[0]
+    accepted = {host.n: flannel_forwarded(host) for host in (h1, h2)}
     assert eventually(lambda: rt.ping(h1, "c1", b), timeout=30), f"c1 ({a}) on h1 -> c2 ({b}) on h2: {rt.last_ping}"
     assert rt.ping(h2, "c2", a), f"c2 ({b}) on h2 -> c1 ({a}) on h1: {rt.last_ping}"
+    if isinstance(rt, Docker):  # dockerd's FORWARD policy is DROP: flanneld's rules let the pings into docker0
+        for host in (h1, h2):
+            assert flannel_forwarded(host) > accepted[host.n], f"h{host.n}: FLANNEL-FWD accepted nothing"
+
+
+def flannel_forwarded(host: Host) -> int:
+    """Packets accepted by flanneld's FORWARD chain so far."""
+    lines = host.run("iptables", "-w", "-L", "FLANNEL-FWD", "-n", "-v", "-x").stdout.splitlines()[2:]
+    return sum(int(line.split()[0]) for line in lines if line.strip())
 
 
 def seen_by_outside(setup: Setup, host: Host, name: str) -> str:
