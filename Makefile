@@ -12,7 +12,7 @@ APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping 
                 podman containerd docker.io runc crun catatonit busybox-static \
                 golang-github-containernetworking-plugin-dnsname chromium chromium-driver prometheus
 
-.PHONY: all deps venv demo demo-clean test lint unit integration e2e faults bench clean
+.PHONY: all deps venv demo demo-clean test lint unit integration e2e faults bench clean runtimes
 
 all: test
 
@@ -73,6 +73,11 @@ integration: venv
 
 e2e: venv
 	$(VENV)/bin/pytest -q tests/e2e
+
+# The container runtime tests alone (also part of `make e2e` and `make test`): podman, containerd and dockerd
+# on two flannel hosts in namespaces (tests/e2e/runtimes/).
+runtimes: venv
+	$(VENV)/bin/pytest -q -ra tests/e2e/runtimes
 
 # The fault suite alone (also part of `make test`), then its figures as the table of docs/reliability.md.
 FAULT_FIGURES ?= fault-figures.jsonl

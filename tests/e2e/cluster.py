@@ -26,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,7 +209,11 @@ class Cluster:
         """Delete the host's lease from etcd, as an operator would with etcdctl."""
         self.etcdctl("del", self.lease_key(host))
 
-    def add_host(self, n: int) -> Host:
+    def add_host(self, n: int, binds: Mapping[str, Path] | None = None) -> Host:
+        """Host ``n`` on the underlay; ``binds`` (target -> per-host source directory) go to its private mount
+        namespace (clusters built with ``private_mounts`` only)."""
+        if binds and not self.private_mounts:
+            raise ValueError("binds need a cluster with private_mounts")
         ns = self._add_ns(f"{self.prefix}h{n}")
         ip = f"198.18.0.{10 + n}"
         ip6 = f"{UNDERLAY_V6}{10 + n}" if self.dual_stack else None
@@ -224,7 +228,7 @@ class Cluster:
         host = Host(n=n, ns=ns, ip=ip, workdir=workdir, ip6=ip6)
         self.hosts[n] = host
         if self.private_mounts:
-            host.holder = MountHolder(ns, workdir)
+            host.holder = MountHolder(ns, workdir, binds=binds)
         return host
 
     def start_flanneld(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
