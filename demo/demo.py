@@ -1,4 +1,5 @@
-"""The README's demo: three simulated hosts in network namespaces, flanneld with vxlan on each, pods pinging.
+"""The README's demo: three simulated hosts in network namespaces, flanneld with vxlan on each, pods pinging,
+then the operator's view of one host: ``flannelctl status`` and ``flannelctl probe``.
 
 Everything lives in namespaces created here and is removed at the end (KEEP=1 keeps it for exploring).
 """
@@ -12,7 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.cluster import Cluster
+from tests.e2e.cluster import ETCD_URL, REPO, Cluster, in_ns
+
+FLANNELCTL = str(REPO / ".venv" / "bin" / "flannelctl")
+HEALTHZ_PORT = "8471"
 
 
 def main() -> int:
@@ -26,7 +30,7 @@ def main() -> int:
         print(f"building 3 hosts in namespaces {cluster.prefix}* (underlay 198.18.0.0/24, etcd at 198.18.0.2)")
         cluster.start()
         for n in (1, 2, 3):
-            cluster.start_flanneld(cluster.add_host(n))
+            cluster.start_flanneld(cluster.add_host(n), f"--healthz-port={HEALTHZ_PORT}")
         for host in cluster.hosts.values():
             env = cluster.wait_ready(host)
             pod = cluster.add_pod(host)
@@ -45,6 +49,13 @@ def main() -> int:
         ok = all(matrix.values())
         print(f"\n{'all pods reach each other' if ok else 'SOME PODS ARE UNREACHABLE'}"
               f" ({sum(matrix.values())}/{len(matrix)} pairs)")
+        h1 = cluster.hosts[1]
+        for command in ("status", "probe"):
+            print(f"\nflannelctl {command}, on h1 (docs/flannelctl.md):")
+            out = in_ns(h1.ns, FLANNELCTL, command, f"--etcd-endpoints={ETCD_URL}", f"--subnet-file={h1.subnet_file}",
+                        "--healthz-ip=127.0.0.1", f"--healthz-port={HEALTHZ_PORT}", check=False, timeout=60)
+            print("  " + (out.stdout + out.stderr).strip().replace("\n", "\n  "))
+            ok = ok and out.returncode == 0
         if keep:
             print(f"\nKEEP=1: left running. Explore with: ip netns exec {cluster.prefix}h1 ip route")
             print(f"Logs and subnet files: {cluster.tmp}")
