@@ -55,7 +55,7 @@ def outer(args: argparse.Namespace) -> int:
     node, pods = namespaces[0], namespaces[1:]
     try:
         cmd = [PY, __file__, "--inner", "--pods", ",".join(p.name for p in pods), "--tmp", tmp,
-               "--iterations", str(args.iterations)]
+               "--iterations", str(args.iterations), "--idle", str(args.idle)]
         return subprocess.run(["ip", "netns", "exec", node.name, *cmd], check=False).returncode
     finally:
         for ns in namespaces:
@@ -72,12 +72,16 @@ def timed(argv: list[str], stdin: bytes, env: dict[str, str]) -> float:
     return elapsed * 1000.0
 
 
-def settle(seconds: float = SETTLE) -> None:
+def settle(seconds: float = SETTLE, idle: float = 0.0) -> None:
     """Wait with the CPU busy: the kernel finishes the previous call's deferred work, and the CPU stays warm.
 
     Sleeping instead lets the (virtual) CPU idle, after which every process starts slower, Python (11 → 14 ms)
-    more than Go (3 → 4.5 ms): a busy node is the case that matters, and the fairer comparison.
+    more than Go (3 → 4.5 ms). Both cases happen on nodes: ``--idle SECONDS`` sleeps that long before each
+    call instead (a node that sat idle between pod starts), the default keeps the CPU warm.
     """
+    if idle > 0:
+        time.sleep(idle)
+        return
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
@@ -122,7 +126,7 @@ def inner(args: argparse.Namespace) -> int:
                 sides.reverse()  # alternate who goes first
             for command, key in (("ADD", "a"), ("DEL", "d")):
                 for side, plugin, stdin in sides:
-                    settle()
+                    settle(idle=args.idle)
                     elapsed = timed([plugin], stdin, env(command, f"{side}{i}"))
                     if i >= WARMUP:
                         samples[side + key].append(elapsed)
@@ -132,16 +136,23 @@ def inner(args: argparse.Namespace) -> int:
 
     startup = [timed([PY, "-c", "pass"], b"", env("VERSION", "f-version")) for _ in range(args.iterations)]
     version = [timed([FLANNEL], b"", env("VERSION", "f-version")) for _ in range(args.iterations)]
-    print(report(rows, startup, version, args.iterations))
+    print(report(rows, startup, version, args.iterations, args.idle))
     leftovers = [n for n in os.listdir(tmp / "host-local" / "cbr0") if n[0].isdigit()]
     assert not leftovers, f"leaked reservations: {leftovers}"
     return 0
 
 
+def command_line(iterations: int, idle: float) -> str:
+    """The command that reproduces this run, for docs/performance.md."""
+    plugin = os.environ.get("FLANNEL_BENCH_PLUGIN")
+    return ((f"FLANNEL_BENCH_PLUGIN={plugin} " if plugin else "") + ".venv/bin/python bench/bench_cni.py"
+            f" --iterations {iterations}" + (f" --idle {idle:g}" if idle > 0 else ""))
+
+
 def report(rows: list[tuple[str, str, list[float], list[float]]], startup: list[float], version: list[float],
-           iterations: int) -> str:
+           iterations: int, idle: float) -> str:
     lines = [
-        f"Command: `.venv/bin/python bench/bench_cni.py --iterations {iterations}` ({time.strftime('%Y-%m-%d')})",
+        f"Command: `{command_line(iterations, idle)}` ({time.strftime('%Y-%m-%d')})",
         "",
         "| call | flannel + bridge median | p95 | bridge alone median | p95 | overhead (median) | target |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -163,6 +174,8 @@ def report(rows: list[tuple[str, str, list[float], list[float]]], startup: list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="sleep this many seconds before each call (an idle node) instead of a warm CPU")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pods", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
