@@ -61,6 +61,29 @@ def test_an_unreachable_peer_is_red_with_the_reason() -> None:
     assert not doc["healthy"]
 
 
+def test_a_host_gw_peer_without_pods_is_grey_and_the_map_stays_healthy() -> None:
+    quiet = ProbeResult("10.244.3.0-24", "10.244.3.1", False, None, None, "no reply from 10.244.3.1, but the public "
+                        "IP 198.18.0.13 answers", NOW, no_target=True)
+    doc = build(inputs(backend_type="host-gw", probes={"10.244.2.0-24": ok(2), "10.244.3.0-24": quiet}), now=NOW)
+    three = doc["nodes"][2]
+    assert three["health"] == "no_target" and three["problems"] == [f"not probed: {quiet.error}"]
+    assert {e["to"]: e["state"] for e in doc["edges"]}["10.244.3.0-24"] == "no_target"
+    assert doc["healthy"]
+
+
+def test_a_dual_stack_edge_carries_both_families_and_the_worse_state() -> None:
+    v6_ok = ProbeResult("10.244.2.0-24", "fd00:10:244:2::", True, 0.0005, 1430, "", NOW, family=6)
+    v6_bad = ProbeResult("10.244.3.0-24", "fd00:10:244:3::", False, None, None, "no reply", NOW, family=6)
+    doc = build(inputs(probes={"10.244.2.0-24": ok(2), "10.244.3.0-24": ok(3)},
+                       probes_v6={"10.244.2.0-24": v6_ok, "10.244.3.0-24": v6_bad}), now=NOW)
+    two, three = doc["edges"]
+    assert two["state"] == "ok" and two["address"] == "10.244.2.0" and two["ipv4"]["path_mtu_bytes"] == 1450
+    assert two["ipv6"] == {"state": "ok", "reachable": True, "address": "fd00:10:244:2::", "rtt_seconds": 0.0005,
+                           "path_mtu_bytes": 1430, "error": None, "probed_at": "2027-01-15T08:00:00Z"}
+    assert three["state"] == "unreachable" and three["ipv4"]["state"] == "ok" and three["ipv6"]["error"] == "no reply"
+    assert doc["nodes"][2]["health"] == "unreachable" and not doc["healthy"]
+
+
 def test_drift_is_attributed_to_the_peer_it_concerns_and_stale_entries_to_this_node() -> None:
     entries = [DriftEntry("route to 10.244.2.0/24 missing", "ip route replace 10.244.2.0/24 via 10.244.2.0 dev "
                           "flannel.1 onlink"),
