@@ -85,6 +85,10 @@ def test_the_map_json_has_every_node_and_a_probed_edge_to_each_peer(hosts: list[
     assert {n["subnet"]: n["public_ip"] for n in doc["nodes"]} == {subnet_of(h): h.ip for h in hosts}
     me = next(n for n in doc["nodes"] if n["self"])
     assert 86000 < me["expires_in_seconds"] <= 86400 and me["health"] == "ok"
+    # peers' expiry: from the watch's writes, or looked up once for records listed at start (etcd grants 24 h)
+    assert eventually(lambda: all(n["lease_expires"] and n["expires_in_seconds"] is not None
+                                  and 86000 < n["expires_in_seconds"] <= 86400 for n in map_json(h1)["nodes"]),
+                      timeout=15), map_json(h1)["nodes"]
     for e in doc["edges"]:
         assert e["path_mtu_bytes"] == 1450 and e["rtt_seconds"] > 0  # flannel.1's MTU crosses with DF set
         assert e["address"] == e["to"].split("-")[0]  # the peer's flannel.1 address, <subnet>.0

@@ -127,8 +127,12 @@ async def run(opts: flags.Options) -> int:
         if opts.map_port > 0 or opts.probe_interval > 0:  # the overlay probe and the network map (docs/map.md)
             from flannel.netmap import handler
             from flannel.netmap.observer import MAP_PROBE_INTERVAL, Observer
+            from flannel.subnet.etcd_manager import EtcdSubnetManager
 
-            observer = Observer(config, network.lease, float(opts.probe_interval) or MAP_PROBE_INTERVAL)
+            etcd = sm if isinstance(sm, EtcdSubnetManager) else None  # kube mode: leases do not expire
+            observer = Observer(config, network.lease, float(opts.probe_interval) or MAP_PROBE_INTERVAL,
+                                lease_ttl=float(etcd.ttl) if etcd else 0.0,
+                                ttl_lookup=etcd.remaining_ttl if etcd else None)
             watch = observer.tap(watch)
             if opts.map_port > 0:
                 map_server = await start_health_server(opts.map_address, opts.map_port, handler(observer.document),

@@ -71,6 +71,9 @@ class Inputs:
     """Seconds between probe rounds."""
     refresh: float = 2.0
     """Seconds between the page's fetches of ``/map.json``."""
+    peer_expiry: Mapping[str, float] | None = None
+    """When each peer's lease expires (unix time, 0: not known yet) by key; None where leases do not expire
+    (kube mode), which the map says as "n/a"."""
 
 
 def _iso(ts: float) -> str | None:
@@ -107,7 +110,7 @@ def _vtep_mac(lease: Lease) -> str:
     return m.group(1) if m else ""
 
 
-def _node(lease: Lease, expiry: float, now: float, own: bool) -> dict[str, Any]:
+def _node(lease: Lease, expiry: float, now: float, own: bool, expires: bool = True) -> dict[str, Any]:
     a = lease.attrs
     return {
         "key": lease.key,
@@ -120,6 +123,7 @@ def _node(lease: Lease, expiry: float, now: float, own: bool) -> dict[str, Any]:
         "reserved": lease.reserved,
         "expires_at": _iso(expiry) if not lease.reserved else None,
         "expires_in_seconds": round(expiry - now) if expiry > 0 and not lease.reserved else None,
+        "lease_expires": expires and not lease.reserved,
         "health": "ok",
         "problems": [],
     }
@@ -150,7 +154,9 @@ def build(inp: Inputs, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     me = _node(inp.own, inp.own_expiry, now, True)
     peers = sorted(inp.peers, key=lambda lease: int(lease.subnet.network_address) if lease.subnet else 0)
-    nodes = {me["key"]: me} | {p.key: _node(p, p.expiration, now, False) for p in peers}
+    expiry = inp.peer_expiry
+    nodes = {me["key"]: me} | {p.key: _node(p, expiry.get(p.key, 0.0) if expiry is not None else 0.0, now, False,
+                                            expiry is not None) for p in peers}
     if not inp.ready:
         me["health"] = "not_ready"
         me["problems"].append(f"not ready: {inp.ready_reason}")

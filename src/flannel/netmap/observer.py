@@ -28,6 +28,7 @@ from flannel import metrics, probe
 from flannel.backoff import RepeatLimiter, repeats
 from flannel.config import NetworkConfig
 from flannel.lease import Lease
+from flannel.netmap.expiry import LeaseExpiry, Lookup
 from flannel.netmap.model import DriftEntry, Inputs, build
 from flannel.readiness import READINESS
 from flannel.subnet.lease_guard import Family, find_collisions
@@ -57,7 +58,10 @@ def families(config: NetworkConfig, own: Lease) -> list[Family]:
 class Observer:
     """Probes, drift and conflicts of this node's view, refreshed every ``interval`` seconds."""
 
-    def __init__(self, config: NetworkConfig, own: Lease, interval: float, drift: bool = True) -> None:
+    def __init__(self, config: NetworkConfig, own: Lease, interval: float, drift: bool = True,
+                 lease_ttl: float = 0.0, ttl_lookup: Lookup | None = None) -> None:
+        """``ttl_lookup`` (etcd mode: ``EtcdSubnetManager.remaining_ttl``) and ``lease_ttl`` (the TTL nodes grant)
+        give the peers' lease expiry (``expiry.py``); without them (kube mode) it is "n/a"."""
         self.config = config
         self.own = own
         self.interval = interval
@@ -68,12 +72,14 @@ class Observer:
         self.drift_checked = False
         self.drift_reason = "not checked yet"
         self.conflicts: list[tuple[str, str, str]] = []
+        self.expiry = LeaseExpiry(lease_ttl, ttl_lookup)
         self._log = RepeatLimiter(LOG_INTERVAL)
 
     async def tap(self, results: AsyncIterator[WatchResult]) -> AsyncIterator[WatchResult]:
         """Pass the lease watch through unchanged, keeping a copy of the leases it carries."""
         async for result in results:
             self.tracker.apply(result)
+            self.expiry.saw(result)
             yield result
 
     def targets(self) -> list[probe.Target]:
@@ -124,6 +130,7 @@ class Observer:
                                      vtep_macs=self.config.backend_type.lower() == "vxlan")
         self.conflicts = [(lease.key, reason, why) for lease, reason, why in collisions]
         metrics.LEASE_CONFLICTS.set(len(self.conflicts))
+        await self.expiry.resolve()
 
     def _check_drift(self, leases: list[Lease]) -> None:
         from flannel.ctl import drift
@@ -154,4 +161,6 @@ class Observer:
             probes={peer: r for (peer, fam), r in self.probes.items() if fam == 4},
             probes_v6={peer: r for (peer, fam), r in self.probes.items() if fam == 6},
             drift_checked=self.drift_checked, drift_reason=self.drift_reason, drift=self.drift,
-            conflicts=self.conflicts, probe_interval=self.interval, refresh=PAGE_REFRESH))
+            conflicts=self.conflicts, probe_interval=self.interval, refresh=PAGE_REFRESH,
+            peer_expiry={lease.key: self.expiry.expiry(lease) for lease in self.tracker.leases}
+            if self.expiry.supported else None))
