@@ -136,6 +136,9 @@ class ProbeResult:
     """host-gw: nothing answered in the subnet, but the peer's public IP did (module docstring)."""
     family: int = 4
     """4 or 6."""
+    route_mtu_bytes: int | None = None
+    """The MTU of the route to the target (what this node sends at most): where the path carries less, full-size
+    packets are lost."""
 
     @property
     def state(self) -> str:
@@ -145,7 +148,7 @@ class ProbeResult:
     def as_json(self) -> dict[str, Any]:
         return {"peer": self.peer, "address": self.address, "reachable": self.reachable,
                 "rtt_seconds": self.rtt_seconds, "path_mtu_bytes": self.path_mtu_bytes, "error": self.error or None,
-                "state": self.state, "family": f"ipv{self.family}"}
+                "state": self.state, "family": f"ipv{self.family}", "route_mtu_bytes": self.route_mtu_bytes}
 
 
 def target_address(subnet: IPv4Network | IPv6Network, backend_type: str) -> Address:
@@ -339,7 +342,8 @@ async def probe_one(target: Target, timeout: float = DEFAULT_TIMEOUT) -> ProbeRe
 
         small = SMALL if fam == 4 else SMALL_V6
         mtu = await largest_passing(small, min(max(route_mtu, small), MAX_SIZE), passes)
-        return ProbeResult(target.peer, where, True, rtt, mtu, "", time.time(), family=fam)
+        return ProbeResult(target.peer, where, True, rtt, mtu, "", time.time(), family=fam,
+                           route_mtu_bytes=route_mtu)
     finally:
         sock.close()
 

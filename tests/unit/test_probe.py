@@ -76,7 +76,7 @@ def test_a_result_has_stable_json_keys() -> None:
     r = probe.ProbeResult("10.244.3.0-24", "10.244.3.0", True, 0.001, 1450)
     assert r.as_json() == {"peer": "10.244.3.0-24", "address": "10.244.3.0", "reachable": True,
                            "rtt_seconds": 0.001, "path_mtu_bytes": 1450, "error": None, "state": "ok",
-                           "family": "ipv4"}
+                           "family": "ipv4", "route_mtu_bytes": None}
 
 
 async def test_loopback_is_reachable_with_its_whole_mtu() -> None:
@@ -112,9 +112,15 @@ def test_unreachable_peers_and_narrow_paths_are_errors() -> None:
     assert [(f.code, f.subject) for f in findings] == [("unreachable", "10.244.3.0-24"),
                                                        ("path_mtu_below_mtu", "10.244.4.0-24")]
     assert "1400 bytes, but pods use MTU 1450" in findings[1].message
+    v6 = [probe.ProbeResult("10.244.2.0-24", "fd00::", True, 0.0001, 1430, family=6, route_mtu_bytes=1430),
+          probe.ProbeResult("10.244.3.0-24", "fd00:0:0:1::", True, 0.0001, 1330, family=6, route_mtu_bytes=1430)]
+    _, v6_findings = ctl_probe.assess(v6, [peer_lease(2), peer_lease(3)], mtu=1450)  # below FLANNEL_MTU is by design
+    assert [(f.code, f.subject) for f in v6_findings] == [("path_mtu_below_mtu", "10.244.3.0-24")]
+    assert "IPv6 packet that crosses with DF set is 1330 bytes, but the IPv6 overlay device sends 1430" in \
+        v6_findings[0].message
     assert rows[0] == {"peer": "10.244.2.0-24", "address": "10.244.2.0", "reachable": True, "rtt_seconds": 0.0001,
                        "path_mtu_bytes": 1450, "error": None, "subnet": "10.244.2.0/24", "public_ip": "198.18.0.12",
-                       "state": "ok", "family": "ipv4"}
+                       "state": "ok", "family": "ipv4", "route_mtu_bytes": None}
     text = ctl_probe.render({"self": "10.244.1.0-24", "backend_type": "vxlan", "mtu": 1450, "peers": rows},
                             findings, colour=False)
     assert "UNREACHABLE" in text and "0.10 ms" in text and "ERROR unreachable 10.244.3.0-24" in text

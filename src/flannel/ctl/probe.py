@@ -8,9 +8,10 @@ work (``flannelctl leases`` names it). This node's subnet comes from ``subnet.en
 Each peer is probed in every family the cluster has (IPv4, and IPv6 on a dual-stack cluster): one row each.
 Findings: an unreachable peer is an error (exit 1); so is a path MTU below ``FLANNEL_MTU``, since pods send
 packets of that size and the overlay drops them (vxlan over an underlay with a smaller MTU, a blocked
-"fragmentation needed"). A host-gw peer with no pod yet has nothing in its subnet to answer (``no_target``,
-``flannel.probe``): a warning, not an error, when its public IP answers. Raw ICMP needs root, or a group in
-``net.ipv4.ping_group_range``: without either the command says so and exits 1.
+"fragmentation needed"); for IPv6 the bar is the route's own MTU (``assess``). A host-gw peer with no pod yet
+has nothing in its subnet to answer (``no_target``, ``flannel.probe``): a warning, not an error, when its public
+IP answers. Raw ICMP needs root, or a group in ``net.ipv4.ping_group_range``: without either the
+command says so and exits 1.
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ def assess(results: Sequence[probe.ProbeResult], peers: Sequence[Lease], mtu: in
             findings.append(Finding(ERROR, "unreachable", r.peer, f"{r.address} does not answer over the overlay "
                                     f"({r.error or 'no reply'}): pods on {subnet} cannot be reached from here",
                                     "flannelctl status (drift), then check the underlay between the public IPs"))
-        elif mtu is not None and r.path_mtu_bytes is not None and r.path_mtu_bytes < mtu:
-            findings.append(Finding(ERROR, "path_mtu_below_mtu", r.peer, f"the largest packet that crosses with DF "
-                                    f"set is {r.path_mtu_bytes} bytes, but pods use MTU {mtu}: their large packets "
+        elif (limit := mtu if r.family == 4 else r.route_mtu_bytes) is not None and r.path_mtu_bytes is not None \
+                and r.path_mtu_bytes < limit:
+            # IPv6: FLANNEL_MTU is the IPv4 device's; the IPv6 device is smaller by design (vxlan: 20 bytes of
+            # outer header more) and pods learn that by Packet Too Big. What is lost is a path narrower than it.
+            uses = f"pods use MTU {limit}" if r.family == 4 else f"the IPv6 overlay device sends {limit}"
+            findings.append(Finding(ERROR, "path_mtu_below_mtu", r.peer, f"the largest IPv{r.family} packet that "
+                                    f"crosses with DF set is {r.path_mtu_bytes} bytes, but {uses}: large packets "
                                     "are dropped", "lower the MTU in the network config, or raise the underlay's"))
     return rows, findings
 
