@@ -121,6 +121,10 @@ async def run(opts: flags.Options) -> int:
         if write_env(opts, config, network):
             if health is not None:
                 health.mark_ready()
+            else:  # flannel_ready and the map's readiness, without a /readyz to serve it
+                from flannel.readiness import READINESS
+
+                READINESS.mark_started()
             log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
             notify_systemd()
         watch, observer = sm.watch_leases(), None
