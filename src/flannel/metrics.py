@@ -198,13 +198,15 @@ UDP_DROPPED = counter("flannel_udp_dropped_total",
 # -- the overlay probe and the network map (flannel.netmap; only with --map-port or --probe-interval) --------
 
 PROBE_REACHABLE = gauge("flannel_probe_reachable",
-                        "1 when the last probe of a peer over the overlay got an echo reply, else 0; by peer lease.",
-                        ["peer"])
-PROBE_RTT = gauge("flannel_probe_rtt_seconds", "Round trip of the last successful probe echo to a peer.", ["peer"])
+                        "1 when the last probe of a peer over the overlay got an echo reply, else 0; by peer lease and "
+                        "family (absent for a host-gw peer with nothing to probe yet).", ["peer", "family"])
+PROBE_RTT = gauge("flannel_probe_rtt_seconds", "Round trip of the last successful probe echo to a peer.",
+                  ["peer", "family"])
 PROBE_PATH_MTU = gauge("flannel_probe_path_mtu_bytes",
-                       "Largest IPv4 packet (headers included) that last crossed the overlay to a peer with DF set.",
-                       ["peer"])
-PROBES = counter("flannel_probes_total", "Peer probes run, by result (reachable, unreachable).", ["result"])
+                       "Largest IP packet (headers included) that last crossed the overlay to a peer with DF set.",
+                       ["peer", "family"])
+PROBES = counter("flannel_probes_total", "Peer probes run, by result (reachable, unreachable, no_target).",
+                 ["result"])
 PROBE_LAST = gauge("flannel_probe_last_run_timestamp_seconds", "When the last round of peer probes ended (unix time).")
 DRIFT_ENTRIES = gauge("flannel_drift_entries",
                       "Kernel entries that differ from the leases at the last check (missing or stale routes, "

@@ -151,16 +151,23 @@ def test_status_without_a_store_still_checks_readiness(hosts: tuple[Host, Host])
 
 
 @pytest.fixture(scope="module")
-def hostgw_hosts() -> Iterator[tuple[Host, Host]]:
+def hostgw_cluster() -> Iterator[Cluster]:
     for c in _cluster(backend='{"Type":"host-gw"}'):
         h1, h2 = c.add_host(1), c.add_host(2)
         for h in (h1, h2):
             quiet_underlay(h)
-            c.start_flanneld(h, "--healthz-ip=127.0.0.1", f"--healthz-port={PORT}", "--reconcile-interval=3600")
+            probing = ("--probe-interval=1",) if h is h1 else ()
+            c.start_flanneld(h, "--healthz-ip=127.0.0.1", f"--healthz-port={PORT}", "--reconcile-interval=3600",
+                             *probing)
         for h in (h1, h2):
             c.wait_ready(h)
         assert eventually(lambda: subnet_of(h2) in c.routes(h1))  # noqa: B023 (used within the iteration)
-        yield h1, h2
+        yield c
+
+
+@pytest.fixture(scope="module")
+def hostgw_hosts(hostgw_cluster: Cluster) -> tuple[Host, Host]:
+    return hostgw_cluster.hosts[1], hostgw_cluster.hosts[2]
 
 
 def test_host_gw_drift_is_named_on_the_external_interface(hostgw_hosts: tuple[Host, Host]) -> None:
@@ -174,3 +181,22 @@ def test_host_gw_drift_is_named_on_the_external_interface(hostgw_hosts: tuple[Ho
     assert fix == f"ip route replace {peer} via {h2.ip} dev eth0 proto 70"
     in_ns(h1.ns, *shlex.split(fix))
     assert as_json(h1)[0] == 0
+
+
+def metrics_text(host: Host) -> str:
+    r = in_ns(host.ns, "curl", "-s", "--max-time", "5", f"http://127.0.0.1:{PORT}/metrics", check=False, timeout=15)
+    return r.stdout
+
+
+def test_a_host_gw_peer_without_pods_raises_no_unreachable_sample(hostgw_cluster: Cluster,
+                                                                  hostgw_hosts: tuple[Host, Host]) -> None:
+    """h2 has no pod, so no cni0 and nothing at <subnet>.1: flanneld's probes count it as no_target and its
+    metrics carry no flannel_probe_reachable sample for it (FlannelPeerUnreachable stays quiet); with a pod, the
+    same peer is reachable (``flannelctl probe``'s side is in test_network_map.py)."""
+    h1, h2 = hostgw_hosts
+    key = subnet_of(h2).replace("/", "-")
+    assert eventually(lambda: 'flannel_probes_total{result="no_target"}' in metrics_text(h1), timeout=15)
+    assert f'flannel_probe_reachable{{peer="{key}"' not in metrics_text(h1)
+    hostgw_cluster.add_pod(h2)
+    assert eventually(lambda: f'flannel_probe_reachable{{peer="{key}",family="ipv4"}} 1' in metrics_text(h1),
+                      timeout=15), metrics_text(h1)

@@ -85,6 +85,10 @@ def test_the_map_json_has_every_node_and_a_probed_edge_to_each_peer(hosts: list[
     assert {n["subnet"]: n["public_ip"] for n in doc["nodes"]} == {subnet_of(h): h.ip for h in hosts}
     me = next(n for n in doc["nodes"] if n["self"])
     assert 86000 < me["expires_in_seconds"] <= 86400 and me["health"] == "ok"
+    # peers' expiry: from the watch's writes, or looked up once for records listed at start (etcd grants 24 h)
+    assert eventually(lambda: all(n["lease_expires"] and n["expires_in_seconds"] is not None
+                                  and 86000 < n["expires_in_seconds"] <= 86400 for n in map_json(h1)["nodes"]),
+                      timeout=15), map_json(h1)["nodes"]
     for e in doc["edges"]:
         assert e["path_mtu_bytes"] == 1450 and e["rtt_seconds"] > 0  # flannel.1's MTU crosses with DF set
         assert e["address"] == e["to"].split("-")[0]  # the peer's flannel.1 address, <subnet>.0
@@ -245,6 +249,15 @@ def test_host_gw_peers_are_probed_at_their_pod_gateway(hostgw_hosts: list[Host])
     two, three = peers[subnet_of(h2)], peers[subnet_of(h3)]
     # cni0's gateway answers, over the route via h2's public IP, with eth0's whole MTU (host-gw adds no header)
     assert two["reachable"] and two["address"].endswith(".1") and two["path_mtu_bytes"] == 1500
-    # a node without pods has no address in its subnet: it shows as unreachable (docs/map.md says so)
+    # a node without pods has no address in its subnet, but its public IP answers: no target, not unreachable
     assert not three["reachable"] and three["address"] == subnet_of(h3).split("/")[0][:-1] + "1"
-    assert r.returncode == 1 and [f["subject"] for f in doc["findings"]] == [subnet_of(h3).replace("/", "-")]
+    assert three["state"] == "no_target" and two["state"] == "ok"
+    assert r.returncode == 0 and [(f["severity"], f["code"], f["subject"]) for f in doc["findings"]] == [
+        ("warning", "no_target", subnet_of(h3).replace("/", "-"))]
+    # once its public IP is silent too, the same node is unreachable (an error)
+    in_ns(h3.ns, "iptables", "-w", "-I", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP")
+    r = probe(h1, "-o", "json")
+    doc = json.loads(r.stdout)
+    three = {p["subnet"]: p for p in doc["peers"]}[subnet_of(h3)]
+    assert three["state"] == "unreachable" and r.returncode == 1
+    assert [(f["code"], f["subject"]) for f in doc["findings"]] == [("unreachable", subnet_of(h3).replace("/", "-"))]

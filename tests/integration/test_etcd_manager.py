@@ -148,6 +148,18 @@ async def test_reservation_is_reused_without_ttl(store: EtcdStore, prefix: str, 
     assert get_value(etcd, key) == '{"PublicIP":"1.2.3.4","PublicIPv6":null}'
 
 
+async def test_remaining_ttl_reads_a_record_s_etcd_lease(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
+    """What the network map asks once per peer record listed at start (netmap/expiry.py)."""
+    put_config(etcd, prefix, '{"Network":"10.3.0.0/16"}')
+    m = mgr(store, prefix, ttl_seconds=600, renew_margin_minutes=1)
+    lease = await m.acquire_lease(attrs())
+    left = await m.remaining_ttl(lease.key)
+    assert left is not None and 590 <= left <= 600
+    etcd.etcdctl("put", f"{prefix}/subnets/10.3.42.0-24", '{"PublicIP":"1.2.3.5"}')
+    assert await m.remaining_ttl("10.3.42.0-24") is None  # a reservation never expires
+    assert await m.remaining_ttl("10.3.43.0-24") is None  # no such record
+
+
 async def test_renewal_keeps_the_lease_past_its_ttl(
     store: EtcdStore, prefix: str, etcd: EtcdServer, caplog: pytest.LogCaptureFixture
 ) -> None:

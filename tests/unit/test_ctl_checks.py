@@ -203,6 +203,22 @@ def test_fix_commands_name_the_tool() -> None:
     assert drift.command("route replace 10.5.2.0/24") == "ip route replace 10.5.2.0/24"
 
 
+def test_wireguard_layout_and_fix_lines_follow_the_backend() -> None:
+    from flannel.backend.wireguard_config import Mode
+    from flannel.backend.wireguard_model import PeerSpec
+    from flannel.ctl.drift_wireguard import layout, peer_line
+
+    dual = check_network_config(parse_network_config('{"Network":"10.5.0.0/16","EnableIPv6":true,'
+                                                     '"IPv6Network":"fd00::/56","Backend":{"Type":"wireguard"}}'))
+    assert layout(dual, Mode.SEPARATE) == [("flannel-wg", 0, [2]), ("flannel-wg-v6", 1, [10])]
+    assert layout(dual, Mode.AUTO) == [("flannel-wg", 0, [2, 10])]
+    peer = PeerSpec(public_key=bytes(range(32)), endpoint=(IPv4Address("198.18.0.2"), 51820),
+                    allowed_ips=frozenset({IPv4Network("10.5.2.0/24")}), keepalive=25)
+    assert peer_line("flannel-wg", peer) == ("wg set flannel-wg peer AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= "
+                                             "endpoint 198.18.0.2:51820 persistent-keepalive 25 allowed-ips "
+                                             "10.5.2.0/24")
+
+
 # -- the human forms ------------------------------------------------------------------------------------------
 
 

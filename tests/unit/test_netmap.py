@@ -28,7 +28,8 @@ def lease(n: int, mac: str = "") -> Lease:
 def inputs(**kw: object) -> Inputs:
     base: dict[str, object] = {"own": lease(1), "own_expiry": NOW + 86000, "peers": [lease(3), lease(2)],
                                "network": "10.244.0.0/16", "backend_type": "vxlan", "ready": True,
-                               "ready_reason": "flanneld is ready"}
+                               "ready_reason": "flanneld is ready",
+                               "peer_expiry": {"10.244.2.0-24": NOW + 1200, "10.244.3.0-24": NOW + 1800}}
     return Inputs(**(base | kw))  # type: ignore[arg-type]
 
 
@@ -44,7 +45,8 @@ def test_every_lease_is_a_node_and_every_peer_an_edge_from_this_node() -> None:
     assert me["self"] and me["expires_in_seconds"] == 86000 and me["health"] == "ok"
     assert two == {"key": "10.244.2.0-24", "self": False, "subnet": "10.244.2.0/24", "ipv6_subnet": None,
                    "public_ip": "198.18.0.12", "public_ipv6": None, "backend_type": "vxlan", "reserved": False,
-                   "expires_at": "2027-01-15T08:20:00Z", "expires_in_seconds": 1200, "health": "ok", "problems": []}
+                   "expires_at": "2027-01-15T08:20:00Z", "expires_in_seconds": 1200, "lease_expires": True,
+                   "health": "ok", "problems": []}
     assert three["health"] == "unknown"  # not probed yet
     edges = {e["to"]: e for e in doc["edges"]}
     assert edges["10.244.2.0-24"]["state"] == "ok" and edges["10.244.2.0-24"]["path_mtu_bytes"] == 1450
@@ -59,6 +61,29 @@ def test_an_unreachable_peer_is_red_with_the_reason() -> None:
     three = doc["nodes"][2]
     assert three["health"] == "unreachable" and "10.244.3.0: no reply" in three["problems"][0]
     assert not doc["healthy"]
+
+
+def test_a_host_gw_peer_without_pods_is_grey_and_the_map_stays_healthy() -> None:
+    quiet = ProbeResult("10.244.3.0-24", "10.244.3.1", False, None, None, "no reply from 10.244.3.1, but the public "
+                        "IP 198.18.0.13 answers", NOW, no_target=True)
+    doc = build(inputs(backend_type="host-gw", probes={"10.244.2.0-24": ok(2), "10.244.3.0-24": quiet}), now=NOW)
+    three = doc["nodes"][2]
+    assert three["health"] == "no_target" and three["problems"] == [f"not probed: {quiet.error}"]
+    assert {e["to"]: e["state"] for e in doc["edges"]}["10.244.3.0-24"] == "no_target"
+    assert doc["healthy"]
+
+
+def test_a_dual_stack_edge_carries_both_families_and_the_worse_state() -> None:
+    v6_ok = ProbeResult("10.244.2.0-24", "fd00:10:244:2::", True, 0.0005, 1430, "", NOW, family=6)
+    v6_bad = ProbeResult("10.244.3.0-24", "fd00:10:244:3::", False, None, None, "no reply", NOW, family=6)
+    doc = build(inputs(probes={"10.244.2.0-24": ok(2), "10.244.3.0-24": ok(3)},
+                       probes_v6={"10.244.2.0-24": v6_ok, "10.244.3.0-24": v6_bad}), now=NOW)
+    two, three = doc["edges"]
+    assert two["state"] == "ok" and two["address"] == "10.244.2.0" and two["ipv4"]["path_mtu_bytes"] == 1450
+    assert two["ipv6"] == {"state": "ok", "reachable": True, "address": "fd00:10:244:2::", "rtt_seconds": 0.0005,
+                           "path_mtu_bytes": 1430, "error": None, "probed_at": "2027-01-15T08:00:00Z"}
+    assert three["state"] == "unreachable" and three["ipv4"]["state"] == "ok" and three["ipv6"]["error"] == "no reply"
+    assert doc["nodes"][2]["health"] == "unreachable" and not doc["healthy"]
 
 
 def test_drift_is_attributed_to_the_peer_it_concerns_and_stale_entries_to_this_node() -> None:
@@ -137,3 +162,48 @@ async def test_conflicting_leases_are_counted() -> None:
     await obs.refresh()
     assert [(k, r) for k, r, _ in obs.conflicts] == [("10.244.2.0-25", "overlaps_lease")]
     assert metrics.LEASE_CONFLICTS.labels().get() == 1
+
+
+# -- peers' lease expiry ---------------------------------------------------------------------------------------
+
+
+def test_in_kube_mode_peer_expiry_is_not_applicable() -> None:
+    doc = build(inputs(peer_expiry=None), now=NOW)
+    assert [(n["lease_expires"], n["expires_in_seconds"]) for n in doc["nodes"][1:]] == [(False, None)] * 2
+
+
+async def test_expiry_comes_from_the_watch_s_writes_and_once_per_listed_record() -> None:
+    from flannel.netmap.expiry import LeaseExpiry
+
+    asked: list[str] = []
+
+    async def lookup(key: str) -> float | None:
+        asked.append(key)
+        return 500.0
+
+    clock = [NOW]
+    exp = LeaseExpiry(86400, lookup, budget=2, clock=lambda: clock[0])
+
+    def rev(n: int, r: int, reserved: bool = False) -> Lease:
+        return Lease(IPv4Network(f"10.244.{n}.0/24"), attrs=LeaseAttrs(IPv4Address(f"198.18.0.{n}")), revision=r,
+                     reserved=reserved)
+
+    exp.saw(WatchResult(snapshot=(rev(2, 5), rev(3, 6), rev(4, 7), rev(5, 8, reserved=True))))
+    assert exp.expiry(rev(2, 5)) == 0.0 and len(exp.pending) == 3  # age unknown; the reservation never expires
+    assert await exp.resolve() == 2 and asked == ["10.244.2.0-24", "10.244.3.0-24"]  # within the budget
+    assert exp.expiry(rev(2, 5)) == NOW + 500
+    clock[0] += 10
+    exp.saw(WatchResult(events=((True, rev(4, 9)),)))  # renewed: a write seen by the watch, no look-up
+    assert exp.expiry(rev(4, 9)) == NOW + 10 + 86400 and not exp.pending
+    assert await exp.resolve() == 0 and len(asked) == 2
+    exp.saw(WatchResult(snapshot=(rev(2, 5), rev(4, 9))))  # a re-list: known records are not asked again
+    assert await exp.resolve() == 0 and exp.expiry(rev(2, 5)) == NOW + 500 and "10.244.3.0-24" not in exp.known
+    assert exp.expiry(rev(2, 6)) == 0.0  # another revision of the record: not known
+
+
+def test_without_a_lookup_nothing_is_tracked() -> None:
+    from flannel.netmap.expiry import LeaseExpiry
+
+    exp = LeaseExpiry(86400, None)
+    exp.saw(WatchResult(events=((True, lease(2)),)))
+    assert not exp.supported and exp.expiry(lease(2)) == 0.0

@@ -1,5 +1,6 @@
 """Drift on this node: kernel entries a remote lease needs and that are missing, and flannel's entries that
-belong to no lease, for the vxlan, host-gw, ipip and udp backends.
+belong to no lease, for the vxlan, host-gw, ipip, udp and wireguard backends (wireguard's peers are read in
+``drift_wireguard``).
 
 Nothing here decides on its own what the kernel should hold. The leases go through the same ``LeaseTracker``
 and ``LeaseGuard`` flanneld runs (so a lease the node refuses is not "missing"), each admitted lease through
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from flannel.backend.route_network import RoutePlane
     from flannel.backend.route_plane import PeerRoute
 
-SUPPORTED = ("vxlan", "host-gw", "ipip", "udp")
+SUPPORTED = ("vxlan", "host-gw", "ipip", "udp", "wireguard")
 Network = IPv4Network | IPv6Network
 
 
@@ -79,6 +80,8 @@ def check(nl: Netlink, config: NetworkConfig, own: Lease, leases: Sequence[Lease
             return _ipip(nl, config, own, remote)
         if kind == "udp":
             return _udp(nl, config, own)
+        if kind == "wireguard":
+            return _wireguard(nl, config, own, remote)
     except (NetlinkError, OSError) as exc:
         raise DriftUnchecked(f"cannot read the kernel's state: {exc}") from None
     raise DriftUnchecked(f"drift is checked for {', '.join(SUPPORTED)} only, not {config.backend_type}")
@@ -189,6 +192,17 @@ def _ipip(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Lease
         out += [Drift(reason, command(op.describe(names)))  # type: ignore[attr-defined]
                 for reason, op in route_drift(nl, family, cluster, _wanted_routes(plane, remote))]
     return out
+
+
+def _wireguard(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Lease]) -> list[Drift]:
+    from flannel.ctl import drift_wireguard
+
+    try:
+        return [Drift(what, fix) for what, fix in drift_wireguard.check(nl, config, own, remote)]
+    except ConfigError as exc:
+        raise DriftUnchecked(f"the config's Backend section is invalid: {exc}") from None
+    except drift_wireguard.Unreadable as exc:
+        raise DriftUnchecked(str(exc)) from None
 
 
 def _udp(nl: Netlink, config: NetworkConfig, own: Lease) -> list[Drift]:

@@ -121,14 +121,22 @@ async def run(opts: flags.Options) -> int:
         if write_env(opts, config, network):
             if health is not None:
                 health.mark_ready()
+            else:  # flannel_ready and the map's readiness, without a /readyz to serve it
+                from flannel.readiness import READINESS
+
+                READINESS.mark_started()
             log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
             notify_systemd()
         watch, observer = sm.watch_leases(), None
         if opts.map_port > 0 or opts.probe_interval > 0:  # the overlay probe and the network map (docs/map.md)
             from flannel.netmap import handler
             from flannel.netmap.observer import MAP_PROBE_INTERVAL, Observer
+            from flannel.subnet.etcd_manager import EtcdSubnetManager
 
-            observer = Observer(config, network.lease, float(opts.probe_interval) or MAP_PROBE_INTERVAL)
+            etcd = sm if isinstance(sm, EtcdSubnetManager) else None  # kube mode: leases do not expire
+            observer = Observer(config, network.lease, float(opts.probe_interval) or MAP_PROBE_INTERVAL,
+                                lease_ttl=float(etcd.ttl) if etcd else 0.0,
+                                ttl_lookup=etcd.remaining_ttl if etcd else None)
             watch = observer.tap(watch)
             if opts.map_port > 0:
                 map_server = await start_health_server(opts.map_address, opts.map_port, handler(observer.document),

@@ -6,8 +6,9 @@ without a kernel or a store. The keys are documented in docs/map.md and never re
 
 Health of a node box, worst first: ``conflict`` (its lease collides with another or with the config: nodes
 do not program it), ``drift`` (this node's kernel lacks or has extra entries for it), ``unreachable`` (the
-last probe got no reply), ``not_ready`` (this node only: ``/readyz`` would answer 503), ``unknown`` (not
-probed yet), ``ok``. Everything but ``ok`` and ``unknown`` is drawn red.
+last probe got no reply, in either family), ``not_ready`` (this node only: ``/readyz`` would answer 503),
+``no_target`` (host-gw: the node is up but has no pod yet, so nothing in its subnet answers), ``unknown`` (not
+probed yet), ``ok``. Everything but ``ok``, ``no_target`` and ``unknown`` is drawn red; those two are grey.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Inputs:
     ready_reason: str
     """Its body."""
     probes: Mapping[str, ProbeResult] = field(default_factory=dict)
-    """The last probe result per peer lease key."""
+    """The last IPv4 probe result per peer lease key."""
+    probes_v6: Mapping[str, ProbeResult] = field(default_factory=dict)
+    """The last IPv6 probe result per peer lease key (dual-stack clusters)."""
     drift_checked: bool = False
     """Whether the last drift check ran."""
     drift_reason: str = ""
@@ -68,6 +71,9 @@ class Inputs:
     """Seconds between probe rounds."""
     refresh: float = 2.0
     """Seconds between the page's fetches of ``/map.json``."""
+    peer_expiry: Mapping[str, float] | None = None
+    """When each peer's lease expires (unix time, 0: not known yet) by key; None where leases do not expire
+    (kube mode), which the map says as "n/a"."""
 
 
 def _iso(ts: float) -> str | None:
@@ -104,7 +110,7 @@ def _vtep_mac(lease: Lease) -> str:
     return m.group(1) if m else ""
 
 
-def _node(lease: Lease, expiry: float, now: float, own: bool) -> dict[str, Any]:
+def _node(lease: Lease, expiry: float, now: float, own: bool, expires: bool = True) -> dict[str, Any]:
     a = lease.attrs
     return {
         "key": lease.key,
@@ -117,9 +123,30 @@ def _node(lease: Lease, expiry: float, now: float, own: bool) -> dict[str, Any]:
         "reserved": lease.reserved,
         "expires_at": _iso(expiry) if not lease.reserved else None,
         "expires_in_seconds": round(expiry - now) if expiry > 0 and not lease.reserved else None,
+        "lease_expires": expires and not lease.reserved,
         "health": "ok",
         "problems": [],
     }
+
+
+_WORST = ("unreachable", "no_target", "ok")
+
+
+def _probe_json(r: ProbeResult) -> dict[str, Any]:
+    return {"state": r.state, "reachable": r.reachable, "address": r.address, "rtt_seconds": r.rtt_seconds,
+            "path_mtu_bytes": r.path_mtu_bytes, "error": r.error or None, "probed_at": _iso(r.at)}
+
+
+def _edge(me: str, peer: str, v4: ProbeResult | None, v6: ProbeResult | None) -> dict[str, Any]:
+    """One edge: the first family's result at the top level (as before dual stack), each family's under
+    ``ipv4``/``ipv6``, and the worst state of the two."""
+    results = [r for r in (v4, v6) if r is not None]
+    state = next((s for s in _WORST if any(r.state == s for r in results)), "unknown")
+    first = results[0] if results else None
+    top = _probe_json(first) if first else {"reachable": None, "address": None, "rtt_seconds": None,
+                                            "path_mtu_bytes": None, "error": None, "probed_at": None}
+    return {"from": me, "to": peer, **top, "state": state,
+            "ipv4": _probe_json(v4) if v4 else None, "ipv6": _probe_json(v6) if v6 else None}
 
 
 def build(inp: Inputs, now: float | None = None) -> dict[str, Any]:
@@ -127,22 +154,24 @@ def build(inp: Inputs, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     me = _node(inp.own, inp.own_expiry, now, True)
     peers = sorted(inp.peers, key=lambda lease: int(lease.subnet.network_address) if lease.subnet else 0)
-    nodes = {me["key"]: me} | {p.key: _node(p, p.expiration, now, False) for p in peers}
+    expiry = inp.peer_expiry
+    nodes = {me["key"]: me} | {p.key: _node(p, expiry.get(p.key, 0.0) if expiry is not None else 0.0, now, False,
+                                            expiry is not None) for p in peers}
     if not inp.ready:
         me["health"] = "not_ready"
         me["problems"].append(f"not ready: {inp.ready_reason}")
     edges = []
     for p in peers:
-        r = inp.probes.get(p.key)
-        state = "unknown" if r is None else "ok" if r.reachable else "unreachable"
-        edges.append({"from": me["key"], "to": p.key, "state": state,
-                      "reachable": r.reachable if r else None, "address": r.address if r else None,
-                      "rtt_seconds": r.rtt_seconds if r else None, "path_mtu_bytes": r.path_mtu_bytes if r else None,
-                      "error": (r.error or None) if r else None, "probed_at": _iso(r.at) if r else None})
+        v4, v6 = inp.probes.get(p.key), inp.probes_v6.get(p.key)
+        edge = _edge(me["key"], p.key, v4, v6)
+        edges.append(edge)
         node = nodes[p.key]
-        node["health"] = state
-        if r is not None and not r.reachable:
-            node["problems"].append(f"unreachable over the overlay ({r.address}: {r.error or 'no reply'})")
+        node["health"] = edge["state"]
+        for r in (v4, v6):
+            if r is not None and r.state == "unreachable":
+                node["problems"].append(f"unreachable over the overlay ({r.address}: {r.error or 'no reply'})")
+            elif r is not None and r.no_target:
+                node["problems"].append(f"not probed: {r.error}")
     drift = []
     for entry in inp.drift:
         peer = drift_peer(entry, peers)

@@ -28,6 +28,7 @@ from flannel import metrics, probe
 from flannel.backoff import RepeatLimiter, repeats
 from flannel.config import NetworkConfig
 from flannel.lease import Lease
+from flannel.netmap.expiry import LeaseExpiry, Lookup
 from flannel.netmap.model import DriftEntry, Inputs, build
 from flannel.readiness import READINESS
 from flannel.subnet.lease_guard import Family, find_collisions
@@ -57,29 +58,33 @@ def families(config: NetworkConfig, own: Lease) -> list[Family]:
 class Observer:
     """Probes, drift and conflicts of this node's view, refreshed every ``interval`` seconds."""
 
-    def __init__(self, config: NetworkConfig, own: Lease, interval: float, drift: bool = True) -> None:
+    def __init__(self, config: NetworkConfig, own: Lease, interval: float, drift: bool = True,
+                 lease_ttl: float = 0.0, ttl_lookup: Lookup | None = None) -> None:
+        """``ttl_lookup`` (etcd mode: ``EtcdSubnetManager.remaining_ttl``) and ``lease_ttl`` (the TTL nodes grant)
+        give the peers' lease expiry (``expiry.py``); without them (kube mode) it is "n/a"."""
         self.config = config
         self.own = own
         self.interval = interval
         self.check_drift = drift
         self.tracker = LeaseTracker(own)
-        self.probes: dict[str, probe.ProbeResult] = {}
+        self.probes: dict[tuple[str, int], probe.ProbeResult] = {}
         self.drift: list[DriftEntry] = []
         self.drift_checked = False
         self.drift_reason = "not checked yet"
         self.conflicts: list[tuple[str, str, str]] = []
+        self.expiry = LeaseExpiry(lease_ttl, ttl_lookup)
         self._log = RepeatLimiter(LOG_INTERVAL)
 
     async def tap(self, results: AsyncIterator[WatchResult]) -> AsyncIterator[WatchResult]:
         """Pass the lease watch through unchanged, keeping a copy of the leases it carries."""
         async for result in results:
             self.tracker.apply(result)
+            self.expiry.saw(result)
             yield result
 
     def targets(self) -> list[probe.Target]:
-        """One probe target per remote IPv4 lease."""
-        return [probe.Target(lease.key, probe.target_address(lease.subnet, self.config.backend_type))
-                for lease in self.tracker.leases if lease.subnet is not None]
+        """The probe targets of every remote lease, one per family the network has."""
+        return [t for lease in self.tracker.leases for t in probe.lease_targets(self.config, lease)]
 
     async def run(self) -> None:
         """Refresh forever (a supervised subsystem: cancelled at shutdown)."""
@@ -98,20 +103,24 @@ class Observer:
         except probe.ProbeUnavailable as exc:
             self._warn(f"peer probes disabled: {exc}")
             results = []
-        fresh = {r.peer: r for r in results}
-        for gone in self.probes.keys() - fresh.keys():
-            for family in (metrics.PROBE_REACHABLE, metrics.PROBE_RTT, metrics.PROBE_PATH_MTU):
-                family.remove(gone)
+        fresh = {(r.peer, r.family): r for r in results}
+        for peer, fam in self.probes.keys() - fresh.keys():
+            for gauge in (metrics.PROBE_REACHABLE, metrics.PROBE_RTT, metrics.PROBE_PATH_MTU):
+                gauge.remove(peer, f"ipv{fam}")
         self.probes = fresh
         for r in results:
-            metrics.PROBES.labels("reachable" if r.reachable else "unreachable").inc()
-            metrics.PROBE_REACHABLE.labels(r.peer).set(1 if r.reachable else 0)
-            if r.reachable:
-                metrics.PROBE_RTT.labels(r.peer).set(r.rtt_seconds or 0.0)
-                metrics.PROBE_PATH_MTU.labels(r.peer).set(r.path_mtu_bytes or 0)
+            labels = (r.peer, f"ipv{r.family}")
+            metrics.PROBES.labels("reachable" if r.reachable else r.state).inc()
+            if r.no_target:  # neither reachable nor not: no sample, so FlannelPeerUnreachable stays quiet
+                metrics.PROBE_REACHABLE.remove(*labels)
             else:
-                metrics.PROBE_RTT.remove(r.peer)
-                metrics.PROBE_PATH_MTU.remove(r.peer)
+                metrics.PROBE_REACHABLE.labels(*labels).set(1 if r.reachable else 0)
+            if r.reachable:
+                metrics.PROBE_RTT.labels(*labels).set(r.rtt_seconds or 0.0)
+                metrics.PROBE_PATH_MTU.labels(*labels).set(r.path_mtu_bytes or 0)
+            else:
+                metrics.PROBE_RTT.remove(*labels)
+                metrics.PROBE_PATH_MTU.remove(*labels)
         metrics.PROBE_LAST.set(time.time())
         leases = self.tracker.leases
         if self.check_drift:
@@ -121,6 +130,7 @@ class Observer:
                                      vtep_macs=self.config.backend_type.lower() == "vxlan")
         self.conflicts = [(lease.key, reason, why) for lease, reason, why in collisions]
         metrics.LEASE_CONFLICTS.set(len(self.conflicts))
+        await self.expiry.resolve()
 
     def _check_drift(self, leases: list[Lease]) -> None:
         from flannel.ctl import drift
@@ -147,6 +157,10 @@ class Observer:
         return build(Inputs(
             own=self.own, own_expiry=expiry, peers=self.tracker.leases,
             network=str(self.config.network) if self.config.network else "", backend_type=self.config.backend_type,
-            ready=READINESS.ready, ready_reason=READINESS.explain(), probes=self.probes,
+            ready=READINESS.ready, ready_reason=READINESS.explain(),
+            probes={peer: r for (peer, fam), r in self.probes.items() if fam == 4},
+            probes_v6={peer: r for (peer, fam), r in self.probes.items() if fam == 6},
             drift_checked=self.drift_checked, drift_reason=self.drift_reason, drift=self.drift,
-            conflicts=self.conflicts, probe_interval=self.interval, refresh=PAGE_REFRESH))
+            conflicts=self.conflicts, probe_interval=self.interval, refresh=PAGE_REFRESH,
+            peer_expiry={lease.key: self.expiry.expiry(lease) for lease in self.tracker.leases}
+            if self.expiry.supported else None))

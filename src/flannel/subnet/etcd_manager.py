@@ -96,6 +96,15 @@ class EtcdSubnetManager:
         except ConfigError as exc:
             raise ConfigError(f"{self.config_key}: {exc}", exc.field) from None
 
+    async def remaining_ttl(self, lease_key: str) -> float | None:
+        """Seconds left on the etcd lease of a subnet record (``10.244.3.0-24``), for the network map; None for a
+        reservation or a record that is gone. Two requests: the record (for its lease id) and ``LeaseTimeToLive``."""
+        kv = await self.store.get(join_key(self.subnets_prefix, lease_key))
+        if kv is None or not kv.lease_id:
+            return None
+        ttl = await self.store.time_to_live(kv.lease_id)
+        return float(ttl) if ttl > 0 else None
+
     async def list_leases(self) -> tuple[list[Lease], int]:
         """Every decodable lease under ``<prefix>/subnets/`` and the revision of the listing (§6.2)."""
         leases, _, revision = await self._list()
