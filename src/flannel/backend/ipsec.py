@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from flannel import metrics
 from flannel.backend.base import BackendContext, LeasedNetwork, require_ipv4_only
-from flannel.backend.ipsec_charon import CharonError, CharonProcess, Vici, find_charon
+from flannel.backend.ipsec_charon import VICI_PATH, CharonError, CharonProcess, Vici, find_charon
 from flannel.backend.ipsec_config import (
     REQID,
     IPsecConfig,
@@ -95,9 +95,9 @@ class IPsecNetwork(LeasedNetwork):
         self.tracker = LeaseTracker(lease)
         self.synced = False
         self.xfrm = Xfrm(netns)
-        self.vici = Vici(vici_path) if vici_path else Vici()
+        self.vici = Vici(vici_path or VICI_PATH)
         self.loop = ReconcileLoop(self.reconcile, reconcile_interval)
-        self.charon = CharonProcess(charon_path, on_restart=self.loop.kick)
+        self.charon = CharonProcess(charon_path, on_restart=self.loop.kick, vici_path=vici_path or VICI_PATH)
         self._quiet = RepeatLimiter(60.0)
 
     # -- running ------------------------------------------------------------------------------------
