@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import Cluster, Host, eventually, subnet_of
+from tests.e2e.cluster import Cluster, Host, eventually, in_ns, subnet_of
 from tests.e2e.conftest import _skip_reason
 from tests.ipsec_support import LIBIPSEC_CONF, PSK, text, vici_session, write_strongswan_conf
 
@@ -70,3 +70,18 @@ def test_pods_ping_across_hosts_through_userspace_esp(userspace_cluster: Cluster
     # flanneld installed no kernel policy: charon's routes send the peer's subnet to ipsec0
     assert "reqid 11" not in h1.run("ip", "xfrm", "policy", "show").stdout
     assert f"{subnet_of(h2)} dev ipsec0" in h1.run("ip", "route", "show", "table", "220").stdout
+
+
+def test_flannel_mtu_fits_ipsec0_and_full_size_packets_cross(userspace_cluster: Cluster) -> None:
+    """ipsec0 has MTU 1400, below upstream's 1500 - 77: with FLANNEL_MTU 1423 a pod's full-size packet with DF
+    would be refused at ipsec0. FLANNEL_MTU is 1400, and a 1400-byte packet with DF crosses both ways."""
+    c = userspace_cluster
+    h1, h2 = c.hosts[1], c.hosts[2]
+    for host in (h1, h2):
+        assert host.env()["FLANNEL_MTU"] == "1400"
+        assert host.run("cat", "/sys/class/net/ipsec0/mtu").stdout.strip() == "1400"
+        assert "UserspaceESP: ipsec0 has MTU 1400, FLANNEL_MTU is 1400" in host.log_file.read_text()
+    assert in_ns(c.pod_ns(h1, 1), "cat", "/sys/class/net/eth0/mtu").stdout.strip() == "1400"
+    for src, dst in ((h1, h2), (h2, h1)):
+        r = in_ns(c.pod_ns(src, 1), "ping", "-c1", "-W3", "-M", "do", "-s", str(1400 - 28), dst.pods[0], check=False)
+        assert r.returncode == 0, r.stdout + r.stderr

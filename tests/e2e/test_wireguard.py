@@ -1,7 +1,8 @@
 """wireguard, ``separate`` mode, dual stack, over ``wireguard-go`` (this kernel has no WireGuard): three
 simulated hosts, each with its own /run (its own key file and /var/run/wireguard) (spec §10.6, §5.1).
 
-One cluster for the module; the tests run in order and the last one takes a host away.
+One cluster for the module; the tests run in order: one takes a host away, and the last adds a peer built by
+hand the way upstream flanneld lays out separate mode.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import Cluster, eventually, subnet_of
+from tests.e2e.cluster import Cluster, Host, eventually, subnet_of
 from tests.e2e.wireguard_support import RECONCILE, CountingPing, ifindex, peers, pubkey, wg, wg_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -126,3 +127,65 @@ def test_a_lease_leaving_removes_its_peer(c: Cluster) -> None:
         assert eventually(lambda host=host: key not in peers(host) and key not in peers(host, "flannel-wg-v6")), \
             wg(host, "show")
     assert len(c.leases()) == 2
+
+
+UP_V4, UP_V6 = "10.244.250", "fd00:10:244:fa"
+"""The hand-built upstream peer's subnets: 10.244.250.0/24 and fd00:10:244:fa::/64."""
+
+
+def build_upstream_separate_peer(c: Cluster) -> Host:
+    """Host 4, configured by hand exactly as upstream flanneld lays out separate mode: two ``wireguard-go``
+    devices sharing one private key, flannel-wg on 51820 (IPv4 peers at their PublicIP) and flannel-wg-v6 on
+    51821 (IPv6 peers at their PublicIPv6), each holding its subnet's network address and routing the whole
+    network of its family; its lease written in Go's bytes."""
+    h4 = c.add_host(4)
+    assert h4.ip6 is not None
+    h4.run("sh", "-c", "umask 077; wg genkey > /run/wgkey")
+    key = h4.run("sh", "-c", "wg pubkey < /run/wgkey").stdout.strip()
+    for dev, port in (("flannel-wg", 51820), ("flannel-wg-v6", 51821)):
+        h4.run("wireguard-go", dev)
+        h4.run("wg", "set", dev, "private-key", "/run/wgkey", "listen-port", str(port))
+        h4.run("ip", "link", "set", dev, "mtu", "1420")
+    for cmd in (["addr", "add", f"{UP_V4}.0/32", "dev", "flannel-wg"],
+                ["-6", "addr", "add", f"{UP_V6}::/128", "dev", "flannel-wg-v6"],
+                ["link", "set", "flannel-wg", "up"],
+                ["link", "set", "flannel-wg-v6", "up"],
+                ["route", "replace", "10.244.0.0/16", "dev", "flannel-wg", "scope", "link"],
+                ["-6", "route", "replace", "fd00:10:244::/56", "dev", "flannel-wg-v6"],
+                ["addr", "add", f"{UP_V4}.1/32", "dev", "lo"],  # a "pod" address on the peer
+                ["-6", "addr", "add", f"{UP_V6}::1/128", "dev", "lo"]):
+        h4.run("ip", *cmd)
+    for host in (c.hosts[1], c.hosts[2]):
+        v6 = host.env()["FLANNEL_IPV6_SUBNET"].rsplit("::", 1)[0] + "::/64"
+        h4.run("wg", "set", "flannel-wg", "peer", pubkey(host), "endpoint", f"{host.ip}:51820",
+               "allowed-ips", subnet_of(host))
+        h4.run("wg", "set", "flannel-wg-v6", "peer", pubkey(host), "endpoint", f"[{host.ip6}]:51821",
+               "allowed-ips", v6)
+    value = (f'{{"PublicIP":"{h4.ip}","PublicIPv6":"{h4.ip6}","BackendType":"wireguard",'
+             f'"BackendData":{{"PublicKey":"{key}","Port":51820}},'
+             f'"BackendV6Data":{{"PublicKey":"{key}","Port":51821}}}}')
+    c.etcdctl("put", f"/coreos.com/network/subnets/{UP_V4}.0-24&{UP_V6}::-64", value)
+    return h4
+
+
+def test_a_hand_built_upstream_separate_mode_peer_exchanges_traffic_with_flannel_hosts(c: Cluster) -> None:
+    h4 = build_upstream_separate_peer(c)
+    key = pubkey(h4)
+    flannel_hosts = (c.hosts[1], c.hosts[2])  # host 3 left in the test before
+    for host in flannel_hosts:
+        assert eventually(lambda host=host: key in peers(host) and key in peers(host, "flannel-wg-v6"),
+                          timeout=15), host.log_file.read_text()[-2000:]
+        v4 = next(x.split("\t") for x in wg(host, "show", "flannel-wg", "dump").splitlines() if x.startswith(key))
+        v6 = next(x.split("\t") for x in wg(host, "show", "flannel-wg-v6", "dump").splitlines()
+                  if x.startswith(key))
+        assert v4[2] == f"{h4.ip}:51820" and v4[3] == f"{UP_V4}.0/24"
+        assert v6[2] == f"[{h4.ip6}]:51821" and v6[3] == f"{UP_V6}::/64"
+    for host in flannel_hosts:
+        pod = c.pod_ns(host, 1)
+        assert eventually(lambda pod=pod: c.ping(pod, f"{UP_V4}.1"), timeout=15), wg(host, "show")
+        assert eventually(lambda pod=pod: c.ping(pod, f"{UP_V6}::1"), timeout=15), wg(host, "show")
+        assert h4.run("ping", "-c1", "-W2", "-I", f"{UP_V4}.1", host.pods[0], check=False).returncode == 0
+        assert h4.run("ping", "-6", "-c1", "-W2", "-I", f"{UP_V6}::1", host.pods6[0], check=False).returncode == 0
+    for dev in ("flannel-wg", "flannel-wg-v6"):
+        transfer = [line.split("\t") for line in wg(h4, "show", dev, "transfer").splitlines()]
+        assert len(transfer) == 2 and all(int(rx) > 0 and int(tx) > 0 for _, rx, tx in transfer), (dev, transfer)

@@ -77,6 +77,12 @@ def test_mtu_is_external_less_77_and_8_more_with_udp_encap() -> None:
     assert ipsec_mtu(9001, False) == 8924
 
 
+def test_userspace_esp_mtu_is_bounded_by_ipsec0_and_always_counts_the_udp_header() -> None:
+    assert ipsec_mtu(1500, False, userspace_esp=True) == 1400  # ipsec0's 1400, below 1500 - 85
+    assert ipsec_mtu(1480, False, userspace_esp=True) == 1395  # 1480 - 77 - 8 (libipsec always encapsulates)
+    assert ipsec_mtu(9001, True, userspace_esp=True) == 1400
+
+
 def test_the_connection_is_exactly_upstreams_table() -> None:
     cfg = IPsecConfig(psk=Secret(PSK))
     assert connection(PEER, cfg) == {

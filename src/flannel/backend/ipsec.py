@@ -21,8 +21,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 from flannel import metrics
 from flannel.backend.base import BackendContext, LeasedNetwork, require_ipv4_only
-from flannel.backend.ipsec_charon import CharonError, CharonProcess, Vici, find_charon
+from flannel.backend.ipsec_charon import VICI_PATH, CharonError, CharonProcess, Vici, find_charon
 from flannel.backend.ipsec_config import (
+    LIBIPSEC_DEVICE,
     REQID,
     IPsecConfig,
     Peer,
@@ -38,7 +39,7 @@ from flannel.backoff import RepeatLimiter, repeats
 from flannel.config import NetworkConfig
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
-from flannel.netlink import NetlinkError
+from flannel.netlink import Netlink, NetlinkError
 from flannel.netlink.xfrm import Xfrm, XfrmPolicy
 from flannel.readiness import READINESS
 from flannel.subnet.lease_guard import LeaseGuard
@@ -73,8 +74,8 @@ class IPsecBackend:
         lease = await self.ctx.subnet_manager.acquire_lease(attrs)
         if lease.subnet is None or config.network is None:
             raise FlannelError(f"lease {lease.key} has no IPv4 subnet")
-        network = IPsecNetwork(lease, ipsec_mtu(ext.mtu, self.cfg.udp_encap), self.cfg, charon, config.network,
-                               self.ctx.reconcile_interval)
+        mtu = ipsec_mtu(ext.mtu, self.cfg.udp_encap, self.cfg.userspace_esp)
+        network = IPsecNetwork(lease, mtu, self.cfg, charon, config.network, self.ctx.reconcile_interval)
         network.tracker.guard = LeaseGuard.for_network(config, lease, BACKEND_TYPE)
         return network
 
@@ -94,10 +95,11 @@ class IPsecNetwork(LeasedNetwork):
         """Wanted peer by lease key."""
         self.tracker = LeaseTracker(lease)
         self.synced = False
+        self.netns = netns
         self.xfrm = Xfrm(netns)
-        self.vici = Vici(vici_path) if vici_path else Vici()
+        self.vici = Vici(vici_path or VICI_PATH)
         self.loop = ReconcileLoop(self.reconcile, reconcile_interval)
-        self.charon = CharonProcess(charon_path, on_restart=self.loop.kick)
+        self.charon = CharonProcess(charon_path, on_restart=self.loop.kick, vici_path=vici_path or VICI_PATH)
         self._quiet = RepeatLimiter(60.0)
 
     # -- running ------------------------------------------------------------------------------------
@@ -158,9 +160,26 @@ class IPsecNetwork(LeasedNetwork):
             return
         if "kernel-libipsec" in plugins:
             log.info("UserspaceESP: charon does ESP in userspace (kernel-libipsec)")
+            self.check_libipsec_mtu()
         else:
             log.error("UserspaceESP is set but charon has no kernel-libipsec plugin (it loaded: %s); load it in "
                       "strongswan.conf (Debian: libcharon-extra-plugins)", " ".join(sorted(plugins)))
+
+    def check_libipsec_mtu(self) -> None:
+        """FLANNEL_MTU assumed ipsec0's MTU of strongSwan 5.9 (1400): say so when charon's device has less."""
+        try:
+            with Netlink(self.netns) as nl:
+                link = nl.link_by_name(LIBIPSEC_DEVICE)
+        except NetlinkError as exc:
+            log.warning("cannot read %s: %s", LIBIPSEC_DEVICE, exc)
+            return
+        if link is None:
+            log.warning("UserspaceESP: charon made no %s device", LIBIPSEC_DEVICE)
+        elif link.mtu < self.mtu:
+            log.error("UserspaceESP: %s has MTU %d, below FLANNEL_MTU %d: pods' largest packets will not pass",
+                      LIBIPSEC_DEVICE, link.mtu, self.mtu)
+        else:
+            log.info("UserspaceESP: %s has MTU %d, FLANNEL_MTU is %d", LIBIPSEC_DEVICE, link.mtu, self.mtu)
 
     # -- lease events -------------------------------------------------------------------------------
 

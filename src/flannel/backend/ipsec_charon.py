@@ -6,6 +6,13 @@ configuration is the host's own strongSwan configuration (``/etc/strongswan.conf
 from flanneld's environment, which charon inherits). Beyond upstream, a charon that exits on its own is
 started again with back-off; the reconcile then loads its keys and connections again.
 
+A host may already run its own charon (a VPN of its own). Upstream starts a second one, which exits at once
+("charon already running"), and then talks to the host's over the shared VICI socket without knowing it. Two
+charons cannot share one host anyway (one IKE port, one VICI socket), so here the host's charon is used on
+purpose: found by its pidfile or by the process at the other end of the VICI socket, said so in the log, never
+stopped, and watched; when it exits, flanneld starts its own. flannel's connections and keys carry its own
+names, and nothing else of the host's charon is touched.
+
 The session: the ``vici`` package from PyPI, which is synchronous, so every request runs in a worker thread
 (``asyncio.to_thread``) under one lock, with a socket timeout so that a wedged charon cannot hold a request
 for ever. Any failure closes the session; the next request connects again. All of VICI's errors surface as
@@ -23,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +49,12 @@ CHARON_PATHS = (
 )
 VICI_URI = "unix:///var/run/charon.vici"
 VICI_PATH = VICI_URI.removeprefix("unix://")
+PIDFILE = "/var/run/charon.pid"
+"""Where charon writes its pid, and refuses to start while that process lives."""
+CHARON_NAMES = ("charon", "charon-systemd")
+"""The process names (``/proc/<pid>/comm``) of strongSwan's IKE daemons."""
+EXTERNAL_POLL = 1.0
+"""Seconds between checks that the host's charon (one flanneld did not start) still runs."""
 VICI_TIMEOUT = 5.0
 """Seconds one VICI request may take before the session is dropped as wedged."""
 STOP_TIMEOUT = 5.0
@@ -82,28 +96,111 @@ def _parent_death_signal() -> Callable[[], None]:
     return preexec
 
 
-class CharonProcess:
-    """One charon child: started by ``start``, kept running by ``supervise``, ended by ``stop``."""
+def _comm(pid: int) -> str | None:
+    """The process's name, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
-    def __init__(self, path: str, on_restart: Callable[[], None] | None = None) -> None:
+
+def _pidfile_pid(pidfile: str) -> int | None:
+    try:
+        with open(pidfile) as f:
+            text = f.read(64).strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _vici_peer_pid(vici_path: str) -> int | None:
+    """The pid of the process listening on the VICI socket (``SO_PEERCRED``), or None when nothing listens."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(vici_path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid if pid > 0 else None
+
+
+def running_charon(pidfile: str = PIDFILE, vici_path: str = VICI_PATH) -> int | None:
+    """The pid of a charon already running on this host (one flanneld did not start), or None.
+
+    Its pidfile names it while it starts, before its VICI socket opens; a charon that writes no pidfile
+    (``charon-systemd``) is found at the other end of the VICI socket. A pidfile naming a live process that is
+    no charon (a pid reused after a reboot) would make a new charon refuse to start: it is removed, with a
+    warning.
+    """
+    pid = _pidfile_pid(pidfile)
+    if pid is not None:
+        name = _comm(pid)
+        if name in CHARON_NAMES:
+            return pid
+        if name is not None:
+            log.warning("%s names pid %d (%s), which is no charon; removing the stale pidfile", pidfile, pid, name)
+            with contextlib.suppress(OSError):
+                os.unlink(pidfile)
+    return _vici_peer_pid(vici_path)
+
+
+class CharonProcess:
+    """One charon child: started by ``start``, kept running by ``supervise``, ended by ``stop``.
+
+    Or the host's own charon, found running at ``start``: used, watched, never stopped (see the module's doc).
+    """
+
+    def __init__(self, path: str, on_restart: Callable[[], None] | None = None, pidfile: str = PIDFILE,
+                 vici_path: str = VICI_PATH) -> None:
         self.path = path
         self.proc: asyncio.subprocess.Process | None = None
+        self.external: int | None = None
+        """The pid of the host's charon that flanneld uses instead of its own, if any."""
         self.on_restart = on_restart
         """Called after charon was started again (the backend then reloads keys and connections)."""
+        self.pidfile = pidfile
+        self.vici_path = vici_path
         self._stopping = False
 
     async def start(self) -> None:
+        pid = await asyncio.to_thread(running_charon, self.pidfile, self.vici_path)
+        if pid is not None:
+            self.external = pid
+            log.warning("charon (pid %d) already runs on this host and flanneld did not start it: using it over "
+                        "unix://%s. flannel's connections and keys carry flannel's names and nothing else of it is "
+                        "touched; it must load the plugins flannel needs (its strongswan.conf); flanneld will not "
+                        "stop it, and starts its own charon if it exits. To have flanneld run its own charon, stop "
+                        "the host's strongSwan.", pid, self.vici_path)
+            return
         # No arguments: charon takes none that flannel needs, and nothing secret ever goes on a command line.
         self.proc = await asyncio.create_subprocess_exec(self.path, preexec_fn=_parent_death_signal())
         log.info("started charon %s (pid %d)", self.path, self.proc.pid)
+
+    async def _watch_external(self) -> None:
+        """Wait for the host's charon to exit, then start flanneld's own."""
+        assert self.external is not None
+        while _comm(self.external) in CHARON_NAMES:
+            await asyncio.sleep(EXTERNAL_POLL)
+        log.warning("the host's charon (pid %d) exited; flanneld starts its own", self.external)
+        self.external = None
+        await self.start()
+        if self.on_restart is not None:
+            self.on_restart()
 
     async def supervise(self) -> None:
         """Wait for charon to exit; unless flanneld is stopping it, start it again with back-off (1 s to 30 s)."""
         backoff = Backoff(1.0, 30.0)
         while True:
+            while self.external is not None:
+                await self._watch_external()
             if self.proc is None:
                 await self.start()
-            assert self.proc is not None
+                continue
             started = time.monotonic()
             code = await self.proc.wait()
             if self._stopping:
@@ -119,8 +216,11 @@ class CharonProcess:
                 self.on_restart()
 
     async def stop(self) -> None:
-        """SIGTERM, as upstream; SIGKILL if charon has not exited within ``STOP_TIMEOUT``."""
+        """SIGTERM, as upstream; SIGKILL if charon has not exited within ``STOP_TIMEOUT``. The host's charon is
+        left running, with flannel's connections loaded (as the kernel's policies are left)."""
         self._stopping = True
+        if self.external is not None:
+            log.info("leaving the host's charon (pid %d) running", self.external)
         proc, self.proc = self.proc, None
         if proc is None or proc.returncode is not None:
             return

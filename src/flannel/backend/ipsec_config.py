@@ -29,6 +29,11 @@ IPSEC_OVERHEAD = 77
 """Upstream's ESP tunnel overhead: outer IP 20, SPI and sequence 8, IV 16, padding up to 15, trailer 2, ICV 16."""
 UDP_ENCAP_OVERHEAD = 8
 """The UDP header in front of ESP when ``UDPEncap`` is set."""
+LIBIPSEC_DEVICE = "ipsec0"
+"""The TUN device of charon's kernel-libipsec plugin (``UserspaceESP``)."""
+LIBIPSEC_MTU = 1400
+"""The MTU kernel-libipsec gives ``ipsec0``: strongSwan's ``TUN_DEFAULT_MTU``, fixed in its code (5.9 has no
+setting for it), and the buffer size it reads packets with, so it must not be raised behind charon's back."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,15 @@ def parse_ipsec_config(backend: Mapping[str, Any]) -> IPsecConfig:
                        userspace_esp=bool_key(raw, "UserspaceESP"))
 
 
-def ipsec_mtu(ext_mtu: int, udp_encap: bool) -> int:
-    """``FLANNEL_MTU``: the external interface's MTU less the ESP overhead (and the UDP header with UDPEncap)."""
+def ipsec_mtu(ext_mtu: int, udp_encap: bool, userspace_esp: bool = False) -> int:
+    """``FLANNEL_MTU``: the external interface's MTU less the ESP overhead (and the UDP header with UDPEncap).
+
+    With ``UserspaceESP`` pod packets pass ``ipsec0`` first, whose MTU (1400) is below upstream's figure for a
+    1500-byte underlay (1423): the pods get the lower of the two, and the UDP header always counts, since
+    kernel-libipsec always encapsulates ESP in UDP.
+    """
+    if userspace_esp:
+        return min(ext_mtu - IPSEC_OVERHEAD - UDP_ENCAP_OVERHEAD, LIBIPSEC_MTU)
     return ext_mtu - IPSEC_OVERHEAD - (UDP_ENCAP_OVERHEAD if udp_encap else 0)
 
 
