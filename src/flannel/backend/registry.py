@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from flannel.backend.base import Backend, BackendContext
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, NotImplementedYetError
+from flannel.errors import ConfigError, FlannelError, NotImplementedYetError
 
 BackendFactory = Callable[[BackendContext, NetworkConfig], Backend]
 
@@ -59,6 +59,23 @@ def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return AllocBackend(ctx, config)
 
 
+def _cloud(module: str, cls: str, extra: str, package: str) -> BackendFactory:
+    """A cloud route backend: its module imports the cloud's SDK, so a missing SDK names the extra to install."""
+
+    def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
+        import importlib
+
+        try:
+            mod = importlib.import_module(f"flannel.backend.{module}")
+        except ImportError as exc:
+            raise FlannelError(f"backend {config.backend_type!r} needs the Python package {package} ({exc.name} "
+                               f"is missing): pip install 'flannel[{extra}]'") from None
+        backend: Backend = getattr(mod, cls)(ctx, config)
+        return backend
+
+    return factory
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "vxlan": _vxlan,
     "host-gw": _host_gw,
@@ -68,7 +85,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "wireguard": _not_yet("wireguard"),
     "extension": _extension,
     "alloc": _alloc,
-    "tencent-vpc": _not_yet("tencent-vpc"),
+    "tencent-vpc": _cloud("tencentvpc", "TencentVPCBackend", "tencent", "tencentcloud-sdk-python-vpc"),
 }
 
 
