@@ -30,7 +30,8 @@ def context(ext_addr: str, subnet: str = SUBNET) -> tuple[BackendContext, FakeSu
     return BackendContext(subnet_manager=sm, ext_iface=ext), sm
 
 
-async def register(backend_section: dict[str, Any], ext_addr: str, subnet: str = SUBNET) -> tuple[Any, FakeSubnetManager]:
+async def register(backend_section: dict[str, Any], ext_addr: str,
+                   subnet: str = SUBNET) -> tuple[Any, FakeSubnetManager]:
     """Construct the backend the section names and register its network; returns (network, subnet manager)."""
     config = parse_network_config(json.dumps({"Network": "10.244.0.0/16", "Backend": backend_section}))
     ctx, sm = context(ext_addr, subnet)

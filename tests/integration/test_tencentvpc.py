@@ -11,19 +11,19 @@ import pytest
 pytest.importorskip("tencentcloud.vpc.v20170312", reason="the tencent extra is not installed (pip install "
                     "'flannel[tencent]')")
 
-from flannel.backend import cloud_metadata, cloud_route  # noqa: E402
-from flannel.backend.cloud_route import (  # noqa: E402
+from flannel.backend import cloud_metadata, cloud_route
+from flannel.backend.cloud_route import (
     CloudAnswerError,
     CloudAuthError,
     CloudNotFoundError,
     MetadataError,
 )
-from flannel.errors import ConfigError  # noqa: E402
-from flannel.readiness import READINESS  # noqa: E402
-from tests.cloud_fakes.harness import SUBNET, register, running, until  # noqa: E402
-from tests.cloud_fakes.metadata import Metadata  # noqa: E402
-from tests.cloud_fakes.server import FakeServer  # noqa: E402
-from tests.cloud_fakes.tencent import Route, TencentVPC, metadata_paths  # noqa: E402
+from flannel.errors import ConfigError
+from flannel.readiness import READINESS
+from tests.cloud_fakes.harness import SUBNET, register, running, until
+from tests.cloud_fakes.metadata import Metadata
+from tests.cloud_fakes.server import FakeServer
+from tests.cloud_fakes.tencent import Route, TencentVPC, metadata_paths
 
 KEY_ID, KEY_SECRET = "AKIDflannel0test", "s3cr3t-tencent-key"
 ME, OTHER = "172.16.0.11", "172.16.0.12"
@@ -102,7 +102,7 @@ async def test_config_keys_win_over_the_environment_and_a_wrong_secret_names_its
 async def test_an_unknown_key_id_from_the_environment_is_an_auth_error(fake: TencentVPC,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACCESS_KEY_ID", "AKIDnobody")
-    with pytest.raises(CloudAuthError, match="AuthFailure.SecretIdNotFound.*environment variables ACCESS_KEY_ID"):
+    with pytest.raises(CloudAuthError, match=r"AuthFailure\.SecretIdNotFound.*environment variables ACCESS_KEY_ID"):
         await register(BACKEND, ME)
 
 
