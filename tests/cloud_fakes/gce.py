@@ -236,10 +236,16 @@ def metadata_paths(project: str, zone: str, instance: str, network: str, token: 
         body = {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
         return R(200, json.dumps(body).encode(), {"Content-Type": "application/json", "Metadata-Flavor": "Google"})
 
+    def account(req: Request) -> Response:
+        body = {"aliases": ["default"], "email": f"{instance}@{project}.iam.gserviceaccount.com",
+                "scopes": ["https://www.googleapis.com/auth/compute"]}
+        return R(200, json.dumps(body).encode(), {"Content-Type": "application/json", "Metadata-Flavor": "Google"})
+
     def ping(req: Request) -> Response:
         return R(200, b"", {"Metadata-Flavor": "Google", "Content-Type": "text/plain"})
 
     return {f"{base}/project/project-id": project, f"{base}/instance/zone": f"projects/123456/zones/{zone}",
             f"{base}/instance/hostname": f"{instance}.{zone}.c.{project}.internal",
             f"{base}/instance/network-interfaces/0/network": f"projects/123456/networks/{network}",
-            f"{base}/instance/service-accounts/default/token": token_answer, "/": ping}
+            f"{base}/instance/service-accounts/default/token": token_answer,
+            f"{base}/instance/service-accounts/default/": account, "/": ping}

@@ -64,7 +64,11 @@ def _cloud(module: str, cls: str, extra: str, package: str) -> BackendFactory:
 
     def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
         import importlib
+        import sys
 
+        # The daemon keeps ``ssl`` out in etcd mode (daemon/entry.py); a cloud API is HTTPS, so let it back in.
+        if "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
         try:
             mod = importlib.import_module(f"flannel.backend.{module}")
         except ImportError as exc:
