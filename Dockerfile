@@ -16,7 +16,7 @@ COPY src ./src
 RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
-        --build-constraint constraints.txt ".[tencent,gce]"
+        --build-constraint constraints.txt ".[tencent,gce,ali]"
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \

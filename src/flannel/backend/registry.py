@@ -89,6 +89,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "wireguard": _not_yet("wireguard"),
     "extension": _extension,
     "alloc": _alloc,
+    "ali-vpc": _cloud("alivpc", "AliVPCBackend", "ali", "aliyun-python-sdk-vpc"),
     "gce": _cloud("gce", "GCEBackend", "gce", "google-api-python-client"),
     "tencent-vpc": _cloud("tencentvpc", "TencentVPCBackend", "tencent", "tencentcloud-sdk-python-vpc"),
 }
