@@ -90,7 +90,8 @@ async def test_an_entry_to_another_instance_is_named_in_the_log_and_replaced(
 async def test_a_wrong_secret_is_an_auth_error_naming_its_source(fake: AliyunVPC) -> None:
     with pytest.raises(CloudAuthError) as err:
         await register({**BACKEND, "AccessKeyID": KEY_ID, "AccessKeySecret": "nope"}, "172.16.0.11")
-    assert "InvalidAccessKeySecret" in str(err.value) and "Backend.AccessKeyID/Backend.AccessKeySecret" in str(err.value)
+    text = str(err.value)
+    assert "InvalidAccessKeySecret" in text and "Backend.AccessKeyID/Backend.AccessKeySecret" in text
     assert "nope" not in str(err.value)
 
 
