@@ -58,7 +58,7 @@ def test_kube_mode_from_the_env_outside_a_cluster_says_what_is_missing() -> None
     assert "unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT" in r.stderr
 
 
-@pytest.mark.parametrize("backend", ["wireguard", "ipsec", "tencent-vpc"])
+@pytest.mark.parametrize("backend", ["wireguard", "ipsec"])
 def test_other_backends_are_known_but_not_implemented_yet(backend: str) -> None:
     with pytest.raises(NotImplementedYetError, match="not implemented yet"):
         create_backend(BackendContext(None, None), NetworkConfig(backend_type=backend))  # type: ignore[arg-type]

@@ -61,6 +61,9 @@ from flannel.config import NetworkConfig
 from flannel.lease import LeaseAttrs
 
 log = logging.getLogger(__name__)
+# The SDK logs every failed call at ERROR, unthrottled; each failure is logged here once, rate-limited, with
+# what it means (cloud_route), so a throttled minute does not become hundreds of lines.
+logging.getLogger("aliyunsdkcore").setLevel(logging.CRITICAL)
 
 NAME = "ali-vpc"
 METADATA_URL = "http://100.100.100.200/latest/meta-data"
