@@ -33,6 +33,10 @@ class CloudCluster:
         self.c = cluster
         self.ul = f"{cluster.prefix}ul"
         in_ns(self.ul, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # A bridge without an address of its own takes the lowest MAC of its ports, so adding a host can change
+        # br0's MAC under the hosts' ARP caches, and their connections to the API on 198.18.0.1 then time out
+        # until the neighbour entry is re-validated. A fixed address stays.
+        in_ns(self.ul, "ip", "link", "set", "br0", "address", "02:00:c6:12:00:01")
         self.api = FakeServer(api, UNDERLAY_GW, netns=self.ul)
         self.metadata: dict[int, FakeServer] = {}
 

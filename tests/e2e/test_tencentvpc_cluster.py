@@ -15,12 +15,12 @@ import pytest
 from tests.e2e.cloud_hosts import CloudCluster, cloud_cluster, in_netns, needs
 from tests.e2e.cluster import eventually, subnet_of
 
-needs("tencentcloud.vpc.v20170312", "tencent")
+needs("tencentcloud.common.common_client", "tencent")
 
 from tencentcloud.common import credential  # noqa: E402
+from tencentcloud.common.common_client import CommonClient  # noqa: E402
 from tencentcloud.common.profile.client_profile import ClientProfile  # noqa: E402
 from tencentcloud.common.profile.http_profile import HttpProfile  # noqa: E402
-from tencentcloud.vpc.v20170312 import models, vpc_client  # noqa: E402
 
 from tests.cloud_fakes.metadata import Metadata  # noqa: E402
 from tests.cloud_fakes.tencent import TencentVPC, metadata_paths  # noqa: E402
@@ -55,15 +55,13 @@ def table_through_sdk(cc: CloudCluster) -> dict[str, tuple[str, str, bool]]:
     """The USER routes of the VPC's table, read with the SDK from inside the router namespace."""
 
     def describe() -> dict[str, tuple[str, str, bool]]:
-        client = vpc_client.VpcClient(credential.Credential(KEY_ID, KEY_SECRET), "ap-guangzhou", ClientProfile(
-            httpProfile=HttpProfile(protocol="http", endpoint=cc.api.url.removeprefix("http://"))))
-        request = models.DescribeRouteTablesRequest()
-        f = models.Filter()
-        f.Name, f.Values = "vpc-id", [VPC]
-        request.Filters = [f]
-        table = client.DescribeRouteTables(request).RouteTableSet[0]
-        return {r.DestinationCidrBlock: (r.GatewayType, r.GatewayId, r.Enabled) for r in table.RouteSet
-                if r.RouteType == "USER"}
+        client = CommonClient("vpc", "2017-03-12", credential.Credential(KEY_ID, KEY_SECRET), "ap-guangzhou",
+                              ClientProfile(httpProfile=HttpProfile(protocol="http",
+                                                                    endpoint=cc.api.url.removeprefix("http://"))))
+        answer = client.call_json("DescribeRouteTables", {"Filters": [{"Name": "vpc-id", "Values": [VPC]}]})
+        table = answer["Response"]["RouteTableSet"][0]
+        return {r["DestinationCidrBlock"]: (r["GatewayType"], r["GatewayId"], r["Enabled"]) for r in table["RouteSet"]
+                if r["RouteType"] == "USER"}
 
     return in_netns(cc.ul, describe)
 

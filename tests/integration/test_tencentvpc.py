@@ -1,5 +1,5 @@
-"""The tencent-vpc backend, with the real SDK (tencentcloud-sdk-python-vpc) against the strict fake of the VPC API
-(tests/cloud_fakes/tencent.py) and a stand-in metadata service, both on the loopback."""
+"""The tencent-vpc backend, with the real SDK (tencentcloud-sdk-python-common's CommonClient) against the strict
+fake of the VPC API (tests/cloud_fakes/tencent.py) and a stand-in metadata service, both on the loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("tencentcloud.vpc.v20170312", reason="the tencent extra is not installed (pip install "
+pytest.importorskip("tencentcloud.common.common_client", reason="the tencent extra is not installed (pip install "
                     "'flannel[tencent]')")
 
 from flannel.backend import cloud_metadata, cloud_route

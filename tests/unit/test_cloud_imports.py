@@ -51,5 +51,5 @@ except FlannelError as exc:
 """
     r = _run(code)
     assert r.returncode == 0, r.stderr
-    assert "needs the Python package tencentcloud-sdk-python-vpc" in r.stdout
+    assert "needs the Python package tencentcloud-sdk-python-common" in r.stdout
     assert "pip install 'flannel[tencent]'" in r.stdout

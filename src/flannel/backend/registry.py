@@ -91,7 +91,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "alloc": _alloc,
     "ali-vpc": _cloud("alivpc", "AliVPCBackend", "ali", "aliyun-python-sdk-vpc"),
     "gce": _cloud("gce", "GCEBackend", "gce", "google-api-python-client"),
-    "tencent-vpc": _cloud("tencentvpc", "TencentVPCBackend", "tencent", "tencentcloud-sdk-python-vpc"),
+    "tencent-vpc": _cloud("tencentvpc", "TencentVPCBackend", "tencent", "tencentcloud-sdk-python-common"),
 }
 
 
