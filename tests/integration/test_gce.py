@@ -135,7 +135,8 @@ async def test_an_answer_that_is_not_the_apis_is_a_clear_error(fake: GCECompute)
 
 
 async def test_rate_limits_and_5xx_are_retried(fake: GCECompute) -> None:
-    fake.faults += [("GET routes", 503), ("POST routes", (403, "rateLimitExceeded")), ("GET project", 429)]
+    # three failures: the start-up pass tries four times before leaving the route to the periodic check
+    fake.faults += [("GET networks", 503), ("POST routes", (403, "rateLimitExceeded")), ("GET routes", 429)]
     network, _ = await register(BACKEND, "10.128.0.11")
     assert ROUTE in fake.routes and not network.pending
 

@@ -165,7 +165,7 @@ class GCERouteDriver:
 
     @classmethod
     def connect(cls, subnet: str) -> GCERouteDriver:
-        """Metadata, credentials, the API client, then the network's and instance's self links."""
+        """Metadata, credentials and the API client; the self links come with the first ``ensure``."""
         instance = read_instance()
         try:
             credentials, _ = google.auth.default(scopes=[SCOPE])
@@ -173,23 +173,24 @@ class GCERouteDriver:
             raise CloudAuthError(f"no Google credentials found ({credential_source()}): {exc}") from None
         options = {"api_endpoint": os.environ[ENDPOINT_ENV]} if os.environ.get(ENDPOINT_ENV) else None
         compute = discovery.build_from_document(compute_document(), credentials=credentials, client_options=options)
-        driver = cls(compute, instance, subnet)
-        p = instance.project
-        try:
-            driver.network_link = driver._link("networks.get", compute.networks().get(
-                project=p, network=instance.network))
-            driver.instance_link = driver._link("instances.get", compute.instances().get(
-                project=p, zone=instance.zone, instance=instance.name))
-        except BaseException:
-            driver.close()
-            raise
-        return driver
+        return cls(compute, instance, subnet)
+
+    def _links(self) -> None:
+        """The network's and the instance's self links, looked up once (inside ``ensure``, so that weather at
+        start-up is retried like any other call)."""
+        if self.network_link and self.instance_link:
+            return
+        p, compute = self.instance.project, self.compute
+        self.network_link = self._link("networks.get", compute.networks().get(project=p, network=self.instance.network))
+        self.instance_link = self._link("instances.get", compute.instances().get(
+            project=p, zone=self.instance.zone, instance=self.instance.name))
 
     def close(self) -> None:
         """Close the client's HTTP connections."""
         self.compute.close()
 
     def ensure(self) -> RouteStatus:
+        self._links()
         p = self.instance.project
         entries = self._quota()
         try:
