@@ -49,6 +49,8 @@ class GCECompute:
         self.faults: list[tuple[str, Any]] = []
         """(method "GET routes", or "*", fault): an HTTP status (int), or (status, reason), or "garbage"."""
         self.calls: list[str] = []
+        self.polls_until_done = 2
+        """Polls of an operation until it is DONE (the ones before answer RUNNING)."""
         self.service_accounts: dict[str, Any] = {}
         """Service account e-mail → its public key, for the token endpoint."""
         self._lock = threading.Lock()
@@ -197,7 +199,7 @@ class GCECompute:
               "operationType": kind, "targetLink": self.link("global", "routes", target), "status": "PENDING",
               "progress": 0, "selfLink": self.link("global", "operations", name)}
         self.operations[name] = op
-        self._pending[name] = (2, effect)
+        self._pending[name] = (self.polls_until_done, effect)
         return dict(op)
 
     def _poll(self, name: str) -> dict[str, Any]:

@@ -8,10 +8,13 @@ and the fake checks the signature. The end-to-end test uses the metadata server'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +24,7 @@ pytest.importorskip("googleapiclient.discovery", reason="the gce extra is not in
 
 from flannel.backend import cloud_metadata, cloud_route, gce
 from flannel.backend.cloud_route import CloudAnswerError, CloudAuthError, CloudNotFoundError, MetadataError
+from flannel.backoff import RepeatLimiter
 from flannel.readiness import READINESS
 from tests.cloud_fakes.gce import GCECompute, metadata_paths
 from tests.cloud_fakes.harness import SUBNET, close_all, register, running, until
@@ -170,3 +174,26 @@ async def test_a_deleted_route_is_restored_by_the_periodic_check(fake: GCEComput
         del fake.routes[ROUTE]
         assert await until(lambda: ROUTE in fake.routes)
         assert await until(lambda: "was missing or wrong, repaired" in caplog.text)
+
+
+async def test_stopping_the_daemon_stops_polling_an_operation(fake: GCECompute) -> None:
+    network, _ = await register(BACKEND, "10.128.0.11")
+    del fake.routes[ROUTE]
+    fake.polls_until_done = 10**6  # an insert that never finishes
+    finished = threading.Event()
+    ensure = network.driver.ensure
+
+    def tracked() -> Any:
+        try:
+            return ensure()
+        finally:
+            finished.set()
+
+    network.driver.ensure = tracked
+    fake.calls.clear()
+    task = asyncio.create_task(cloud_route.ensure_once(network.driver, RepeatLimiter(60)))
+    assert await until(lambda: "GET operations" in fake.calls)  # polling the insert
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await until(finished.is_set, timeout=5)  # the worker thread ended; asyncio.run would not wait on it

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -185,6 +186,11 @@ class AliRouteDriver:
         self.network = ipaddress.IPv4Network(network)
         self.table_id = ""
         self.where = f"the route table of {instance.vpc_id}"
+        self._stop = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop waiting for an entry to become Available (the daemon is stopping)."""
+        self._stop.set()
 
     def _table(self) -> str:
         """The first route table of the VPC's VRouter (looked up once; a VPC's VRouter never changes)."""
@@ -258,7 +264,8 @@ class AliRouteDriver:
             mine = [e for e in self._entries(table) if e.get("DestinationCidrBlock") == self.subnet]
             if any(e.get("Status") == "Available" for e in mine):
                 return
-            time.sleep(delay)
+            if self._stop.wait(delay):
+                raise CloudWeatherError(f"stopped waiting for entry {self.subnet} in {table}")
             delay = min(delay * 2, 5.0)
         raise CloudWeatherError(f"entry {self.subnet} in {table} not Available after {AVAILABLE_TIMEOUT:.0f}s")
 

@@ -124,8 +124,19 @@ def report_size(driver: RouteDriver, entries: int, limiter: RepeatLimiter) -> No
 
 
 async def ensure_once(driver: RouteDriver, limiter: RepeatLimiter) -> RouteStatus:
-    """One ``ensure()`` in a worker thread, with the table size reported."""
-    status = await asyncio.to_thread(driver.ensure)
+    """One ``ensure()`` in a worker thread, with the table size reported.
+
+    A cancelled await cannot stop the thread, and ``asyncio.run`` waits for it at exit; so cancellation (a
+    SIGTERM) also tells a driver that polls (a GCE operation, an Aliyun entry becoming Available) to stop
+    polling, through its optional ``cancel()``.
+    """
+    try:
+        status = await asyncio.to_thread(driver.ensure)
+    except asyncio.CancelledError:
+        cancel = getattr(driver, "cancel", None)
+        if cancel is not None:
+            cancel()
+        raise
     report_size(driver, status.entries, limiter)
     return status
 

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from flannel.config import NetworkConfig
 from flannel.lease import LeaseAttrs
 
 log = logging.getLogger(__name__)
+# google-auth warns on every token refresh that httplib2 has no per-request timeout (the Http object has one).
+logging.getLogger("google_auth_httplib2").setLevel(logging.ERROR)
 T = TypeVar("T")
 
 NAME = "gce"
@@ -162,6 +165,7 @@ class GCERouteDriver:
         self.limit = ROUTE_QUOTA
         self.network_link = ""
         self.instance_link = ""
+        self._stop = threading.Event()
 
     @classmethod
     def connect(cls, subnet: str) -> GCERouteDriver:
@@ -184,6 +188,10 @@ class GCERouteDriver:
         self.network_link = self._link("networks.get", compute.networks().get(project=p, network=self.instance.network))
         self.instance_link = self._link("instances.get", compute.instances().get(
             project=p, zone=self.instance.zone, instance=self.instance.name))
+
+    def cancel(self) -> None:
+        """Stop polling an operation (the daemon is stopping)."""
+        self._stop.set()
 
     def close(self) -> None:
         """Close the client's HTTP connections."""
@@ -228,7 +236,8 @@ class GCERouteDriver:
         while operation.get("status") != "DONE":
             if time.monotonic() > deadline:
                 raise CloudWeatherError(f"operation {operation.get('name')} not done after {OPERATION_TIMEOUT:.0f}s")
-            time.sleep(delay)
+            if self._stop.wait(delay):
+                raise CloudWeatherError(f"stopped waiting for operation {operation.get('name')}")
             delay = min(delay * 2, 2.0)
             operation = self._call("globalOperations.get", self.compute.globalOperations().get(
                 project=self.instance.project, operation=operation["name"]))
