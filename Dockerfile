@@ -17,7 +17,7 @@ COPY src ./src
 RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
-        --build-constraint constraints.txt '.[ipsec,aws]'
+        --build-constraint constraints.txt '.[ipsec,aws,tencent,gce,ali]'
 # The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and this interpreter's
 # relocatable runtime tree holding what the plugin imports. Built here, with this stage's own Python, which is
 # the final stage's too (same base image).

@@ -19,7 +19,7 @@ from flannel.cni.netconf import parse_netconf, read_args
 from flannel.cni.subnet_file import parse_subnet_env
 from flannel.config import NetworkConfig, check_network_config, parse_network_config
 from flannel.daemon.flags import HelpRequested, UsageError, VersionRequested, parse_args, validate
-from flannel.errors import ConfigError, FlannelError, LeaseDecodeError, NotImplementedYetError
+from flannel.errors import ConfigError, FlannelError, LeaseDecodeError
 from flannel.lease import Lease, LeaseAttrs, parse_subnet_key
 from flannel.subnet.kube_annotations import annotation_names, stored_vtep_mac
 from flannel.subnet.kube_nodes import OwnNodeError, node_to_lease, own_pod_cidrs
@@ -48,7 +48,7 @@ def step(name: str, fn: Callable[[], Any], errors: tuple[type[BaseException], ..
 def network_config(data: bytes) -> list[Outcome]:
     """As flanneld reads ``<prefix>/config`` or net-conf.json: parse, build the backend (which reads its own
     ``Backend`` keys), then upstream's check (etcd mode)."""
-    errors = (ConfigError, NotImplementedYetError)
+    errors = (ConfigError,)
     name, parsed = step("parse", lambda: parse_network_config(data), errors)
     if not isinstance(parsed, NetworkConfig):
         return [(name, parsed)]

@@ -27,10 +27,6 @@ class OutOfSubnetsError(FlannelError):
     """No free subnet is left in the configured range."""
 
 
-class NotImplementedYetError(FlannelError):
-    """A flag or backend that exists upstream but is not built in this release yet."""
-
-
 class DatastoreUnavailableError(FlannelError):
     """The datastore could not be reached; callers retry with back-off."""
 

@@ -59,4 +59,5 @@ def test_without_boto3_the_registry_names_the_extra_to_install() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                          timeout=60).stdout
-    assert out.startswith("FlannelError the aws-vpc backend needs boto3: pip install 'flannel[aws]'"), out
+    assert out.startswith("FlannelError backend 'aws-vpc' needs the Python package boto3"), out
+    assert "pip install 'flannel[aws]'" in out, out

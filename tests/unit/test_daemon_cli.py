@@ -11,7 +11,7 @@ import pytest
 from flannel.backend.base import BackendContext
 from flannel.backend.registry import create_backend
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, NotImplementedYetError
+from flannel.errors import ConfigError
 
 FLANNELD = str(Path(sys.executable).parent / "flanneld")
 
@@ -58,19 +58,11 @@ def test_kube_mode_from_the_env_outside_a_cluster_says_what_is_missing() -> None
     assert "unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT" in r.stderr
 
 
-@pytest.mark.parametrize("backend", ["tencent-vpc"])
-def test_other_backends_are_known_but_not_implemented_yet(backend: str) -> None:
-    with pytest.raises(NotImplementedYetError, match="not implemented yet"):
-        create_backend(BackendContext(None, None), NetworkConfig(backend_type=backend))  # type: ignore[arg-type]
-
-
 def test_unknown_backend_type_uses_upstream_text() -> None:
     with pytest.raises(ConfigError, match=r"^unknown backend type: bogus$"):
         create_backend(BackendContext(None, None), NetworkConfig(backend_type="bogus"))  # type: ignore[arg-type]
 
 
 def test_backend_type_lookup_is_case_insensitive() -> None:
-    with pytest.raises(NotImplementedYetError):
-        create_backend(BackendContext(None, None), NetworkConfig(backend_type="Tencent-VPC"))  # type: ignore[arg-type]
     backend = create_backend(BackendContext(None, None), NetworkConfig(backend_type="WireGuard"))  # type: ignore[arg-type]
     assert type(backend).__name__ == "WireGuardBackend"

@@ -90,7 +90,6 @@ configs = objects(case_variants([k for k in CONFIG_KEYS if k != "Backend"]), jso
 @PROPERTY
 @given(documents(configs))
 def test_a_network_config_gives_a_config_or_a_config_error_naming_the_key(data: bytes) -> None:
-    # NotImplementedYetError names the backend type: "backend 'ipsec' is not implemented yet ..."
     holds(bounded(lambda: runs.network_config(data)), (*CONFIG_KEYS, "backend '"))
 
 

@@ -1,7 +1,7 @@
 """The table of backends, by ``Backend.Type``.
 
 Backends are listed in one explicit table rather than registered by import side effects, so it is obvious
-what exists and what is still to come. Each factory imports its backend lazily: only the chosen backend's
+what exists. Each factory imports its backend lazily: only the chosen backend's
 module (and its optional dependencies, such as a cloud SDK) is ever loaded.
 """
 
@@ -12,16 +12,9 @@ from collections.abc import Callable
 
 from flannel.backend.base import Backend, BackendContext
 from flannel.config import NetworkConfig
-from flannel.errors import ConfigError, FlannelError, NotImplementedYetError
+from flannel.errors import ConfigError, FlannelError
 
 BackendFactory = Callable[[BackendContext, NetworkConfig], Backend]
-
-
-def _not_yet(name: str) -> BackendFactory:
-    def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
-        raise NotImplementedYetError(f"backend {name!r} is not implemented yet in this release (use vxlan)")
-
-    return factory
 
 
 def _vxlan(ctx: BackendContext, config: NetworkConfig) -> Backend:
@@ -72,17 +65,24 @@ def _alloc(ctx: BackendContext, config: NetworkConfig) -> Backend:
     return AllocBackend(ctx, config)
 
 
-def _aws_vpc(ctx: BackendContext, config: NetworkConfig) -> Backend:
-    # daemon/entry.py keeps ``ssl`` out of an etcd-mode daemon (sys.modules["ssl"] = None) because nothing
-    # there speaks TLS through it; the EC2 API does (HTTPS), so the block is lifted for this backend only.
-    if "ssl" in sys.modules and sys.modules["ssl"] is None:
-        del sys.modules["ssl"]
-    try:
-        from flannel.backend.awsvpc import AWSVPCBackend  # loads boto3: only on nodes configured for aws-vpc
-    except ImportError as exc:
-        raise FlannelError(f"the aws-vpc backend needs boto3: pip install 'flannel[aws]' ({exc})") from None
+def _cloud(module: str, cls: str, extra: str, package: str) -> BackendFactory:
+    """A cloud route backend: its module imports the cloud's SDK, so a missing SDK names the extra to install."""
 
-    return AWSVPCBackend(ctx, config)
+    def factory(ctx: BackendContext, config: NetworkConfig) -> Backend:
+        import importlib
+
+        # The daemon keeps ``ssl`` out in etcd mode (daemon/entry.py); a cloud API is HTTPS, so let it back in.
+        if "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
+        try:
+            mod = importlib.import_module(f"flannel.backend.{module}")
+        except ImportError as exc:
+            raise FlannelError(f"backend {config.backend_type!r} needs the Python package {package} ({exc.name} "
+                               f"is missing): pip install 'flannel[{extra}]'") from None
+        backend: Backend = getattr(mod, cls)(ctx, config)
+        return backend
+
+    return factory
 
 
 BACKENDS: dict[str, BackendFactory] = {
@@ -94,8 +94,10 @@ BACKENDS: dict[str, BackendFactory] = {
     "wireguard": _wireguard,
     "extension": _extension,
     "alloc": _alloc,
-    "tencent-vpc": _not_yet("tencent-vpc"),
-    "aws-vpc": _aws_vpc,
+    "ali-vpc": _cloud("alivpc", "AliVPCBackend", "ali", "aliyun-python-sdk-vpc"),
+    "aws-vpc": _cloud("awsvpc", "AWSVPCBackend", "aws", "boto3"),
+    "gce": _cloud("gce", "GCEBackend", "gce", "google-api-python-client"),
+    "tencent-vpc": _cloud("tencentvpc", "TencentVPCBackend", "tencent", "tencentcloud-sdk-python-common"),
 }
 
 

@@ -23,8 +23,8 @@ from flannel.gojson import fold
 from flannel.lease import UNSET_IPV4, Lease
 from flannel.subnet.lease_guard import Family, find_collisions
 
-NO_BACKEND_TYPE = frozenset({"udp", "alloc", "aws-vpc"})
-"""Backends whose leases carry no ``BackendType`` (spec §5.1; aws-vpc as upstream had it)."""
+NO_BACKEND_TYPE = frozenset({"udp", "alloc", "tencent-vpc", "gce", "ali-vpc", "aws-vpc"})
+"""Backends whose leases carry no ``BackendType`` (spec §5.1; the cloud route backends, as upstream's)."""
 
 
 def expected_backend_type(config: NetworkConfig) -> str:

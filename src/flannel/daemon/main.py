@@ -25,7 +25,6 @@ from flannel.errors import (
     ConfigError,
     DatastoreUnavailableError,
     FlannelError,
-    NotImplementedYetError,
     OutOfSubnetsError,
 )
 
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return asyncio.run(run(opts))
-    except (ConfigError, NotImplementedYetError) as exc:
+    except ConfigError as exc:
         log.error("%s", exc)
         return 1
     except FlannelError as exc:
