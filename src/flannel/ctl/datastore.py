@@ -195,8 +195,8 @@ def node_record(node: Mapping[str, Any], index: int, names: AnnotationNames, con
 async def read_nodes(opts: Options, timeout: float) -> tuple[NetworkConfig | None, str, list[Record]]:
     """The config, its error, and one record per node in the API server's order (by name)."""
     from flannel.kube.client import KubeClient
-    from flannel.kube.config import load_client_config
     from flannel.kube.errors import KubeApiError
+    from flannel.kube.loading import load_client_config
 
     config, config_error = read_net_conf(opts.net_config_path)
     names = annotation_names(opts.kube_annotation_prefix)

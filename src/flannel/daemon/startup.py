@@ -71,7 +71,7 @@ def etcd_store_class() -> Callable[[EtcdStoreOptions], KVStore]:
 def build_kube_subnet_manager(opts: Options) -> SubnetManager:
     """The client from ``--kube-api-url``/``--kubeconfig-file`` (else in-cluster), and the manager."""
     from flannel.kube.client import KubeClient
-    from flannel.kube.config import load_client_config
+    from flannel.kube.loading import load_client_config
     from flannel.subnet.kube_annotations import annotation_names
     from flannel.subnet.kube_manager import KubeManagerOptions, KubeSubnetManager
 
