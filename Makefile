@@ -41,7 +41,7 @@ deps:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev,grpc]'
 	@# The CNI plugin starts once per pod: byte-compile so no call pays for compiling (editable install).
 	$(VENV)/bin/python -m compileall -q src/flannel
 	touch $@

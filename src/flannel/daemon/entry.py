@@ -4,14 +4,15 @@ flanneld must fit the 50 MiB memory limit of upstream's manifest, and Python sta
 Two process-wide settings must happen before anything else is imported, which is why they live here and
 not in ``main``:
 
-* In etcd mode Python's ``ssl`` module is kept out. asyncio imports it eagerly (loading OpenSSL, about 4 MiB
-  of RSS), yet flanneld never uses it there: etcd TLS runs inside gRPC's own TLS stack. asyncio works without
+* In etcd mode Python's ``ssl`` module is kept out unless etcd is reached over TLS. asyncio imports it
+  eagerly (loading OpenSSL, about 4 MiB of RSS), yet plain-HTTP etcd never needs it. asyncio works without
   ``ssl`` by design (it supports Pythons built without it). Kube mode talks HTTPS to the API server itself,
-  so it keeps ``ssl`` (and never loads gRPC).
+  so it keeps ``ssl`` (and never loads an etcd client).
 * glibc is limited to one malloc arena, so gRPC's threads do not each grow their own heap.
 
-The experimental JSON-gateway etcd client (``FLANNEL_ETCD_CLIENT=gateway``, issue #16) has no TLS stack of
-its own: with an ``https://`` endpoint or a client certificate it needs ``ssl``, loaded before asyncio.
+The JSON-gateway etcd client (the default since issue #16) has no TLS stack of its own: with an ``https://``
+endpoint or a client certificate it needs ``ssl``, loaded before asyncio. The gRPC client
+(``FLANNEL_ETCD_CLIENT=grpc``) brings its own TLS, so ``ssl`` stays out with it whatever the endpoints.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def _flag(argv: list[str], environ: Mapping[str, str], name: str) -> str:
 
 
 def _gateway_needs_ssl(argv: list[str], environ: Mapping[str, str]) -> bool:
-    """Whether the JSON-gateway etcd client is chosen and will speak TLS (``https://``, or a client certificate,
-    which bare endpoints use too); over-approximating only costs the 4 MiB that ``ssl`` would cost anyway."""
-    if environ.get("FLANNEL_ETCD_CLIENT", "") != "gateway":
+    """Whether the JSON-gateway etcd client (the default) is chosen and will speak TLS (``https://``, or a client
+    certificate, which bare endpoints use too); over-approximating only costs the 4 MiB that ``ssl`` would cost
+    anyway."""
+    if environ.get("FLANNEL_ETCD_CLIENT", "") not in ("", "gateway"):
         return False
     return "https://" in _flag(argv, environ, "etcd-endpoints") or bool(_flag(argv, environ, "etcd-certfile"))
 

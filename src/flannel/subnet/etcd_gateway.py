@@ -1,4 +1,4 @@
-"""``KVStore`` over etcd's JSON gateway (``/v3/...``): the gRPC store's semantics without gRPC (experimental).
+"""``KVStore`` over etcd's JSON gateway (``/v3/...``): the gRPC store's semantics without gRPC.
 
 gRPC's library is most of flanneld's memory (issue #16: ``import grpc`` ~35 MiB of RSS against 8.4 MiB for a
 bare interpreter). Every etcd >= 3.4 serves the same API as JSON over HTTP/1.1 on its client port, so this
@@ -7,7 +7,8 @@ connection failure, a bound on every request, TLS checked against each endpoint'
 password with a token fetched again when it expires, a watch from a revision that sends ``hasleader``, and
 compaction, a cancelled watch or a store that went back in time reported as ``CompactedError``.
 
-Chosen with ``FLANNEL_ETCD_CLIENT=gateway`` (``flannel.daemon.startup``); the gRPC store stays the default.
+The default etcd client since issue #16; ``FLANNEL_ETCD_CLIENT=grpc`` chooses the gRPC store instead
+(``etcd_options.etcd_client_class``).
 """
 
 from __future__ import annotations
@@ -104,8 +105,15 @@ class EtcdGatewayStore:
     async def time_to_live(self, lease_id: int) -> int:
         if lease_id == 0:
             return -1  # what etcd answers for "no lease"; saves a round trip
+        return (await self.lease_times(lease_id))[0]
+
+    async def lease_times(self, lease_id: int) -> tuple[int, int]:
+        """``(remaining, granted)`` seconds of an etcd lease (``(-1, 0)`` for none or an expired one), for
+        flannelctl. Not part of ``KVStore``."""
+        if lease_id == 0:
+            return -1, 0
         answer = await self._call("/v3/lease/timetolive", {"ID": str(lease_id)}, f"look up lease {lease_id:x}")
-        return int(answer.get("TTL", -1))
+        return int(answer.get("TTL", -1)), int(answer.get("grantedTTL", 0))
 
     async def watch(self, key: str, start_revision: int, prefix: bool) -> AsyncGenerator[list[WatchEvent], None]:
         """One watch stream on the current endpoint; until its first answer, failing endpoints are skipped.

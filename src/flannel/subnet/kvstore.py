@@ -2,7 +2,8 @@
 
 Upstream splits its etcd code the same way (``registry.go`` under ``local_manager.go``): the allocation and
 renewal logic sees only ``KVStore``, so tests replace the store with an in-memory one and keep the logic.
-``etcd_store.EtcdStore`` is the real implementation.
+The real implementations are ``etcd_gateway.EtcdGatewayStore`` (etcd's JSON gateway, the default) and
+``etcd_store.EtcdStore`` (gRPC, with ``FLANNEL_ETCD_CLIENT=grpc``); ``EtcdClient`` is what both offer.
 """
 
 from __future__ import annotations
@@ -115,4 +116,17 @@ class KVStore(Protocol):
 
     async def close(self) -> None:
         """Release the connection."""
+        ...
+
+
+class EtcdClient(KVStore, Protocol):
+    """``KVStore`` plus what the real etcd clients offer to tools (flannelctl): an explicit first connection
+    and a lease's times."""
+
+    async def connect(self) -> None:
+        """Reach an endpoint (and authenticate); ``DatastoreUnavailableError`` when none answers."""
+        ...
+
+    async def lease_times(self, lease_id: int) -> tuple[int, int]:
+        """``(remaining, granted)`` seconds of an etcd lease; ``(-1, 0)`` for no lease or an expired one."""
         ...
