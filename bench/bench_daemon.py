@@ -264,6 +264,8 @@ def inner(args: argparse.Namespace) -> int:
         if os.environ.get("BENCH_SMAPS"):
             print(Path(f"/proc/{p.pid}/status").read_text(), file=sys.stderr)
             print(top_mappings(p.pid), file=sys.stderr)
+            sockets = sum(1 for fd in Path(f"/proc/{p.pid}/fd").iterdir() if "socket" in os.readlink(fd))
+            print(f"{sockets} sockets open", file=sys.stderr)
         rows.append(f"| peak RSS (VmHWM) holding {count_routes()} peers | {rss:.1f} MiB (steady VmRSS {now:.1f} MiB)"
                     " | ≤ 50 MiB |")
         # 4. the same daemon through a full re-list: frozen while etcd restarts (its watch breaks unseen), leases

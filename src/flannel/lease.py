@@ -11,6 +11,7 @@ import enum
 import ipaddress
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
@@ -115,7 +116,8 @@ def _opt_str(value: Any, name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a string, got {value!r}")
-    return value
+    # Interned: thousands of leases name the same few backends ("vxlan"), one string each otherwise.
+    return sys.intern(value)
 
 
 def _raw(value: Any) -> str | None:

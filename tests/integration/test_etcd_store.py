@@ -38,6 +38,18 @@ async def test_put_get_create_delete_and_ttl(store: EtcdStore, prefix: str, etcd
     assert await store.get(key) is None
 
 
+async def test_scan_prefix_hands_over_what_get_prefix_lists_at_the_same_revision(store: EtcdStore,
+                                                                                 prefix: str) -> None:
+    for i in range(5):
+        await store.put(f"{prefix}/subnets/10.1.{i}.0-24", f"v{i}", None)
+    await store.put(f"{prefix}-other", "not under the prefix", None)
+    seen: list[tuple[str, bytes]] = []
+    revision = await store.scan_prefix(f"{prefix}/", lambda kv: seen.append((kv.key, kv.value)))
+    kvs, listed_at = await store.get_prefix(f"{prefix}/")
+    assert seen == [(kv.key, kv.value) for kv in kvs] and len(seen) == 5
+    assert revision == listed_at
+
+
 async def test_a_lost_create_revokes_its_granted_lease(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
     key = f"{prefix}/k"
     await store.put(key, "x", None)

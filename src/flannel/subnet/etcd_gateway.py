@@ -17,7 +17,7 @@ import asyncio
 import base64
 import contextlib
 from binascii import a2b_base64
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import h11
@@ -60,10 +60,14 @@ class EtcdGatewayStore:
         return _kv(kvs[0]) if kvs else None
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
+        kvs: list[KV] = []
+        revision = await self.scan_prefix(prefix, kvs.append)
+        return kvs, revision
+
+    async def scan_prefix(self, prefix: str, each: Callable[[KV], None]) -> int:
         """Listed in pages of ``LIST_PAGE`` keys, all at the first page's revision (one consistent snapshot): a
         5000-key answer is 1.6 MB of JSON and 5000 decoded dicts at once, the re-list peak of issue #16."""
         end = _b64_bytes(prefix_range_end(prefix.encode()))
-        kvs: list[KV] = []
         payload: dict[str, Any] = {"key": _b64(prefix), "range_end": end, "limit": str(LIST_PAGE)}
         revision = 0
         while True:
@@ -71,12 +75,13 @@ class EtcdGatewayStore:
             page = answer.pop("kvs", [])
             revision = revision or _revision(answer)
             if not page:
-                return kvs, revision
+                return revision
             last = page[-1]["key"]
-            kvs += map(_kv, page)
+            for item in page:
+                each(_kv(item))
             del page
             if not answer.get("more"):
-                return kvs, revision
+                return revision
             payload = {"key": _b64_bytes(a2b_base64(last) + b"\0"), "range_end": end, "limit": str(LIST_PAGE),
                        "revision": str(revision)}
 

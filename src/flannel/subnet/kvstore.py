@@ -9,7 +9,7 @@ The real implementations are ``etcd_gateway.EtcdGatewayStore`` (etcd's JSON gate
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,6 +78,14 @@ class KVStore(Protocol):
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """Every key starting with ``prefix`` and the store revision the listing reflects."""
+        ...
+
+    async def scan_prefix(self, prefix: str, each: Callable[[KV], None]) -> int:
+        """``get_prefix`` handing each key to ``each`` as soon as it is read; the listing's revision.
+
+        A store that reads in pages drops each page's ``KV``s once handed over, so a caller that keeps
+        something smaller (a decoded lease) never holds thousands of raw records at once (issue #16).
+        """
         ...
 
     async def put(self, key: str, value: str, ttl: int | None) -> PutResult:
