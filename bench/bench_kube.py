@@ -33,7 +33,8 @@ from tests.kube_fake.process import FakeKubeProcess, start_fake_process  # noqa:
 
 from one_host_netns import run_inside  # noqa: E402
 
-FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
+FLANNELD = os.environ.get("BENCH_FLANNELD") or str(REPO / ".venv" / "bin" / "flanneld")
+"""``BENCH_FLANNELD``: another flanneld command (a profiling wrapper), for finding where memory goes."""
 TOKEN = "bench-token"
 PREFIX = "flannel.alpha.coreos.com/"
 
