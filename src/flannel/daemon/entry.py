@@ -18,7 +18,6 @@ endpoint or a client certificate it needs ``ssl``, loaded before asyncio. The gR
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 from collections.abc import Mapping
@@ -66,7 +65,9 @@ def _limit_memory(kube: bool) -> None:
     if not kube:
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process' own symbols, libc's among them; ``ctypes.util.find_library`` would import 1.3 MiB of
+        # modules (shutil, bz2, lzma, tempfile) and run ``ldconfig`` to find the same library.
+        libc = ctypes.CDLL(None)
         libc.mallopt(M_ARENA_MAX, 1)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
