@@ -265,7 +265,9 @@ def inner(args: argparse.Namespace) -> int:
             print(Path(f"/proc/{p.pid}/status").read_text(), file=sys.stderr)
             print(top_mappings(p.pid), file=sys.stderr)
             sockets = sum(1 for fd in Path(f"/proc/{p.pid}/fd").iterdir() if "socket" in os.readlink(fd))
-            print(f"{sockets} sockets open", file=sys.stderr)
+            to_etcd = sum(1 for line in Path(f"/proc/{p.pid}/net/tcp").read_text().splitlines()[1:]
+                          if line.split()[2].endswith(":094B") and line.split()[3] == "01")
+            print(f"{sockets} sockets open, {to_etcd} TCP connections to etcd's port in the namespace", file=sys.stderr)
         rows.append(f"| peak RSS (VmHWM) holding {count_routes()} peers | {rss:.1f} MiB (steady VmRSS {now:.1f} MiB)"
                     " | ≤ 50 MiB |")
         # 4. the same daemon through a full re-list: frozen while etcd restarts (its watch breaks unseen), leases
