@@ -130,6 +130,28 @@ async def test_tls_with_client_certificates(store_cls: type[EtcdStore], etcd_tls
         await s.close()
 
 
+async def test_a_listing_larger_than_many_tls_records_arrives_whole(store_cls: type[EtcdStore],
+                                                                    etcd_tls: EtcdServer, prefix: str) -> None:
+    """TLS connections read through a 16 KiB buffer (``flannel.tls_memory``): a 400 KB listing spans dozens of
+    TLS records and must arrive complete and in order."""
+    import asyncio.sslproto
+
+    assert etcd_tls.tls is not None
+    opts = EtcdStoreOptions(endpoints=(etcd_tls.endpoint,), certfile=str(etcd_tls.tls.client_cert),
+                            keyfile=str(etcd_tls.tls.client_key), cafile=str(etcd_tls.tls.ca), request_timeout=10)
+    s = await store_cls.open(opts)
+    try:
+        values = {f"{prefix}/big/{i:04d}": f"{i:04d}" + "x" * 1000 for i in range(300)}
+        for k, v in values.items():
+            await s.put(k, v, None)
+        kvs, _ = await s.get_prefix(f"{prefix}/big/")
+        assert [(kv.key, kv.value.decode()) for kv in kvs] == sorted(values.items())
+        if store_cls.__name__ == "EtcdGatewayStore":
+            assert asyncio.sslproto.SSLProtocol.max_size == 16 * 1024
+    finally:
+        await s.close()
+
+
 async def test_tls_server_without_a_client_certificate_is_unavailable(
     store_cls: type[EtcdStore], etcd_tls: EtcdServer
 ) -> None:
