@@ -42,7 +42,7 @@ deps:
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev,ipsec,aws,tencent,gce,ali]'
+	$(VENV)/bin/pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[dev,grpc,ipsec,aws,tencent,gce,ali]'
 	@# The CNI plugin starts once per pod: byte-compile so no call pays for compiling (editable install).
 	$(VENV)/bin/python -m compileall -q src/flannel
 	touch $@

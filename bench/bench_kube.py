@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,8 @@ from tests.kube_fake.process import FakeKubeProcess, start_fake_process  # noqa:
 
 from one_host_netns import run_inside  # noqa: E402
 
-FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
+FLANNELD = os.environ.get("BENCH_FLANNELD") or str(REPO / ".venv" / "bin" / "flanneld")
+"""``BENCH_FLANNELD``: another flanneld command (a profiling wrapper), for finding where memory goes."""
 TOKEN = "bench-token"
 PREFIX = "flannel.alpha.coreos.com/"
 
@@ -126,6 +128,7 @@ def inner(args: argparse.Namespace) -> int:
         results = [one_run(tmp, api, tls, args.nodes, args.updates, r) for r in range(args.repeat)]
     finally:
         api.stop()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when a run failed: its error names the log in it
     for r in results:
         print(f"# run: ready {r['ready_s']:.2f} s, sync {r['sync_s']:.2f} s, peak RSS {r['rss_sync']:.1f} MiB "
               f"after sync, {r['rss_end']:.1f} MiB after {args.updates} updates", flush=True)

@@ -15,8 +15,6 @@ See docs/security.md for the inventory and for why the process is made non-dumpa
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import re
 
@@ -126,8 +124,12 @@ def make_non_dumpable() -> bool:
     shared host path). The price (no core dump for a crash, py-spy needs root with ``CAP_SYS_PTRACE``) is
     small for a Python daemon that runs as root anyway; docs/security.md weighs it.
     """
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process' own symbols, libc's among them: ``ctypes.util.find_library`` would cost 1.3 MiB of
+        # imports (shutil, bz2, lzma, tempfile) and an ``ldconfig`` run to find the same library (issue #16).
+        libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             log.warning("cannot mark the process non-dumpable: errno %d", ctypes.get_errno())
             return False

@@ -38,6 +38,18 @@ async def test_put_get_create_delete_and_ttl(store: EtcdStore, prefix: str, etcd
     assert await store.get(key) is None
 
 
+async def test_scan_prefix_hands_over_what_get_prefix_lists_at_the_same_revision(store: EtcdStore,
+                                                                                 prefix: str) -> None:
+    for i in range(5):
+        await store.put(f"{prefix}/subnets/10.1.{i}.0-24", f"v{i}", None)
+    await store.put(f"{prefix}-other", "not under the prefix", None)
+    seen: list[tuple[str, bytes]] = []
+    revision = await store.scan_prefix(f"{prefix}/", lambda kv: seen.append((kv.key, kv.value)))
+    kvs, listed_at = await store.get_prefix(f"{prefix}/")
+    assert seen == [(kv.key, kv.value) for kv in kvs] and len(seen) == 5
+    assert revision == listed_at
+
+
 async def test_a_lost_create_revokes_its_granted_lease(store: EtcdStore, prefix: str, etcd: EtcdServer) -> None:
     key = f"{prefix}/k"
     await store.put(key, "x", None)
@@ -114,6 +126,28 @@ async def test_tls_with_client_certificates(store_cls: type[EtcdStore], etcd_tls
         async with asyncio.timeout(5):
             assert [ev.kv.key for ev in await anext(watch) + await anext(watch)] == [f"{prefix}/k"]
         await watch.aclose()
+    finally:
+        await s.close()
+
+
+async def test_a_listing_larger_than_many_tls_records_arrives_whole(store_cls: type[EtcdStore],
+                                                                    etcd_tls: EtcdServer, prefix: str) -> None:
+    """TLS connections read through a 16 KiB buffer (``flannel.tls_memory``): a 400 KB listing spans dozens of
+    TLS records and must arrive complete and in order."""
+    import asyncio.sslproto
+
+    assert etcd_tls.tls is not None
+    opts = EtcdStoreOptions(endpoints=(etcd_tls.endpoint,), certfile=str(etcd_tls.tls.client_cert),
+                            keyfile=str(etcd_tls.tls.client_key), cafile=str(etcd_tls.tls.ca), request_timeout=10)
+    s = await store_cls.open(opts)
+    try:
+        values = {f"{prefix}/big/{i:04d}": f"{i:04d}" + "x" * 1000 for i in range(300)}
+        for k, v in values.items():
+            await s.put(k, v, None)
+        kvs, _ = await s.get_prefix(f"{prefix}/big/")
+        assert [(kv.key, kv.value.decode()) for kv in kvs] == sorted(values.items())
+        if store_cls.__name__ == "EtcdGatewayStore":
+            assert asyncio.sslproto.SSLProtocol.max_size == 16 * 1024
     finally:
         await s.close()
 

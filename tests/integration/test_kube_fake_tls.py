@@ -14,8 +14,9 @@ import pytest
 
 from flannel.errors import ConfigError
 from flannel.kube.client import KubeClient
-from flannel.kube.config import KubeClientConfig, load_client_config
+from flannel.kube.config import KubeClientConfig
 from flannel.kube.errors import KubeUnavailableError, UnauthorizedError
+from flannel.kube.loading import load_client_config
 from tests.kube_fake import FakeKubeApi, TlsDir
 from tests.kube_fake.fixtures import kube_tls_fixture  # noqa: F401
 

@@ -54,7 +54,10 @@ def test_etcd_mode_loads_no_openssl_through_the_back_door() -> None:
 
 
 @pytest.mark.parametrize(("argv", "env", "needs"), [
-    (["--etcd-endpoints=https://e:2379"], {}, False),  # the gRPC client has its own TLS
+    (["--etcd-endpoints=https://e:2379"], {}, True),  # the gateway client is the default
+    (["--etcd-endpoints=https://e:2379"], {"FLANNEL_ETCD_CLIENT": "grpc"}, False),  # gRPC has its own TLS
+    (["--etcd-certfile=/c.pem"], {"FLANNEL_ETCD_CLIENT": "grpc"}, False),
+    (["--etcd-endpoints=http://e:2379"], {}, False),
     (["--etcd-endpoints=https://e:2379"], {"FLANNEL_ETCD_CLIENT": "gateway"}, True),
     (["--etcd-endpoints", "http://a:2379,https://b:2379"], {"FLANNEL_ETCD_CLIENT": "gateway"}, True),
     (["--etcd-endpoints=http://e:2379"], {"FLANNEL_ETCD_CLIENT": "gateway"}, False),
@@ -68,16 +71,42 @@ def test_the_gateway_client_keeps_ssl_only_when_it_speaks_tls(argv: list[str], e
     assert _gateway_needs_ssl(argv, env) is needs
 
 
-def test_the_gateway_client_loads_neither_grpc_nor_ssl_over_http() -> None:
+def test_the_default_gateway_client_loads_neither_grpc_nor_ssl_over_http() -> None:
     import os
     import subprocess
     import sys
 
     probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False);"
-             "import asyncio; from flannel.daemon import startup, main; startup.etcd_store_class();"
+             "import asyncio; from flannel.daemon import startup, main;"
+             "from flannel.subnet.etcd_options import etcd_client_class; etcd_client_class({});"
              "from flannel.subnet import etcd_manager;"
              "print(sorted(m for m in ('grpc', 'etcd3aio', '_ssl', '_hashlib') if sys.modules.get(m) is not None))")
-    env = {**os.environ, "FLANNEL_ETCD_CLIENT": "gateway"}
+    env = {k: v for k, v in os.environ.items() if k != "FLANNEL_ETCD_CLIENT"}  # the default client
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True,
                          env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_client_is_chosen_by_the_environment_and_a_wrong_name_is_a_config_error() -> None:
+    from flannel.errors import ConfigError
+    from flannel.subnet.etcd_gateway import EtcdGatewayStore
+    from flannel.subnet.etcd_options import etcd_client_class
+    from flannel.subnet.etcd_store import EtcdStore
+
+    assert etcd_client_class({}) is EtcdGatewayStore
+    assert etcd_client_class({"FLANNEL_ETCD_CLIENT": "gateway"}) is EtcdGatewayStore
+    assert etcd_client_class({"FLANNEL_ETCD_CLIENT": "grpc"}) is EtcdStore
+    with pytest.raises(ConfigError, match="FLANNEL_ETCD_CLIENT='http'"):
+        etcd_client_class({"FLANNEL_ETCD_CLIENT": "http"})
+
+
+def test_grpc_without_its_packages_is_a_config_error_naming_the_extra() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys; sys.modules['etcd3aio'] = None; from flannel.errors import ConfigError;"
+             "from flannel.subnet.etcd_options import etcd_client_class\n"
+             "try: etcd_client_class({'FLANNEL_ETCD_CLIENT': 'grpc'})\n"
+             "except ConfigError as exc: print(exc)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    assert "flannel[grpc]" in out.stdout

@@ -103,6 +103,12 @@ class FakeStore:
         self._check("get_prefix")
         return [kv for k, kv in sorted(self.data.items()) if k.startswith(prefix)], self.rev
 
+    async def scan_prefix(self, prefix: str, each: Callable[[KV], None]) -> int:
+        kvs, revision = await self.get_prefix(prefix)
+        for kv in kvs:
+            each(kv)
+        return revision
+
     async def put(self, key: str, value: str, ttl: int | None) -> PutResult:
         await asyncio.sleep(0)  # a real store always suspends
         self._check("put")

@@ -66,7 +66,7 @@ def test_the_client_imports_without_ssl_and_without_yaml() -> None:
     assert run_python("""
         import sys
         sys.modules["ssl"] = None
-        import flannel.kube.client, flannel.kube.config, flannel.kube.errors, flannel.kube.http
+        import flannel.kube.client, flannel.kube.config, flannel.kube.errors, flannel.kube.http, flannel.kube.loading
         print("yaml" in sys.modules)
     """) == "False"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from flannel.errors import ConfigError
-from flannel.kube.config import KubeClientConfig, load_client_config
+from flannel.kube.config import KubeClientConfig
+from flannel.kube.loading import load_client_config
 
 IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -17,7 +17,8 @@ from flannel.daemon import flags
 from flannel.daemon.logs import KlogFormatter
 from flannel.errors import ConfigError
 from flannel.kube.client import KubeClient
-from flannel.kube.config import KubeClientConfig, load_client_config
+from flannel.kube.config import KubeClientConfig
+from flannel.kube.loading import load_client_config
 from flannel.readiness import Readiness
 from flannel.secret import REDACTED, Secret, redact_urls, strip_userinfo
 from flannel.subnet.etcd_store import EtcdStoreOptions

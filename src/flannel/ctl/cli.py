@@ -28,8 +28,8 @@ from flannel.daemon.flag_table import BY_NAME, Kind, parse_go_bool
 from flannel.errors import ConfigError
 from flannel.secret import redact_urls
 
-if TYPE_CHECKING:  # gRPC behind it: imported only by the commands that talk to etcd
-    from flannel.subnet.etcd_store import EtcdStore
+if TYPE_CHECKING:
+    from flannel.subnet.kvstore import EtcdClient
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -223,7 +223,7 @@ async def _dispatch(args: Args, out: TextIO) -> int:
                     as_json)
 
 
-async def _config(store: EtcdStore, args: Args, stored: bytes | None, key: str, out: TextIO) -> int:
+async def _config(store: EtcdClient, args: Args, stored: bytes | None, key: str, out: TextIO) -> int:
     from flannel.ctl import netconfig
     from flannel.ctl.datastore import bounded
 

@@ -32,11 +32,10 @@ from flannel.errors import ConfigError, DatastoreUnavailableError, LeaseDecodeEr
 from flannel.lease import Lease, LeaseAttrs, parse_subnet_key
 from flannel.secret import redact_urls
 from flannel.subnet.etcd_manager import CONFIG_NOT_FOUND, join_key
-from flannel.subnet.etcd_options import EtcdStoreOptions
-from flannel.subnet.etcd_store import EtcdStore
+from flannel.subnet.etcd_options import EtcdStoreOptions, etcd_client_class
 from flannel.subnet.kube_annotations import AnnotationNames, annotation_names, node_annotations, node_name
 from flannel.subnet.kube_nodes import node_to_lease
-from flannel.subnet.kvstore import KV
+from flannel.subnet.kvstore import KV, EtcdClient
 
 T = TypeVar("T")
 
@@ -85,10 +84,10 @@ def store_options(opts: Options, timeout: float) -> EtcdStoreOptions:
 
 
 @asynccontextmanager
-async def connected(opts: Options, timeout: float) -> AsyncIterator[EtcdStore]:
+async def connected(opts: Options, timeout: float) -> AsyncIterator[EtcdClient]:
     """An open store; ``StoreUnreachable`` when no endpoint answers within ``timeout`` seconds."""
     options = store_options(opts, timeout)
-    store = EtcdStore(options)
+    store = etcd_client_class(os.environ)(options)
     try:
         try:
             async with asyncio.timeout(timeout):
@@ -123,7 +122,7 @@ def subnets_prefix(opts: Options) -> str:
     return join_key(opts.etcd_prefix, "subnets") + "/"
 
 
-async def read_config(store: EtcdStore, opts: Options, timeout: float) -> tuple[KV | None, NetworkConfig | None, str]:
+async def read_config(store: EtcdClient, opts: Options, timeout: float) -> tuple[KV | None, NetworkConfig | None, str]:
     """The stored config record, the checked config and the error flanneld would log (empty when valid)."""
     key = config_key(opts)
     kv: KV | None = await bounded(store.get(key), timeout, f"read {key}")
@@ -149,7 +148,7 @@ def decode(kv: KV, ttl: int | None = None, granted: int | None = None) -> Record
     return Record(kv, subnets, lease, "", ttl, granted)
 
 
-async def read_records(store: EtcdStore, opts: Options, timeout: float, ttls: bool = True) -> list[Record]:
+async def read_records(store: EtcdClient, opts: Options, timeout: float, ttls: bool = True) -> list[Record]:
     """Every key under ``<prefix>/subnets/``, oldest first (by creation revision: the first holder of a contested
     subnet comes first, as in flanneld's lease guard), with each etcd lease's remaining and granted TTL."""
     prefix = subnets_prefix(opts)
@@ -195,8 +194,8 @@ def node_record(node: Mapping[str, Any], index: int, names: AnnotationNames, con
 async def read_nodes(opts: Options, timeout: float) -> tuple[NetworkConfig | None, str, list[Record]]:
     """The config, its error, and one record per node in the API server's order (by name)."""
     from flannel.kube.client import KubeClient
-    from flannel.kube.config import load_client_config
     from flannel.kube.errors import KubeApiError
+    from flannel.kube.loading import load_client_config
 
     config, config_error = read_net_conf(opts.net_config_path)
     names = annotation_names(opts.kube_annotation_prefix)

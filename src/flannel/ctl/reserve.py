@@ -23,7 +23,7 @@ from flannel.ctl.output import WARNING, Finding
 from flannel.daemon.flags import Options
 from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
 from flannel.subnet.allocate import overlaps_any
-from flannel.subnet.etcd_store import EtcdStore
+from flannel.subnet.kvstore import EtcdClient
 
 
 class Refused(Exception):
@@ -51,7 +51,7 @@ def _key(opts: Options, v4: IPv4Network, v6: IPv6Network | None) -> str:
     return subnets_prefix(opts) + make_subnet_key(v4, v6)
 
 
-async def reserve(store: EtcdStore, opts: Options, timeout: float, config: NetworkConfig, records: list[Record],
+async def reserve(store: EtcdClient, opts: Options, timeout: float, config: NetworkConfig, records: list[Record],
                   subnet: str, public_ip: str, force: bool) -> tuple[dict[str, Any], list[Finding]]:
     """Write the reservation; ``Refused`` (nothing written) when it would be ignored or would take a live lease."""
     try:
@@ -104,7 +104,7 @@ def _undecodable(records: list[Record], key: str) -> list[Lease]:
             if r.kv.key != key and r.lease is None and r.subnets is not None]
 
 
-async def unreserve(store: EtcdStore, opts: Options, timeout: float, records: list[Record], subnet: str,
+async def unreserve(store: EtcdClient, opts: Options, timeout: float, records: list[Record], subnet: str,
                     force: bool) -> tuple[dict[str, Any], list[Finding]]:
     """Delete a reservation; ``Refused`` when the key is missing, or a live lease without ``force``."""
     try:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from flannel.backend.base import ExternalInterface, Network
 from flannel.config import NetworkConfig
@@ -16,10 +14,6 @@ from flannel.daemon.flags import Options
 from flannel.errors import FlannelError
 from flannel.subnet.manager import SubnetManager
 from flannel.subnetenv import SubnetEnv, read_previous, write_subnet_env
-
-if TYPE_CHECKING:
-    from flannel.subnet.etcd_options import EtcdStoreOptions
-    from flannel.subnet.kvstore import KVStore
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +24,14 @@ def build_subnet_manager(opts: Options) -> SubnetManager:
     if opts.kube_subnet_mgr:
         return build_kube_subnet_manager(opts)
     from flannel.subnet.etcd_manager import EtcdSubnetManager  # each mode loads only its own client (gRPC: ~10 MiB)
-    from flannel.subnet.etcd_options import EtcdStoreOptions
+    from flannel.subnet.etcd_options import CLIENT_ENV, EtcdStoreOptions, etcd_client_class
 
     if opts.etcd_password or opts.etcd_keyfile:
         protect_credentials("the etcd password" if opts.etcd_password else "the etcd client key")
     previous = read_previous(opts.subnet_file)
-    store = etcd_store_class()(EtcdStoreOptions.from_flag(
+    client = etcd_client_class(os.environ)
+    log.info("etcd client: %s", os.environ.get(CLIENT_ENV) or "gateway (the default; FLANNEL_ETCD_CLIENT=grpc: gRPC)")
+    store = client(EtcdStoreOptions.from_flag(
         opts.etcd_endpoints,
         keyfile=opts.etcd_keyfile,
         certfile=opts.etcd_certfile,
@@ -52,26 +48,10 @@ def build_subnet_manager(opts: Options) -> SubnetManager:
     )
 
 
-def etcd_store_class() -> Callable[[EtcdStoreOptions], KVStore]:
-    """The etcd client: gRPC (``EtcdStore``) unless ``FLANNEL_ETCD_CLIENT=gateway`` asks for the experimental
-    JSON-gateway one (``EtcdGatewayStore``, no gRPC: issue #16). Only the chosen one is imported."""
-    choice = os.environ.get("FLANNEL_ETCD_CLIENT", "grpc") or "grpc"
-    if choice == "gateway":
-        log.warning("FLANNEL_ETCD_CLIENT=gateway: using the experimental etcd JSON-gateway client")
-        from flannel.subnet.etcd_gateway import EtcdGatewayStore
-
-        return EtcdGatewayStore
-    if choice != "grpc":
-        raise FlannelError(f"FLANNEL_ETCD_CLIENT={choice!r}: use grpc (the default) or gateway")
-    from flannel.subnet.etcd_store import EtcdStore
-
-    return EtcdStore
-
-
 def build_kube_subnet_manager(opts: Options) -> SubnetManager:
     """The client from ``--kube-api-url``/``--kubeconfig-file`` (else in-cluster), and the manager."""
     from flannel.kube.client import KubeClient
-    from flannel.kube.config import load_client_config
+    from flannel.kube.loading import load_client_config
     from flannel.subnet.kube_annotations import annotation_names
     from flannel.subnet.kube_manager import KubeManagerOptions, KubeSubnetManager
 

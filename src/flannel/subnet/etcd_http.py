@@ -287,6 +287,9 @@ class Member:
         certificate when both files are given. Files are read at every new member, so renewed ones are used."""
         import ssl
 
+        from flannel.tls_memory import shrink_tls_read_buffer
+
+        shrink_tls_read_buffer()
         options = self._options
         try:
             context = ssl.create_default_context(cafile=options.cafile or SYSTEM_CA_BUNDLE)

@@ -117,15 +117,17 @@ class EtcdSubnetManager:
         node's own, which the lease keeper tracks), so we skip thousands of round trips and leave them 0.
         Unreadable keys still occupy their subnet: allocation must never hand it out.
         """
-        kvs, revision = await self.store.get_prefix(self.subnets_prefix + "/")
         leases: list[Lease] = []
         unreadable: list[Lease] = []
-        for kv in kvs:
+
+        def each(kv: KV) -> None:  # decoded as read: the raw records of a long listing are never all held
             lease = self._decode(kv)
             if lease is not None:
                 leases.append(lease)
             elif (subnets := parse_subnet_key(kv.key)) is not None:
                 unreadable.append(Lease(subnets[0], subnets[1], revision=kv.mod_revision))
+
+        revision = await self.store.scan_prefix(self.subnets_prefix + "/", each)
         return leases, unreadable, revision
 
     def _decode(self, kv: KV) -> Lease | None:

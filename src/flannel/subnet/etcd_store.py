@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from etcd3aio import prefix_range_end
@@ -67,6 +67,13 @@ class EtcdStore:
         end = prefix_range_end(prefix)
         resp = await self._failover.run(lambda c: _kv_of(c).get(prefix, end, timeout=self._timeout), f"list {prefix}")
         return [_kv(item) for item in resp.kvs], int(resp.header.revision)
+
+    async def scan_prefix(self, prefix: str, each: Callable[[KV], None]) -> int:
+        """``get_prefix`` key by key (gRPC answers the whole range in one message anyway)."""
+        kvs, revision = await self.get_prefix(prefix)
+        for kv in kvs:
+            each(kv)
+        return revision
 
     async def put(self, key: str, value: str, ttl: int | None) -> PutResult:
         lease_id, granted = await self._grant(ttl)

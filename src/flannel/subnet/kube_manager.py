@@ -35,6 +35,7 @@ from flannel import metrics
 from flannel.backoff import Backoff
 from flannel.config import NetworkConfig, parse_network_config
 from flannel.errors import ConfigError, FlannelError, LeaseDecodeError
+from flannel.ipaddr import overlaps
 from flannel.kube.client import KubeClient
 from flannel.kube.errors import GoneError, KubeApiError, KubeUnavailableError, retry_delay
 from flannel.lease import Lease, LeaseAttrs
@@ -396,5 +397,7 @@ class KubeSubnetManager:
 
 
 def _overlaps(a: Lease, b: Lease) -> bool:
-    return any(x is not None and y is not None and x.overlaps(y)
+    # flannel.ipaddr's integer test: ``IPv4Network.overlaps`` caches a broadcast address (and materialises an
+    # instance dict) on every node's subnet it checks, +1.3 MiB at 5000 nodes (issue #16).
+    return any(x is not None and y is not None and overlaps(x, y)
                for x, y in ((a.subnet, b.subnet), (a.ipv6_subnet, b.ipv6_subnet)))

@@ -9,6 +9,7 @@ pure here (dict in, ``Lease``/dict out) so the manager only does I/O and they ca
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -119,7 +120,8 @@ def node_to_lease(node: Mapping[str, Any], names: AnnotationNames, config: Netwo
     """
     ann = node_annotations(node)
     name = node_name(node)
-    attrs: dict[str, Any] = {"backend_type": ann.get(names.backend_type, "")}
+    # Interned: thousands of nodes name the same backend ("vxlan"), one decoded string each otherwise.
+    attrs: dict[str, Any] = {"backend_type": sys.intern(ann.get(names.backend_type, ""))}
     v4: IPv4Network | None = None
     v6: IPv6Network | None = None
     try:

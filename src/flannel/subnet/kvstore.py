@@ -2,13 +2,14 @@
 
 Upstream splits its etcd code the same way (``registry.go`` under ``local_manager.go``): the allocation and
 renewal logic sees only ``KVStore``, so tests replace the store with an in-memory one and keep the logic.
-``etcd_store.EtcdStore`` is the real implementation.
+The real implementations are ``etcd_gateway.EtcdGatewayStore`` (etcd's JSON gateway, the default) and
+``etcd_store.EtcdStore`` (gRPC, with ``FLANNEL_ETCD_CLIENT=grpc``); ``EtcdClient`` is what both offer.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,6 +80,14 @@ class KVStore(Protocol):
         """Every key starting with ``prefix`` and the store revision the listing reflects."""
         ...
 
+    async def scan_prefix(self, prefix: str, each: Callable[[KV], None]) -> int:
+        """``get_prefix`` handing each key to ``each`` as soon as it is read; the listing's revision.
+
+        A store that reads in pages drops each page's ``KV``s once handed over, so a caller that keeps
+        something smaller (a decoded lease) never holds thousands of raw records at once (issue #16).
+        """
+        ...
+
     async def put(self, key: str, value: str, ttl: int | None) -> PutResult:
         """Write unconditionally; with ``ttl`` the key hangs off a freshly granted lease."""
         ...
@@ -115,4 +124,17 @@ class KVStore(Protocol):
 
     async def close(self) -> None:
         """Release the connection."""
+        ...
+
+
+class EtcdClient(KVStore, Protocol):
+    """``KVStore`` plus what the real etcd clients offer to tools (flannelctl): an explicit first connection
+    and a lease's times."""
+
+    async def connect(self) -> None:
+        """Reach an endpoint (and authenticate); ``DatastoreUnavailableError`` when none answers."""
+        ...
+
+    async def lease_times(self, lease_id: int) -> tuple[int, int]:
+        """``(remaining, granted)`` seconds of an etcd lease; ``(-1, 0)`` for no lease or an expired one."""
         ...

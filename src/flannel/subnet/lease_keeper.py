@@ -22,18 +22,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from flannel import metrics
 from flannel.backoff import Backoff, RepeatLimiter, repeats
-from flannel.config import compatible_subnet
+from flannel.config import NetworkConfig, compatible_subnet
 from flannel.errors import DatastoreUnavailableError, LeaseDecodeError, LeaseLostError, LeaseRevokedError
 from flannel.lease import Lease, LeaseAttrs
-from flannel.subnet.kvstore import KV, CompactedError, PutResult, WatchEventType
-
-if TYPE_CHECKING:
-    from flannel.subnet.etcd_manager import EtcdSubnetManager
+from flannel.subnet.kvstore import KV, CompactedError, KVStore, PutResult, WatchEventType
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +62,28 @@ class _Seen:
     behind ours, as after etcd was restored from an older snapshot."""
 
 
+class LeaseOwner(Protocol):
+    """What the keeper reads and updates on the manager it works for (``EtcdSubnetManager``).
+
+    Spelled out here so that the keeper does not import the manager that imports it.
+    """
+
+    store: KVStore
+    renew_margin: float
+    ttl: int
+    clock: Callable[[], float]
+    timings: EtcdManagerTimings
+    on_lease_changed: Callable[[Lease], None] | None
+    own_lease: Lease | None
+    own_kv: KV | None
+
+    async def get_network_config(self) -> NetworkConfig: ...
+
+
 class LeaseKeeper:
     """Runs ``EtcdSubnetManager.complete_lease`` for one lease."""
 
-    def __init__(self, manager: EtcdSubnetManager, lease: Lease, held: KV) -> None:
+    def __init__(self, manager: LeaseOwner, lease: Lease, held: KV) -> None:
         self._m = manager
         self._lease = lease
         self._key = held.key
