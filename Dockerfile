@@ -13,11 +13,12 @@ COPY pyproject.toml constraints.txt ./
 COPY src ./src
 # A virtualenv, so that the final stage copies exactly the package and its dependencies, at the versions
 # of constraints.txt (the pip that understands --build-constraint first). The image carries every optional
-# extra (aws: boto3 for the aws-vpc backend); only the configured backend ever imports its SDK.
+# extra (grpc: the gRPC etcd client, FLANNEL_ETCD_CLIENT=grpc; ipsec: vici; aws, tencent, gce, ali: the cloud
+# SDKs); only the configured backend (or client) ever imports its package.
 RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
-        --build-constraint constraints.txt '.[ipsec,aws,tencent,gce,ali]'
+        --build-constraint constraints.txt '.[grpc,ipsec,aws,tencent,gce,ali]'
 # The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and this interpreter's
 # relocatable runtime tree holding what the plugin imports. Built here, with this stage's own Python, which is
 # the final stage's too (same base image).

@@ -189,7 +189,7 @@ async def kube_clock_skew(api_url: str, kubeconfig: str, timeout: float) -> tupl
     """The API server's clock against ours, from the ``Date`` header of ``GET /version``; and its address."""
     from flannel.errors import ConfigError, DatastoreUnavailableError
     from flannel.kube.client import KubeClient
-    from flannel.kube.config import load_client_config
+    from flannel.kube.loading import load_client_config
     from flannel.kube.errors import KubeApiError
 
     try:
