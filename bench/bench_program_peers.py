@@ -173,8 +173,8 @@ def inner(args: argparse.Namespace) -> int:
         c = statistics.median(f.cpu_window for f in fl)
         ic = statistics.median(i.cpu for i in ip)
         print(f"| {n} | {w:.3f} | {iw:.3f} | {w / iw:.2f} | {c:.2f} | {ic:.2f} | {c / ic:.2f} "
-              f"| {statistics.median(f.start_to_all for f in fl):.3f} | {statistics.median(f.cpu_total for f in fl):.2f} "
-              f"| {statistics.median(f.hwm_mib for f in fl):.1f} |")
+              f"| {statistics.median(f.start_to_all for f in fl):.3f} "
+              f"| {statistics.median(f.cpu_total for f in fl):.2f} | {statistics.median(f.hwm_mib for f in fl):.1f} |")
     return 0
 
 
