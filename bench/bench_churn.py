@@ -27,6 +27,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -116,7 +117,7 @@ def inner(args: argparse.Namespace) -> int:
     try:
         asyncio.run(put_config())
         asyncio.run(put_leases(0, args.peers))
-        p = start_flanneld(tmp)
+        p = start_flanneld(tmp, tuple(args.flanneld_arg))
         deadline = time.monotonic() + 120
         while len(obs.routes) < args.peers:
             if time.monotonic() > deadline or p.poll() is not None:
@@ -125,7 +126,14 @@ def inner(args: argparse.Namespace) -> int:
         time.sleep(1)  # the post-snapshot reconcile
         cpu0 = cpu_seconds(p.pid)
         t_run = time.monotonic()
+        spy = None
+        if args.py_spy:  # sample flanneld over the run: where its time goes under churn
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
+                                    "-o", args.py_spy, "-d", str(int(args.seconds)), "-p", str(p.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         starts, late = asyncio.run(write_changes(count, args.rate, args.peers))
+        if spy is not None:
+            spy.wait(30)
         wait_until = time.monotonic() + 10
         while time.monotonic() < wait_until and any(change_ip(k) not in obs.fdb_seen for k in range(count)):
             time.sleep(0.05)
@@ -179,6 +187,8 @@ def main() -> int:
     ap.add_argument("--peers", type=int, default=5000)
     ap.add_argument("--rate", type=float, default=100)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--flanneld-arg", action="append", default=[], help="an extra flanneld flag (repeatable)")
+    ap.add_argument("--py-spy", metavar="FILE", help="sample flanneld with py-spy over the run, raw output to FILE")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 
 from flannel.backoff import RepeatLimiter, repeats
 from flannel.errors import FlannelError
@@ -23,13 +23,21 @@ log = logging.getLogger(__name__)
 
 UNREADY_AFTER = 2
 """Failed rounds in a row that make the node unready."""
+STEP_PAUSE = 0.001
+"""Seconds a stepped reconcile pauses between steps: long enough for a lease event that is already waiting on
+a socket to travel through the watch and the backend to the kernel (several loop iterations)."""
 
 
 class ReconcileLoop:
     """Runs ``reconcile`` every ``interval`` seconds, and as soon as ``kick()`` is called."""
 
-    def __init__(self, reconcile: Callable[[], object], interval: float) -> None:
+    def __init__(self, reconcile: Callable[[], object], interval: float,
+                 steps: Callable[[], Iterator[None]] | None = None) -> None:
+        """``steps``, when given, is the same reconcile as a generator that yields between its parts (kernel
+        tables): the loop then lets other tasks (lease events) run at each yield instead of stalling them for
+        the whole round."""
         self._reconcile = reconcile
+        self._steps = steps
         self.interval = interval
         self._kick = asyncio.Event()
         self._failures = 0
@@ -45,7 +53,16 @@ class ReconcileLoop:
                 async with asyncio.timeout(self.interval):
                     await self._kick.wait()
             self._kick.clear()
-            self.reconcile_once()
+            if self._steps is None:
+                self.reconcile_once()
+                continue
+            try:
+                for _ in self._steps():
+                    await asyncio.sleep(STEP_PAUSE)
+            except (NetlinkError, OSError, FlannelError) as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
 
     def reconcile_once(self) -> None:
         """One reconcile; a failure is logged and left to the next round.
@@ -57,13 +74,19 @@ class ReconcileLoop:
         try:
             self._reconcile()
         except (NetlinkError, OSError, FlannelError) as exc:
-            self._failures += 1
-            held = self._quiet.check(str(exc))
-            if held is not None:
-                log.warning("reconcile failed, retrying in %gs: %s%s", self.interval, exc, repeats(held))
-            if self._failures >= UNREADY_AFTER:
-                READINESS.problem(KERNEL, f"reconcile failed {self._failures} times in a row: {exc}")
-            return
+            self._failed(exc)
+        else:
+            self._succeeded()
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        held = self._quiet.check(str(exc))
+        if held is not None:
+            log.warning("reconcile failed, retrying in %gs: %s%s", self.interval, exc, repeats(held))
+        if self._failures >= UNREADY_AFTER:
+            READINESS.problem(KERNEL, f"reconcile failed {self._failures} times in a row: {exc}")
+
+    def _succeeded(self) -> None:
         if self._failures:
             self._failures = 0
             self._quiet.reset()

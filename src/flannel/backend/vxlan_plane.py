@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -152,6 +153,15 @@ class VXLANPlane:
         """
         tunnel = [e for e in self.desired.values() if not e.direct]
         return self._neighbour_drift(tunnel) + self._fdb_drift(tunnel) + self._route_drift()
+
+    def drift_steps(self) -> list[Callable[[], list[tuple[str, object]]]]:
+        """``drift_ops`` cut into its three tables, each step comparing the kernel with ``desired`` as it is
+        when the step runs: a caller may let lease events in between (one table of 5000 peers is tens of
+        milliseconds of dumping and comparing, all three together a visible stall in the event loop)."""
+        def tunnel() -> list[PeerEntries]:
+            return [e for e in self.desired.values() if not e.direct]
+
+        return [lambda: self._neighbour_drift(tunnel()), lambda: self._fdb_drift(tunnel()), self._route_drift]
 
     def _neighbour_drift(self, tunnel: list[PeerEntries]) -> list[tuple[str, object]]:
         repairs: list[tuple[str, object]] = []
