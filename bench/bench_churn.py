@@ -74,10 +74,12 @@ class Observer(threading.Thread):
                     self.routes.add(e.dst)
 
 
-async def write_changes(count: int, rate: float, peers: int) -> tuple[list[float], list[float]]:
-    """Put ``count`` changes at ``rate`` per second; return each put's start time and its lateness."""
+async def write_changes(count: int, rate: float, peers: int) -> tuple[list[float], list[float], list[float]]:
+    """Put ``count`` changes at ``rate`` per second; return each put's start time, its lateness behind the
+    schedule, and how long etcd took to acknowledge it."""
     starts = [0.0] * count
     late = [0.0] * count
+    acked = [0.0] * count
     async with etcd_client() as c:
         lease = await c.lease.grant(86400)
         records = [change_record(k, peers) for k in range(count)]
@@ -87,6 +89,7 @@ async def write_changes(count: int, rate: float, peers: int) -> tuple[list[float
         async def put(k: int) -> None:
             key, value = records[k]
             await c.kv.put(key, value, lease=lease.ID)
+            acked[k] = time.monotonic() - starts[k]
 
         for k in range(count):
             due = t0 + k / rate
@@ -97,7 +100,7 @@ async def write_changes(count: int, rate: float, peers: int) -> tuple[list[float
             late[k] = starts[k] - due
             tasks.append(asyncio.create_task(put(k)))
         await asyncio.gather(*tasks)
-    return starts, late
+    return starts, late, acked
 
 
 def pct(values: list[float], p: float) -> float:
@@ -131,7 +134,7 @@ def inner(args: argparse.Namespace) -> int:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
                                     "-o", args.py_spy, "-d", str(int(args.seconds)), "-p", str(p.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        starts, late = asyncio.run(write_changes(count, args.rate, args.peers))
+        starts, late, acked = asyncio.run(write_changes(count, args.rate, args.peers))
         if spy is not None:
             spy.wait(30)
         wait_until = time.monotonic() + 10
@@ -166,7 +169,8 @@ def inner(args: argparse.Namespace) -> int:
           f"{args.peers} peers present; flanneld CPU over the run {cpu:.2f} s ({cpu / run_s * 100:.0f}% of one core), "
           f"peak RSS {hwm:.1f} MiB")
     print(f"writer lateness behind its schedule: p50 {statistics.median(late) * ms:.1f} ms, "
-          f"p99 {pct(late, 0.99) * ms:.1f} ms, max {max(late) * ms:.1f} ms\n")
+          f"p99 {pct(late, 0.99) * ms:.1f} ms, max {max(late) * ms:.1f} ms; etcd's acknowledgement of a put: "
+          f"p50 {statistics.median(acked) * ms:.1f} ms, p99 {pct(acked, 0.99) * ms:.1f} ms\n")
     print("| changes | seen | missing | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) | target |")
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     print(f"| {count} | {len(lat)} | {missing} | {statistics.median(lat) * ms:.1f} | {pct(lat, 0.95) * ms:.1f} "
