@@ -286,3 +286,14 @@ def test_the_fast_dotted_quad_accepts_exactly_what_ipaddress_accepts(text: str) 
     except ValueError:
         expected = None
     assert _ipv4_int(text) == expected
+
+
+def test_repeated_keys_keep_gos_last_wins_order_and_a_bom_is_refused_as_before() -> None:
+    attrs = LeaseAttrs.from_json('{"PublicIP":"1.2.3.4","BackendData":{"VNI":1,"VtepMAC":"aa","VNI":2},'
+                                 '"publicip":"5.6.7.8"}')
+    assert attrs.public_ip == IPv4Address("5.6.7.8"), "the last key folding onto a field wins"
+    assert attrs.backend_data == '{"VtepMAC":"aa","VNI":2}', "a repeated key moves to its last place"
+    assert fold(load_object('{"PublicIP":"x","BackendType":"y"}', "v"), ["PublicIP", "BackendType"]) == {
+        "PublicIP": "x", "BackendType": "y"}
+    with pytest.raises(ValueError, match="BOM"):
+        load_object('\ufeff{"PublicIP":"1.2.3.4"}', "lease value")
