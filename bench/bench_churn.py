@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench_daemon import Etcd, etcd_client, peer_lease, put_config, put_leases, start_flanneld, stop
 from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
-from one_host_netns import run_inside
+from one_host_netns import compile_flannel, run_inside
 
 CHANGE_IP_BASE = (198 << 24) | (19 << 16) | (128 << 8)
 """PublicIPs of the changes: 198.19.128.0 onwards (the N peers use 198.19.0.0-198.19.127.255)."""
@@ -109,6 +109,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def inner(args: argparse.Namespace) -> int:
+    compile_flannel()
     tmp = Path(tempfile.mkdtemp(prefix="flannel-churn-"))
     etcd = Etcd(tmp)
     count = int(args.rate * args.seconds)
