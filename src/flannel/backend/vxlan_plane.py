@@ -200,18 +200,25 @@ class VXLANPlane:
         tunnel = [e for e in self.desired.values() if not e.direct]
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
         # million routes in main, and decoding them all every reconcile would stall the event loop.
-        routes = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
-        elsewhere = main_routes(self.nl, self.family, [e.dst for e in tunnel if e.dst not in routes])
-        for e in tunnel:
-            r = routes.get(e.dst) or elsewhere.get(e.dst)
+        # Each network is hashed as few times as possible (``ipaddress`` hashes in Python, and this runs over
+        # every peer each reconcile): the device's routes are popped as they are matched, what is left over
+        # is not wanted.
+        left = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
+        found = [left.pop(e.dst, None) for e in tunnel]
+        for e in self.desired.values():
+            if e.direct:
+                left.pop(e.dst, None)
+        missing = [e.dst for e, r in zip(tunnel, found, strict=True) if r is None]
+        elsewhere = main_routes(self.nl, self.family, missing) if missing else {}
+        for e, r in zip(tunnel, found, strict=True):
+            if r is None:
+                r = elsewhere.get(e.dst)
             if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
-        wanted = {e.dst for e in self.desired.values()}
-        for net, r in routes.items():
+        for net, r in left.items():
             # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
-            if (net not in wanted and r.oif == self.dev_index and within(net, self.cluster)
-                    and r.protocol != RTPROT_KERNEL):
+            if r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL:
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         # DirectRouting routes: the reconciler shared with host-gw; tunnel destinations are not its to delete.
         direct = [e.route for e in self.desired.values() if e.direct]
