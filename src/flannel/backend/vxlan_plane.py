@@ -119,18 +119,29 @@ class VXLANPlane:
         if old is not None and old != new:
             ops.extend(self._remove_ops(old, keep=new))
         if new is not None and new != old:
-            ops.extend(self._add_ops(new))
+            ops.extend(self._add_ops(new, old))
         return ops
 
-    def _add_ops(self, e: PeerEntries) -> list[object]:
+    def _add_ops(self, e: PeerEntries, old: PeerEntries | None = None) -> list[object]:
+        """Writes for ``e``; with the tunnel entries ``old`` already programmed, only those that differ.
+
+        A peer that moves to another public IP changes its FDB entry alone: rewriting its unchanged route
+        would cost a walk over every route on the device in the kernel (IPv4 hashes these nexthops by device,
+        so they share one bucket), which under lease churn with thousands of peers was the largest cost. An
+        entry removed behind our back is the reconcile's to restore, as for any other peer.
+        """
         if e.direct:
             return [e.route.replace_op()]
         assert e.public_ip is not None
-        return [
-            NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac),
-            FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip),
-            RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True),
-        ]
+        was = old if old is not None and not old.direct else None
+        ops: list[object] = []
+        if was is None or was.gateway != e.gateway or was.mac != e.mac:
+            ops.append(NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac))
+        if was is None or was.mac != e.mac or was.public_ip != e.public_ip:
+            ops.append(FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip))
+        if was is None or was.dst != e.dst or was.gateway != e.gateway:
+            ops.append(RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True))
+        return ops
 
     def _remove_ops(self, e: PeerEntries, keep: PeerEntries | None) -> list[object]:
         ops: list[object] = []
