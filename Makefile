@@ -10,7 +10,8 @@ APT_PACKAGES := etcd-server etcd-client iproute2 iptables nftables iputils-ping 
                 gcc libc6-dev binutils \
                 wireguard-go wireguard-tools strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins \
                 podman containerd docker.io runc crun catatonit busybox-static \
-                golang-github-containernetworking-plugin-dnsname chromium chromium-driver prometheus
+                golang-github-containernetworking-plugin-dnsname chromium chromium-driver prometheus \
+                ethtool
 
 .PHONY: all deps venv demo demo-clean test lint unit integration e2e faults bench clean runtimes
 
@@ -91,6 +92,7 @@ test: venv lint
 
 bench: venv
 	$(PY) bench/bench_program_peers.py
+	$(PY) bench/bench_churn.py
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_cni.py
 	$(PY) bench/bench_throughput.py

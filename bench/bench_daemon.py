@@ -136,12 +136,13 @@ STARTED: list[subprocess.Popen[bytes]] = []
 """Every flanneld this run started, so that a failing step still stops them all."""
 
 
-def start_flanneld(tmp: Path) -> subprocess.Popen[bytes]:
+def start_flanneld(tmp: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     with open(tmp / "flanneld.log", "ab") as log:
         tls = [] if TLS_DIR is None else [f"--etcd-cafile={TLS_DIR}/ca.pem", f"--etcd-certfile={TLS_DIR}/client.pem",
                                           f"--etcd-keyfile={TLS_DIR}/client-key.pem"]
         STARTED.append(subprocess.Popen([FLANNELD, f"--etcd-endpoints={etcd_url()}", *tls,
-                                         f"--subnet-file={tmp}/subnet.env", "--iface=eth0"], stdout=log, stderr=log))
+                                         f"--subnet-file={tmp}/subnet.env", "--iface=eth0", *extra],
+                                        stdout=log, stderr=log))
     return STARTED[-1]
 
 

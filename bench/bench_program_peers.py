@@ -1,203 +1,198 @@
-"""Benchmark: program N remote VXLAN peers with ``Netlink.apply`` versus ``ip -batch`` + ``bridge -batch``.
+"""Benchmark: flanneld programming N remote VXLAN peers from etcd, against ``ip -batch`` + ``bridge -batch``
+doing the same kernel work, black-box (issue #16).
 
-Why: flanneld must (re)program every remote lease at start-up; with thousands of nodes that is thousands
-of neighbour + FDB + route entries, and a per-request round trip would make restarts slow. The target is
-to be no slower than 1.5x iproute2's batch mode, which is the fastest standard tool.
+Why: at start-up (and after a re-list) flanneld programs every remote lease: a neighbour, an FDB entry and
+an onlink route per peer on ``flannel.1``. The target is to be no slower than iproute2's batch mode, the
+fastest standard tool, at any scale: the ratio must not grow with N.
 
-Each peer X gets, on ``flannel.1``:
-    ip neigh replace 10.A.B.0 lladdr MAC_X dev flannel.1 nud permanent
-    bridge fdb replace MAC_X dev flannel.1 dst PUBLIC_X self permanent
-    ip route replace 10.A.B.0/24 via 10.A.B.0 dev flannel.1 onlink
-where 10.A.B.0/24 is the X-th /24 of 10.64.0.0/10 (10.244.0.0/16 holds only 256 of them) and PUBLIC_X is
-in 198.18.0.0/15. Every run starts in a fresh namespace; namespaces are removed in ``finally``.
+One namespace that looks like a host (``one_host_netns``) holds its own etcd with N lease records. Each run
+deletes ``flannel.1`` (its entries go with it), then either starts flanneld (a subprocess, default flags,
+vxlan) or builds ``flannel.1`` by hand and runs ``ip -batch``/``bridge -batch`` with the very entries
+flanneld makes. The runs alternate, so load drift hits both sides alike. flanneld is watched from outside,
+through a netlink socket subscribed to route and neighbour notifications:
 
-Run as root:  .venv/bin/python bench/bench_program_peers.py [--sizes 1000 5000] [--repeat 3]
+* **window**: first flannel entry seen → N-th peer route seen (the programming, as wall time);
+* **start → all**: process spawn → N-th route (includes start-up, the etcd list and lease acquisition);
+* **CPU**: flanneld's utime+stime over the window (``/proc/<pid>/stat``), and at all-programmed; for
+  iproute2 the two processes' utime+stime (``RUSAGE_CHILDREN``). Kernel work done in a ``sendmsg`` counts as
+  the sender's stime, so the CPU ratio compares the same work and, unlike wall time, holds up under load.
+
+Bounded: sizes × repeat flanneld starts, each waited for at most 120 s.
+
+Run as root:  .venv/bin/python bench/bench_program_peers.py [--sizes 1000 5000 10000 20000] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import asyncio
 import os
-import socket
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import dataclass
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_daemon import Etcd, peer_lease, put_config, put_leases, start_flanneld, stop
+from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
+from one_host_netns import compile_flannel, run_inside
 
-from tests.netns import NetNS, new_netns
-
-from flannel.backend.vxlan import VXLANNetwork, _Device
-from flannel.backend.vxlan_device import VXLANDeviceSpec
-from flannel.backend.vxlan_plane import VXLANPlane
-from flannel.config import NetworkConfig
-from flannel.lease import Lease, LeaseAttrs
-from flannel.netlink import FdbReplace, NeighReplace, Netlink, Op, RouteReplace
-from flannel.subnet.manager import WatchResult
-
-POD_BASE = int(IPv4Address("10.64.0.0"))
-PUBLIC_BASE = int(IPv4Address("198.18.1.0"))
 DEV = "flannel.1"
 
 
-def peer(x: int) -> tuple[IPv4Network, IPv4Address, str, IPv4Address]:
-    """(pod subnet, VTEP address, VTEP MAC, public address) of peer ``x``."""
-    net = POD_BASE + (x << 8)
-    mac = f"0a:58:{(x >> 16) & 0xFF:02x}:{(x >> 8) & 0xFF:02x}:{x & 0xFF:02x}:01"
-    return IPv4Network((net, 24)), IPv4Address(net), mac, IPv4Address(PUBLIC_BASE + x)
+@dataclass
+class FlannelRun:
+    start_to_all: float
+    window: float
+    cpu_window: float
+    cpu_total: float
+    hwm_mib: float
+    overrun: bool
 
 
-def make_namespace() -> NetNS:
-    ns = new_netns()
+@dataclass
+class IpRun:
+    wall: float
+    cpu: float
+
+
+def peer_entries(i: int) -> tuple[str, str, str]:
+    """(subnet address, VtepMAC, PublicIP) of bench_daemon's peer ``i``, parsed back from its record."""
+    key, value = peer_lease(i)
+    net = key.rsplit("/", 1)[1].split("-")[0]
+    mac = value.split('"VtepMAC":"')[1].split('"')[0]
+    pub = value.split('"PublicIP":"')[1].split('"')[0]
+    return net, mac, pub
+
+
+def delete_device() -> None:
+    subprocess.run(["ip", "link", "del", DEV], capture_output=True, check=False)
+
+
+def run_flannel(tmp: Path, n: int, timeout: float = 120) -> FlannelRun:
+    delete_device()
+    (tmp / "subnet.env").unlink(missing_ok=True)
+    watch = KernelWatch()
+    routes: set[bytes] = set()
+    t_first = cpu_first = t_last = 0.0
     try:
-        ns.ip(
-            "link",
-            "add",
-            DEV,
-            "address",
-            "0a:58:ff:00:00:01",
-            "mtu",
-            "1450",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dev",
-            "eth0",
-            "local",
-            "198.18.0.1",
-            "nolearning",
-            "dstport",
-            "8472",
-        )
-        ns.ip("link", "set", DEV, "up")
-    except BaseException:
-        ns.delete()
-        raise
-    return ns
-
-
-def run_ours(ns: NetNS, n: int) -> float:
-    """Time opening the socket and ``apply``; building the op list is excluded, as writing the batch
-    files is for iproute2 (the daemon already holds its leases as objects)."""
-    link_index = ns.ifindex(DEV)
-    ops: list[Op] = []
-    for x in range(n):
-        net, vtep, mac, public = peer(x)
-        ops.append(NeighReplace(link_index, vtep, mac))
-        ops.append(FdbReplace(link_index, mac, public))
-        ops.append(RouteReplace(net, vtep, link_index, onlink=True))
-    start = time.perf_counter()
-    with Netlink(ns.name) as nl:
-        results = nl.apply(ops)
-    elapsed = time.perf_counter() - start
-    failed = [r for r in results if r is not None]
-    if failed:
-        raise SystemExit(f"{len(failed)} operations failed, first: {failed[0]}")
-    return elapsed
-
-
-def run_backend(ns: NetNS, n: int) -> float:
-    """The whole vxlan backend path: a snapshot of N leases through the lease tracker and
-    ``VXLANNetwork.handle_events`` (entry computation, diffing, batching, one INFO log line per change,
-    written to a file). The leases are already decoded, as the subnet manager hands them over."""
-    link_index = ns.ifindex(DEV)
-    cluster = IPv4Network("10.0.0.0/8")
-    own = Lease(IPv4Network("10.63.255.0/24"), attrs=LeaseAttrs(public_ip=IPv4Address("198.18.0.1")))
-    leases = []
-    for x in range(n):
-        net, _, mac, public = peer(x)
-        data = f'{{"VNI":1,"VtepMAC":"{mac}"}}'
-        leases.append(Lease(net, attrs=LeaseAttrs(public_ip=public, backend_type="vxlan", backend_data=data)))
-    with tempfile.NamedTemporaryFile("w", suffix=".log") as logf:
-        handler = logging.FileHandler(logf.name)
-        root = logging.getLogger()
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        t0 = time.monotonic()
+        p = start_flanneld(tmp)
         try:
-            start = time.perf_counter()
-            with Netlink(ns.name) as nl:
-                plane = VXLANPlane(nl=nl, family=socket.AF_INET, dev_name=DEV, cluster=cluster,
-                                   own_subnet=own.subnet, dev_index=link_index)  # type: ignore[arg-type]
-                spec = VXLANDeviceSpec(DEV, 1, 0, None, 0, False, False, 1450)
-                network = VXLANNetwork(nl, own, 1450, [_Device(spec, plane)], NetworkConfig(network=cluster), 10)
-                network.handle_events(network.tracker.apply(WatchResult(snapshot=tuple(leases))))
-            elapsed = time.perf_counter() - start
+            while len(routes) < n:
+                if time.monotonic() - t0 > timeout:
+                    raise RuntimeError(f"only {len(routes)} of {n} routes within {timeout} s")
+                if p.poll() is not None:
+                    raise RuntimeError(f"flanneld exited with {p.returncode}")
+                for e in watch.read(0.05):
+                    if e.kind == "route" and e.plen == 24 and e.dst[0] == 10:
+                        routes.add(e.dst)
+                        t_last = e.at
+                    if not t_first and (e.kind == "fdb" or (e.kind == "route" and e.plen == 24 and e.dst[0] == 10)):
+                        t_first, cpu_first = e.at, cpu_seconds(p.pid)
+                if watch.overrun:
+                    raise RuntimeError("netlink monitor overrun: raise its buffer")
+            t_all = t_last
+            cpu_all = cpu_seconds(p.pid)
+            time.sleep(1)
+            hwm = vm_kib(p.pid) / 1024
         finally:
-            root.removeHandler(handler)
-            handler.close()
-        with open(logf.name) as f:
-            logged = sum(1 for _ in f)
-    if logged != 3 * n:
-        raise SystemExit(f"expected {3 * n} log lines, got {logged}")
-    return elapsed
-
-
-def run_ip(ns: NetNS, n: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        ip_file, bridge_file = os.path.join(tmp, "ip.batch"), os.path.join(tmp, "bridge.batch")
-        with open(ip_file, "w") as ipf, open(bridge_file, "w") as brf:
-            for x in range(n):
-                net, vtep, mac, public = peer(x)
-                ipf.write(f"neigh replace {vtep} lladdr {mac} dev {DEV} nud permanent\n")
-                ipf.write(f"route replace {net} via {vtep} dev {DEV} onlink\n")
-                brf.write(f"fdb replace {mac} dev {DEV} dst {public} self permanent\n")
-        start = time.perf_counter()
-        subprocess.run(["ip", "-n", ns.name, "-batch", ip_file], check=True)
-        subprocess.run(["bridge", "-n", ns.name, "-batch", bridge_file], check=True)
-        return time.perf_counter() - start
-
-
-def verify(ns: NetNS, n: int) -> None:
-    """Both tools must leave the same number of entries behind; count them with iproute2 itself."""
-    routes = ns.ip("route", "show", "dev", DEV).stdout.count("onlink")
-    neighs = ns.ip("neigh", "show", "dev", DEV).stdout.count("PERMANENT")
-    fdb = ns.run(["bridge", "fdb", "show", "dev", DEV]).stdout.count(" dst ")
-    if (routes, neighs, fdb) != (n, n, n):
-        raise SystemExit(f"expected {n} of each, found routes={routes} neigh={neighs} fdb={fdb}")
-
-
-def measure(fn: Callable[[NetNS, int], float], n: int) -> float:
-    ns = make_namespace()
-    try:
-        elapsed = fn(ns, n)
-        verify(ns, n)
-        return elapsed
+            stop(p)
     finally:
-        ns.delete()
+        watch.close()
+    return FlannelRun(t_all - t0, t_all - t_first, cpu_all - cpu_first, cpu_all, hwm, watch.overrun)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (creates network namespaces)", file=sys.stderr)
-        return 2
-    print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
-    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, {args.repeat} runs each, median seconds\n")
+def run_ip(tmp: Path, n: int) -> IpRun:
+    delete_device()
+    subprocess.run(["ip", "link", "add", DEV, "address", "0a:58:ff:00:00:01", "mtu", "1450", "type", "vxlan",
+                    "id", "1", "dev", "eth0", "local", "198.18.0.1", "nolearning", "dstport", "8472"], check=True)
+    subprocess.run(["ip", "link", "set", DEV, "up"], check=True)
+    ip_file, bridge_file = tmp / "ip.batch", tmp / "bridge.batch"
+    with open(ip_file, "w") as ipf, open(bridge_file, "w") as brf:
+        for i in range(n):
+            net, mac, pub = peer_entries(i)
+            ipf.write(f"neigh replace {net} lladdr {mac} dev {DEV} nud permanent\n")
+            brf.write(f"fdb replace {mac} dev {DEV} dst {pub} self permanent\n")
+        for i in range(n):
+            net, _, _ = peer_entries(i)
+            ipf.write(f"route replace {net}/24 via {net} dev {DEV} onlink\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    subprocess.run(["ip", "-batch", str(ip_file)], check=True)
+    subprocess.run(["bridge", "-batch", str(bridge_file)], check=True)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out = subprocess.run(["ip", "route", "show", "dev", DEV], capture_output=True, text=True).stdout
+    if out.count("onlink") != n:
+        raise RuntimeError(f"ip -batch left {out.count('onlink')} routes, expected {n}")
+    return IpRun(wall, cpu)
+
+
+def inner(args: argparse.Namespace) -> int:
+    compile_flannel()
+    tmp = Path(tempfile.mkdtemp(prefix="flannel-bench-"))
+    etcd = Etcd(tmp)
     rows = []
-    for n in args.sizes:
-        ours, backend, ip = [], [], []
-        for _ in range(args.repeat):  # interleaved so that machine noise hits all alike
-            ours.append(measure(run_ours, n))
-            backend.append(measure(run_backend, n))
-            ip.append(measure(run_ip, n))
-        rows.append((n, statistics.median(ours), statistics.median(backend), statistics.median(ip)))
-    print("| peers | kernel ops | Netlink.apply (s) | vxlan backend, leases → kernel (s) | ip + bridge -batch (s) "
-          "| apply/ip | backend/ip |")
-    print("|------:|-----------:|------------------:|-----------------------------------:|-----------------------:"
-          "|---------:|-----------:|")
-    for n, o, b, i in rows:
-        print(f"| {n} | {3 * n} | {o:.3f} | {b:.3f} | {i:.3f} | {o / i:.2f} | {b / i:.2f} |")
+    print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
+    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs; load average before: {loadavg()}")
+    try:
+        asyncio.run(put_config())
+        have = 0
+        for n in sorted(args.sizes):
+            asyncio.run(put_leases(have, n - have))
+            have = n
+            fl: list[FlannelRun] = []
+            ip: list[IpRun] = []
+            for r in range(args.repeat):
+                for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+                    if side == 0:
+                        fl.append(run_flannel(tmp, n))
+                    else:
+                        ip.append(run_ip(tmp, n))
+            rows.append((n, fl, ip))
+            print(f"  {n}: flannel window {[round(f.window, 3) for f in fl]} cpu {[round(f.cpu_window, 2) for f in fl]}"
+                  f" start→all {[round(f.start_to_all, 3) for f in fl]}; ip {[round(i.wall, 3) for i in ip]}"
+                  f" cpu {[round(i.cpu, 2) for i in ip]}", flush=True)
+    finally:
+        subprocess.run(["ip", "link", "del", DEV], capture_output=True, check=False)
+        etcd.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"load average after: {loadavg()}; medians of {args.repeat}\n")
+    print("| peers | flanneld window (s) | ip+bridge -batch (s) | wall ratio | flanneld CPU in window (s) "
+          "| ip+bridge CPU (s) | CPU ratio | flanneld start → all programmed (s) | flanneld CPU at all (s) "
+          "| peak RSS (MiB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, fl, ip in rows:
+        w = statistics.median(f.window for f in fl)
+        iw = statistics.median(i.wall for i in ip)
+        c = statistics.median(f.cpu_window for f in fl)
+        ic = statistics.median(i.cpu for i in ip)
+        print(f"| {n} | {w:.3f} | {iw:.3f} | {w / iw:.2f} | {c:.2f} | {ic:.2f} | {c / ic:.2f} "
+              f"| {statistics.median(f.start_to_all for f in fl):.3f} "
+              f"| {statistics.median(f.cpu_total for f in fl):.2f} | {statistics.median(f.hwm_mib for f in fl):.1f} |")
     return 0
 
 
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--inner", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000, 20000])
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if max(args.sizes) > 39000:
+        print("at most 39000 peers (bench_daemon's address plan)", file=sys.stderr)
+        return 2
+    return inner(args) if args.inner else run_inside(__file__, "fpeers")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

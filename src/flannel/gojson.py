@@ -22,8 +22,12 @@ _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 def _last_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A repeated key moves to the end, so that iterating the dict visits keys in the order of their
-    # last occurrence: ``fold`` then lets the last one win, as Go does.
-    out: dict[str, Any] = {}
+    # last occurrence: ``fold`` then lets the last one win, as Go does. Without repeats that is the plain
+    # dict, built in C: this runs for every object of every lease value (tens of thousands at start-up).
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    out = {}
     for key, value in pairs:
         out.pop(key, None)
         out[key] = value
@@ -42,6 +46,11 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_last_wins, parse_constant=_reject_constant,
+                            parse_float=_finite_float)
+"""One decoder for every call: ``json.loads`` with hooks builds a new one each time."""
+
+
 def loads(data: str | bytes) -> Any:
     """``json.loads`` restricted to what Go accepts (no NaN/Infinity, no number beyond float64) and to
     ``MAX_DEPTH`` levels of nesting.
@@ -51,9 +60,10 @@ def loads(data: str | bytes) -> Any:
     text = data.decode(json.detect_encoding(data), "surrogatepass") if isinstance(data, bytes) else data
     if text.count("[") + text.count("{") > MAX_DEPTH:  # cheap test first: only then scan for the real depth
         _check_depth(text)
+    if text.startswith("\ufeff"):  # as json.loads refuses it
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
-        return json.loads(text, object_pairs_hook=_last_wins, parse_constant=_reject_constant,
-                          parse_float=_finite_float)
+        return _DECODER.decode(text)
     except RecursionError:  # only when called from deep in a stack already
         raise ValueError("exceeded max depth") from None
 
@@ -89,6 +99,8 @@ def fold(obj: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     Returns a dict keyed by the canonical field names, holding only the fields that appear.
     """
     exact = set(fields)
+    if exact.issuperset(obj):  # every key names a field exactly (keys are distinct): nothing to fold
+        return dict(obj)
     folded = {_fold_name(f): f for f in fields}
     out: dict[str, Any] = {}
     for key, value in obj.items():
@@ -110,6 +122,10 @@ _GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
 """Go's ``json.Marshal`` escapes these even inside raw messages; none of them can occur outside a string."""
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""One encoder for every call: ``json.dumps`` with options builds a new one each time."""
+
+
 def compact(value: Any) -> str:
     """Serialise as Go's ``json.Marshal`` does: compact, UTF-8 kept as is, HTML characters escaped."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
+    return _COMPACT(value).translate(_GO_ESCAPES)

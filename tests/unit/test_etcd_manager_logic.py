@@ -394,6 +394,35 @@ async def test_watch_gives_a_snapshot_then_events(store: FakeStore) -> None:
     await it.aclose()  # type: ignore[attr-defined]
 
 
+async def test_first_watch_reuses_the_acquisitions_listing_and_misses_nothing_written_since(store: FakeStore) -> None:
+    store.raw_put(f"{P}/subnets/10.5.1.0-24", '{"PublicIP":"9.9.9.1"}', 0)
+    listings = 0
+    get_prefix = store.get_prefix
+
+    async def counting(prefix: str) -> tuple[list[KV], int]:
+        nonlocal listings
+        listings += 1
+        return await get_prefix(prefix)
+
+    store.get_prefix = counting  # type: ignore[method-assign]
+    m = manager(store)
+    own = await m.acquire_lease(LeaseAttrs(public_ip=IPv4Address("9.9.9.9")))
+    store.raw_put(f"{P}/subnets/10.5.2.0-24", '{"PublicIP":"9.9.9.2"}', 0)  # between acquisition and watch
+    it = m.watch_leases()
+    first = await next_result(it)
+    assert listings == 1, "the watch's snapshot is the acquisition's listing, not a second one"
+    assert first.snapshot is not None and [lease.key for lease in first.snapshot] == ["10.5.1.0-24"]
+    seen: list[str] = []
+    while "10.5.2.0-24" not in seen:
+        seen += [lease.key for _, lease in (await next_result(it)).events]
+    assert seen == [own.key, "10.5.2.0-24"], "our own write, then the lease written in between, as events"
+    await it.aclose()  # type: ignore[attr-defined]
+    it = m.watch_leases()  # a later watch (say after a restart of the backend) lists afresh
+    await next_result(it)
+    assert listings == 2
+    await it.aclose()  # type: ignore[attr-defined]
+
+
 async def test_watch_skips_an_undecodable_event_and_keeps_the_others(
     store: FakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:

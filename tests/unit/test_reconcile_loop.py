@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import Iterator
 
@@ -62,3 +63,38 @@ async def test_a_coroutine_reconcile_is_awaited_and_its_failures_count_the_same(
     fail = False
     await loop.areconcile_once()
     assert READINESS.ready
+
+
+async def test_a_stepped_reconcile_lets_other_tasks_run_between_its_steps_and_a_failing_step_fails_the_round() -> None:
+    trace: list[str] = []
+    fail = False
+
+    def steps() -> Iterator[None]:
+        for table in ("neigh", "fdb", "route"):
+            yield
+            trace.append(table)
+            if fail and table == "fdb":
+                raise NetlinkError(errno.EBUSY, "dump fdb", "busy")
+
+    async def events() -> None:
+        for _ in range(200):
+            trace.append("event")
+            await asyncio.sleep(0.0005)
+
+    loop = ReconcileLoop(lambda: None, interval=3600, steps=steps)
+    runner = asyncio.create_task(loop.run())
+    other = asyncio.create_task(events())
+    loop.kick()
+    await asyncio.sleep(0.05)
+    tables = [t for t in trace if t != "event"]
+    assert tables == ["neigh", "fdb", "route"]
+    first, last = trace.index("neigh"), trace.index("route")
+    assert "event" in trace[first:last], f"no event ran between the steps: {trace}"
+    fail = True
+    for _ in range(2):
+        loop.kick()
+        await asyncio.sleep(0.05)
+    assert not READINESS.ready and "dump fdb" in READINESS.explain()
+    runner.cancel()
+    other.cancel()
+    await asyncio.gather(runner, other, return_exceptions=True)

@@ -9,7 +9,7 @@ import pytest
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold, load_object
 from flannel.ipaddr import go_ip_text, go_net_text
-from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
+from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, _ipv4_int, make_subnet_key, parse_subnet_key
 
 # --- subnet keys -----------------------------------------------------------------------------------
 
@@ -275,3 +275,25 @@ def test_backend_data_is_escaped_as_go_marshals_raw_json() -> None:
         '{"PublicIP":"1.2.3.4","PublicIPv6":null,"BackendType":"extension",'
         '"BackendData":"a\\u003cb\\u003e\\u0026c\\u2028é"}'
     )
+
+
+@pytest.mark.parametrize("text", ["1.2.3.4", "0.0.0.0", "255.255.255.255", "10.0.0.0", "01.2.3.4", "1.2.3.04",
+                                  "00.1.1.1", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1.2.3.4 ", " 1.2.3.4", "1..3.4",
+                                  "\u0661.2.3.4", "1.2.3.4\n", "1.2.3.-4", "+1.2.3.4", "1.2.3.1000", "", "1.2.3.4/24"])
+def test_the_fast_dotted_quad_accepts_exactly_what_ipaddress_accepts(text: str) -> None:
+    try:
+        expected: int | None = int(IPv4Address(text))
+    except ValueError:
+        expected = None
+    assert _ipv4_int(text) == expected
+
+
+def test_repeated_keys_keep_gos_last_wins_order_and_a_bom_is_refused_as_before() -> None:
+    attrs = LeaseAttrs.from_json('{"PublicIP":"1.2.3.4","BackendData":{"VNI":1,"VtepMAC":"aa","VNI":2},'
+                                 '"publicip":"5.6.7.8"}')
+    assert attrs.public_ip == IPv4Address("5.6.7.8"), "the last key folding onto a field wins"
+    assert attrs.backend_data == '{"VtepMAC":"aa","VNI":2}', "a repeated key moves to its last place"
+    assert fold(load_object('{"PublicIP":"x","BackendType":"y"}', "v"), ["PublicIP", "BackendType"]) == {
+        "PublicIP": "x", "BackendType": "y"}
+    with pytest.raises(ValueError, match="BOM"):
+        load_object('\ufeff{"PublicIP":"1.2.3.4"}', "lease value")

@@ -92,6 +92,24 @@ def test_changed_mac_replaces_fdb_and_drops_the_old_entry() -> None:
     assert FdbReplace(index=7, mac="aa:bb:cc:dd:ee:02", dst=IPv4Address("198.18.0.13")) in ops
 
 
+def test_a_peer_moving_to_another_public_ip_rewrites_its_fdb_entry_alone() -> None:
+    p = plane()
+    old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
+    new = p.entries_for(lease("10.244.3.0/24", "198.18.0.14", f'{{"VtepMAC":"{MAC}"}}'))
+    assert p.ops_for_change(old, new) == [FdbReplace(index=7, mac=MAC, dst=IPv4Address("198.18.0.14"))]
+
+
+def test_a_changed_mac_rewrites_neighbour_and_fdb_but_not_the_route() -> None:
+    p = plane()
+    old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
+    new = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", '{"VtepMAC":"aa:bb:cc:dd:ee:02"}'))
+    assert p.ops_for_change(old, new) == [
+        FdbDelete(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")),
+        NeighReplace(index=7, ip=IPv4Address("10.244.3.0"), mac="aa:bb:cc:dd:ee:02"),
+        FdbReplace(index=7, mac="aa:bb:cc:dd:ee:02", dst=IPv4Address("198.18.0.13")),
+    ]
+
+
 def test_removal_deletes_route_fdb_and_neighbour() -> None:
     p = plane()
     old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))

@@ -53,24 +53,25 @@ def apply_lease_events(nl: Netlink, events: Sequence[LeaseEvent], backend_type: 
     ops: list[object] = []
     for ev in events:
         lease = ev.lease
+        key = lease.key  # a property that formats the key each time: once per event, not four times
         (metrics.LEASE_ADDED if ev.type is EventType.ADDED else metrics.LEASE_REMOVED).inc()
         foreign = ev.type is EventType.ADDED and lease.attrs.backend_type != backend_type
         if foreign:
-            log.info("ignoring non-%s lease %s (BackendType %r)", backend_type, lease.key, lease.attrs.backend_type)
+            log.info("ignoring non-%s lease %s (BackendType %r)", backend_type, key, lease.attrs.backend_type)
         for plane in planes:
-            old = plane.desired.get(lease.key)
+            old = plane.desired.get(key)
             new = None
             if not (ev.type is EventType.REMOVED or foreign):
                 try:
                     new = plane.entries_for(lease)
                 except (LeaseDecodeError, ValueError) as exc:
-                    log.warning("skipping lease %s: %s (its current entries are left as they are)", lease.key, exc)
+                    log.warning("skipping lease %s: %s (its current entries are left as they are)", key, exc)
                     continue
             ops.extend(plane.ops_for_change(old, new))
             if new is None:
-                plane.desired.pop(lease.key, None)
+                plane.desired.pop(key, None)
             else:
-                plane.desired[lease.key] = new
+                plane.desired[key] = new
         if len(ops) >= OPS_PER_BATCH:
             apply_ops(nl, ops, names=names)
             ops = []

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 
 from flannel.backoff import RepeatLimiter, repeats
 from flannel.errors import FlannelError
@@ -24,13 +24,21 @@ log = logging.getLogger(__name__)
 
 UNREADY_AFTER = 2
 """Failed rounds in a row that make the node unready."""
+STEP_PAUSE = 0.001
+"""Seconds a stepped reconcile pauses between steps: long enough for a lease event that is already waiting on
+a socket to travel through the watch and the backend to the kernel (several loop iterations)."""
 
 
 class ReconcileLoop:
     """Runs ``reconcile`` every ``interval`` seconds, and as soon as ``kick()`` is called."""
 
-    def __init__(self, reconcile: Callable[[], object], interval: float) -> None:
+    def __init__(self, reconcile: Callable[[], object], interval: float,
+                 steps: Callable[[], Iterator[None]] | None = None) -> None:
+        """``steps``, when given, is the same reconcile as a generator that yields between its parts (kernel
+        tables): the loop then lets other tasks (lease events) run at each yield instead of stalling them for
+        the whole round. ``reconcile`` may also be a coroutine function (ipsec's talks to charon)."""
         self._reconcile = reconcile
+        self._steps = steps
         self.interval = interval
         self._kick = asyncio.Event()
         self._failures = 0
@@ -46,7 +54,16 @@ class ReconcileLoop:
                 async with asyncio.timeout(self.interval):
                     await self._kick.wait()
             self._kick.clear()
-            await self.areconcile_once()
+            if self._steps is None:
+                await self.areconcile_once()
+                continue
+            try:
+                for _ in self._steps():
+                    await asyncio.sleep(STEP_PAUSE)
+            except (NetlinkError, OSError, FlannelError) as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
 
     async def areconcile_once(self) -> None:
         """``reconcile_once`` for a reconcile that may be a coroutine function (ipsec's talks to charon)."""
@@ -56,8 +73,8 @@ class ReconcileLoop:
                 await result
         except (NetlinkError, OSError, FlannelError) as exc:
             self._failed(exc)
-            return
-        self._succeeded()
+        else:
+            self._succeeded()
 
     def reconcile_once(self) -> None:
         """One reconcile; a failure is logged and left to the next round.
@@ -70,8 +87,8 @@ class ReconcileLoop:
             self._reconcile()
         except (NetlinkError, OSError, FlannelError) as exc:
             self._failed(exc)
-            return
-        self._succeeded()
+        else:
+            self._succeeded()
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1

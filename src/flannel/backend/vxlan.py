@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 
 from flannel import metrics
@@ -140,6 +140,17 @@ class VXLANNetwork(LeasedNetwork):
 
     def reconcile(self) -> int:
         """Make the kernel match the leases: recreate missing devices, repair drift. Returns repairs made."""
+        steps = self.reconcile_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return int(done.value)
+
+    def reconcile_steps(self) -> Generator[None, None, int]:
+        """``reconcile`` one kernel table at a time: it pauses (yields) before each table's dump, so that the
+        reconcile loop can let lease events through meanwhile. Each step compares and repairs against the
+        leases as they are when it runs, so an event handled in between is never undone."""
         repairs = 0
         if not self.follow_external():
             return 0
@@ -161,12 +172,14 @@ class VXLANNetwork(LeasedNetwork):
             if not self.synced or (self.ext is not None and not self.ext.up):
                 continue  # until the first snapshot, "not desired" does not mean "stale"; a down underlay
                 # refuses DirectRouting routes, and tunnel entries carry nothing until it is up (it kicks then)
-            drift = plane.drift_ops()
-            if drift:
-                reasons = [r for r, _ in drift]
-                ops = [op for _, op in drift]
-                apply_ops(self.nl, ops, reasons, names=self.dev_names)
-                repairs += len(drift)
+            for drift_of in plane.drift_steps():
+                yield
+                drift = drift_of()
+                if drift:
+                    reasons = [r for r, _ in drift]
+                    ops = [op for _, op in drift]
+                    apply_ops(self.nl, ops, reasons, names=self.dev_names)
+                    repairs += len(drift)
         return repairs
 
     def follow_external(self) -> bool:
@@ -191,7 +204,7 @@ class VXLANNetwork(LeasedNetwork):
 
     async def run(self, results: AsyncIterator[WatchResult]) -> None:
         metrics.KNOWN_PEERS.set_function(lambda: len(self.tracker.leases))
-        loop = ReconcileLoop(self.reconcile, self.reconcile_interval)
+        loop = ReconcileLoop(self.reconcile, self.reconcile_interval, steps=self.reconcile_steps)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(loop.kick_on_link_events(self.kicks, addresses=self.ext is not None),
                            name="vxlan-link-monitor")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -118,18 +119,29 @@ class VXLANPlane:
         if old is not None and old != new:
             ops.extend(self._remove_ops(old, keep=new))
         if new is not None and new != old:
-            ops.extend(self._add_ops(new))
+            ops.extend(self._add_ops(new, old))
         return ops
 
-    def _add_ops(self, e: PeerEntries) -> list[object]:
+    def _add_ops(self, e: PeerEntries, old: PeerEntries | None = None) -> list[object]:
+        """Writes for ``e``; with the tunnel entries ``old`` already programmed, only those that differ.
+
+        A peer that moves to another public IP changes its FDB entry alone: rewriting its unchanged route
+        would cost a walk over every route on the device in the kernel (IPv4 hashes these nexthops by device,
+        so they share one bucket), which under lease churn with thousands of peers was the largest cost. An
+        entry removed behind our back is the reconcile's to restore, as for any other peer.
+        """
         if e.direct:
             return [e.route.replace_op()]
         assert e.public_ip is not None
-        return [
-            NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac),
-            FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip),
-            RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True),
-        ]
+        was = old if old is not None and not old.direct else None
+        ops: list[object] = []
+        if was is None or was.gateway != e.gateway or was.mac != e.mac:
+            ops.append(NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac))
+        if was is None or was.mac != e.mac or was.public_ip != e.public_ip:
+            ops.append(FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip))
+        if was is None or was.dst != e.dst or was.gateway != e.gateway:
+            ops.append(RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True))
+        return ops
 
     def _remove_ops(self, e: PeerEntries, keep: PeerEntries | None) -> list[object]:
         ops: list[object] = []
@@ -152,6 +164,15 @@ class VXLANPlane:
         """
         tunnel = [e for e in self.desired.values() if not e.direct]
         return self._neighbour_drift(tunnel) + self._fdb_drift(tunnel) + self._route_drift()
+
+    def drift_steps(self) -> list[Callable[[], list[tuple[str, object]]]]:
+        """``drift_ops`` cut into its three tables, each step comparing the kernel with ``desired`` as it is
+        when the step runs: a caller may let lease events in between (one table of 5000 peers is tens of
+        milliseconds of dumping and comparing, all three together a visible stall in the event loop)."""
+        def tunnel() -> list[PeerEntries]:
+            return [e for e in self.desired.values() if not e.direct]
+
+        return [lambda: self._neighbour_drift(tunnel()), lambda: self._fdb_drift(tunnel()), self._route_drift]
 
     def _neighbour_drift(self, tunnel: list[PeerEntries]) -> list[tuple[str, object]]:
         repairs: list[tuple[str, object]] = []
@@ -190,18 +211,25 @@ class VXLANPlane:
         tunnel = [e for e in self.desired.values() if not e.direct]
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
         # million routes in main, and decoding them all every reconcile would stall the event loop.
-        routes = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
-        elsewhere = main_routes(self.nl, self.family, [e.dst for e in tunnel if e.dst not in routes])
-        for e in tunnel:
-            r = routes.get(e.dst) or elsewhere.get(e.dst)
+        # Each network is hashed as few times as possible (``ipaddress`` hashes in Python, and this runs over
+        # every peer each reconcile): the device's routes are popped as they are matched, what is left over
+        # is not wanted.
+        left = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
+        found = [left.pop(e.dst, None) for e in tunnel]
+        for e in self.desired.values():
+            if e.direct:
+                left.pop(e.dst, None)
+        missing = [e.dst for e, r in zip(tunnel, found, strict=True) if r is None]
+        elsewhere = main_routes(self.nl, self.family, missing) if missing else {}
+        for e, r in zip(tunnel, found, strict=True):
+            if r is None:
+                r = elsewhere.get(e.dst)
             if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
-        wanted = {e.dst for e in self.desired.values()}
-        for net, r in routes.items():
+        for net, r in left.items():
             # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
-            if (net not in wanted and r.oif == self.dev_index and within(net, self.cluster)
-                    and r.protocol != RTPROT_KERNEL):
+            if r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL:
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
         # DirectRouting routes: the reconciler shared with host-gw; tunnel destinations are not its to delete.
         direct = [e.route for e in self.desired.values() if e.direct]

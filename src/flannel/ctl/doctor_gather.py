@@ -189,8 +189,8 @@ async def kube_clock_skew(api_url: str, kubeconfig: str, timeout: float) -> tupl
     """The API server's clock against ours, from the ``Date`` header of ``GET /version``; and its address."""
     from flannel.errors import ConfigError, DatastoreUnavailableError
     from flannel.kube.client import KubeClient
-    from flannel.kube.loading import load_client_config
     from flannel.kube.errors import KubeApiError
+    from flannel.kube.loading import load_client_config
 
     try:
         cfg = load_client_config(api_url, kubeconfig, os.environ)

@@ -53,6 +53,17 @@ _INET = {4: socket.AF_INET, 6: socket.AF_INET6}
 Names: TypeAlias = Mapping[int, str] | None
 
 
+def _ip(ip: IPAddress) -> str:
+    """``str(ip)``; IPv4 through the C formatter: a snapshot of 5000 peers logs 25 000 addresses, and
+    ``ipaddress`` formats each in Python."""
+    return socket.inet_ntoa(ip.packed) if ip.version == 4 else str(ip)
+
+
+def _net(net: IPNetwork) -> str:
+    """``str(net)``, the same way."""
+    return f"{_ip(net.network_address)}/{net.prefixlen}"
+
+
 def _dev(index: int | None, names: Names) -> str:
     """A device for ``describe``: its name when known, ``#INDEX`` otherwise."""
     if names and index is not None and index in names:
@@ -79,7 +90,7 @@ class NeighReplace:
         return wire.message(RTM_NEWNEIGH, _REPLACE, seq, body)
 
     def describe(self, names: Names = None) -> str:
-        return f"neigh replace {self.ip} lladdr {self.mac} dev {_dev(self.index, names)} nud permanent"
+        return f"neigh replace {_ip(self.ip)} lladdr {self.mac} dev {_dev(self.index, names)} nud permanent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +123,7 @@ class FdbReplace:
         return wire.message(RTM_NEWNEIGH, _REPLACE, seq, body)
 
     def describe(self, names: Names = None) -> str:
-        return f"fdb replace {self.mac} dev {_dev(self.index, names)} dst {self.dst} self permanent"
+        return f"fdb replace {self.mac} dev {_dev(self.index, names)} dst {_ip(self.dst)} self permanent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +190,8 @@ class RouteReplace:
         return wire.message(RTM_NEWROUTE, _REPLACE, seq, body)
 
     def describe(self, names: Names = None) -> str:
-        text = f"route replace {self.dst}"
-        text += f" via {self.gateway}" if self.gateway is not None else ""
+        text = f"route replace {_net(self.dst)}"
+        text += f" via {_ip(self.gateway)}" if self.gateway is not None else ""
         text += f" dev {_dev(self.oif, names)}" if self.oif is not None else ""
         text += " onlink" if self.onlink else ""
         text += f" scope {self.scope}" if self.scope is not None else ""
