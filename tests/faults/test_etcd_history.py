@@ -80,8 +80,12 @@ def test_compaction_and_defrag_during_the_watch(fresh: FaultCluster, request: py
 
 def test_watch_cancelled_by_server_after_compaction_relists(
         fresh: FaultCluster, request: pytest.FixtureRequest) -> None:
-    """h3's flanneld is stopped while 10 MiB of watch events pile up, so etcd gives its watcher up as slow;
-    the history is then compacted past it, and etcd cancels the watch (compact_revision) on SIGCONT."""
+    """h3's flanneld is stopped while 30 MiB of watch events pile up, so etcd gives its watcher up as slow;
+    the history is then compacted past it, and etcd cancels the watch (compact_revision) on SIGCONT.
+
+    30 MiB, not 10: with the JSON-gateway client the events first fill the gateway's stream and the kernel's
+    socket buffers (several MiB each way) before etcd's own watcher is held up; 10 MiB made the fault only
+    sometimes."""
     c = fresh
     h3 = c.hosts[3]
     assert h3.proc is not None
@@ -90,7 +94,7 @@ def test_watch_cancelled_by_server_after_compaction_relists(
     with Scenario(c, request, "watch cancelled by the server (compacted while flanneld SIGSTOPped)") as sc:
         h3.proc.send_signal(signal.SIGSTOP)
         put_fake(c, 203, 203)  # a real change h3 must not miss
-        flood = (f"for i in $(seq 1 10); do head -c 1000000 /dev/zero | tr '\\0' x | "
+        flood = (f"for i in $(seq 1 30); do head -c 1000000 /dev/zero | tr '\\0' x | "
                  f"{ETCDCTL} --endpoints={c.endpoints} put /coreos.com/network/subnets/flood-big-$i >/dev/null; done; "
                  f"for i in $(seq 1 200); do {ETCDCTL} --endpoints={c.endpoints} "
                  f"put /coreos.com/network/subnets/flood-$i x >/dev/null; done")
