@@ -26,6 +26,9 @@ LEASE = "lease"
 """Condition: the node's own lease record is missing (kube mode: its Node object)."""
 KERNEL = "kernel"
 """Condition: the reconcile keeps failing, so the kernel may not match the leases."""
+CLOUD_ROUTE = "cloud-route"
+"""Condition (cloud route backends): this node's route in the cloud's table is missing or wrong and cannot be
+made right now (the API fails, or the table is full)."""
 
 NOT_STARTED = "flanneld is not ready yet"
 """Upstream's ``/readyz`` body before ``subnet.env`` is written."""

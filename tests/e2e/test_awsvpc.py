@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 pytest.importorskip("boto3", reason="the aws extra is not installed (pip install -e '.[dev,aws]')")
 pytest.importorskip("moto", reason="moto[server] (a dev dependency) is not installed (pip install -e '.[dev,aws]')")
 
-BACKEND = '{"Type":"aws-vpc","CheckInterval":1}'
+BACKEND = '{"Type":"aws-vpc","RouteCheckInterval":1}'
 PORT = 10256
 HEALTHZ = f"--healthz-port={PORT}"
 

@@ -63,8 +63,8 @@ def test_an_empty_table_id_or_list_is_refused(value: Any) -> None:
         parse_awsvpc_config({"Type": "aws-vpc", "RouteTableID": value})
 
 
-@pytest.mark.parametrize(("key", "value"), [("RouteLimit", 0), ("RouteLimit", "50"), ("CheckInterval", 0.5),
-                                            ("CheckInterval", -1)])
+@pytest.mark.parametrize(("key", "value"), [("RouteLimit", 0), ("RouteLimit", "50"), ("RouteCheckInterval", 0.5),
+                                            ("RouteCheckInterval", -1)])
 def test_route_limit_and_check_interval_are_checked(key: str, value: Any) -> None:
     with pytest.raises(ConfigError) as err:
         parse_awsvpc_config({"Type": "aws-vpc", key: value})

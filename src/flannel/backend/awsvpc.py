@@ -10,7 +10,7 @@ encapsulated, the VPC moves the packets.
 Beyond upstream: a route that is already right is left alone (upstream deleted and re-created it on every
 start); one that points elsewhere is replaced in place with ``ReplaceRoute`` and the instance/ENI it pointed
 to is logged; the table's route quota is counted (a warning from 90 %, a clear error instead of a failing
-create when full); and the own route is checked every ``CheckInterval`` seconds and repaired when it was
+create when full); and the own route is checked every ``RouteCheckInterval`` seconds and repaired when it was
 deleted, changed, or is no longer ``active``. A check that fails, or that finds the table full, opens the
 readiness condition ``cloud-route`` (``/readyz`` answers 503 saying why) until a check succeeds; EC2 being
 away never stops the daemon once it has started, and nothing else is touched meanwhile.
@@ -35,13 +35,11 @@ from flannel.backoff import RepeatLimiter, repeats
 from flannel.config import NetworkConfig
 from flannel.errors import ConfigError, FlannelError
 from flannel.lease import Lease, LeaseAttrs
-from flannel.readiness import READINESS
+from flannel.readiness import CLOUD_ROUTE, READINESS
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
-CLOUD_ROUTE = "cloud-route"
-"""Readiness condition: the own route in the VPC could not be checked or repaired, or the table is full."""
 UNREADY_AFTER = 2
 """Failed checks in a row that open ``CLOUD_ROUTE`` (one alone may be a hiccup the next round repairs)."""
 CHECK_ATTEMPTS = 3
@@ -149,7 +147,7 @@ async def check_tables_exist(ec2: EC2, tables: tuple[str, ...]) -> None:
 
 
 class AWSVPCNetwork(LeasedNetwork):
-    """The lease, the MTU, and the own route in each table, checked every ``CheckInterval`` seconds."""
+    """The lease, the MTU, and the own route in each table, checked every ``RouteCheckInterval`` seconds."""
 
     def __init__(self, lease: Lease, mtu: int, ec2: EC2, eni_id: str, tables: tuple[str, ...],
                  network: IPv4Network, cfg: AWSVPCConfig) -> None:

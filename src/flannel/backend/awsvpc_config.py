@@ -15,7 +15,7 @@ from typing import Any
 from flannel.backend.backend_config import int_key, read_section
 from flannel.errors import ConfigError
 
-_FIELDS = ["RouteTableID", "RouteLimit", "CheckInterval"]
+_FIELDS = ["RouteTableID", "RouteLimit", "RouteCheckInterval"]
 
 WRONG_TYPE = "Unexpected RouteTableID type. Must be string or array of strings."
 """Upstream's error for a ``RouteTableID`` that is neither a string nor a list."""
@@ -65,5 +65,5 @@ def parse_awsvpc_config(backend: Mapping[str, Any]) -> AWSVPCConfig:
     return AWSVPCConfig(
         route_tables=parse_route_tables(raw.get("RouteTableID")),
         route_limit=int_key(raw, "RouteLimit", DEFAULT_ROUTE_LIMIT, lo=1, hi=10000),
-        check_interval=int_key(raw, "CheckInterval", DEFAULT_CHECK_INTERVAL, lo=1, hi=86400),
+        check_interval=int_key(raw, "RouteCheckInterval", DEFAULT_CHECK_INTERVAL, lo=1, hi=86400),
     )

@@ -31,14 +31,12 @@ from flannel.backend.base import LeasedNetwork
 from flannel.backoff import Backoff, RepeatLimiter, repeats
 from flannel.errors import ConfigError, FlannelError
 from flannel.lease import Lease
-from flannel.readiness import READINESS
+from flannel.readiness import CLOUD_ROUTE, READINESS
 from flannel.secret import Secret
 from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
-CLOUD_ROUTE = "cloud-route"
-"""Readiness condition: this node's route in the cloud's table is missing and cannot be made right now."""
 CHECK_INTERVAL_KEY = "RouteCheckInterval"
 DEFAULT_CHECK_INTERVAL = 60
 """Seconds between checks of the own route after start-up (``Backend.RouteCheckInterval``). One read per
