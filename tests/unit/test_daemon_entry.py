@@ -78,7 +78,7 @@ def test_the_default_gateway_client_loads_neither_grpc_nor_ssl_over_http() -> No
 
     probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False);"
              "import asyncio; from flannel.daemon import startup, main;"
-             "from flannel.subnet.etcd_options import etcd_client_class; etcd_client_class({});"
+             "from flannel.subnet.etcd_choice import etcd_client_class; etcd_client_class({});"
              "from flannel.subnet import etcd_manager;"
              "print(sorted(m for m in ('grpc', 'etcd3aio', '_ssl', '_hashlib') if sys.modules.get(m) is not None))")
     env = {k: v for k, v in os.environ.items() if k != "FLANNEL_ETCD_CLIENT"}  # the default client
@@ -89,8 +89,8 @@ def test_the_default_gateway_client_loads_neither_grpc_nor_ssl_over_http() -> No
 
 def test_the_client_is_chosen_by_the_environment_and_a_wrong_name_is_a_config_error() -> None:
     from flannel.errors import ConfigError
+    from flannel.subnet.etcd_choice import etcd_client_class
     from flannel.subnet.etcd_gateway import EtcdGatewayStore
-    from flannel.subnet.etcd_options import etcd_client_class
     from flannel.subnet.etcd_store import EtcdStore
 
     assert etcd_client_class({}) is EtcdGatewayStore
@@ -105,7 +105,7 @@ def test_grpc_without_its_packages_is_a_config_error_naming_the_extra() -> None:
     import sys
 
     probe = ("import sys; sys.modules['etcd3aio'] = None; from flannel.errors import ConfigError;"
-             "from flannel.subnet.etcd_options import etcd_client_class\n"
+             "from flannel.subnet.etcd_choice import etcd_client_class\n"
              "try: etcd_client_class({'FLANNEL_ETCD_CLIENT': 'grpc'})\n"
              "except ConfigError as exc: print(exc)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)

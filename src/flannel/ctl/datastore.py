@@ -31,8 +31,9 @@ from flannel.daemon.flags import Options
 from flannel.errors import ConfigError, DatastoreUnavailableError, LeaseDecodeError
 from flannel.lease import Lease, LeaseAttrs, parse_subnet_key
 from flannel.secret import redact_urls
+from flannel.subnet.etcd_choice import etcd_client_class
 from flannel.subnet.etcd_manager import CONFIG_NOT_FOUND, join_key
-from flannel.subnet.etcd_options import EtcdStoreOptions, etcd_client_class
+from flannel.subnet.etcd_options import EtcdStoreOptions
 from flannel.subnet.kube_annotations import AnnotationNames, annotation_names, node_annotations, node_name
 from flannel.subnet.kube_nodes import node_to_lease
 from flannel.subnet.kvstore import KV, EtcdClient

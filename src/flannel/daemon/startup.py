@@ -23,8 +23,9 @@ def build_subnet_manager(opts: Options) -> SubnetManager:
     previous subnets from the old subnet file (spec §6.3). An invalid annotation prefix is fatal, as upstream."""
     if opts.kube_subnet_mgr:
         return build_kube_subnet_manager(opts)
+    from flannel.subnet.etcd_choice import etcd_client_class
     from flannel.subnet.etcd_manager import EtcdSubnetManager  # each mode loads only its own client (gRPC: ~10 MiB)
-    from flannel.subnet.etcd_options import CLIENT_ENV, EtcdStoreOptions, etcd_client_class
+    from flannel.subnet.etcd_options import CLIENT_ENV, EtcdStoreOptions
 
     if opts.etcd_password or opts.etcd_keyfile:
         protect_credentials("the etcd password" if opts.etcd_password else "the etcd client key")

@@ -8,7 +8,7 @@ password with a token fetched again when it expires, a watch from a revision tha
 compaction, a cancelled watch or a store that went back in time reported as ``CompactedError``.
 
 The default etcd client since issue #16; ``FLANNEL_ETCD_CLIENT=grpc`` chooses the gRPC store instead
-(``etcd_options.etcd_client_class``).
+(``etcd_choice.etcd_client_class``).
 """
 
 from __future__ import annotations

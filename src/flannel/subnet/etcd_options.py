@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -22,7 +22,7 @@ from flannel.errors import ConfigError
 from flannel.secret import NO_SECRET, Secret, has_userinfo, strip_userinfo
 
 if TYPE_CHECKING:
-    from flannel.subnet.kvstore import EtcdClient
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -171,26 +171,3 @@ def _check_file(flag: str, path: str) -> None:
 CLIENT_ENV = "FLANNEL_ETCD_CLIENT"
 """Environment variable choosing the etcd client: ``gateway`` (the default) or ``grpc``."""
 CLIENTS = ("gateway", "grpc")
-
-
-def etcd_client_class(environ: Mapping[str, str]) -> Callable[[EtcdStoreOptions], EtcdClient]:
-    """The etcd client ``FLANNEL_ETCD_CLIENT`` names; only that one is imported.
-
-    ``gateway`` (default): etcd's JSON gateway over HTTP/1.1 (``EtcdGatewayStore``), ~20 MiB less RSS than
-    gRPC (issue #16, docs/performance.md). ``grpc``: ``EtcdStore`` over etcd3aio/grpcio, installed with the
-    ``flannel[grpc]`` extra. ``ConfigError`` for another value, or for ``grpc`` without its packages.
-    """
-    choice = environ.get(CLIENT_ENV, "") or "gateway"
-    if choice == "gateway":
-        from flannel.subnet.etcd_gateway import EtcdGatewayStore
-
-        return EtcdGatewayStore
-    if choice != "grpc":
-        raise ConfigError(f"{CLIENT_ENV}={choice!r}: use gateway (the default) or grpc", CLIENT_ENV)
-    try:
-        from flannel.subnet.etcd_store import EtcdStore
-    except ImportError as exc:
-        raise ConfigError(f"{CLIENT_ENV}=grpc needs the gRPC client, which is not installed ({exc}): install "
-                          f"flannel[grpc], or leave {CLIENT_ENV} unset for the JSON-gateway client",
-                          CLIENT_ENV) from None
-    return EtcdStore
