@@ -10,10 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import ETCD_IP, eventually
-from tests.e2e.test_kube_cluster import PREFIX, TOKEN, KubeCluster
-from tests.e2e.wireguard_support import peers, pubkey, wg_cluster
-from tests.kube_fake.process import start_fake_process
+from tests.e2e.cluster import Cluster, Host, eventually
+from tests.e2e.test_kube_cluster import PREFIX, KubeCluster
+from tests.e2e.wireguard_support import kube_wg_cluster, peers, pubkey
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -21,28 +20,15 @@ NET_CONF = ('{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/
             '"Backend":{"Type":"wireguard"}}')
 
 
+def _v6_ready(c: Cluster, host: Host) -> None:
+    # subnet.env of an IPv6-only node has no FLANNEL_SUBNET, which Cluster.wait_ready looks for
+    assert eventually(lambda: "FLANNEL_IPV6_SUBNET" in host.env(), timeout=30), host.log_file.read_text()[-3000:]
+
+
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeCluster]:
-    gen = wg_cluster('{"Type":"wireguard"}', ipv6=True, hosts=0)  # the hosts start in kube mode below
-    c = next(gen)
-    tls = c.tmp / "tls"
-    api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
-                             args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
-    try:
-        k = KubeCluster(c, api, tls)
-        k.net_conf.write_text(NET_CONF)
-        for n in (1, 2):
-            k.create_node(f"h{n}", n, pod_cidr=f"fd00:10:244:{n}::/64")
-            k.start(c.add_host(n))
-        for host in c.hosts.values():
-            # subnet.env of an IPv6-only node has no FLANNEL_SUBNET, which Cluster.wait_ready looks for
-            assert eventually(lambda host=host: "FLANNEL_IPV6_SUBNET" in host.env(), timeout=30), \
-                host.log_file.read_text()[-3000:]
-            c.add_pod(host)
-        yield k
-    finally:
-        api.stop()
-        gen.close()
+    yield from kube_wg_cluster(
+        NET_CONF, lambda k, n: k.create_node(f"h{n}", n, pod_cidr=f"fd00:10:244:{n}::/64"), _v6_ready)
 
 
 def test_ipv6_only_pods_ping_over_the_v6_device(kube: KubeCluster) -> None:

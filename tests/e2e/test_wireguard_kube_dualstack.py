@@ -11,11 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import ETCD_IP, eventually
-from tests.e2e.test_kube_cluster import PREFIX, TOKEN, KubeCluster
-from tests.e2e.wireguard_support import peers, pubkey, wg, wg_cluster
+from tests.e2e.cluster import eventually
+from tests.e2e.test_kube_cluster import PREFIX, KubeCluster
+from tests.e2e.wireguard_support import kube_wg_cluster, peers, pubkey, wg
 from tests.kube_fake.objects import JsonObject, make_node
-from tests.kube_fake.process import start_fake_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -34,24 +33,8 @@ def dual_stack_node(name: str, n: int) -> JsonObject:
 
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeCluster]:
-    gen = wg_cluster('{"Type":"wireguard"}', ipv6=True, hosts=0)  # the hosts start in kube mode below
-    c = next(gen)
-    tls = c.tmp / "tls"
-    api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
-                             args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
-    try:
-        k = KubeCluster(c, api, tls)
-        k.net_conf.write_text(NET_CONF)
-        for n in (1, 2):
-            k.call("POST", "/api/v1/nodes", dual_stack_node(f"h{n}", n))
-            k.start(c.add_host(n))
-        for host in c.hosts.values():
-            c.wait_ready(host, timeout=30)
-            c.add_pod(host)
-        yield k
-    finally:
-        api.stop()
-        gen.close()
+    yield from kube_wg_cluster(NET_CONF, lambda k, n: k.call("POST", "/api/v1/nodes", dual_stack_node(f"h{n}", n)),
+                               lambda c, host: c.wait_ready(host, timeout=30))
 
 
 def test_dual_stack_pods_ping_over_both_devices(kube: KubeCluster) -> None:
