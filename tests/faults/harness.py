@@ -209,8 +209,9 @@ class FaultCluster(Cluster):
         with open(host.log_file, "ab") as log:  # the child has its own copy of the descriptor
             log.write(f"=== fault harness: flanneld started at monotonic {time.monotonic():.3f} ===\n".encode())
             log.flush()
+            variables = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
             host.proc = subprocess.Popen(
-                ["ip", "netns", "exec", host.ns, FLANNELD, f"--etcd-endpoints={self.endpoints}",
+                ["ip", "netns", "exec", host.ns, *variables, FLANNELD, f"--etcd-endpoints={self.endpoints}",
                  f"--subnet-file={host.subnet_file}", f"--healthz-port={HEALTHZ_PORT}", *FLANNELD_FLAGS, *extra],
                 stdout=log, stderr=log)
 
