@@ -88,3 +88,19 @@ def esp_unavailable(netns: str) -> str | None:
     if "Requested type not found" in r.stderr:
         return ESP_MISSING
     return f"the kernel refused an ESP SA: {r.stderr.strip()}"
+
+
+def require_charon() -> None:
+    """Skip without root; fail when charon is missing, looked up as flanneld looks it up (upstream's list)."""
+    import pytest
+
+    from flannel.backend.ipsec_charon import CharonError, find_charon
+    from tests.e2e.conftest import _skip_reason
+
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        find_charon()
+    except CharonError:
+        pytest.fail("charon is missing (make deps installs strongswan-charon)")

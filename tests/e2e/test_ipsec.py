@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.cluster import Cluster, Host, eventually, subnet_of
-from tests.e2e.conftest import _skip_reason
-from tests.ipsec_support import PSK, esp_unavailable, text, vici_session, write_strongswan_conf
+from tests.ipsec_support import PSK, esp_unavailable, require_charon, text, vici_session, write_strongswan_conf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -27,11 +25,7 @@ BACKEND = json.dumps({"Type": "ipsec", "PSK": PSK})
 
 @pytest.fixture(scope="module")
 def ipsec_cluster() -> Iterator[Cluster]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    if not any(shutil.which(p) for p in ("charon", "/usr/lib/ipsec/charon", "/usr/lib/strongswan/charon")):
-        pytest.fail("charon is missing (make deps installs strongswan-charon)")
+    require_charon()
     c = Cluster(backend=BACKEND, private_mounts=True)
     try:
         c.start()

@@ -10,16 +10,14 @@ ESP data path is tested only where the kernel has ESP, and skips here with that 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.cluster import ETCD_IP, Cluster, eventually, subnet_of
-from tests.e2e.conftest import _skip_reason
 from tests.e2e.test_ipsec import conn_name, conns, has_tunnel_policies, ike_established, policies
 from tests.e2e.test_kube_cluster import PREFIX, TOKEN, KubeCluster
-from tests.ipsec_support import PSK, esp_unavailable, write_strongswan_conf
+from tests.ipsec_support import PSK, esp_unavailable, require_charon, write_strongswan_conf
 from tests.kube_fake.process import start_fake_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -29,11 +27,7 @@ NET_CONF = json.dumps({"Network": "10.244.0.0/16", "Backend": {"Type": "ipsec", 
 
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeCluster]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    if not any(shutil.which(p) for p in ("charon", "/usr/lib/ipsec/charon", "/usr/lib/strongswan/charon")):
-        pytest.fail("charon is missing (make deps installs strongswan-charon)")
+    require_charon()
     c = Cluster(private_mounts=True)
     try:
         c.start()
