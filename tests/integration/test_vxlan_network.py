@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from flannel.backend.vxlan_plane import ROWS_PER_STEP
 from flannel.config import parse_network_config
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
 from flannel.subnet.manager import WatchResult
@@ -546,6 +547,45 @@ def test_two_thousand_peers_in_one_snapshot_then_half_removed(netns: NetNS, regi
     assert {n[0] for n in neighs(netns)} == {str(p.subnet.network_address) for p in peers[::2] if p.subnet}
     assert {f[0] for f in fdbs(netns)} == {mac_of(i) for i in range(0, 2000, 2)}
     assert node.network.peers == 1000
+
+
+def test_lease_events_between_reconcile_steps_are_neither_undone_nor_reported_as_drift(
+        netns: NetNS, register: RegisterFn, logs: pytest.LogCaptureFixture) -> None:
+    """A stepped reconcile pauses inside each table's listing (more than ``ROWS_PER_STEP`` entries): events
+    handled at the pauses add, remove and move peers the listing shows as they were. Only the drift made by
+    hand is repaired, and nothing an event wrote is undone."""
+    node = register()
+    peers = {i: peer(i, public=f"198.18.{1 + (i >> 8)}.{i & 0xFF}") for i in range(ROWS_PER_STEP * 2 + 500)}
+    node.apply(WatchResult(snapshot=tuple(peers.values())))
+    node.network.synced = True
+    netns.ip("route", "del", "10.100.10.0/24")  # drift made by hand, on peers no event touches
+    netns.ip("neigh", "del", "10.100.11.0", "dev", DEV)
+    logs.clear()
+
+    steps = node.call(node.network.reconcile_steps)
+    pauses = 0
+    while True:
+        try:
+            node.call(next, steps)
+        except StopIteration as done:
+            repairs = done.value
+            break
+        pauses += 1
+        new = peer(9000 + pauses, public="198.18.200.1")
+        gone = peers.pop(20 + pauses)
+        moved = peers[40 + pauses] = peer(40 + pauses, public="198.18.201.1")
+        peers[9000 + pauses] = new
+        node.events(added(new), removed(gone), added(moved))
+
+    assert pauses >= 9  # before each of three tables, and twice within each listing
+    assert repairs == 2
+    repaired = [line for line in log_lines(logs, logging.WARNING) if "(repair:" in line]
+    assert len(repaired) == 2 and all("10.100.10.0" in line or "10.100.11.0" in line for line in repaired)
+    assert {r[0] for r in routes(netns)} == {str(p.subnet) for p in peers.values()}
+    assert {n[0] for n in neighs(netns)} == {str(p.subnet.network_address) for p in peers.values() if p.subnet}
+    assert {(f[0], f[1]) for f in fdbs(netns)} == {
+        (mac_of(i), str(p.attrs.public_ip)) for i, p in peers.items()}
+    assert node.reconcile() == 0
 
 
 # -- 7. hardening against bad records and odd kernels ---------------------------------------------------

@@ -13,6 +13,7 @@ from flannel.backend.vxlan_plane import PeerEntries, VXLANPlane
 from flannel.errors import ConfigError, LeaseDecodeError
 from flannel.lease import Lease, LeaseAttrs
 from flannel.netlink import FdbDelete, FdbReplace, NeighDelete, NeighReplace, Route, RouteDelete, RouteReplace
+from flannel.netlink.transport import Steps, drain
 
 
 def test_vxlan_defaults_match_upstream() -> None:
@@ -150,6 +151,10 @@ class _RoutesOnly:
     def routes(self, family: int, oif: int | None = None, *, protocol: int = 0) -> list[Route]:
         return [r for r in self._routes if (oif is None or r.oif == oif) and protocol in (0, r.protocol)]
 
+    def route_listing(self, family: int, oif: int | None = None, *, rows: int = 0) -> Steps[list[Route]]:
+        yield
+        return self.routes(family, oif)
+
 
 def test_v6_reconcile_keeps_the_kernel_route_of_the_device_address_and_drops_stale_ones() -> None:
     own = IPv6Network("fd00:10:244:9::/64")
@@ -159,4 +164,4 @@ def test_v6_reconcile_keeps_the_kernel_route_of_the_device_address_and_drops_sta
                   onlink=True, type=1, scope=0, protocol=3, table=254)
     p = VXLANPlane(nl=_RoutesOnly([kernel, stale]), family=socket.AF_INET6,  # type: ignore[arg-type]
                    dev_name="flannel-v6.1", cluster=IPv6Network("fd00:10:244::/56"), own_subnet=own, dev_index=7)
-    assert [op for _, op in p._route_drift()] == [RouteDelete(dst=stale.dst, oif=7)]
+    assert [op for _, op in drain(p.drift_steps()[2]())] == [RouteDelete(dst=stale.dst, oif=7)]

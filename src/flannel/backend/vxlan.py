@@ -33,6 +33,7 @@ from flannel.errors import FlannelError
 from flannel.gojson import compact
 from flannel.lease import Lease, LeaseAttrs, LeaseEvent
 from flannel.netlink import LinkEvent, Netlink
+from flannel.netlink.transport import drain
 from flannel.subnet.lease_guard import LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
@@ -140,12 +141,7 @@ class VXLANNetwork(LeasedNetwork):
 
     def reconcile(self) -> int:
         """Make the kernel match the leases: recreate missing devices, repair drift. Returns repairs made."""
-        steps = self.reconcile_steps()
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return int(done.value)
+        return int(drain(self.reconcile_steps()))
 
     def reconcile_steps(self) -> Generator[None, None, int]:
         """``reconcile`` one kernel table at a time: it pauses (yields) before each table's dump, so that the
@@ -174,7 +170,7 @@ class VXLANNetwork(LeasedNetwork):
                 # refuses DirectRouting routes, and tunnel entries carry nothing until it is up (it kicks then)
             for drift_of in plane.drift_steps():
                 yield
-                drift = drift_of()
+                drift = yield from drift_of()
                 if drift:
                     reasons = [r for r, _ in drift]
                     ops = [op for _, op in drift]

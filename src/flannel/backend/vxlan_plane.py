@@ -13,7 +13,9 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TypeVar
 
 from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_subnet, main_routes, route_drift
 from flannel.errors import LeaseDecodeError
@@ -30,6 +32,7 @@ from flannel.netlink import (
     RouteReplace,
 )
 from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT
+from flannel.netlink.transport import Steps, drain
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 RTPROT_KERNEL = 2
 """Routes the kernel made itself, e.g. the /128 prefix route of the v6 device's own address."""
 ZERO_MAC = "00:00:00:00:00:00"
+ROWS_PER_STEP = 1000
+"""Kernel entries a stepped reconcile decodes before it pauses: about 6-8 ms of Python each (issue #16)."""
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,9 @@ class VXLANPlane:
     """Current kernel index of the device (changes when it is recreated)."""
     desired: dict[str, PeerEntries] = field(default_factory=dict)
     """Wanted entries by lease key."""
+    _touched: set[object] | None = field(default=None, init=False, repr=False)
+    """While a stepped comparison runs: the destinations, gateways and MACs lease events changed since its
+    listing was taken (see ``_tracked``)."""
 
     @property
     def v6(self) -> bool:
@@ -115,6 +124,11 @@ class VXLANPlane:
 
     def ops_for_change(self, old: PeerEntries | None, new: PeerEntries | None) -> list[object]:
         """Netlink operations turning ``old`` into ``new`` (either may be None)."""
+        touched = self._touched
+        if touched is not None:  # a stepped comparison is under way: its listing predates this change
+            for e in (old, new):
+                if e is not None:
+                    touched.update((e.dst, e.gateway, e.mac))
         ops: list[object] = []
         if old is not None and old != new:
             ops.extend(self._remove_ops(old, keep=new))
@@ -162,66 +176,92 @@ class VXLANPlane:
 
         One table at a time, so that only one kernel dump is held in memory at once (thousands of peers).
         """
-        tunnel = [e for e in self.desired.values() if not e.direct]
-        return self._neighbour_drift(tunnel) + self._fdb_drift(tunnel) + self._route_drift()
+        return [repair for step in self.drift_steps() for repair in drain(step())]
 
-    def drift_steps(self) -> list[Callable[[], list[tuple[str, object]]]]:
-        """``drift_ops`` cut into its three tables, each step comparing the kernel with ``desired`` as it is
-        when the step runs: a caller may let lease events in between (one table of 5000 peers is tens of
-        milliseconds of dumping and comparing, all three together a visible stall in the event loop)."""
-        def tunnel() -> list[PeerEntries]:
-            return [e for e in self.desired.values() if not e.direct]
+    def drift_steps(self) -> list[Callable[[], Steps[list[tuple[str, object]]]]]:
+        """``drift_ops`` cut into its three tables, each itself stepped, so that a caller can let lease events
+        in between: decoding and comparing one table of 5000 peers is 30-40 ms of Python, a visible stall in
+        the event loop for every event that arrives meanwhile."""
+        return [partial(self._tracked, step) for step in (self._neighbour_drift, self._fdb_drift, self._route_drift)]
 
-        return [lambda: self._neighbour_drift(tunnel()), lambda: self._fdb_drift(tunnel()), self._route_drift]
+    def _tracked(self, step: Callable[[set[object]], Steps[R]]) -> Steps[R]:
+        """Run one table's stepped comparison, collecting what lease events change while it pauses.
 
-    def _neighbour_drift(self, tunnel: list[PeerEntries]) -> list[tuple[str, object]]:
+        Its kernel listing is taken at the first step and compared with ``desired`` at later ones, so entries
+        that events wrote or removed in between (their destinations, gateways and MACs: ``touched``) are left
+        out of this round's comparison: the listing shows them as they were, and repairing them from it would
+        log false drift or fight the event. The next round compares them.
+        """
+        touched: set[object] = set()
+        self._touched = touched
+        try:
+            return (yield from step(touched))
+        finally:
+            self._touched = None
+
+    def _neighbour_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
+        listing = yield from self.nl.neighbour_listing(self.dev_index, self.family, rows=ROWS_PER_STEP)
+        neighs = {n.ip: n for n in listing}
+        yield
         repairs: list[tuple[str, object]] = []
-        neighs = {n.ip: n for n in self.nl.neighbours(self.dev_index, self.family)}
-        for e in tunnel:
+        for e in self.desired.values():
+            if e.direct:
+                continue
             n = neighs.pop(e.gateway, None)
-            if n is None or n.lladdr != e.mac or not n.state & NUD_PERMANENT:
+            if (n is None or n.lladdr != e.mac or not n.state & NUD_PERMANENT) and e.gateway not in touched:
                 repairs.append((f"neighbour {e.gateway} {'missing' if n is None else 'wrong'}",
                                 NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac)))
         for ip, n in neighs.items():
-            if n.state & NUD_PERMANENT:
+            if n.state & NUD_PERMANENT and ip not in touched:
                 repairs.append((f"stale neighbour {ip}", NeighDelete(index=self.dev_index, ip=ip)))
         return repairs
 
-    def _fdb_drift(self, tunnel: list[PeerEntries]) -> list[tuple[str, object]]:
-        repairs: list[tuple[str, object]] = []
+    def _fdb_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
+        listing = yield from self.nl.fdb_listing(self.dev_index, rows=ROWS_PER_STEP)
         fdbs: dict[str, list[Address | None]] = {}
-        for f in self.nl.fdb(self.dev_index):
+        for f in listing:
             # Only permanent entries on the device itself are ours; learned ones (Backend.Learning) are not.
             if f.flags & NTF_SELF and f.state & NUD_PERMANENT:
                 fdbs.setdefault(f.mac, []).append(f.dst)
-        for e in tunnel:
+        yield
+        repairs: list[tuple[str, object]] = []
+        for e in self.desired.values():
+            if e.direct:
+                continue
             assert e.public_ip is not None
             dsts = fdbs.pop(e.mac, None)
-            if not dsts or e.public_ip not in dsts:
+            if (not dsts or e.public_ip not in dsts) and e.mac not in touched:
                 repairs.append((f"fdb entry {e.mac} {'missing' if not dsts else 'wrong'}",
                                 FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip)))
         for mac, dsts in fdbs.items():
-            if mac != ZERO_MAC:
+            if mac != ZERO_MAC and mac not in touched:
                 repairs.extend((f"stale fdb entry {mac}", FdbDelete(index=self.dev_index, mac=mac, dst=dst))
                                for dst in dsts if dst is not None)
         return repairs
 
-    def _route_drift(self) -> list[tuple[str, object]]:
-        repairs: list[tuple[str, object]] = []
-        tunnel = [e for e in self.desired.values() if not e.direct]
+    def _route_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
         # million routes in main, and decoding them all every reconcile would stall the event loop.
+        listing = yield from self.nl.route_listing(self.family, oif=self.dev_index, rows=ROWS_PER_STEP)
+        left = {r.dst: r for r in listing}
+        yield
         # Each network is hashed as few times as possible (``ipaddress`` hashes in Python, and this runs over
         # every peer each reconcile): the device's routes are popped as they are matched, what is left over
         # is not wanted.
-        left = {r.dst: r for r in self.nl.routes(self.family, oif=self.dev_index)}
+        tunnel = [e for e in self.desired.values() if not e.direct]
         found = [left.pop(e.dst, None) for e in tunnel]
         for e in self.desired.values():
             if e.direct:
                 left.pop(e.dst, None)
-        missing = [e.dst for e, r in zip(tunnel, found, strict=True) if r is None]
+        yield
+        if touched:
+            kept = [(e, r) for e, r in zip(tunnel, found, strict=True) if e.dst not in touched]
+        else:
+            kept = list(zip(tunnel, found, strict=True))
+        missing = [e.dst for e, r in kept if r is None]
         elsewhere = main_routes(self.nl, self.family, missing) if missing else {}
-        for e, r in zip(tunnel, found, strict=True):
+        repairs: list[tuple[str, object]] = []
+        for e, r in kept:
             if r is None:
                 r = elsewhere.get(e.dst)
             if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
@@ -229,11 +269,10 @@ class VXLANPlane:
                                 RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
         for net, r in left.items():
             # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
-            if r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL:
+            if (r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL
+                    and net not in touched):
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
-        # DirectRouting routes: the reconciler shared with host-gw; tunnel destinations are not its to delete.
+        # Listed now, after the last step: nothing to leave out.
         direct = [e.route for e in self.desired.values() if e.direct]
         return repairs + route_drift(self.nl, self.family, self.cluster, direct,
-                                     claimed={e.dst for e in tunnel})
-
-
+                                     claimed={e.dst for e in self.desired.values() if not e.direct})

@@ -36,7 +36,7 @@ from flannel.netlink.errors import NetlinkError, is_gone, is_rejected, is_unreac
 from flannel.netlink.links import IptunSpec, Link, VxlanSpec
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.routes import Route, RouteInfo
-from flannel.netlink.transport import Transport
+from flannel.netlink.transport import Steps, Transport, drain
 from flannel.netlink.wire import IPAddress
 
 
@@ -150,11 +150,19 @@ class Netlink(Transport):
         The kernel does the filtering (see ``routes.dump_body``): ``oif`` keeps a host's full BGP table
         out of a listing of one device's routes.
         """
+        return drain(self.route_listing(family, table, oif, protocol=protocol, rtype=rtype))
+
+    def route_listing(
+        self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN, oif: int | None = None,
+        *, protocol: int = 0, rtype: int = 0, rows: int = 0,
+    ) -> Steps[list[Route]]:
+        """``routes`` decoded in steps of ``rows`` routes (see ``Transport._dump_steps``)."""
         parse = partial(routes.parse_route, table=table, oif=oif, protocol=protocol, rtype=rtype)
         op = "route show" + (f" table {table}" if table not in (None, RT_TABLE_MAIN) else "")
         op += f" dev #{oif}" if oif is not None else ""
+        body = routes.dump_body(family, table, oif, protocol, rtype)
         try:
-            return self._dump(RTM_GETROUTE, routes.dump_body(family, table, oif, protocol, rtype), parse, op)
+            return (yield from self._dump_steps(RTM_GETROUTE, body, parse, op, rows))
         except NetlinkError as err:
             if oif is not None and err.errno == errno.ENODEV:  # strict checking looks the device up
                 return []
@@ -202,11 +210,19 @@ class Netlink(Transport):
 
     def neighbours(self, index: int, family: int = socket.AF_INET) -> list[Neigh]:
         """Neighbour entries of one device (``ip neigh show dev DEV``)."""
+        return drain(self.neighbour_listing(index, family))
+
+    def neighbour_listing(self, index: int, family: int = socket.AF_INET, rows: int = 0) -> Steps[list[Neigh]]:
+        """``neighbours`` decoded in steps of ``rows`` entries (see ``Transport._dump_steps``)."""
         parse = partial(neigh.parse_neigh, index=index)
         body = neigh.neigh_dump_body(index, family)
-        return self._dump(RTM_GETNEIGH, body, parse, f"neigh show dev #{index}")
+        return self._dump_steps(RTM_GETNEIGH, body, parse, f"neigh show dev #{index}", rows)
 
     def fdb(self, index: int) -> list[FdbEntry]:
         """Forwarding-database entries of one device (``bridge fdb show dev DEV``)."""
+        return drain(self.fdb_listing(index))
+
+    def fdb_listing(self, index: int, rows: int = 0) -> Steps[list[FdbEntry]]:
+        """``fdb`` decoded in steps of ``rows`` entries (see ``Transport._dump_steps``)."""
         parse = partial(neigh.parse_fdb, index=index)
-        return self._dump(RTM_GETNEIGH, neigh.fdb_dump_body(index), parse, f"fdb show dev #{index}")
+        return self._dump_steps(RTM_GETNEIGH, neigh.fdb_dump_body(index), parse, f"fdb show dev #{index}", rows)
