@@ -105,6 +105,40 @@ async def test_the_gateway_client_lists_in_pages_of_one_snapshot(
         await s.close()
 
 
+async def test_a_listing_asks_for_the_next_page_before_decoding_this_one_and_drops_it_on_failure(
+    etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd prepares page n+1 while page n is decoded; a decoder failure abandons the page asked for cleanly."""
+    monkeypatch.setattr(etcd_gateway, "LIST_PAGE", 2)
+    s = await etcd_gateway.EtcdGatewayStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5))
+    try:
+        for i in range(5):
+            await s.put(f"{prefix}/k{i}", f"v{i}", None)
+        real = s._call
+        asked: list[object] = []
+
+        async def recording(path: str, payload: dict[str, object], what: str) -> dict[str, object]:
+            asked.append(payload["key"])
+            return await real(path, payload, what)
+
+        s._call = recording  # type: ignore[method-assign]
+        seen: list[tuple[str, int]] = []
+        await s.scan_prefix(f"{prefix}/", lambda kv: seen.append((kv.key, len(asked))))
+        assert [key for key, _ in seen] == [f"{prefix}/k{i}" for i in range(5)]
+        assert [pages for _, pages in seen] == [2, 2, 3, 3, 3]  # pages asked for when each key was decoded
+
+        def fail_at_k2(kv: object) -> None:
+            if str(getattr(kv, "key", "")).endswith("k2"):
+                raise ValueError("decoder failure")
+
+        with pytest.raises(ValueError, match="decoder failure"):
+            await s.scan_prefix(f"{prefix}/", fail_at_k2)
+        kvs, _ = await s.get_prefix(f"{prefix}/")  # the store is unharmed by the abandoned request
+        assert len(kvs) == 5
+    finally:
+        await s.close()
+
+
 async def test_a_kept_connection_that_etcd_closed_meanwhile_is_not_a_failure(prefix: str) -> None:
     """etcd restarted while the store's keep-alive connections sat idle: the next request opens a fresh one
     instead of failing on a dead one (with one endpoint, that failure would be the request's error)."""
