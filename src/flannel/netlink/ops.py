@@ -9,6 +9,7 @@ fails with EEXIST on a second apply rather than change anything.
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -75,6 +76,14 @@ def _mac(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", "")) if len(mac) == 17 else wire.mac_bytes(mac)
 
 
+# Whole IPv4 messages of the three kinds a vxlan peer needs, each packed by one ``struct`` call: a snapshot
+# of 5000 peers packs 15 000 of them, and building them attribute by attribute was 2.4 µs each (issue #16).
+# Header (len, type, flags, seq, pid), then the body exactly as the generic path below builds it.
+_NEIGH4 = struct.Struct("=IHHII BxxxiHBB HH4s HH6sxx")
+_FDB4 = struct.Struct("=IHHII BxxxiHBB HH6sxx HH4s")
+_ROUTE4 = struct.Struct("=IHHII BBBBBBBBI HH4s HH4s HHI")
+
+
 @dataclass(frozen=True, slots=True)
 class NeighReplace:
     """``ip neigh replace IP lladdr MAC dev DEV nud permanent``: the remote VTEP's MAC for its IP."""
@@ -85,6 +94,10 @@ class NeighReplace:
 
     def pack(self, seq: int) -> bytes:
         ip = self.ip
+        if ip.version == 4 and len(self.mac) == 17:
+            return _NEIGH4.pack(_NEIGH4.size, RTM_NEWNEIGH, _REPLACE, seq, 0,
+                                socket.AF_INET, self.index, NUD_PERMANENT, 0, RTN_UNICAST,
+                                8, NDA_DST, ip.packed, 10, NDA_LLADDR, _mac(self.mac))
         body = NDMSG.pack(_INET[ip.version], self.index, NUD_PERMANENT, 0, RTN_UNICAST)
         body += wire.attr(NDA_DST, ip.packed) + wire.attr(NDA_LLADDR, _mac(self.mac))
         return wire.message(RTM_NEWNEIGH, _REPLACE, seq, body)
@@ -118,6 +131,10 @@ class FdbReplace:
     dst: IPAddress
 
     def pack(self, seq: int) -> bytes:
+        if self.dst.version == 4 and len(self.mac) == 17:
+            return _FDB4.pack(_FDB4.size, RTM_NEWNEIGH, _REPLACE, seq, 0,
+                              AF_BRIDGE, self.index, NUD_PERMANENT, NTF_SELF, 0,
+                              10, NDA_LLADDR, _mac(self.mac), 8, NDA_DST, self.dst.packed)
         body = NDMSG.pack(AF_BRIDGE, self.index, NUD_PERMANENT, NTF_SELF, 0)
         body += wire.attr(NDA_LLADDR, _mac(self.mac)) + wire.attr(NDA_DST, self.dst.packed)
         return wire.message(RTM_NEWNEIGH, _REPLACE, seq, body)
@@ -175,6 +192,13 @@ class RouteReplace:
         dst = self.dst
         scope = self.scope if self.scope is not None else (
             RT_SCOPE_UNIVERSE if self.gateway is not None else RT_SCOPE_LINK)
+        gw = self.gateway
+        if dst.version == 4 and dst.prefixlen and gw is not None and self.oif is not None:
+            return _ROUTE4.pack(_ROUTE4.size, RTM_NEWROUTE, _REPLACE, seq, 0,
+                                socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, self.protocol, scope,
+                                RTN_UNICAST, RTNH_F_ONLINK if self.onlink else 0,
+                                8, RTA_DST, dst.network_address.packed, 8, RTA_GATEWAY, gw.packed,
+                                8, RTA_OIF, self.oif)
         body = RTMSG.pack(
             _INET[dst.version],
             dst.prefixlen,
