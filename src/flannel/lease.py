@@ -240,3 +240,24 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
         # subnet either could have allocated.
         return None
     return v4, v6
+
+
+# What Go's vxlan backend writes as BackendData (re-serialised compactly by ``_raw``, so byte-exact here).
+_VXLAN_DATA = re.compile(r'\{"VNI":[0-9]{1,10},"VtepMAC":"([0-9a-f:]{17})"\}')
+
+
+def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
+    """The ``VtepMAC`` member of a lease's backend data as Go reads it (keys case-insensitive), unchecked;
+    ``None`` when absent; ``LeaseDecodeError`` when the data is not a JSON object.
+
+    The lease guard and the vxlan backend both read it from every lease: the text Go's vxlan backend writes,
+    which is nearly every lease, is matched directly instead of decoded twice (10 ms per 5000 leases each).
+    """
+    text = attrs.backend_v6_data if v6 else attrs.backend_data
+    if text is not None and (m := _VXLAN_DATA.fullmatch(text)) is not None:
+        return m.group(1)
+    data = attrs.backend_json(v6)
+    mac = data.get("VtepMAC")
+    if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
+        mac = fold(data, ["VtepMAC"]).get("VtepMAC")
+    return mac

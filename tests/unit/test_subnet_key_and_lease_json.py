@@ -9,7 +9,7 @@ import pytest
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold, load_object
 from flannel.ipaddr import go_ip_text, go_net_text
-from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, _ipv4_int, make_subnet_key, parse_subnet_key
+from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, _ipv4_int, make_subnet_key, parse_subnet_key, vtep_mac
 
 # --- subnet keys -----------------------------------------------------------------------------------
 
@@ -297,3 +297,25 @@ def test_repeated_keys_keep_gos_last_wins_order_and_a_bom_is_refused_as_before()
         "PublicIP": "x", "BackendType": "y"}
     with pytest.raises(ValueError, match="BOM"):
         load_object('\ufeff{"PublicIP":"1.2.3.4"}', "lease value")
+
+
+@pytest.mark.parametrize(("data", "mac"), [
+    ('{"VNI":1,"VtepMAC":"02:00:0a:0b:0c:0d"}', "02:00:0a:0b:0c:0d"),  # what Go writes: the matched text
+    ('{"VNI":4096,"VtepMAC":"02:00:0A:0B:0C:0D"}', "02:00:0A:0B:0C:0D"),  # upper case: decoded, kept as is
+    ('{"VtepMAC":"02:00:0a:0b:0c:0d","VNI":1}', "02:00:0a:0b:0c:0d"),
+    ('{"vni":1,"vtepmac":"02:00:0a:0b:0c:0e"}', "02:00:0a:0b:0c:0e"),  # Go's case-insensitive keys
+    ('{"VNI":1,"Nested":{"VtepMAC":"02:00:00:00:00:09"},"VtepMAC":"02:00:0a:0b:0c:0d"}', "02:00:0a:0b:0c:0d"),
+    ('{"VNI":1}', None),
+    ('{"VNI":1,"VtepMAC":5}', 5),
+    (None, None),
+])
+def test_vtep_mac_reads_backend_data_as_go_does_whatever_its_shape(data: str | None, mac: object) -> None:
+    attrs = LeaseAttrs.from_json('{"PublicIP":"198.18.0.1","BackendType":"vxlan"'
+                                 + (f',"BackendData":{data}' if data else "") + "}")
+    assert vtep_mac(attrs) == mac
+
+
+def test_vtep_mac_of_backend_data_that_is_not_an_object_is_a_decode_error() -> None:
+    attrs = LeaseAttrs.from_json('{"PublicIP":"198.18.0.1","BackendType":"vxlan","BackendData":"text"}')
+    with pytest.raises(LeaseDecodeError):
+        vtep_mac(attrs)

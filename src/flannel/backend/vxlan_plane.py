@@ -19,9 +19,8 @@ from typing import TypeVar
 
 from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_subnet, main_routes, route_drift
 from flannel.errors import LeaseDecodeError
-from flannel.gojson import fold
 from flannel.ipaddr import within
-from flannel.lease import Lease
+from flannel.lease import Lease, vtep_mac
 from flannel.netlink import (
     FdbDelete,
     FdbReplace,
@@ -110,10 +109,7 @@ class VXLANPlane:
             return None
         if not is_peer_subnet(subnet, self.cluster, self.own_subnet):
             raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
-        data = lease.attrs.backend_json(self.v6)
-        mac = data.get("VtepMAC")
-        if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
-            mac = fold(data, ["VNI", "VtepMAC"]).get("VtepMAC")
+        mac = vtep_mac(lease.attrs, self.v6)
         if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
             field_name = "BackendV6Data" if self.v6 else "BackendData"
             raise LeaseDecodeError(f"{field_name}.VtepMAC is missing or not a MAC address: {mac!r}")

@@ -42,8 +42,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from flannel import metrics
 from flannel.config import NetworkConfig
 from flannel.errors import LeaseDecodeError
-from flannel.gojson import fold
-from flannel.lease import EventType, Lease, LeaseEvent
+from flannel.lease import EventType, Lease, LeaseEvent, vtep_mac
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +85,9 @@ class Family:
         if public is None or int(public) == 0:
             return None
         try:
-            data = lease.attrs.backend_json(self.v6)
+            mac = vtep_mac(lease.attrs, self.v6)
         except LeaseDecodeError:
             return None
-        mac = data.get("VtepMAC")
-        if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
-            mac = fold(data, ["VtepMAC"]).get("VtepMAC")
         if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
             return None
         return int(mac.replace(":", ""), 16), public
