@@ -14,10 +14,16 @@ notifications in the host's namespace, read in its own thread and timestamped as
 (``bench/kernel_watch.py``): it sees the kernel, not flanneld's logs.
 
 Reported: latency percentiles overall and per 10-second window (a backlog shows as windows growing), changes
-missing at the end, the writer's own lag behind its schedule, flanneld's CPU over the run, and the load average.
-Bounded: ``rate × seconds`` changes (at most 20 000), every wait limited.
+missing at the end, the writer's own lag behind its schedule, flanneld's CPU over the run, flanneld's peak RSS,
+and the load average. Bounded: ``rate × seconds`` changes (at most 60 000), every wait limited.
 
-Run as root:  .venv/bin/python bench/bench_churn.py [--peers 5000] [--rate 100] [--seconds 60]
+``--steady W`` keeps the number of peers constant for long runs (the memory soak of issue #16: 5000 peers
+through 10 minutes of churn): each new lease deletes the one added ``W`` changes of its kind earlier.
+``--relist`` ends the run with a full re-list after compaction (``bench_daemon.relist_after_compaction``) and
+reports the peak RSS after it too.
+
+Run as root:  .venv/bin/python bench/bench_churn.py [--peers 5000] [--rate 100] [--seconds 60] [--steady 50]
+              [--relist]
 """
 
 from __future__ import annotations
@@ -34,7 +40,16 @@ import threading
 import time
 from pathlib import Path
 
-from bench_daemon import Etcd, etcd_client, peer_lease, put_config, put_leases, start_flanneld, stop
+from bench_daemon import (
+    Etcd,
+    etcd_client,
+    peer_lease,
+    put_config,
+    put_leases,
+    relist_after_compaction,
+    start_flanneld,
+    stop,
+)
 from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
 from one_host_netns import compile_flannel, run_inside
 
@@ -53,6 +68,13 @@ def change_record(k: int, peers: int) -> tuple[str, str]:
     old_pub = value.split('"PublicIP":"')[1].split('"')[0]
     pub = ".".join(str(b) for b in change_ip(k))
     return key, value.replace(f'"PublicIP":"{old_pub}"', f'"PublicIP":"{pub}"')
+
+
+def retired_key(k: int, peers: int, steady: int) -> str | None:
+    """With ``--steady``: the lease that new lease ``k`` (odd) replaces, added ``steady`` new leases earlier."""
+    if not steady or k % 2 == 0 or k // 2 < steady:
+        return None
+    return peer_lease(peers + k // 2 - steady)[0]
 
 
 class Observer(threading.Thread):
@@ -74,7 +96,8 @@ class Observer(threading.Thread):
                     self.routes.add(e.dst)
 
 
-async def write_changes(count: int, rate: float, peers: int) -> tuple[list[float], list[float], list[float]]:
+async def write_changes(count: int, rate: float, peers: int, steady: int = 0
+                        ) -> tuple[list[float], list[float], list[float]]:
     """Put ``count`` changes at ``rate`` per second; return each put's start time, its lateness behind the
     schedule, and how long etcd took to acknowledge it."""
     starts = [0.0] * count
@@ -90,6 +113,9 @@ async def write_changes(count: int, rate: float, peers: int) -> tuple[list[float
             key, value = records[k]
             await c.kv.put(key, value, lease=lease.ID)
             acked[k] = time.monotonic() - starts[k]
+            retired = retired_key(k, peers, steady)
+            if retired is not None:
+                await c.kv.delete(retired)
 
         for k in range(count):
             due = t0 + k / rate
@@ -135,7 +161,7 @@ def inner(args: argparse.Namespace) -> int:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
                                     "-o", args.py_spy, "-d", str(int(args.seconds)), "-p", str(p.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        starts, late, acked = asyncio.run(write_changes(count, args.rate, args.peers))
+        starts, late, acked = asyncio.run(write_changes(count, args.rate, args.peers, args.steady))
         if spy is not None:
             spy.wait(30)
         wait_until = time.monotonic() + 10
@@ -144,6 +170,20 @@ def inner(args: argparse.Namespace) -> int:
         run_s = time.monotonic() - t_run
         cpu = cpu_seconds(p.pid) - cpu0
         hwm = vm_kib(p.pid) / 1024
+        relisted = ""
+        if args.relist:
+            routes = subprocess.run(["ip", "route", "show", "dev", "flannel.1"], capture_output=True,
+                                    text=True).stdout.count("\n")
+            rev = relist_after_compaction(p, etcd, tmp / "flanneld.log", 38000)
+            wait_until = time.monotonic() + 60
+            while subprocess.run(["ip", "route", "show", "dev", "flannel.1"], capture_output=True,
+                                 text=True).stdout.count("\n") < routes + 16:
+                if time.monotonic() > wait_until:
+                    raise RuntimeError("the re-list did not program the 16 leases added meanwhile")
+                time.sleep(0.1)
+            time.sleep(2)
+            relisted = (f"; after a full re-list of {routes + 16} peers (compacted at {rev}): peak RSS "
+                        f"{vm_kib(p.pid) / 1024:.1f} MiB, VmRSS {vm_kib(p.pid, 'VmRSS') / 1024:.1f} MiB")
     finally:
         obs.done.set()
         obs.join(5)
@@ -168,7 +208,7 @@ def inner(args: argparse.Namespace) -> int:
     ms = 1000
     print(f"load average after: {loadavg()}; {count} changes at {args.rate:g}/s over {args.seconds:g} s, "
           f"{args.peers} peers present; flanneld CPU over the run {cpu:.2f} s ({cpu / run_s * 100:.0f}% of one core), "
-          f"peak RSS {hwm:.1f} MiB")
+          f"peak RSS {hwm:.1f} MiB{relisted}")
     print(f"writer lateness behind its schedule: p50 {statistics.median(late) * ms:.1f} ms, "
           f"p99 {pct(late, 0.99) * ms:.1f} ms, max {max(late) * ms:.1f} ms; etcd's acknowledgement of a put: "
           f"p50 {statistics.median(acked) * ms:.1f} ms, p99 {pct(acked, 0.99) * ms:.1f} ms\n")
@@ -192,14 +232,19 @@ def main() -> int:
     ap.add_argument("--peers", type=int, default=5000)
     ap.add_argument("--rate", type=float, default=100)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--steady", type=int, default=0, metavar="W",
+                    help="keep the peer count constant: each new lease retires the one added W new leases earlier")
+    ap.add_argument("--relist", action="store_true", help="end with a full re-list after compaction")
     ap.add_argument("--flanneld-arg", action="append", default=[], help="an extra flanneld flag (repeatable)")
     ap.add_argument("--py-spy", metavar="FILE", help="sample flanneld with py-spy over the run, raw output to FILE")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
-    if not 0 < args.rate * args.seconds <= 20000 or not 0 < args.peers <= 20000:
-        print("at most 20000 changes and 20000 peers", file=sys.stderr)
+    count = args.rate * args.seconds
+    if not 0 < count <= 60000 or not 0 < args.peers <= 20000 or args.peers + count // 2 >= 38000:
+        # bench_daemon's address plan ends at peer 39000; 38000 onwards is the re-list's
+        print("at most 60000 changes and 20000 peers, with peers + changes / 2 below 38000", file=sys.stderr)
         return 2
     return inner(args) if args.inner else run_inside(__file__, "fchurn")
 

@@ -115,6 +115,23 @@ async def put_config() -> None:
         raise RuntimeError("etcd did not come up")
 
 
+def relist_after_compaction(p: subprocess.Popen[bytes], etcd: Etcd, log: Path, first_new: int) -> int:
+    """Make flanneld re-list: frozen while etcd restarts (its watch breaks unseen), 16 leases from peer number
+    ``first_new`` are added and etcd compacts past its watch revision; thawed, it resumes into a compacted
+    revision. Returns once it says it is re-listing; the compacted revision."""
+    p.send_signal(signal.SIGSTOP)
+    try:
+        etcd.stop()
+        etcd.start()
+        asyncio.run(put_leases(first_new, 8))  # two transactions: the daemon's next revision is then compacted away
+        asyncio.run(put_leases(first_new + 8, 8))
+        rev = asyncio.run(compact_now())
+    finally:
+        p.send_signal(signal.SIGCONT)
+    wait_log(log, "re-listing", timeout=60)
+    return rev
+
+
 async def compact_now() -> int:
     """Compact etcd at its current revision; return that revision."""
     async with etcd_client() as c:
@@ -273,15 +290,8 @@ def inner(args: argparse.Namespace) -> int:
                     " | ≤ 50 MiB |")
         # 4. the same daemon through a full re-list: frozen while etcd restarts (its watch breaks unseen), leases
         # change and etcd compacts past its watch revision; thawed, it resumes into a compacted revision
-        p.send_signal(signal.SIGSTOP)
-        etcd.stop()
-        etcd.start()
-        asyncio.run(put_leases(30000, 8))  # two transactions: the daemon's next revision is then compacted away
-        asyncio.run(put_leases(30008, 8))
-        rev = asyncio.run(compact_now())
-        p.send_signal(signal.SIGCONT)
+        rev = relist_after_compaction(p, etcd, tmp / "flanneld.log", 30000)
         t0 = time.monotonic()
-        wait_log(tmp / "flanneld.log", "re-listing", timeout=60)
         wait_routes(args.peers_rss + 15, timeout=60)
         t_relist = time.monotonic() - t0
         time.sleep(2)
