@@ -77,6 +77,27 @@ def retired_key(k: int, peers: int, steady: int) -> str | None:
     return peer_lease(peers + k // 2 - steady)[0]
 
 
+class RssSampler(threading.Thread):
+    """Samples flanneld's VmRSS once a second: a leak shows as a column that keeps growing window by window."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.t0 = time.monotonic()
+        self.samples: list[tuple[float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                self.samples.append((time.monotonic() - self.t0, vm_kib(self.pid, "VmRSS") / 1024))
+            except OSError:
+                return
+
+    def window_max(self, window: int) -> float:
+        return max((mib for t, mib in self.samples if int(t) // 10 == window), default=float("nan"))
+
+
 class Observer(threading.Thread):
     """Reads kernel notifications until stopped; keeps the first time each FDB destination was seen."""
 
@@ -144,6 +165,7 @@ def inner(args: argparse.Namespace) -> int:
     obs = Observer()
     obs.start()
     p = None
+    rss: RssSampler | None = None
     try:
         asyncio.run(put_config())
         asyncio.run(put_leases(0, args.peers))
@@ -161,7 +183,10 @@ def inner(args: argparse.Namespace) -> int:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
                                     "-o", args.py_spy, "-d", str(int(args.seconds)), "-p", str(p.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rss = RssSampler(p.pid)
+        rss.start()
         starts, late, acked = asyncio.run(write_changes(count, args.rate, args.peers, args.steady))
+        rss.done.set()
         if spy is not None:
             spy.wait(30)
         wait_until = time.monotonic() + 10
@@ -217,12 +242,12 @@ def inner(args: argparse.Namespace) -> int:
     print(f"| {count} | {len(lat)} | {missing} | {statistics.median(lat) * ms:.1f} | {pct(lat, 0.95) * ms:.1f} "
           f"| {pct(lat, 0.99) * ms:.1f} | {max(lat) * ms:.1f} | p99 ≤ 50 ms |")
     print("\nper 10-second window (a backlog shows as growing latency):\n")
-    print("| window | changes | p50 (ms) | p99 (ms) | max (ms) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| window | changes | p50 (ms) | p99 (ms) | max (ms) | flanneld VmRSS, max (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for w in sorted(windows):
         v = windows[w]
         print(f"| {w * 10}-{w * 10 + 10} s | {len(v)} | {statistics.median(v) * ms:.1f} | {pct(v, 0.99) * ms:.1f} "
-              f"| {max(v) * ms:.1f} |")
+              f"| {max(v) * ms:.1f} | {rss.window_max(w) if rss is not None else float('nan'):.1f} |")
     return 0
 
 
