@@ -423,6 +423,31 @@ async def test_first_watch_reuses_the_acquisitions_listing_and_misses_nothing_wr
     await it.aclose()  # type: ignore[attr-defined]
 
 
+async def test_the_watch_keeps_no_listed_lease_once_its_snapshot_is_handed_over(store: FakeStore) -> None:
+    """Peers that change are let go by the backend; a listing kept alive in the watch's frame held every
+    original lease too (4 MiB after 10 minutes of churn with 5000 peers)."""
+    store.raw_put(f"{P}/subnets/10.5.1.0-24", '{"PublicIP":"9.9.9.1"}', 0)
+    m = manager(store)
+    await m.acquire_lease(LeaseAttrs(public_ip=IPv4Address("9.9.9.9")))
+    it = m.watch_leases()
+    snapshot = (await next_result(it)).snapshot
+    assert snapshot
+    alive = list(snapshot)  # held here, so that their ids stay theirs
+    listed = {id(lease) for lease in alive}
+    del snapshot
+    await next_result(it)  # our own lease as an event: the generator has run on past the snapshot
+
+    def holds_listed(value: object) -> bool:
+        if id(value) in listed:
+            return True
+        return isinstance(value, list | tuple) and any(holds_listed(v) for v in value)
+
+    frame = it.ag_frame  # type: ignore[attr-defined]
+    kept = [name for name, value in frame.f_locals.items() if holds_listed(value)]
+    assert kept == []
+    await it.aclose()  # type: ignore[attr-defined]
+
+
 async def test_watch_skips_an_undecodable_event_and_keeps_the_others(
     store: FakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
