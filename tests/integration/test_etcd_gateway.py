@@ -80,14 +80,21 @@ async def test_a_watch_on_a_member_without_a_leader_is_refused_like_go_clients_r
     finally:
         await s.close()
 
+async def five_keys_in_pages_of_two(etcd: EtcdServer, prefix: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> etcd_gateway.EtcdGatewayStore:
+    """A gateway store listing in pages of 2 keys, and ``<prefix>/k0``..``k4`` (values ``v0``..``v4``) in etcd."""
+    monkeypatch.setattr(etcd_gateway, "LIST_PAGE", 2)
+    s = await etcd_gateway.EtcdGatewayStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5))
+    for i in range(5):
+        await s.put(f"{prefix}/k{i}", f"v{i}", None)
+    return s
+
+
 async def test_the_gateway_client_lists_in_pages_of_one_snapshot(
     etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(etcd_gateway, "LIST_PAGE", 2)
-    s = await etcd_gateway.EtcdGatewayStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5))
+    s = await five_keys_in_pages_of_two(etcd, prefix, monkeypatch)
     try:
-        for i in range(5):
-            await s.put(f"{prefix}/k{i}", f"v{i}", None)
         later = f"{prefix}/k5"
         real = s._call
 
@@ -109,11 +116,8 @@ async def test_a_listing_asks_for_the_next_page_before_decoding_this_one_and_dro
     etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """etcd prepares page n+1 while page n is decoded; a decoder failure abandons the page asked for cleanly."""
-    monkeypatch.setattr(etcd_gateway, "LIST_PAGE", 2)
-    s = await etcd_gateway.EtcdGatewayStore.open(EtcdStoreOptions(endpoints=(etcd.endpoint,), request_timeout=5))
+    s = await five_keys_in_pages_of_two(etcd, prefix, monkeypatch)
     try:
-        for i in range(5):
-            await s.put(f"{prefix}/k{i}", f"v{i}", None)
         real = s._call
         asked: list[object] = []
 
