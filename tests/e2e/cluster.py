@@ -164,7 +164,9 @@ class Cluster:
     def start(self) -> None:
         """Underlay switch and etcd, with the network config stored."""
         ul = self._add_ns(f"{self.prefix}ul")
-        in_ns(ul, "ip", "link", "add", "br0", "type", "bridge")
+        # A fixed MAC: a bridge otherwise takes its ports' lowest, which changes as hosts join, and the hosts'
+        # cached neighbour entry for the gateway goes stale meanwhile.
+        in_ns(ul, "ip", "link", "add", "br0", "address", "02:00:c6:12:00:01", "type", "bridge")
         in_ns(ul, "ip", "addr", "add", "198.18.0.1/24", "dev", "br0")
         if self.dual_stack:
             in_ns(ul, "ip", "-6", "addr", "add", f"{UNDERLAY_V6}1/64", "dev", "br0", "nodad")

@@ -83,7 +83,7 @@ class FaultCluster(Cluster):
 
     def start(self) -> None:
         ul = self._add_ns(f"{self.prefix}ul")
-        in_ns(ul, "ip", "link", "add", "br0", "type", "bridge")
+        in_ns(ul, "ip", "link", "add", "br0", "address", "02:00:c6:12:00:01", "type", "bridge")  # fixed: see cluster.py
         in_ns(ul, "ip", "addr", "add", "198.18.0.1/24", "dev", "br0")
         in_ns(ul, "ip", "link", "set", "br0", "up")
         for n in range(1, self.member_count + 1):
