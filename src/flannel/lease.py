@@ -175,6 +175,9 @@ class Lease:
                 key = f"{go_ip_text(self.ipv6_subnet.network_address)}-{self.ipv6_subnet.prefixlen}"
             else:
                 key = make_subnet_key(self.subnet, self.ipv6_subnet)
+            # Interned: the tracker, the guard and the backends index peers by this text in dicts, which keep the
+            # key object of a peer's first lease; every later lease of that peer then shares it.
+            key = sys.intern(key)
             object.__setattr__(self, "_key", key)
         return key
 

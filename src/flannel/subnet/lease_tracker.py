@@ -21,7 +21,6 @@ Three deliberate differences from upstream's ``LeaseWatcher``:
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Network, IPv6Network
 
 from flannel.lease import EventType, Lease, LeaseEvent
 from flannel.subnet.lease_guard import LeaseGuard
@@ -29,11 +28,14 @@ from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
-_Key = tuple[IPv4Network | None, IPv6Network | None]
+_Key = str
 
 
 def _key(lease: Lease) -> _Key:
-    return lease.subnet, lease.ipv6_subnet
+    """Leases are known by their key text, one interned string per subnet (``Lease.key``): a dict keeps the key
+    object of its first entry when a value is replaced, and a key holding the subnets kept every peer's first
+    network objects alive through all its later leases (issue #16, found by the churn soak)."""
+    return lease.key
 
 
 class LeaseTracker:
