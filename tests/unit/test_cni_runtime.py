@@ -102,6 +102,17 @@ def test_launcher_without_its_runtime_answers_a_cni_error(tmp_path: Path, bundle
     assert error["code"] == code and "run install-cni-plugin again" in error["msg"]
 
 
+def test_the_launcher_runs_byte_code_that_a_reinstall_repairs(tmp_path: Path, bundle: dict[str, str]) -> None:
+    """The static launcher runs run.pyc (no compiling of run.py per call); one cut short is rewritten."""
+    assert install(tmp_path, bundle).returncode == 0
+    run_code = installed_dir(tmp_path) / "run.pyc"
+    whole = run_code.read_bytes()
+    run_code.write_bytes(whole[:40])
+    assert call(tmp_path / "flannel", "VERSION").returncode != 0
+    assert install(tmp_path, bundle).returncode == 0
+    assert run_code.read_bytes()[:4] == whole[:4] and call(tmp_path / "flannel", "VERSION").returncode == 0
+
+
 def test_an_unset_launcher_says_it_was_not_installed(bundle: dict[str, str]) -> None:
     out = call(Path(bundle["FLANNEL_CNI_LAUNCHER"]), "ADD")
     assert out.returncode == 1 and "not set up by install-cni-plugin" in json.loads(out.stdout)["msg"]
