@@ -17,8 +17,10 @@ without a runtime in the image, as in a development checkout) uses the node's Py
 gets two things in its CNI bin directory:
 
 * ``.flannel/<version>-<digest>/``: the ``flannel`` package's sources, byte-compiled for the image's Python
-  (the host's Python writes its own ``__pycache__`` there on the first call if its version differs), and
-  ``run.py``, which checks the Python version and calls the plugin.
+  (the host's Python writes its own ``__pycache__`` there on the first call if its version differs),
+  ``run.py``, which checks the Python version and calls the plugin, and ``plugin.marshal``, the plugin's own
+  modules compiled into one file that ``run.py`` imports them from (``cni_runtime.code_file``; ignored by a
+  Python of another version). The static launcher runs ``run.pyc``, ``run.py`` compiled for its interpreter.
 * ``flannel``: a ``/bin/sh`` launcher that runs ``run.py`` with the first of ``python3.16`` … ``python3.11``,
   ``python3`` on PATH that actually runs and is new enough, isolated (``-I -S``: no site-packages, no
   ``PYTHON*`` variables). Naming the versions first lets a node whose ``python3`` is older (RHEL 9, Ubuntu
