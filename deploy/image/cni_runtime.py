@@ -267,6 +267,18 @@ class Bundle:
         with open(os.path.join(runtime, MANIFEST), encoding="utf-8") as f:
             self.manifest = f.read()
 
+    def magic(self) -> bytes | None:
+        """The byte-code magic number of the runtime's Python (from its ``os.pyc``), None if unreadable."""
+        for line in self.manifest.splitlines():
+            rel = line.split(" ", 2)[2]
+            if re.fullmatch(r"lib/python3\.\d+/os\.pyc", rel):
+                try:
+                    with open(os.path.join(self.runtime, rel), "rb") as f:
+                        return f.read(4)
+                except OSError:
+                    return None
+        return None
+
 
 def find_bundle(mode: str) -> Bundle | None:
     """The bundle to install for ``mode``: None means the node's Python (``node``, or ``auto`` without one).

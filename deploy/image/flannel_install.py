@@ -73,6 +73,7 @@ RUN_CODE = "run.pyc"
 of a script given as source is saved)."""
 RUNTIME = "runtime"
 """Directory of an installed version that holds the bundled interpreter (bundled mode only)."""
+
 ERROR_CODE = 999
 """The code of the launcher's CNI error: 1-99 belong to the spec, so a plugin's own errors take 100 and up, and
 999 is what libcni's skel (and so upstream's Go plugin) reports for any failure that is not a typed CNI error."""
@@ -407,6 +408,10 @@ def install_cni_plugin(bin_dir: str, root: str | None = None, mode: str = "auto"
         bundle = cni_runtime.find_bundle(mode)
     except ValueError as exc:
         raise InstallError(str(exc)) from exc
+    if bundle is not None and bundle.magic() != importlib.util.MAGIC_NUMBER:
+        # run.pyc, compiled here, must be byte code for the bundled interpreter (the image builds both alike).
+        raise InstallError(f"the runtime {bundle.runtime} is not for this installer's Python {sys.version.split()[0]}"
+                           " (its byte code differs); build it with the interpreter that runs install-cni-plugin")
     files = source_files(root)
     if "cni/plugin.py" not in files:
         raise InstallError(f"{root} does not look like the {PACKAGE} package (no cni/plugin.py)")

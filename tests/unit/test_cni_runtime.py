@@ -145,6 +145,19 @@ def test_reinstall_keeps_the_id_and_switching_to_the_node_python_keeps_the_previ
     assert sorted(p.name for p in (tmp_path / ".flannel").iterdir()) == sorted([first, second])
 
 
+def test_a_runtime_of_another_python_is_refused(tmp_path: Path, bundle: dict[str, str]) -> None:
+    """run.pyc is compiled by the installer for the runtime: their byte code must be the same."""
+    runtime = tmp_path / "runtime"
+    shutil.copytree(bundle["FLANNEL_CNI_RUNTIME"], runtime, symlinks=True)
+    [os_pyc] = runtime.glob("lib/python3.*/os.pyc")
+    os_pyc.write_bytes(b"\0\0\r\n" + os_pyc.read_bytes()[4:])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    out = install(bin_dir, {**bundle, "FLANNEL_CNI_RUNTIME": str(runtime)}, "--python=bundled")
+    assert out.returncode == 1 and "is not for this installer's Python" in out.stderr
+    assert not (bin_dir / "flannel").exists()
+
+
 def test_bad_modes_are_refused_with_the_reason(tmp_path: Path, bundle: dict[str, str]) -> None:
     out = install(tmp_path, bundle, "--python=fast")
     assert out.returncode == 1 and "unknown --python=fast" in out.stderr
