@@ -7,7 +7,10 @@
  * then runs the interpreter that came with the plugin, through the dynamic loader that came with it:
  *
  *   <bin dir>/.flannel/<id>/runtime/lib/ld.so --library-path <...>/runtime/lib
- *       <...>/runtime/bin/python3 -I -S <bin dir>/.flannel/<id>/run.py ARGS...
+ *       <...>/runtime/bin/python3 -I -S <bin dir>/.flannel/<id>/run.pyc ARGS...
+ *
+ * run.pyc is run.py as the installer compiled it for this very interpreter: a script given as source is
+ * compiled on every call, and that was 0.6-0.9 ms of each (docs/performance.md, session 5).
  *
  * Calling the loader by path is what makes the tree relocatable: the interpreter's own PT_INTERP names the
  * build machine's loader, which a node may lack. When the tree is missing, the runtime gets a CNI error object
@@ -55,7 +58,7 @@ int main(int argc, char **argv) {
         snprintf(loader, sizeof loader, "%s/runtime/lib/ld.so", base) >= (int)sizeof loader ||
         snprintf(libdir, sizeof libdir, "%s/runtime/lib", base) >= (int)sizeof libdir ||
         snprintf(python, sizeof python, "%s/runtime/bin/python3", base) >= (int)sizeof python ||
-        snprintf(run, sizeof run, "%s/run.py", base) >= (int)sizeof run) {
+        snprintf(run, sizeof run, "%s/run.pyc", base) >= (int)sizeof run) {
         errno = ENAMETOOLONG;
         cni_error("the flannel CNI plugin's path is too long", self);
     }

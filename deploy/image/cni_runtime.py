@@ -17,6 +17,9 @@ image build time by this script, and ``install-cni-plugin`` puts it on the node 
 The tree is about 3 % of the interpreter's full installation. ``MANIFEST`` lists every file with its size and
 SHA-256, for the installer's content-addressed id.
 
+``code_file`` serves both ways of running the plugin: the installer writes the plugin's own modules, compiled,
+into one file next to ``run.py``, whose finder imports them from there (docs/performance.md, session 5).
+
 Usage: ``cni_runtime.py OUT_DIR`` (run with the image's interpreter).
 """
 
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import compileall
 import hashlib
+import importlib.util
+import marshal
 import modulefinder
 import os
 import re
@@ -31,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 EXCLUDED = (
     "tkinter", "_tkinter", "lib2to3", "test", "unittest", "pydoc", "pydoc_data", "doctest", "pdb", "bdb",
@@ -50,6 +55,12 @@ ALWAYS = ("encodings",)
 """Packages kept whole: the interpreter loads codecs by name at start-up and when a locale asks for one."""
 
 MANIFEST = "MANIFEST"
+CODE_FILE = "plugin.marshal"
+"""File in an installed version's directory holding the plugin's modules as byte code, in one piece."""
+PLUGIN_MODULES = ("__init__.py", "atomicfile.py")
+PLUGIN_PACKAGES = ("cni/",)
+"""What the plugin imports, as paths in the ``flannel`` package: the modules of ``CODE_FILE`` (anything else
+would come from the package directory as usual, only slower; tests/unit/test_deploy_image.py checks the list)."""
 
 RUNTIME_SOURCE = "/opt/flannel/cni-runtime"
 """Where the image keeps the runtime tree (``FLANNEL_CNI_RUNTIME`` overrides it, for tests)."""
@@ -176,6 +187,52 @@ def write_manifest(out: str) -> None:
         f.writelines(lines)
 
 
+def code_file(root: str, files: Sequence[str]) -> bytes:
+    """``CODE_FILE`` for the ``flannel`` package in ``root`` (``files``: its ``.py`` files, relative).
+
+    ``(magic number, digest of the sources, {module: (is package, path under the installed version's
+    directory, marshalled code)})``: ``run.py``'s finder checks the magic number against its own Python,
+    unmarshals a module's code only when it is imported, and prefixes the path with its own directory, since
+    the node may see the CNI bin directory at another path than the installer did. Importing a module from
+    its directory costs a path search, stats, an open and a read each; with this, one read for all.
+    """
+    modules = {}
+    for rel in _plugin_files(files):
+        with open(os.path.join(root, rel), "rb") as f:
+            source = f.read()
+        path = os.path.join("flannel", rel)
+        parts = ["flannel", *rel[: -len(".py")].split("/")]
+        is_package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_package else parts)
+        code = compile(source, path, "exec", dont_inherit=True, optimize=0)
+        modules[name] = (is_package, path, marshal.dumps(code))
+    return marshal.dumps((importlib.util.MAGIC_NUMBER, _plugin_digest(root, files), modules))
+
+
+def code_file_matches(root: str, files: Sequence[str], path: str) -> bool:
+    """Whether ``path`` holds a whole ``CODE_FILE`` of these sources, for this Python."""
+    try:
+        with open(path, "rb") as f:
+            magic, digest, modules = marshal.loads(f.read())
+    except (OSError, EOFError, ValueError, TypeError):
+        return False
+    return bool(magic == importlib.util.MAGIC_NUMBER and digest == _plugin_digest(root, files) and modules)
+
+
+def _plugin_files(files: Sequence[str]) -> list[str]:
+    return [rel for rel in files if rel in PLUGIN_MODULES or rel.startswith(PLUGIN_PACKAGES)]
+
+
+def _plugin_digest(root: str, files: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for rel in _plugin_files(files):
+        with open(os.path.join(root, rel), "rb") as f:
+            data = f.read()
+        digest.update(f"{rel}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def _id_field(launcher: bytes) -> int:
     """Offset of the id field in a launcher binary; the binary must hold exactly one."""
     at = launcher.find(ID_MARKER)
@@ -209,6 +266,18 @@ class Bundle:
         self.launcher = launcher
         with open(os.path.join(runtime, MANIFEST), encoding="utf-8") as f:
             self.manifest = f.read()
+
+    def magic(self) -> bytes | None:
+        """The byte-code magic number of the runtime's Python (from its ``os.pyc``), None if unreadable."""
+        for line in self.manifest.splitlines():
+            rel = line.split(" ", 2)[2]
+            if re.fullmatch(r"lib/python3\.\d+/os\.pyc", rel):
+                try:
+                    with open(os.path.join(self.runtime, rel), "rb") as f:
+                        return f.read(4)
+                except OSError:
+                    return None
+        return None
 
 
 def find_bundle(mode: str) -> Bundle | None:

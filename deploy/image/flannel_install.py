@@ -17,8 +17,10 @@ without a runtime in the image, as in a development checkout) uses the node's Py
 gets two things in its CNI bin directory:
 
 * ``.flannel/<version>-<digest>/``: the ``flannel`` package's sources, byte-compiled for the image's Python
-  (the host's Python writes its own ``__pycache__`` there on the first call if its version differs), and
-  ``run.py``, which checks the Python version and calls the plugin.
+  (the host's Python writes its own ``__pycache__`` there on the first call if its version differs),
+  ``run.py``, which checks the Python version and calls the plugin, and ``plugin.marshal``, the plugin's own
+  modules compiled into one file that ``run.py`` imports them from (``cni_runtime.code_file``; ignored by a
+  Python of another version). The static launcher runs ``run.pyc``, ``run.py`` compiled for its interpreter.
 * ``flannel``: a ``/bin/sh`` launcher that runs ``run.py`` with the first of ``python3.16`` … ``python3.11``,
   ``python3`` on PATH that actually runs and is new enough, isolated (``-I -S``: no site-packages, no
   ``PYTHON*`` variables). Naming the versions first lets a node whose ``python3`` is older (RHEL 9, Ubuntu
@@ -40,13 +42,15 @@ from __future__ import annotations
 import compileall
 import hashlib
 import importlib.util
+import marshal
 import os
+import py_compile
 import re
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from types import ModuleType
+from types import CodeType, ModuleType
 
 from flannel import __version__
 from flannel.atomicfile import write_atomically
@@ -64,6 +68,9 @@ MIN_PYTHON = (3, 11)
 PYTHONS = ("python3.16", "python3.15", "python3.14", "python3.13", "python3.12", "python3.11", "python3")
 """What the launcher looks for on PATH, in order: a named version first, as ``python3`` may be older."""
 RUN = "run.py"
+RUN_CODE = "run.pyc"
+"""``run.py`` compiled, which the static launcher runs (bundled mode: the interpreter is known, the compiling
+of a script given as source is saved)."""
 RUNTIME = "runtime"
 """Directory of an installed version that holds the bundled interpreter (bundled mode only)."""
 
@@ -134,8 +141,9 @@ printf '{{"cniVersion":"1.1.0","code":%s,"msg":"%s","details":"%s"}}\\n' "$code"
 exit 1
 """
 
-RUN_TEMPLATE = """# The flannel CNI plugin's entry point (flannel-py {version}), run as `python -I -S run.py` by the
-# launcher {launcher} in the CNI bin directory. It must parse on any Python 3, to say that it is too old.
+RUN_TEMPLATE = """# The flannel CNI plugin's entry point (flannel-py {version}), run as `python -I -S run.py`
+# (or compiled, run.pyc) by the launcher {launcher} in the CNI bin directory. It must parse on any
+# Python 3, to say that it is too old.
 import sys
 
 if sys.version_info < {min_python!r}:
@@ -151,7 +159,53 @@ if sys.version_info < {min_python!r}:
     sys.exit(1)
 import os
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, here)
+
+
+def use_code_file(path):
+    # The plugin's modules as the installer compiled them, read in one go: importing each from the package
+    # directory costs a path search, stats, an open and a read per module (1 ms of an ADD). Only for the
+    # Python that wrote the file; without it, or on any problem with it, they are imported as usual.
+    import marshal
+
+    try:
+        with open(path, "rb") as f:
+            magic, _, modules = marshal.loads(f.read())
+        if magic != sys.modules["_frozen_importlib_external"].MAGIC_NUMBER:
+            return
+        ModuleSpec = sys.modules["_frozen_importlib"].ModuleSpec
+        from _imp import _fix_co_filename
+    except Exception:
+        return
+
+    class Finder:
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            entry = modules.get(name)
+            if entry is None:
+                return None
+            origin = os.path.join(here, entry[1])
+            spec = ModuleSpec(name, cls, origin=origin, is_package=entry[0])
+            spec.has_location = True
+            if entry[0]:
+                spec.submodule_search_locations = [os.path.dirname(origin)]
+            return spec
+
+        @staticmethod
+        def create_module(spec):
+            return None
+
+        @staticmethod
+        def exec_module(module):
+            code = marshal.loads(modules[module.__name__][2])
+            _fix_co_filename(code, module.__spec__.origin)
+            exec(code, module.__dict__)
+
+    sys.meta_path.insert(0, Finder)
+
+
+use_code_file(os.path.join(here, "{code_file}"))
 from flannel.cni.plugin import main
 
 main()
@@ -235,6 +289,7 @@ def run_text() -> str:
         min_text=_MIN_TEXT,
         code=ERROR_CODE,
         status_code=STATUS_ERROR_CODE,
+        code_file=cni_runtime.CODE_FILE,
     )
 
 
@@ -260,10 +315,14 @@ def _matches(root: str, files: Sequence[str], target: str, bundle: cni_runtime.B
         with open(os.path.join(target, RUN), encoding="utf-8") as f:
             if f.read() != run_text():
                 return False
+        if not cni_runtime.code_file_matches(root, files, os.path.join(target, cni_runtime.CODE_FILE)):
+            return False
         if bundle is not None:
             with open(os.path.join(target, RUNTIME, cni_runtime.MANIFEST), encoding="utf-8") as f:
                 if f.read() != bundle.manifest:
                     return False
+            if not _run_code_loads(os.path.join(target, RUN_CODE)):
+                return False
         for rel in files:
             with open(os.path.join(root, rel), "rb") as a, open(os.path.join(target, PACKAGE, rel), "rb") as b:
                 if a.read() != b.read():
@@ -271,6 +330,16 @@ def _matches(root: str, files: Sequence[str], target: str, bundle: cni_runtime.B
     except OSError:
         return False
     return True
+
+
+def _run_code_loads(path: str) -> bool:
+    """Whether ``path`` is whole byte code for this Python (a pyc header, then one code object)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        return data[:4] == importlib.util.MAGIC_NUMBER and isinstance(marshal.loads(data[16:]), CodeType)
+    except (OSError, EOFError, ValueError, TypeError):
+        return False
 
 
 def _fsync(path: str) -> None:
@@ -302,8 +371,13 @@ def _copy_package(root: str, files: Sequence[str], target: str, bundle: cni_runt
             os.chmod(dest, 0o644)
         with open(os.path.join(tmp, RUN), "w", encoding="utf-8") as f:
             f.write(run_text())
+        with open(os.path.join(tmp, cni_runtime.CODE_FILE), "wb") as f:
+            f.write(cni_runtime.code_file(os.path.join(tmp, PACKAGE), files))
         if bundle is not None:
             shutil.copytree(bundle.runtime, os.path.join(tmp, RUNTIME), symlinks=True)
+            # For the bundled interpreter, which is this one (the image builds its runtime from it).
+            py_compile.compile(os.path.join(tmp, RUN), os.path.join(tmp, RUN_CODE), RUN, doraise=True,
+                               invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         # For a host whose Python is the image's; others write their own __pycache__ on the first call.
         if not compileall.compile_dir(os.path.join(tmp, PACKAGE), quiet=1):
             raise InstallError(f"byte-compiling {tmp} failed")
@@ -334,6 +408,10 @@ def install_cni_plugin(bin_dir: str, root: str | None = None, mode: str = "auto"
         bundle = cni_runtime.find_bundle(mode)
     except ValueError as exc:
         raise InstallError(str(exc)) from exc
+    if bundle is not None and bundle.magic() != importlib.util.MAGIC_NUMBER:
+        # run.pyc, compiled here, must be byte code for the bundled interpreter (the image builds both alike).
+        raise InstallError(f"the runtime {bundle.runtime} is not for this installer's Python {sys.version.split()[0]}"
+                           " (its byte code differs); build it with the interpreter that runs install-cni-plugin")
     files = source_files(root)
     if "cni/plugin.py" not in files:
         raise InstallError(f"{root} does not look like the {PACKAGE} package (no cni/plugin.py)")

@@ -102,6 +102,17 @@ def test_launcher_without_its_runtime_answers_a_cni_error(tmp_path: Path, bundle
     assert error["code"] == code and "run install-cni-plugin again" in error["msg"]
 
 
+def test_the_launcher_runs_byte_code_that_a_reinstall_repairs(tmp_path: Path, bundle: dict[str, str]) -> None:
+    """The static launcher runs run.pyc (no compiling of run.py per call); one cut short is rewritten."""
+    assert install(tmp_path, bundle).returncode == 0
+    run_code = installed_dir(tmp_path) / "run.pyc"
+    whole = run_code.read_bytes()
+    run_code.write_bytes(whole[:40])
+    assert call(tmp_path / "flannel", "VERSION").returncode != 0
+    assert install(tmp_path, bundle).returncode == 0
+    assert run_code.read_bytes()[:4] == whole[:4] and call(tmp_path / "flannel", "VERSION").returncode == 0
+
+
 def test_an_unset_launcher_says_it_was_not_installed(bundle: dict[str, str]) -> None:
     out = call(Path(bundle["FLANNEL_CNI_LAUNCHER"]), "ADD")
     assert out.returncode == 1 and "not set up by install-cni-plugin" in json.loads(out.stdout)["msg"]
@@ -132,6 +143,19 @@ def test_reinstall_keeps_the_id_and_switching_to_the_node_python_keeps_the_previ
     second = installer.installed_id(str(tmp_path / "flannel"))
     assert second != first
     assert sorted(p.name for p in (tmp_path / ".flannel").iterdir()) == sorted([first, second])
+
+
+def test_a_runtime_of_another_python_is_refused(tmp_path: Path, bundle: dict[str, str]) -> None:
+    """run.pyc is compiled by the installer for the runtime: their byte code must be the same."""
+    runtime = tmp_path / "runtime"
+    shutil.copytree(bundle["FLANNEL_CNI_RUNTIME"], runtime, symlinks=True)
+    [os_pyc] = runtime.glob("lib/python3.*/os.pyc")
+    os_pyc.write_bytes(b"\0\0\r\n" + os_pyc.read_bytes()[4:])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    out = install(bin_dir, {**bundle, "FLANNEL_CNI_RUNTIME": str(runtime)}, "--python=bundled")
+    assert out.returncode == 1 and "is not for this installer's Python" in out.stderr
+    assert not (bin_dir / "flannel").exists()
 
 
 def test_bad_modes_are_refused_with_the_reason(tmp_path: Path, bundle: dict[str, str]) -> None:

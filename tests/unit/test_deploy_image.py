@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import marshal
 import os
 import stat
 import subprocess
@@ -287,12 +288,71 @@ def test_reinstalling_the_same_sources_changes_nothing(tmp_path: Path, installer
 def test_reinstalling_repairs_a_damaged_copy(tmp_path: Path, installer: Any, bare_python: Path) -> None:
     """A node crash can cut a file short; the next start of the DaemonSet's pod must put it right."""
     pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
-    damaged = tmp_path / ".flannel" / pkg_id / "flannel" / "cni" / "plugin.py"
+    installed = tmp_path / ".flannel" / pkg_id
+    code_file = installed / installer.cni_runtime.CODE_FILE
+    whole = code_file.read_bytes()
+    damaged = installed / "flannel" / "cni" / "plugin.py"
     damaged.write_text("")
+    code_file.write_bytes(whole[: len(whole) // 2])
     assert call_plugin(tmp_path / "flannel", bare_python, "VERSION").returncode != 0
     assert installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE)) == pkg_id
     assert damaged.read_bytes() == (SRC_PACKAGE / "cni" / "plugin.py").read_bytes()
+    assert code_file.read_bytes() == whole
     assert call_plugin(tmp_path / "flannel", bare_python, "VERSION").returncode == 0
+
+
+def loaded_through_run_py(run_py: Path, python: str, modules: str) -> dict[str, list[str]]:
+    """Run ``run.py`` up to (not including) ``main()``, import ``modules``; each flannel module's loader and
+    the file its functions' code names."""
+    probe = (
+        "import sys, types\n"
+        f"run = {str(run_py)!r}\n"
+        "source = open(run).read().rsplit('main()', 1)[0]\n"
+        "exec(compile(source, run, 'exec'), {'__file__': run, '__name__': 'run'})\n"
+        f"import {modules}\n"
+        "out = {}\n"
+        "for name, mod in sorted(sys.modules.items()):\n"
+        "    if name.split('.')[0] == 'flannel':\n"
+        "        files = {f.__code__.co_filename for f in vars(mod).values() if isinstance(f, types.FunctionType)\n"
+        "                 and f.__module__ == name}\n"
+        "        out[name] = [getattr(mod.__loader__, '__name__', type(mod.__loader__).__name__), *sorted(files)]\n"
+        "print(repr(out))\n"
+    )
+    done = subprocess.run([python, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    result: dict[str, list[str]] = ast.literal_eval(done.stdout)
+    return result
+
+
+VERB_MODULES = "flannel.cni.plugin, flannel.cni.delegate, flannel.cni.invoke, flannel.cni.state, " \
+    "flannel.cni.subnet_file, flannel.cni.results, flannel.cni.cidr"
+"""Everything ADD, DEL, CHECK, STATUS, GC and version negotiation import."""
+
+
+def test_the_plugins_modules_come_from_the_code_file_and_name_their_sources(tmp_path: Path, installer: Any) -> None:
+    """run.py imports every module the verbs need from one file of byte code (docs/performance.md); their
+    functions name the installed sources, so a traceback shows the lines."""
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    installed = tmp_path / ".flannel" / pkg_id
+    loaded = loaded_through_run_py(installed / "run.py", os.path.realpath(sys.executable), VERB_MODULES)
+    assert {"flannel.cni.plugin", "flannel.atomicfile", "flannel.cni.results"} <= set(loaded)
+    for name, (loader, *files) in loaded.items():
+        assert loader == "Finder", name
+        assert all(Path(f).resolve().is_relative_to(installed.resolve()) and Path(f).is_file() for f in files), name
+
+
+def test_a_code_file_for_another_python_or_cut_short_is_passed_over(tmp_path: Path, installer: Any,
+                                                                    bare_python: Path) -> None:
+    """A node's Python of another version cannot run this byte code: it imports the sources, as before."""
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    installed = tmp_path / ".flannel" / pkg_id
+    code_file = installed / installer.cni_runtime.CODE_FILE
+    whole = code_file.read_bytes()
+    _, digest, modules = marshal.loads(whole)
+    for damage in (marshal.dumps((b"\0\0\r\n", digest, modules)), whole[:100]):
+        code_file.write_bytes(damage)
+        loaded = loaded_through_run_py(installed / "run.py", os.path.realpath(sys.executable), VERB_MODULES)
+        assert {loader for loader, *_ in loaded.values()} == {"SourceFileLoader"}
+        assert call_plugin(tmp_path / "flannel", bare_python, "VERSION").returncode == 0
 
 
 def test_upgrades_keep_the_previous_version_and_prune_older_ones(tmp_path: Path, installer: Any) -> None:
