@@ -60,7 +60,7 @@ def outer(args: argparse.Namespace) -> int:
     subprocess.run([PY, "-m", "compileall", "-q", str(REPO / "src" / "flannel")], check=True)
     tmp = tempfile.mkdtemp(prefix="bench-cni-")
     try:
-        bundled = [install_bundled(Path(tmp))] if args.bundled else []
+        bundled = [install_bundled(Path(tmp), args.bundled_python)] if args.bundled else []
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -71,6 +71,7 @@ def outer(args: argparse.Namespace) -> int:
         cmd = [PY, __file__, "--inner", "--pods", ",".join(p.name for p in pods), "--tmp", tmp,
                "--iterations", str(args.iterations), "--idle", str(args.idle)]
         cmd += [f"--plugin={plugin}" for plugin in args.plugin] + [f"--bundled-plugin={b}" for b in bundled]
+        cmd += [f"--bundled-python={args.bundled_python}"]
         return subprocess.run(["ip", "netns", "exec", node.name, *cmd], check=False).returncode
     finally:
         for ns in namespaces:
@@ -83,11 +84,12 @@ CPU_MS: list[float] = []
 less disturbed by other jobs than wall time, which also counts waiting for a core."""
 
 
-def install_bundled(top: Path) -> str:
-    """The current tree's plugin and bundled runtime, installed into ``top/bundled``; its launcher."""
+def install_bundled(top: Path, python: str = sys.executable) -> str:
+    """The current tree's plugin and a runtime bundled from ``python``, installed into ``top/bundled``; its
+    launcher."""
     from tests.cni_bundle import build_launcher, build_runtime, bundle_env
 
-    env = bundle_env(build_runtime(top / "runtime"), build_launcher(top / "launcher"))
+    env = bundle_env(build_runtime(top / "runtime", python), build_launcher(top / "launcher"))
     bin_dir = top / "bundled"
     bin_dir.mkdir()
     installer = REPO / "deploy" / "image" / "flannel_install.py"
@@ -206,7 +208,9 @@ def command_line(args: argparse.Namespace) -> str:
     return ((f"FLANNEL_BENCH_PLUGIN={plugin} " if plugin and not args.plugin else "")
             + ".venv/bin/python bench/bench_cni.py" + f" --iterations {args.iterations}"
             + (f" --idle {args.idle:g}" if args.idle > 0 else "")
-            + "".join(f" --plugin {p}" for p in args.plugin) + (" --bundled" if args.bundled_plugin else ""))
+            + "".join(f" --plugin {p}" for p in args.plugin) + (" --bundled" if args.bundled_plugin else "")
+            + (f" --bundled-python {args.bundled_python}"
+               if args.bundled_plugin and args.bundled_python != sys.executable else ""))
 
 
 def report(rows: list[Row], startup: list[float], versions: list[list[float]], args: argparse.Namespace,
@@ -254,6 +258,9 @@ def main() -> int:
     parser.add_argument("--bundled", action="store_true",
                         help="time the current tree's plugin with its bundled runtime (installed here)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bundled-python", default=sys.executable,
+                        help="with --bundled: the interpreter the runtime is made of (default: this one), e.g. "
+                             "Debian's PGO-built /usr/bin/python3.11, closer to the image's than a plain build")
     parser.add_argument("--bundled-plugin", help=argparse.SUPPRESS)
     parser.add_argument("--pods", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)

@@ -25,9 +25,9 @@ def build_launcher(out: Path) -> Path:
     return out
 
 
-def build_runtime(out: Path) -> Path:
-    """The runtime tree of this interpreter into ``out`` (a new directory)."""
-    subprocess.run([sys.executable, str(IMAGE_DIR / "cni_runtime.py"), str(out), str(REPO / "src")],
+def build_runtime(out: Path, python: str = sys.executable) -> Path:
+    """The runtime tree of ``python`` (default: this interpreter) into ``out`` (a new directory)."""
+    subprocess.run([python, str(IMAGE_DIR / "cni_runtime.py"), str(out), str(REPO / "src")],
                    check=True, capture_output=True, timeout=300)
     return out
 
