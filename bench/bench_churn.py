@@ -23,7 +23,7 @@ through 10 minutes of churn): each new lease deletes the one added ``W`` changes
 reports the peak RSS after it too.
 
 Run as root:  .venv/bin/python bench/bench_churn.py [--peers 5000] [--rate 100] [--seconds 60] [--steady 50]
-              [--relist]
+              [--relist] [--tls]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from bench_daemon import (
     relist_after_compaction,
     start_flanneld,
     stop,
+    use_tls,
 )
 from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
 from one_host_netns import compile_flannel, run_inside
@@ -158,6 +159,8 @@ def pct(values: list[float], p: float) -> float:
 def inner(args: argparse.Namespace) -> int:
     compile_flannel()
     tmp = Path(tempfile.mkdtemp(prefix="flannel-churn-"))
+    if args.tls:
+        use_tls(tmp)
     etcd = Etcd(tmp)
     count = int(args.rate * args.seconds)
     print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
@@ -260,6 +263,7 @@ def main() -> int:
     ap.add_argument("--steady", type=int, default=0, metavar="W",
                     help="keep the peer count constant: each new lease retires the one added W new leases earlier")
     ap.add_argument("--relist", action="store_true", help="end with a full re-list after compaction")
+    ap.add_argument("--tls", action="store_true", help="etcd over TLS with client certificates, as bench_daemon")
     ap.add_argument("--flanneld-arg", action="append", default=[], help="an extra flanneld flag (repeatable)")
     ap.add_argument("--py-spy", metavar="FILE", help="sample flanneld with py-spy over the run, raw output to FILE")
     args = ap.parse_args()

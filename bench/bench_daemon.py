@@ -232,15 +232,20 @@ def top_mappings(pid: int, n: int = 12) -> str:
     return "\n".join(f"{kib:8d} KiB  {name}" for name, kib in top)
 
 
-def inner(args: argparse.Namespace) -> int:
+def use_tls(tmp: Path) -> None:
+    """Certificates into ``tmp``: from now on etcd requires client certificates and every client here uses them."""
     global TLS_DIR
+    sys.path.insert(0, str(REPO))
+    from tests.etcd_server import make_tls_files
+
+    make_tls_files(tmp)
+    TLS_DIR = tmp
+
+
+def inner(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="flannel-bench-"))
     if args.tls:
-        sys.path.insert(0, str(REPO))
-        from tests.etcd_server import make_tls_files
-
-        make_tls_files(tmp)
-        TLS_DIR = tmp
+        use_tls(tmp)
     etcd = Etcd(tmp)
     rows: list[str] = []
     try:
