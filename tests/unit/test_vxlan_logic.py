@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
@@ -145,15 +146,21 @@ def test_v6_device_mtu_is_capped_at_what_the_kernel_allows_over_an_ipv6_underlay
 
 
 class _RoutesOnly:
+    """A kernel holding ``routes``, listed as the kernel would (route messages, packed by ``RouteReplace``)."""
+
     def __init__(self, routes: list[Route]) -> None:
         self._routes = routes
 
     def routes(self, family: int, oif: int | None = None, *, protocol: int = 0) -> list[Route]:
         return [r for r in self._routes if (oif is None or r.oif == oif) and protocol in (0, r.protocol)]
 
-    def route_listing(self, family: int, oif: int | None = None, *, rows: int = 0) -> Steps[list[Route]]:
-        yield
-        return self.routes(family, oif)
+    def route_scan(self, family: int, oif: int, each: Callable[[bytes, int, int], None], rows: int) -> Steps[object]:
+        for r in self.routes(family, oif):
+            message = RouteReplace(dst=r.dst, gateway=r.gateway, oif=r.oif, onlink=r.onlink, protocol=r.protocol,
+                                   scope=r.scope).pack(1)
+            each(message, 16, len(message))
+            yield
+        return None
 
 
 def test_v6_reconcile_keeps_the_kernel_route_of_the_device_address_and_drops_stale_ones() -> None:

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import TypeVar
 
 from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_subnet, main_routes, route_drift
@@ -30,7 +30,9 @@ from flannel.netlink import (
     RouteDelete,
     RouteReplace,
 )
-from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT
+from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN, RTM_F_CLONED, RTNH_F_ONLINK
+from flannel.netlink.neigh import entry_fields
+from flannel.netlink.routes import network_of, route_fields
 from flannel.netlink.transport import Steps, drain
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 RTPROT_KERNEL = 2
 """Routes the kernel made itself, e.g. the /128 prefix route of the v6 device's own address."""
 ZERO_MAC = "00:00:00:00:00:00"
+_ZERO_MAC = bytes(6)
 ROWS_PER_STEP = 1000
 """Kernel entries a stepped reconcile decodes before it pauses: about 6-8 ms of Python each (issue #16)."""
 R = TypeVar("R")
@@ -196,79 +199,110 @@ class VXLANPlane:
             self._touched = None
 
     def _neighbour_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
-        listing = yield from self.nl.neighbour_listing(self.dev_index, self.family, rows=ROWS_PER_STEP)
-        neighs = {n.ip: n for n in listing}
-        yield
-        repairs: list[tuple[str, object]] = []
-        for e in self.desired.values():
-            if e.direct:
-                continue
-            n = neighs.pop(e.gateway, None)
-            if (n is None or n.lladdr != e.mac or not n.state & NUD_PERMANENT) and e.gateway not in touched:
-                repairs.append((f"neighbour {e.gateway} {'missing' if n is None else 'wrong'}",
-                                NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac)))
-        for ip, n in neighs.items():
-            if n.state & NUD_PERMANENT and ip not in touched:
-                repairs.append((f"stale neighbour {ip}", NeighDelete(index=self.dev_index, ip=ip)))
+        dev = self.dev_index
+        wanted = {e.gateway.packed: e for e in self.desired.values() if not e.direct}
+        wrong: list[PeerEntries] = []
+        stale: list[bytes] = []
+
+        def each(data: bytes, start: int, end: int) -> None:
+            ifindex, state, _flags, dst, ll = entry_fields(data, start, end)
+            if ifindex != dev or not dst:
+                return
+            e = wanted.pop(dst, None)
+            if e is None:
+                if state & NUD_PERMANENT:
+                    stale.append(dst)
+            elif not ll or ll.hex(":") != e.mac or not state & NUD_PERMANENT:
+                wrong.append(e)
+
+        yield from self.nl.neighbour_scan(dev, self.family, each, ROWS_PER_STEP)
+        repairs: list[tuple[str, object]] = [
+            (f"neighbour {e.gateway} {what}", NeighReplace(index=dev, ip=e.gateway, mac=e.mac))
+            for what, entries in (("wrong", wrong), ("missing", wanted.values()))
+            for e in entries if e.gateway not in touched]
+        for ip in map(ip_address, stale):
+            if ip not in touched:
+                repairs.append((f"stale neighbour {ip}", NeighDelete(index=dev, ip=ip)))
         return repairs
 
     def _fdb_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
-        listing = yield from self.nl.fdb_listing(self.dev_index, rows=ROWS_PER_STEP)
-        fdbs: dict[str, list[Address | None]] = {}
-        for f in listing:
+        dev = self.dev_index
+        wanted = {bytes.fromhex(e.mac.replace(":", "")): e for e in self.desired.values() if not e.direct}
+        seen: set[bytes] = set()
+        right: set[bytes] = set()
+        stale: list[tuple[bytes, bytes]] = []
+
+        def each(data: bytes, start: int, end: int) -> None:
+            ifindex, state, flags, dst, ll = entry_fields(data, start, end)
             # Only permanent entries on the device itself are ours; learned ones (Backend.Learning) are not.
-            if f.flags & NTF_SELF and f.state & NUD_PERMANENT:
-                fdbs.setdefault(f.mac, []).append(f.dst)
-        yield
+            if ifindex != dev or not ll or not (flags & NTF_SELF and state & NUD_PERMANENT):
+                return
+            e = wanted.get(ll)
+            if e is None:
+                if dst and ll != _ZERO_MAC:
+                    stale.append((ll, dst))
+                return
+            seen.add(ll)
+            if e.public_ip is not None and dst == e.public_ip.packed:
+                right.add(ll)
+
+        yield from self.nl.fdb_scan(dev, each, ROWS_PER_STEP)
         repairs: list[tuple[str, object]] = []
-        for e in self.desired.values():
-            if e.direct:
-                continue
-            assert e.public_ip is not None
-            dsts = fdbs.pop(e.mac, None)
-            if (not dsts or e.public_ip not in dsts) and e.mac not in touched:
-                repairs.append((f"fdb entry {e.mac} {'missing' if not dsts else 'wrong'}",
-                                FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip)))
-        for mac, dsts in fdbs.items():
-            if mac != ZERO_MAC and mac not in touched:
-                repairs.extend((f"stale fdb entry {mac}", FdbDelete(index=self.dev_index, mac=mac, dst=dst))
-                               for dst in dsts if dst is not None)
+        for ll, e in wanted.items():
+            if ll not in right and e.mac not in touched:
+                assert e.public_ip is not None
+                repairs.append((f"fdb entry {e.mac} {'missing' if ll not in seen else 'wrong'}",
+                                FdbReplace(index=dev, mac=e.mac, dst=e.public_ip)))
+        for ll, dst in stale:
+            mac = ll.hex(":")
+            if mac not in touched:
+                repairs.append((f"stale fdb entry {mac}", FdbDelete(index=dev, mac=mac, dst=ip_address(dst))))
         return repairs
 
     def _route_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
-        # million routes in main, and decoding them all every reconcile would stall the event loop.
-        listing = yield from self.nl.route_listing(self.family, oif=self.dev_index, rows=ROWS_PER_STEP)
-        left = {r.dst: r for r in listing}
-        yield
-        # Each network is hashed as few times as possible (``ipaddress`` hashes in Python, and this runs over
-        # every peer each reconcile): the device's routes are popped as they are matched, what is left over
-        # is not wanted.
-        tunnel = [e for e in self.desired.values() if not e.direct]
-        found = [left.pop(e.dst, None) for e in tunnel]
-        for e in self.desired.values():
-            if e.direct:
-                left.pop(e.dst, None)
-        yield
-        if touched:
-            kept = [(e, r) for e, r in zip(tunnel, found, strict=True) if e.dst not in touched]
-        else:
-            kept = list(zip(tunnel, found, strict=True))
-        missing = [e.dst for e, r in kept if r is None]
-        elsewhere = main_routes(self.nl, self.family, missing) if missing else {}
+        # million routes in main, and decoding them all every reconcile would stall the event loop. They are
+        # compared undecoded, by destination bytes and length (``ipaddress`` builds and hashes in Python).
+        dev = self.dev_index
+        tunnel = {_route_key(e.dst): e for e in self.desired.values() if not e.direct}
+        direct = {_route_key(e.dst) for e in self.desired.values() if e.direct}
+        wrong: list[PeerEntries] = []
+        stale: list[tuple[int, bytes | None, int]] = []
+
+        def each(data: bytes, start: int, end: int) -> None:
+            family, dst_len, proto, _scope, _type, flags, dst, gw, oif, table = route_fields(data, start, end)
+            if flags & RTM_F_CLONED or table != RT_TABLE_MAIN or oif != dev:
+                return
+            key = (dst or b"") + bytes((dst_len,))
+            e = tunnel.pop(key, None)
+            if e is not None:
+                if gw != e.gateway.packed or not flags & RTNH_F_ONLINK:
+                    wrong.append(e)
+            elif key not in direct and proto != RTPROT_KERNEL:
+                # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
+                stale.append((family, dst, dst_len))
+
+        yield from self.nl.route_scan(self.family, dev, each, ROWS_PER_STEP)
+        missing = [e for e in tunnel.values() if e.dst not in touched]
+        elsewhere = main_routes(self.nl, self.family, [e.dst for e in missing]) if missing else {}
         repairs: list[tuple[str, object]] = []
-        for e, r in kept:
-            if r is None:
-                r = elsewhere.get(e.dst)
-            if r is None or r.gateway != e.gateway or r.oif != self.dev_index or not r.onlink:
+        for e in missing:
+            r = elsewhere.get(e.dst)
+            if r is None or r.gateway != e.gateway or r.oif != dev or not r.onlink:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
-                                RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)))
-        for net, r in left.items():
-            # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
-            if (r.oif == self.dev_index and within(net, self.cluster) and r.protocol != RTPROT_KERNEL
-                    and net not in touched):
-                repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=self.dev_index)))
+                                RouteReplace(dst=e.dst, gateway=e.gateway, oif=dev, onlink=True)))
+        repairs.extend((f"route to {e.dst} wrong", RouteReplace(dst=e.dst, gateway=e.gateway, oif=dev, onlink=True))
+                       for e in wrong if e.dst not in touched)
+        for family, dst, dst_len in stale:
+            net = network_of(family, dst, dst_len)
+            if within(net, self.cluster) and net not in touched:
+                repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=dev)))
         # Listed now, after the last step: nothing to leave out.
-        direct = [e.route for e in self.desired.values() if e.direct]
-        return repairs + route_drift(self.nl, self.family, self.cluster, direct,
+        return repairs + route_drift(self.nl, self.family, self.cluster,
+                                     [e.route for e in self.desired.values() if e.direct],
                                      claimed={e.dst for e in self.desired.values() if not e.direct})
+
+
+def _route_key(net: Network) -> bytes:
+    """A destination as a route dump carries it: its address bytes, then its length."""
+    return net.network_address.packed + bytes((net.prefixlen,))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from ipaddress import ip_address
 
@@ -36,8 +36,11 @@ from flannel.netlink.errors import NetlinkError, is_gone, is_rejected, is_unreac
 from flannel.netlink.links import IptunSpec, Link, VxlanSpec
 from flannel.netlink.neigh import FdbEntry, Neigh
 from flannel.netlink.routes import Route, RouteInfo
-from flannel.netlink.transport import Steps, Transport, drain
+from flannel.netlink.transport import Steps, Transport
 from flannel.netlink.wire import IPAddress
+
+Scanner = Callable[[bytes, int, int], None]
+"""Takes one undecoded dump message: the datagram, where its body starts and where it ends."""
 
 
 class Netlink(Transport):
@@ -150,23 +153,27 @@ class Netlink(Transport):
         The kernel does the filtering (see ``routes.dump_body``): ``oif`` keeps a host's full BGP table
         out of a listing of one device's routes.
         """
-        return drain(self.route_listing(family, table, oif, protocol=protocol, rtype=rtype))
-
-    def route_listing(
-        self, family: int = socket.AF_INET, table: int | None = RT_TABLE_MAIN, oif: int | None = None,
-        *, protocol: int = 0, rtype: int = 0, rows: int = 0,
-    ) -> Steps[list[Route]]:
-        """``routes`` decoded in steps of ``rows`` routes (see ``Transport._dump_steps``)."""
         parse = partial(routes.parse_route, table=table, oif=oif, protocol=protocol, rtype=rtype)
         op = "route show" + (f" table {table}" if table not in (None, RT_TABLE_MAIN) else "")
         op += f" dev #{oif}" if oif is not None else ""
-        body = routes.dump_body(family, table, oif, protocol, rtype)
         try:
-            return (yield from self._dump_steps(RTM_GETROUTE, body, parse, op, rows))
+            return self._dump(RTM_GETROUTE, routes.dump_body(family, table, oif, protocol, rtype), parse, op)
         except NetlinkError as err:
             if oif is not None and err.errno == errno.ENODEV:  # strict checking looks the device up
                 return []
             raise
+
+    def route_scan(self, family: int, oif: int, each: Scanner, rows: int) -> Steps[object]:
+        """The main table's routes through device ``oif``, each message handed undecoded to ``each`` (see
+        ``routes.route_fields``), in steps of ``rows`` (``Transport._dump_steps``): a reconcile compares them as
+        they come instead of holding thousands of decoded routes. Nothing when the device is gone."""
+        body = routes.dump_body(family, RT_TABLE_MAIN, oif, 0, 0)
+        try:
+            yield from self._dump_steps(RTM_GETROUTE, body, each, f"route show dev #{oif}", rows)
+        except NetlinkError as err:
+            if err.errno != errno.ENODEV:
+                raise
+        return None
 
     def route_get(self, dst: IPAddress | str) -> RouteInfo | None:
         """How the kernel would route a packet to ``dst``; None when it has no route."""
@@ -210,19 +217,22 @@ class Netlink(Transport):
 
     def neighbours(self, index: int, family: int = socket.AF_INET) -> list[Neigh]:
         """Neighbour entries of one device (``ip neigh show dev DEV``)."""
-        return drain(self.neighbour_listing(index, family))
-
-    def neighbour_listing(self, index: int, family: int = socket.AF_INET, rows: int = 0) -> Steps[list[Neigh]]:
-        """``neighbours`` decoded in steps of ``rows`` entries (see ``Transport._dump_steps``)."""
         parse = partial(neigh.parse_neigh, index=index)
         body = neigh.neigh_dump_body(index, family)
-        return self._dump_steps(RTM_GETNEIGH, body, parse, f"neigh show dev #{index}", rows)
+        return self._dump(RTM_GETNEIGH, body, parse, f"neigh show dev #{index}")
+
+    def neighbour_scan(self, index: int, family: int, each: Scanner, rows: int) -> Steps[object]:
+        """``route_scan`` for one device's neighbour entries (see ``neigh.entry_fields``)."""
+        body = neigh.neigh_dump_body(index, family)
+        yield from self._dump_steps(RTM_GETNEIGH, body, each, f"neigh show dev #{index}", rows)
+        return None
 
     def fdb(self, index: int) -> list[FdbEntry]:
         """Forwarding-database entries of one device (``bridge fdb show dev DEV``)."""
-        return drain(self.fdb_listing(index))
-
-    def fdb_listing(self, index: int, rows: int = 0) -> Steps[list[FdbEntry]]:
-        """``fdb`` decoded in steps of ``rows`` entries (see ``Transport._dump_steps``)."""
         parse = partial(neigh.parse_fdb, index=index)
-        return self._dump_steps(RTM_GETNEIGH, neigh.fdb_dump_body(index), parse, f"fdb show dev #{index}", rows)
+        return self._dump(RTM_GETNEIGH, neigh.fdb_dump_body(index), parse, f"fdb show dev #{index}")
+
+    def fdb_scan(self, index: int, each: Scanner, rows: int) -> Steps[object]:
+        """``route_scan`` for one device's forwarding database (see ``neigh.entry_fields``)."""
+        yield from self._dump_steps(RTM_GETNEIGH, neigh.fdb_dump_body(index), each, f"fdb show dev #{index}", rows)
+        return None

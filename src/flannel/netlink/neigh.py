@@ -63,6 +63,14 @@ def _dst_lladdr(data: bytes, pos: int, end: int) -> tuple[bytes | None, bytes | 
     return dst, ll
 
 
+def entry_fields(data: bytes, start: int, end: int) -> tuple[int, int, int, bytes | None, bytes | None]:
+    """``(ifindex, state, flags, NDA_DST, NDA_LLADDR)`` of one RTM_NEWNEIGH body, undecoded: what a reconcile
+    compares, without an address object per entry."""
+    _family, ifindex, state, flags, _type = _NDMSG(data, start)
+    dst, ll = _dst_lladdr(data, start + 12, end)
+    return ifindex, state, flags, dst, ll
+
+
 def parse_neigh(data: bytes, start: int, end: int, index: int | None) -> Neigh | None:
     """Decode one RTM_NEWNEIGH body; None when it is for another device or has no address."""
     _family, ifindex, state, flags, _type = _NDMSG(data, start)
