@@ -43,10 +43,9 @@ async def cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
         await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
 
 
-async def supervise(subsystems: dict[str, Coroutine[Any, Any, Any] | asyncio.Task[Any]], stop: asyncio.Event) -> int:
-    """Run subsystems until a stop signal (→ 0) or until one of them ends (→ 1, logged); a subsystem may have
-    been started already (a task)."""
-    tasks = {_task(aw, name): name for name, aw in subsystems.items()}
+async def supervise(subsystems: dict[str, Coroutine[Any, Any, Any]], stop: asyncio.Event) -> int:
+    """Run subsystems until a stop signal (→ 0) or until one of them ends (→ 1, logged)."""
+    tasks = {asyncio.create_task(coro, name=name): name for name, coro in subsystems.items()}
     stopper = asyncio.create_task(stop.wait(), name="signals")
     done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
     await cancel_all(set(tasks) | {stopper})
@@ -60,13 +59,6 @@ async def supervise(subsystems: dict[str, Coroutine[Any, Any, Any] | asyncio.Tas
         else:
             log.error("subsystem %s ended unexpectedly", name)
     return 1
-
-
-def _task(aw: Coroutine[Any, Any, Any] | asyncio.Task[Any], name: str) -> asyncio.Task[Any]:
-    if isinstance(aw, asyncio.Task):
-        aw.set_name(name)
-        return aw
-    return asyncio.create_task(aw, name=name)
 
 
 async def until_stopped(coro: Coroutine[Any, Any, Any], stop: asyncio.Event) -> tuple[bool, Any]:

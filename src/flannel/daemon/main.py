@@ -12,14 +12,14 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from flannel import UPSTREAM_VERSION, __version__, metrics
 from flannel.backoff import Backoff
 from flannel.daemon import flags
 from flannel.daemon.health import HealthServer, start_health_server
-from flannel.daemon.lifecycle import cancel_all, install_signal_handlers, notify_systemd, supervise, until_stopped
+from flannel.daemon.lifecycle import install_signal_handlers, notify_systemd, supervise, until_stopped
 from flannel.daemon.logs import setup_logging
 from flannel.errors import (
     ConfigError,
@@ -115,6 +115,17 @@ async def run(opts: flags.Options) -> int:
         network = await retry("failed to register network", lambda: backend.register_network(config), stop)
         from flannel.traffic.keeper import TrafficSettings, start_traffic_rules
 
+        # Traffic rules before subnet.env (spec §2 steps 11-13); a firewall failure is logged and retried, not fatal.
+        traffic = await start_traffic_rules(TrafficSettings.from_flags(opts, config), config, network.lease)
+        if write_env(opts, config, network):
+            if health is not None:
+                health.mark_ready()
+            else:  # flannel_ready and the map's readiness, without a /readyz to serve it
+                from flannel.readiness import READINESS
+
+                READINESS.mark_started()
+            log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
+            notify_systemd()
         watch, observer = sm.watch_leases(), None
         if opts.map_port > 0 or opts.probe_interval > 0:  # the overlay probe and the network map (docs/map.md)
             from flannel.netmap import handler
@@ -129,26 +140,8 @@ async def run(opts: flags.Options) -> int:
             if opts.map_port > 0:
                 map_server = await start_health_server(opts.map_address, opts.map_port, handler(observer.document),
                                                        what="network map")
-        # Peers are programmed while the firewall rules go in: iptables-restore and nft are processes of their own,
-        # so both proceed at once; readiness and subnet.env still wait for the rules (spec §2 steps 11-13).
-        programming = asyncio.create_task(network.run(watch), name="lease-watch")
-        try:
-            # Traffic rules before subnet.env; a firewall failure is logged and retried, not fatal.
-            traffic = await start_traffic_rules(TrafficSettings.from_flags(opts, config), config, network.lease)
-            if write_env(opts, config, network):
-                if health is not None:
-                    health.mark_ready()
-                else:  # flannel_ready and the map's readiness, without a /readyz to serve it
-                    from flannel.readiness import READINESS
-
-                    READINESS.mark_started()
-                log.info("flannel is ready (lease %s, MTU %d)", network.lease.key, network.mtu)
-                notify_systemd()
-        except BaseException:
-            await cancel_all({programming})
-            raise
-        subsystems: dict[str, Coroutine[Any, Any, Any] | asyncio.Task[Any]] = {
-            "lease-watch": programming,
+        subsystems = {
+            "lease-watch": network.run(watch),
             "lease-renewal": sm.complete_lease(network.lease),
         }
         if observer is not None:
