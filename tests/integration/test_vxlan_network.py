@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from flannel.backend.route_plane import DETAILED_BATCH
 from flannel.backend.vxlan_plane import ROWS_PER_STEP
 from flannel.config import parse_network_config
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
@@ -547,6 +548,23 @@ def test_two_thousand_peers_in_one_snapshot_then_half_removed(netns: NetNS, regi
     assert {n[0] for n in neighs(netns)} == {str(p.subnet.network_address) for p in peers[::2] if p.subnet}
     assert {f[0] for f in fdbs(netns)} == {mac_of(i) for i in range(0, 2000, 2)}
     assert node.network.peers == 1000
+
+
+def test_a_large_batch_is_one_line_of_counts_at_info_and_one_line_per_change_at_debug(
+        netns: NetNS, register: RegisterFn, logs: pytest.LogCaptureFixture) -> None:
+    node = register()
+    node.apply(WatchResult(snapshot=tuple(peer(i) for i in range(DETAILED_BATCH))))  # 300 changes
+    info = log_lines(logs, logging.INFO)
+    assert "applied 300 kernel changes (100 neigh replace, 100 fdb replace, 100 route replace); " \
+           "each is logged at -v 4" in info
+    assert not any(line.startswith("route replace") for line in info)
+    logs.clear()
+    logs.set_level(logging.DEBUG, logger="flannel")
+    node.apply(WatchResult(snapshot=tuple(peer(i) for i in range(DETAILED_BATCH, 2 * DETAILED_BATCH))))
+    debug = log_lines(logs, logging.DEBUG)
+    assert sum(line.startswith("route replace") for line in debug) == DETAILED_BATCH
+    node.events(added(peer(3, public="198.18.0.99")))  # small batches stay one INFO line per change
+    assert f"fdb replace {mac_of(3)} dev flannel.1 dst 198.18.0.99 self permanent" in log_lines(logs, logging.INFO)
 
 
 def test_lease_events_between_reconcile_steps_are_neither_undone_nor_reported_as_drift(

@@ -37,6 +37,9 @@ from flannel.netlink.consts import RT_TABLE_MAIN, RTN_UNICAST
 
 log = logging.getLogger(__name__)
 
+DETAILED_BATCH = 100
+"""Kernel changes of one batch that are logged one line each at INFO; a larger batch gets one line of counts."""
+
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
@@ -182,17 +185,30 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
                     len(ops), exc)
         return len(ops)
     failures = 0
+    # A large batch that repairs nothing (a snapshot of thousands of peers) is one INFO line of counts, its
+    # changes one per line at -v 4 only: spelling out 15 000 changes was 50 ms of a 5000-peer start and 1.2 MB
+    # of log (upstream logs them at V(2)-V(4) only). Repairs and small batches stay one line per change.
+    detail = bool(reasons) or len(ops) <= DETAILED_BATCH or log.isEnabledFor(logging.DEBUG)
     done: list[str] = []
+    applied: dict[str, int] = {}
     for i, (op, err) in enumerate(zip(ops, results, strict=True)):
-        text = op.describe(names)  # type: ignore[attr-defined]
         if err is None:
-            done.append(f"{text} (repair: {reasons[i]})" if reasons else text)
+            if detail:
+                text = op.describe(names)  # type: ignore[attr-defined]
+                done.append(f"{text} (repair: {reasons[i]})" if reasons else text)
+            else:
+                kind = metrics.op_kind(op)
+                applied[kind] = applied.get(kind, 0) + 1
         elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and is_gone(err):
-            log.debug("%s: already gone", text)
+            log.debug("%s: already gone", op.describe(names))
         else:
             failures += 1
-            log.warning("%s failed: %s", text, err)
+            log.warning("%s failed: %s", op.describe(names), err)  # type: ignore[attr-defined]
     if done:
         # Repairs mean something changed the kernel behind our back: worth a warning, not just info.
-        log.log(logging.WARNING if reasons else logging.INFO, "%s", "\n".join(done))
+        log.log(logging.WARNING if reasons else logging.INFO if len(done) <= DETAILED_BATCH else logging.DEBUG,
+                "%s", "\n".join(done))
+    if applied:
+        log.info("applied %d kernel changes (%s); each is logged at -v 4", sum(applied.values()),
+                 ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in applied.items()))
     return failures
