@@ -21,7 +21,6 @@ Three deliberate differences from upstream's ``LeaseWatcher``:
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Network, IPv6Network
 
 from flannel.lease import EventType, Lease, LeaseEvent
 from flannel.subnet.lease_guard import LeaseGuard
@@ -29,19 +28,15 @@ from flannel.subnet.manager import WatchResult
 
 log = logging.getLogger(__name__)
 
-_Key = tuple[IPv4Network | None, IPv6Network | None]
-
-
-def _key(lease: Lease) -> _Key:
-    return lease.subnet, lease.ipv6_subnet
-
 
 class LeaseTracker:
     """The known remote leases of one network, and the events that keep a backend in step with them."""
 
     def __init__(self, own: Lease | None = None, guard: LeaseGuard | None = None) -> None:
         self._own = own
-        self._leases: dict[_Key, Lease] = {}
+        self._leases: dict[str, Lease] = {}
+        """By ``Lease.key``: one string per subnet pair, computed once and shared with the guard and the backend
+        (a ``(subnet, ipv6_subnet)`` tuple was 56 bytes more per peer, and hashed in Python; issue #16)."""
         self.guard = guard
         """Decides which leases may reach the backend; None passes every one on."""
 
@@ -88,7 +83,7 @@ class LeaseTracker:
         for added, lease in result.events:
             if self.is_own(lease):
                 continue
-            key = _key(lease)
+            key = lease.key
             if added:
                 self._leases[key] = lease
                 out.append(LeaseEvent(EventType.ADDED, lease))
@@ -102,7 +97,7 @@ class LeaseTracker:
         return out
 
     def _reset(self, snapshot: tuple[Lease, ...]) -> list[LeaseEvent]:
-        fresh = {_key(lease): lease for lease in snapshot if not self.is_own(lease)}
+        fresh = {lease.key: lease for lease in snapshot if not self.is_own(lease)}
         # Removals first: a node that moved to a new subnet keeps its VtepMAC, and removing the old lease
         # after adding the new one would delete the neighbour entries just written.
         out = [LeaseEvent(EventType.REMOVED, old) for key, old in self._leases.items() if key not in fresh]
