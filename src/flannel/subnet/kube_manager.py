@@ -314,7 +314,7 @@ class KubeSubnetManager:
 
     async def _relist(self, queue: asyncio.Queue[WatchResult]) -> str:
         """List every node page by page (never the whole list in memory) and queue the snapshot."""
-        listing = self.client.list_nodes(LIST_PAGE)
+        listing = self.client.list_nodes(LIST_PAGE, without_status=True)  # a lease is metadata and spec
         known: dict[str, Lease] = {}
         async for page in listing:
             for node in page:
