@@ -268,10 +268,10 @@ def build_ssl_context(cfg: KubeClientConfig) -> ssl.SSLContext:
     if getattr(sslproto, "ssl", None) is None:
         raise ConfigError(f"{cfg.server}: https needs Python's ssl module, but asyncio was imported while ssl was "
                           "blocked (see flannel.daemon.entry)", field="server")
-    from flannel.tls_memory import shrink_tls_read_buffer
+    from flannel.tls_memory import client_context, shrink_tls_read_buffer
 
     shrink_tls_read_buffer()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = client_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     if cfg.insecure_skip_tls_verify:
