@@ -21,6 +21,7 @@ Three deliberate differences from upstream's ``LeaseWatcher``:
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 
 from flannel.lease import EventType, Lease, LeaseEvent
 from flannel.subnet.lease_guard import LeaseGuard
@@ -101,8 +102,9 @@ class LeaseTracker:
         # Removals first: a node that moved to a new subnet keeps its VtepMAC, and removing the old lease
         # after adding the new one would delete the neighbour entries just written.
         out = [LeaseEvent(EventType.REMOVED, old) for key, old in self._leases.items() if key not in fresh]
-        for key, lease in sorted(fresh.items(), key=lambda item: item[1].revision):
-            old = self._leases.get(key)
+        # Sorting the leases, not the items: 5000 (key, lease) pairs were 0.3 MiB more at the peak (issue #16).
+        for lease in sorted(fresh.values(), key=attrgetter("revision")):
+            old = self._leases.get(lease.key)
             if old is None or old.attrs != lease.attrs or old.revision != lease.revision:
                 out.append(LeaseEvent(EventType.ADDED, lease))
         self._leases = fresh
