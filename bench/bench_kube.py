@@ -9,7 +9,7 @@ Runs in one fresh network namespace (a veth ``eth0`` with 198.18.0.1/24), with t
 nothing touches the root namespace. The script re-executes itself inside the namespace. Bounded: one
 flanneld start per repeat, and every process is stopped by PID.
 
-Usage: .venv/bin/python bench/bench_kube.py [--nodes 5000] [--repeat 3] [--updates 200]
+Usage: .venv/bin/python bench/bench_kube.py [--nodes 5000] [--repeat 3] [--updates 200] [--yaml-kubeconfig]
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from one_host_netns import run_inside  # noqa: E402
 FLANNELD = os.environ.get("BENCH_FLANNELD") or str(REPO / ".venv" / "bin" / "flanneld")
 """``BENCH_FLANNELD``: another flanneld command (a profiling wrapper), for finding where memory goes."""
 TOKEN = "bench-token"
+YAML_KUBECONFIG = False
+"""``--yaml-kubeconfig``: the kubeconfig written as YAML (flanneld then loads PyYAML, +1.2 MiB) instead of JSON."""
 PREFIX = "flannel.alpha.coreos.com/"
 
 
@@ -73,11 +75,17 @@ def api_call(api: FakeKubeProcess, tls: Path, method: str, path: str, body: obje
 
 def one_run(tmp: Path, api: FakeKubeProcess, tls: Path, nodes: int, updates: int, run: int) -> dict[str, float]:
     kubeconfig = tmp / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
+    doc = {
         "apiVersion": "v1", "kind": "Config", "current-context": "b",
         "clusters": [{"name": "b", "cluster": {"server": api.url, "certificate-authority": str(tls / "ca.crt")}}],
         "users": [{"name": "u", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "b", "context": {"cluster": "b", "user": "u"}}]}))
+        "contexts": [{"name": "b", "context": {"cluster": "b", "user": "u"}}]}
+    if YAML_KUBECONFIG:
+        import yaml
+
+        kubeconfig.write_text(yaml.safe_dump(doc))
+    else:
+        kubeconfig.write_text(json.dumps(doc))
     subnet_file = tmp / f"subnet-{run}.env"
     log = open(tmp / f"flanneld-{run}.log", "ab")  # noqa: SIM115 - closed below
     started = time.monotonic()
@@ -146,8 +154,11 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=5000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--updates", type=int, default=200)
+    ap.add_argument("--yaml-kubeconfig", action="store_true", help="write the kubeconfig as YAML, not JSON")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global YAML_KUBECONFIG
+    YAML_KUBECONFIG = args.yaml_kubeconfig
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2

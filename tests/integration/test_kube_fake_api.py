@@ -75,6 +75,20 @@ async def test_list_pages_1200_nodes_from_one_consistent_snapshot(fake_api: Fake
     assert fake_api.request_count("list", "nodes") == 3
 
 
+async def test_list_without_status_keeps_metadata_and_spec_and_drops_each_status(fake_api: FakeKubeApi,
+                                                                                 client: KubeClient) -> None:
+    fake_api.add_nodes(12)
+    stored = {f"node-{i:05d}": await client.get_node(f"node-{i:05d}") for i in range(12)}
+    listing = client.list_nodes(limit=5, without_status=True)
+    nodes = [n async for page in listing for n in page]
+    assert [n["metadata"]["name"] for n in nodes] == sorted(stored)
+    for node in nodes:
+        full = stored[node["metadata"]["name"]]
+        assert "status" in full and "status" not in node  # a list's items carry no kind/apiVersion either
+        assert (node["metadata"], node["spec"]) == (full["metadata"], full["spec"])
+    assert listing.resource_version
+
+
 async def test_list_continuation_expired_by_compaction_raises_gone(fake_api: FakeKubeApi, client: KubeClient) -> None:
     fake_api.add_nodes(20)
     listing = client.list_nodes(limit=10)

@@ -53,6 +53,23 @@ def test_etcd_mode_loads_no_openssl_through_the_back_door() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_neither_mode_loads_shutil_tempfile_datetime_or_pyyaml_for_its_own_use() -> None:
+    """``shutil`` (with ``bz2``, ``lzma``), ``tempfile``, ``datetime`` and PyYAML are 2.5 MiB resident together:
+    flanneld needs none of them on its way to holding peers (issue #16); a YAML kubeconfig still loads PyYAML."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(entry._kube_mode(sys.argv[1:], {}));"
+             "from flannel.daemon import main, startup; from flannel.backend import vxlan, hostgw;"
+             "from flannel.traffic import keeper, iptables, nftables; from flannel.subnet import kube_manager,"
+             " kube_own_node; from flannel.kube import client, loading, kubeconfig;"
+             "print(sorted(m for m in ('shutil', 'tempfile', 'bz2', 'lzma', 'yaml', 'datetime') if m in sys.modules))")
+    for argv in ([], ["--kube-subnet-mgr"]):
+        out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=30,
+                             check=True)
+        assert out.stdout.strip() == "[]", argv
+
+
 @pytest.mark.parametrize(("argv", "env", "needs"), [
     (["--etcd-endpoints=https://e:2379"], {}, True),  # the gateway client is the default
     (["--etcd-endpoints=https://e:2379"], {"FLANNEL_ETCD_CLIENT": "grpc"}, False),  # gRPC has its own TLS

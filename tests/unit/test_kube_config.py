@@ -4,6 +4,7 @@ the file and the field."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 from pathlib import Path
 
@@ -118,6 +119,30 @@ def test_kubeconfig_uses_the_current_context(tmp_path: Path) -> None:
     dev = load_client_config("", write(tmp_path, TWO_CONTEXTS.format(current="dev", ca=b64(PEM))), {})
     assert (dev.server, dev.username, dev.password.reveal(), dev.insecure_skip_tls_verify) == (
         "https://dev.example:6443", "admin", "s3cret", True)
+
+
+def test_a_json_kubeconfig_reads_as_its_yaml_twin_without_loading_pyyaml(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    text = TWO_CONTEXTS.format(current="prod", ca=b64(PEM))
+    as_yaml = load_client_config("", write(tmp_path, text), {})
+    json_path = write(tmp_path, json.dumps(yaml.safe_load(text)), "kubeconfig.json")
+    assert load_client_config("", json_path, {}) == dataclasses.replace(as_yaml, source=json_path)
+    probe = ("import sys; from flannel.kube.loading import load_client_config;"
+             "print(load_client_config('', sys.argv[1], {}).server, 'yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, json_path], capture_output=True, text=True, timeout=30,
+                         check=True)
+    assert out.stdout.split() == ["https://10.0.0.1:6443", "False"]
+
+
+def test_a_yaml_flow_mapping_that_is_not_json_is_still_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "{current-context: c, contexts: [{name: c, context: {cluster: k}}],"
+                           " clusters: [{name: k, cluster: {server: 'https://k:6443'}}]}\n")
+    assert load_client_config("", path, {}).server == "https://k:6443"
 
 
 def test_api_url_overrides_only_the_kubeconfig_server(tmp_path: Path) -> None:

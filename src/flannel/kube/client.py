@@ -78,9 +78,13 @@ class KubeClient:
         query = {"resourceVersion": resource_version} if resource_version is not None else None
         return await self.request("GET", f"{NODES}/{_segment(name)}", query, timeout=timeout)
 
-    def list_nodes(self, limit: int = 500) -> NodeListing:
-        """All nodes, ``limit`` per page: ``async for page in listing``, then ``listing.resource_version``."""
-        return NodeListing(self, limit)
+    def list_nodes(self, limit: int = 500, *, without_status: bool = False) -> NodeListing:
+        """All nodes, ``limit`` per page: ``async for page in listing``, then ``listing.resource_version``.
+
+        ``without_status``: each node's ``status`` (conditions, addresses, images: most of its size) is dropped
+        as the page is decoded, for callers that read only metadata and spec.
+        """
+        return NodeListing(self, limit, without_status)
 
     async def watch_nodes(self, resource_version: str, timeout_seconds: int = 300,
                           opened: Callable[[], None] | None = None) -> AsyncGenerator[tuple[str, JsonObject], None]:
@@ -148,9 +152,10 @@ class KubeClient:
 
     async def request(self, method: str, path: str, query: Mapping[str, str] | None = None,
                       body: JsonObject | None = None, content_type: str = "application/json", *,
-                      timeout: float | None = None) -> JsonObject:
+                      timeout: float | None = None,
+                      object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> JsonObject:
         """One API call, bounded by ``timeout`` (default ``request_timeout``); the JSON object answered, or the
-        typed error."""
+        typed error. ``object_pairs_hook`` is ``json.loads``'s, for the answer."""
         payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else b""
         head = self._head(method, path, query, content_type if body is not None else "", len(payload))
         limit = self.request_timeout if timeout is None else timeout
@@ -165,7 +170,7 @@ class KubeClient:
             raise error_from_response(response.status, response.phrase, data, verb=method, path=path,
                                       retry_after_header=response.headers.get("retry-after", ""))
         try:
-            decoded = json.loads(data)
+            decoded = json.loads(data, object_pairs_hook=object_pairs_hook)
         except ValueError as exc:
             raise unavailable(method, path, f"answer is not JSON: {bytes(data[:100])!r}") from exc
         if not isinstance(decoded, dict):
@@ -256,9 +261,10 @@ class NodeListing:
     continuation that expired raises ``GoneError``: list again.
     """
 
-    def __init__(self, client: KubeClient, limit: int) -> None:
+    def __init__(self, client: KubeClient, limit: int, without_status: bool = False) -> None:
         if limit < 1:
             raise ValueError(f"limit must be positive, not {limit}")
+        self._hook = _without_status if without_status else None
         self.resource_version = ""
         self.pages = 0
         self._client = client
@@ -275,7 +281,7 @@ class NodeListing:
         query = {"limit": str(self._limit)}
         if self._continue:
             query["continue"] = self._continue
-        body = await self._client.request("GET", NODES, query)
+        body = await self._client.request("GET", NODES, query, object_pairs_hook=self._hook)
         meta = body.get("metadata") or {}
         self.resource_version = str(meta.get("resourceVersion") or "")
         self._continue = str(meta.get("continue") or "")
@@ -334,6 +340,19 @@ class _Credentials:
         if token:
             self._token = Secret(token)
             self._stamp = stamp
+
+
+def _without_status(pairs: list[tuple[str, Any]]) -> JsonObject:
+    """A decoded JSON object, less ``status`` if it is a Kubernetes object (it has ``metadata`` and ``spec``).
+
+    Run by the decoder on every object as it is built, so that a node's status is freed before the next node is
+    decoded: a 100-node page is then never whole in memory, and the leases made from it are not scattered
+    among the freed pieces of one (together 0.9 MiB less resident at 5000 nodes; issue #16).
+    """
+    obj = dict(pairs)
+    if "spec" in obj and "metadata" in obj:
+        obj.pop("status", None)
+    return obj
 
 
 def _segment(name: str) -> str:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -269,10 +268,10 @@ def build_ssl_context(cfg: KubeClientConfig) -> ssl.SSLContext:
     if getattr(sslproto, "ssl", None) is None:
         raise ConfigError(f"{cfg.server}: https needs Python's ssl module, but asyncio was imported while ssl was "
                           "blocked (see flannel.daemon.entry)", field="server")
-    from flannel.tls_memory import shrink_tls_read_buffer
+    from flannel.tls_memory import client_context, shrink_tls_read_buffer
 
     shrink_tls_read_buffer()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = client_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     if cfg.insecure_skip_tls_verify:
@@ -294,8 +293,12 @@ def build_ssl_context(cfg: KubeClientConfig) -> ssl.SSLContext:
 
 
 def _load_client_cert(ctx: ssl.SSLContext, cfg: KubeClientConfig) -> None:
-    """``SSLContext`` loads certificates only from files, so inline data goes through a private temp dir."""
+    """``SSLContext`` loads certificates only from files, so inline data goes through a private temp dir.
+
+    ``tempfile`` is imported here: it loads ``shutil`` (with ``bz2`` and ``lzma``), 0.7 MiB that a client
+    certificate given as a file, or a token, never needs (issue #16)."""
     import ssl
+    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="flannel-kube-") as tmp:
         cert, key = cfg.cert_file, cfg.key_file

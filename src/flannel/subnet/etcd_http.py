@@ -287,12 +287,15 @@ class Member:
         certificate when both files are given. Files are read at every new member, so renewed ones are used."""
         import ssl
 
-        from flannel.tls_memory import shrink_tls_read_buffer
+        from flannel.tls_memory import client_context, shrink_tls_read_buffer
 
         shrink_tls_read_buffer()
         options = self._options
         try:
-            context = ssl.create_default_context(cafile=options.cafile or SYSTEM_CA_BUNDLE)
+            # What ssl.create_default_context builds (certificates and host names verified), with server names
+            # encoded without the idna codec (flannel.tls_memory).
+            context = client_context()
+            context.load_verify_locations(cafile=options.cafile or SYSTEM_CA_BUNDLE)
             if options.certfile and options.keyfile:
                 context.load_cert_chain(options.certfile, options.keyfile)
         except (OSError, ssl.SSLError) as exc:

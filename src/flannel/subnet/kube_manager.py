@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from flannel import metrics
@@ -232,7 +231,7 @@ class KubeSubnetManager:
         (``kube_own_node``); raises ``LeaseRevokedError`` when the node's podCIDR is no longer ``lease``'s."""
         if self.opts.set_node_network_unavailable:
             try:
-                await self.client.patch_node_status(self.node_name, network_unavailable_patch(datetime.now(UTC)))
+                await self.client.patch_node_status(self.node_name, network_unavailable_patch(time.time()))
                 log.info("set condition NetworkUnavailable=False on node %s", self.node_name)
             except KubeApiError as exc:
                 log.error("failed to set NetworkUnavailable=False on node %s: %s", self.node_name, exc)
@@ -314,7 +313,7 @@ class KubeSubnetManager:
 
     async def _relist(self, queue: asyncio.Queue[WatchResult]) -> str:
         """List every node page by page (never the whole list in memory) and queue the snapshot."""
-        listing = self.client.list_nodes(LIST_PAGE)
+        listing = self.client.list_nodes(LIST_PAGE, without_status=True)  # a lease is metadata and spec
         known: dict[str, Lease] = {}
         async for page in listing:
             for node in page:

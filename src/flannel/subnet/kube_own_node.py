@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from flannel.backoff import Backoff
@@ -145,7 +144,7 @@ class OwnNodeKeeper:
                         _flannel_view(node, patch) or "none")
             await self.client.patch_node_status(self.node_name, patch)
         if recreated and self.set_network_unavailable:
-            await self.client.patch_node_status(self.node_name, network_unavailable_patch(datetime.now(UTC)))
+            await self.client.patch_node_status(self.node_name, network_unavailable_patch(time.time()))
             log.info("set condition NetworkUnavailable=False on re-created node %s", self.node_name)
         if self._deleted:
             log.info("node %s is back, with this flanneld's podCIDR and annotations", self.node_name)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,11 +53,36 @@ def command_text(argv: Sequence[str]) -> str:
 
 def find_binary(name: str) -> str:
     """The full path of ``name`` on PATH; ``CommandNotFoundError`` with a hint otherwise."""
-    path = shutil.which(name)
+    path = which(name)
     if path is None:
         package = "nftables" if name.startswith("nft") else "iptables"
         raise CommandNotFoundError(f"{name}: command not found on PATH (install the {package} package)")
     return path
+
+
+def which(name: str) -> str | None:
+    """``shutil.which`` for an executable file, written out: importing ``shutil`` also loads ``bz2``, ``lzma``
+    and ``fnmatch``, 0.7 MiB of flanneld's resident memory for one PATH lookup (issue #16)."""
+    if os.path.dirname(name):
+        return name if _executable(name) else None
+    path = os.environ.get("PATH")
+    if path is None:
+        path = os.confstr("CS_PATH") or os.defpath
+    if not path:
+        return None
+    seen: set[str] = set()
+    for folder in path.split(os.pathsep):
+        if folder in seen:
+            continue
+        seen.add(folder)
+        candidate = os.path.join(folder, name)
+        if _executable(candidate):
+            return candidate
+    return None
+
+
+def _executable(path: str) -> bool:
+    return os.path.exists(path) and os.access(path, os.F_OK | os.X_OK) and not os.path.isdir(path)
 
 
 async def run_command(argv: Sequence[str], stdin: str | None = None, *, check: bool = True,
