@@ -28,6 +28,12 @@ _ATTR_FIELDS = ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "Backend
 # lower-case IPv6 only (spec §4).
 _KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$", re.ASCII)
 
+# A whole lease value as Go's vxlan backend writes it for an IPv4 node (``to_json`` writes the same bytes): the
+# common case of a start-up's listing, matched in C (4 µs) instead of decoded and re-serialised (14 µs per lease).
+_GO_VXLAN_VALUE = re.compile(
+    rb'\{"PublicIP":"([0-9.]{7,15})","PublicIPv6":null,"BackendType":"vxlan",'
+    rb'"BackendData":(\{"VNI":(?:0|[1-9][0-9]{0,9}),"VtepMAC":"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"\})\}')
+
 # Exactly the dotted quads ``IPv4Address`` accepts (ASCII digits, 0-255, no leading zeros), matched in C: a
 # start-up decodes two addresses per lease, and ``ipaddress``'s own parser was a third of that time.
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
@@ -75,6 +81,11 @@ class LeaseAttrs:
     @classmethod
     def from_json(cls, data: str | bytes) -> LeaseAttrs:
         """Decode a lease value; raise ``LeaseDecodeError`` with the reason when it is malformed."""
+        m = _GO_VXLAN_VALUE.fullmatch(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
+        if m is not None and (public := _ipv4_int(m.group(1).decode("ascii"))) is not None:
+            # Exactly what Go's vxlan backend writes (and ``to_json``): nothing to check beyond the address,
+            # and the backend data is already in its compact form. Everything else is decoded in full below.
+            return cls(public_ip=IPv4Address(public), backend_type="vxlan", backend_data=m.group(2).decode("ascii"))
         try:
             raw = fold(load_object(data, "lease value"), _ATTR_FIELDS)
             return cls(

@@ -319,3 +319,37 @@ def test_vtep_mac_of_backend_data_that_is_not_an_object_is_a_decode_error() -> N
     attrs = LeaseAttrs.from_json('{"PublicIP":"198.18.0.1","BackendType":"vxlan","BackendData":"text"}')
     with pytest.raises(LeaseDecodeError):
         vtep_mac(attrs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_fast_path_for_gos_vxlan_values_decodes_exactly_as_the_full_decoder(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+    import re
+
+    from flannel import lease as lease_module
+
+    rnd = random.Random(seed)
+    values = [
+        '{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":'
+        '{"VNI":1,"VtepMAC":"02:00:0a:0b:0c:0d"}}',
+        '{"PublicIP":"0.0.0.0","PublicIPv6":null,"BackendType":"vxlan","BackendData":'
+        '{"VNI":0,"VtepMAC":"02:00:0a:0b:0c:0d"}}',
+    ]
+    for _ in range(300):
+        octets = [rnd.choice(["0", "1", "25", "255", "256", "01", "300", str(rnd.randrange(256))]) for _ in range(4)]
+        vni = rnd.choice(["1", "0", "01", "4096", "9999999999", "-1", "1.0", "1e3"])
+        mac = rnd.choice(["02:00:0a:0b:0c:0d", "02:00:0A:0B:0C:0D", "02:00:0a:0b:0c", "zz:00:0a:0b:0c:0d"])
+        values.append(f'{{"PublicIP":"{".".join(octets)}","PublicIPv6":null,"BackendType":"vxlan",'
+                      f'"BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}')
+
+    def decode(value: str) -> LeaseAttrs | str:
+        try:
+            return LeaseAttrs.from_json(value.encode())
+        except LeaseDecodeError as exc:
+            return f"error: {exc}"
+
+    fast = [decode(v) for v in values]
+    monkeypatch.setattr(lease_module, "_GO_VXLAN_VALUE", re.compile(rb"(?!)"))
+    assert fast == [decode(v) for v in values]
+    assert sum(isinstance(a, LeaseAttrs) for a in fast) > 10
