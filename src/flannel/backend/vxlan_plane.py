@@ -42,8 +42,8 @@ Network = IPv4Network | IPv6Network
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 RTPROT_KERNEL = 2
 """Routes the kernel made itself, e.g. the /128 prefix route of the v6 device's own address."""
-ZERO_MAC = "00:00:00:00:00:00"
 _ZERO_MAC = bytes(6)
+"""The all-zeros FDB entry (a default destination someone may have added by hand): never ours to delete."""
 ROWS_PER_STEP = 1000
 """Kernel entries a stepped reconcile decodes before it pauses: about 6-8 ms of Python each (issue #16)."""
 R = TypeVar("R")
