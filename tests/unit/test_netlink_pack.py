@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import socket
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
@@ -85,3 +85,12 @@ def test_fast_ipv4_packing_equals_the_generic_form(seed: int) -> None:
                 route = RouteReplace(dst=net, gateway=ip, oif=index, onlink=onlink, protocol=rnd.choice((4, 11)),
                                      scope=scope)
                 assert route.pack(seq) == generic_route(route, seq)
+
+
+def test_an_ipv4_route_via_an_ipv6_gateway_keeps_the_generic_form() -> None:
+    """The fast layout has room for an IPv4 gateway only; anything else must not be cut to four bytes."""
+    route = RouteReplace(dst=IPv4Network("10.1.2.0/24"), gateway=IPv6Address("fe80::1"), oif=3)
+    body = RTMSG.pack(socket.AF_INET, 24, 0, 0, RT_TABLE_MAIN, route.protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    body += wire.attr(RTA_DST, bytes([10, 1, 2, 0])) + wire.attr(RTA_GATEWAY, IPv6Address("fe80::1").packed)
+    body += wire.attr_u32(RTA_OIF, 3)
+    assert route.pack(9) == wire.message(RTM_NEWROUTE, REPLACE, 9, body)

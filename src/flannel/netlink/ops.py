@@ -193,7 +193,7 @@ class RouteReplace:
         scope = self.scope if self.scope is not None else (
             RT_SCOPE_UNIVERSE if self.gateway is not None else RT_SCOPE_LINK)
         gw = self.gateway
-        if dst.version == 4 and dst.prefixlen and gw is not None and self.oif is not None:
+        if dst.version == 4 and dst.prefixlen and gw is not None and gw.version == 4 and self.oif is not None:
             return _ROUTE4.pack(_ROUTE4.size, RTM_NEWROUTE, _REPLACE, seq, 0,
                                 socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, self.protocol, scope,
                                 RTN_UNICAST, RTNH_F_ONLINK if self.onlink else 0,
