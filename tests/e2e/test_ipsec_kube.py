@@ -14,11 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import ETCD_IP, Cluster, eventually, subnet_of
+from tests.e2e.cluster import Cluster, eventually, subnet_of
 from tests.e2e.test_ipsec import conn_name, conns, has_tunnel_policies, ike_established, policies
-from tests.e2e.test_kube_cluster import PREFIX, TOKEN, KubeCluster
+from tests.e2e.test_kube_cluster import PREFIX, KubeCluster
 from tests.ipsec_support import PSK, esp_unavailable, require_charon, write_strongswan_conf
-from tests.kube_fake.process import start_fake_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -32,11 +31,8 @@ def kube() -> Iterator[KubeCluster]:
     try:
         c.start()
         conf = write_strongswan_conf(c.tmp)
-        tls = c.tmp / "tls"
-        api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
-                                 args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
+        k = KubeCluster.serve(c)
         try:
-            k = KubeCluster(c, api, tls)
             k.net_conf.write_text(NET_CONF)
             for n in (1, 2):
                 k.create_node(f"h{n}", n)
@@ -49,7 +45,7 @@ def kube() -> Iterator[KubeCluster]:
                 c.wait_ready(host, timeout=30)
             yield k
         finally:
-            api.stop()
+            k.api.stop()
     finally:
         c.close()
 

@@ -45,6 +45,19 @@ class KubeCluster:
         self.net_conf.write_text(NET_CONF)
         self.tls = tls
 
+    @classmethod
+    def serve(cls, c: Cluster) -> KubeCluster:
+        """The fake API server started in ``c``'s etcd namespace (TLS, the shared token, a bookmark every 5 s),
+        and the cluster around it; stop the server with ``api.stop()``."""
+        tls = c.tmp / "tls"
+        api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
+                                 args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
+        try:
+            return cls(c, api, tls)
+        except BaseException:
+            api.stop()
+            raise
+
     def call(self, method: str, path: str, body: object = None, content_type: str = "application/json") -> object:
         """One API request from inside the API server's namespace (the root namespace cannot reach it)."""
         script = (
@@ -74,11 +87,8 @@ class KubeCluster:
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeCluster]:
     for c in _cluster():
-        tls = c.tmp / "tls"
-        api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
-                                 args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
+        k = KubeCluster.serve(c)
         try:
-            k = KubeCluster(c, api, tls)
             for n in (1, 2, 3):
                 k.create_node(f"h{n}", n)
                 k.start(c.add_host(n))
@@ -87,7 +97,7 @@ def kube() -> Iterator[KubeCluster]:
                 c.add_pod(host)
             yield k
         finally:
-            api.stop()
+            k.api.stop()
 
 
 def test_every_pod_pings_every_other_pod_across_hosts(kube: KubeCluster) -> None:

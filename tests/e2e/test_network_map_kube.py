@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import ETCD_IP, Host, eventually, in_ns
+from tests.e2e.cluster import Host, eventually, in_ns
 from tests.e2e.conftest import _cluster
-from tests.e2e.test_kube_cluster import TOKEN, KubeCluster
-from tests.kube_fake.process import start_fake_process
+from tests.e2e.test_kube_cluster import KubeCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -32,11 +31,8 @@ def map_json(host: Host) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def kube() -> Iterator[KubeCluster]:
     for c in _cluster():
-        tls = c.tmp / "tls"
-        api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
-                                 args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
+        k = KubeCluster.serve(c)
         try:
-            k = KubeCluster(c, api, tls)
             for n in (1, 2):
                 k.create_node(f"h{n}", n)
                 host = c.add_host(n)
@@ -47,7 +43,7 @@ def kube() -> Iterator[KubeCluster]:
                 c.wait_ready(host)
             yield k
         finally:
-            api.stop()
+            k.api.stop()
 
 
 def test_map_json_lists_the_nodes_of_the_api_server(kube: KubeCluster) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.cluster import ETCD_IP, Cluster, Host
+from tests.e2e.cluster import Cluster, Host
 
 if TYPE_CHECKING:
     from tests.e2e.test_kube_cluster import KubeCluster
@@ -101,16 +101,12 @@ def kube_wg_cluster(net_conf: str, add_node: Callable[[KubeCluster, int], None],
                     ready: Callable[[Cluster, Host], object]) -> Iterator[KubeCluster]:
     """Two wireguard hosts in Kubernetes mode against the fake API server (a module fixture's body):
     ``add_node(k, n)`` creates node ``h<n>`` in the API, ``ready(c, host)`` waits until its flanneld is ready."""
-    from tests.e2e.test_kube_cluster import TOKEN, KubeCluster
-    from tests.kube_fake.process import start_fake_process
+    from tests.e2e.test_kube_cluster import KubeCluster
 
     gen = wg_cluster('{"Type":"wireguard"}', ipv6=True, hosts=0)  # the hosts start in kube mode below
     c = next(gen)
-    tls = c.tmp / "tls"
-    api = start_fake_process(f"{ETCD_IP}:6443", netns=f"{c.prefix}etcd",
-                             args=["--tls-dir", str(tls), "--token", TOKEN, "--bookmark-interval", "5"])
+    k = KubeCluster.serve(c)
     try:
-        k = KubeCluster(c, api, tls)
         k.net_conf.write_text(net_conf)
         for n in (1, 2):
             add_node(k, n)
@@ -120,5 +116,5 @@ def kube_wg_cluster(net_conf: str, add_node: Callable[[KubeCluster, int], None],
             c.add_pod(host)
         yield k
     finally:
-        api.stop()
+        k.api.stop()
         gen.close()
