@@ -201,7 +201,7 @@ def test_the_map_page_in_chromium_shows_three_nodes_and_turns_a_broken_peer_red(
                     timeout=30_000)
                 healthy = ARTIFACTS / "healthy.png"
                 page.screenshot(path=str(healthy))
-                in_ns(h1.ns, "ip", "route", "del", peer, "dev", "flannel.1")
+                in_ns(h1.ns, "ip", "route", "del", peer)  # no "dev": it names a nexthop object
                 route_deleted = True
                 # Within a refresh period: a probe round (2 s, plus 3 unanswered echoes) and a fetch (2 s).
                 page.wait_for_function(

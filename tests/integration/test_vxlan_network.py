@@ -50,8 +50,8 @@ PEER_PUBLIC = "198.18.0.9"
 RegisterFn = Callable[..., Node]
 
 
-@pytest.fixture
-def register(netns: NetNS) -> Iterator[RegisterFn]:
+@pytest.fixture(name="register")
+def register_fixture(netns: NetNS) -> Iterator[RegisterFn]:
     """``register(backend={...})`` builds the network in ``netns``; its netlink socket is closed afterwards."""
     nodes = Nodes(netns)
 
@@ -118,6 +118,17 @@ def routes(ns: NetNS) -> set[tuple[str, str, str, bool]]:
     return out
 
 
+def nh_of(i: int) -> int:
+    """The nexthop object id of peer ``i``'s route: its gateway (the subnet's network address) as a number."""
+    return int(IPv4Address(f"10.{100 + (i >> 8)}.{i & 0xFF}.0"))
+
+
+def route_lines(i: int) -> list[str]:
+    """The log lines of peer ``i``'s route, programmed through a nexthop object (the default)."""
+    gw = f"10.{100 + (i >> 8)}.{i & 0xFF}.0"
+    return [f"nexthop replace id {nh_of(i)} via {gw} dev flannel.1 onlink", f"route replace {gw}/24 nhid {nh_of(i)}"]
+
+
 def tunnel_entries(i: int, public: str = PEER_PUBLIC) -> tuple[Any, Any, Any]:
     """The neighbour, FDB entry and route one tunnelled peer must have."""
     lease = peer(i)
@@ -137,8 +148,8 @@ def log_lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [line for r in caplog.records if r.levelno == level for line in r.getMessage().splitlines()]
 
 
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+@pytest.fixture(name="logs")
+def logs_fixture(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="flannel")
     return caplog
 
@@ -215,10 +226,10 @@ def test_added_lease_programs_neighbour_fdb_and_onlink_route(netns: NetNS, regis
     node = register()
     node.events(added(peer(3)))
     expect_tunnel(netns, 3)
-    assert log_lines(logs, logging.INFO)[-3:] == [
+    assert log_lines(logs, logging.INFO)[-4:] == [
         f"neigh replace 10.100.3.0 lladdr {mac_of(3)} dev flannel.1 nud permanent",
         f"fdb replace {mac_of(3)} dev flannel.1 dst {PEER_PUBLIC} self permanent",
-        "route replace 10.100.3.0/24 via 10.100.3.0 dev flannel.1 onlink",
+        *route_lines(3),
     ]
 
     logs.clear()
@@ -306,8 +317,7 @@ def test_reconcile_restores_entries_deleted_by_hand(netns: NetNS, register: Regi
     warnings = log_lines(logs, logging.WARNING)
     assert f"neigh replace 10.100.4.0 lladdr {mac_of(4)} dev flannel.1 nud permanent " \
            "(repair: neighbour 10.100.4.0 missing)" in warnings
-    assert "route replace 10.100.3.0/24 via 10.100.3.0 dev flannel.1 onlink (repair: route to 10.100.3.0/24 missing)" \
-           in warnings
+    assert f"{route_lines(3)[1]} (repair: route to 10.100.3.0/24 missing)" in warnings
     assert node.reconcile() == 0
 
 
@@ -361,7 +371,7 @@ def test_device_deleted_by_hand_is_recreated_with_its_mac_and_entries(netns: Net
     node.network.synced = True
     before = link_info(netns)
     netns.ip("link", "del", DEV)
-    assert node.reconcile() == 1 + 6
+    assert node.reconcile() == 1 + 8  # the device, then each peer's neighbour, FDB entry, nexthop and route
     after = link_info(netns)
     assert after["ifindex"] != before["ifindex"]
     assert (after["address"], after["mtu"], after["id"], after["local"]) == (
@@ -553,10 +563,10 @@ def test_two_thousand_peers_in_one_snapshot_then_half_removed(netns: NetNS, regi
 def test_a_large_batch_is_one_line_of_counts_at_info_and_one_line_per_change_at_debug(
         netns: NetNS, register: RegisterFn, logs: pytest.LogCaptureFixture) -> None:
     node = register()
-    node.apply(WatchResult(snapshot=tuple(peer(i) for i in range(DETAILED_BATCH))))  # 300 changes
+    node.apply(WatchResult(snapshot=tuple(peer(i) for i in range(DETAILED_BATCH))))  # 400 changes
     info = log_lines(logs, logging.INFO)
-    assert "applied 300 kernel changes (100 neigh replace, 100 fdb replace, 100 route replace); " \
-           "each is logged at -v 4" in info
+    assert "applied 400 kernel changes (100 neigh replace, 100 fdb replace, 100 nexthop replace, " \
+           "100 route via nexthop); each is logged at -v 4" in info
     assert not any(line.startswith("route replace") for line in info)
     logs.clear()
     logs.set_level(logging.DEBUG, logger="flannel")
@@ -579,10 +589,11 @@ def test_lease_events_between_reconcile_steps_are_neither_undone_nor_reported_as
     netns.ip("neigh", "del", "10.100.11.0", "dev", DEV)  # drift by hand on peers removed during that table's step
     netns.run(["bridge", "fdb", "del", mac_of(12), "dev", DEV, "dst", "198.18.1.12", "self"])
     netns.ip("route", "del", "10.100.10.0/24")
+    netns.ip("nexthop", "del", "id", str(nh_of(14)))  # (its route goes with it)
     netns.ip("route", "del", "10.100.13.0/24")  # drift by hand on a peer no event touches
-    # Pauses: 1 before the neighbours, 2-3 inside them, 4 before the FDB, 5-6 inside it, 7 before the routes,
-    # 8-9 inside them (2500 entries in steps of 1000).
-    removed_inside = {2: 11, 5: 12, 8: 10}
+    # Pauses: 1 before the neighbours, 2-3 inside them, 4 before the FDB, 5-6 inside it, 7 before the nexthops,
+    # 8-9 inside them, 10 before the routes, 11-12 inside them (2500 entries in steps of 1000).
+    removed_inside = {2: 11, 5: 12, 8: 14, 11: 10}
     logs.clear()
 
     steps = node.call(node.network.reconcile_steps)
@@ -603,7 +614,7 @@ def test_lease_events_between_reconcile_steps_are_neither_undone_nor_reported_as
             events.append(removed(peers.pop(removed_inside[pauses])))
         node.events(*events)
 
-    assert pauses == 9
+    assert pauses == 12
     assert repairs == 1
     repaired = [line for line in log_lines(logs, logging.WARNING) if "(repair:" in line]
     assert len(repaired) == 1 and "10.100.13.0/24" in repaired[0]

@@ -28,6 +28,7 @@ from flannel.netlink import (
     NeighDelete,
     Netlink,
     NetlinkError,
+    NexthopDelete,
     Route,
     RouteDelete,
     RouteReplace,
@@ -199,7 +200,7 @@ def apply_ops(nl: Netlink, ops: Sequence[object], reasons: Sequence[str] | None 
             else:
                 kind = metrics.op_kind(op)
                 applied[kind] = applied.get(kind, 0) + 1
-        elif isinstance(op, RouteDelete | NeighDelete | FdbDelete) and is_gone(err):
+        elif isinstance(op, RouteDelete | NeighDelete | FdbDelete | NexthopDelete) and is_gone(err):
             log.debug("%s: already gone", op.describe(names))
         else:
             failures += 1

@@ -14,7 +14,7 @@ from typing import Any
 from flannel.backend.backend_config import bool_key, int_key, read_section
 from flannel.errors import ConfigError
 
-_FIELDS = ["VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting"]
+_FIELDS = ["VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting", "NexthopObjects"]
 _WINDOWS_ONLY = {"macprefix": "only applies on Windows", "name": "only applies on Windows"}
 VXLAN_OVERHEAD = 50
 """Bytes of outer headers upstream subtracts from the MTU (⚠ it uses 50 even over an IPv6 underlay)."""
@@ -52,6 +52,8 @@ class VXLANConfig:
     """Let the kernel learn FDB entries from traffic (off: flannel programs them)."""
     direct_routing: bool = False
     """Route directly over the underlay to peers on the same L2 segment instead of encapsulating."""
+    nexthop_objects: bool = True
+    """Ours, not upstream's: IPv4 peer routes name kernel nexthop objects (``nhid N``) where the kernel has them."""
 
     @property
     def device_name(self) -> str:
@@ -74,6 +76,7 @@ def parse_vxlan_config(backend: Mapping[str, Any]) -> VXLANConfig:
         gbp=bool_key(raw, "GBP"),
         learning=bool_key(raw, "Learning"),
         direct_routing=bool_key(raw, "DirectRouting"),
+        nexthop_objects=bool_key(raw, "NexthopObjects", True),
     )
     if cfg.mtu and not MIN_MTU <= cfg.mtu <= MAX_MTU:
         # Checked here: past this point the value would reach netlink (EINVAL) or overflow its u32 (struct.error).

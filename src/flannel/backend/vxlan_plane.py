@@ -27,11 +27,15 @@ from flannel.netlink import (
     NeighDelete,
     NeighReplace,
     Netlink,
+    NexthopDelete,
+    NexthopReplace,
     RouteDelete,
     RouteReplace,
+    RouteViaNexthop,
 )
 from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN, RTM_F_CLONED, RTNH_F_ONLINK
 from flannel.netlink.neigh import entry_fields
+from flannel.netlink.nexthops import NexthopFields, nexthop_fields, nexthop_id
 from flannel.netlink.routes import network_of, route_fields
 from flannel.netlink.transport import Steps, drain
 
@@ -91,6 +95,11 @@ class VXLANPlane:
     """Current kernel index of the device (changes when it is recreated)."""
     desired: dict[str, PeerEntries] = field(default_factory=dict)
     """Wanted entries by lease key."""
+    nexthops: bool = False
+    """Tunnel routes name nexthop objects (IPv4, kernel 5.3+; see ``netlink.nexthops``) instead of carrying their
+    gateway: the kernel adds them in linear rather than quadratic time."""
+    foreign_ids: frozenset[int] = frozenset()
+    """Nexthop ids held by objects that are not on our device (someone else's): those peers get plain routes."""
     _touched: set[object] | None = field(default=None, init=False, repr=False)
     """While a stepped comparison runs: the destinations, gateways and MACs lease events changed since its
     listing was taken (see ``_tracked``)."""
@@ -154,8 +163,30 @@ class VXLANPlane:
         if was is None or was.mac != e.mac or was.public_ip != e.public_ip:
             ops.append(FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip))
         if was is None or was.dst != e.dst or was.gateway != e.gateway:
-            ops.append(RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True))
+            nh = self._nexthop_of(e)
+            if nh:
+                ops.append(NexthopReplace(id=nh, gateway=e.gateway, oif=self.dev_index))  # type: ignore[arg-type]
+            ops.append(self._route_op(e, nh))
         return ops
+
+    def use_nexthops(self, found: list[NexthopFields] | None) -> None:
+        """Program tunnel routes through nexthop objects from now on, given the kernel's current objects
+        (``Netlink.nexthops``; None: this kernel has none, and plain routes stay)."""
+        if found is not None and not self.v6:
+            self.nexthops = True
+            self.foreign_ids = frozenset(nh for nh, oif, _gw, _flags in found if oif != self.dev_index)
+
+    def _nexthop_of(self, e: PeerEntries) -> int:
+        """The nexthop id ``e``'s route names; 0 for a plain route (off, IPv6, direct, or the id is taken)."""
+        if not self.nexthops or e.direct:
+            return 0
+        nh = nexthop_id(e.gateway)  # type: ignore[arg-type]
+        return 0 if nh in self.foreign_ids else nh
+
+    def _route_op(self, e: PeerEntries, nh: int) -> object:
+        if nh:
+            return RouteViaNexthop(dst=e.dst, id=nh)  # type: ignore[arg-type]
+        return RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)
 
     def _remove_ops(self, e: PeerEntries, keep: PeerEntries | None) -> list[object]:
         ops: list[object] = []
@@ -167,6 +198,9 @@ class VXLANPlane:
                 ops.append(FdbDelete(index=self.dev_index, mac=e.mac, dst=e.public_ip))
             if keep is None or keep.direct or keep.gateway != e.gateway:
                 ops.append(NeighDelete(index=self.dev_index, ip=e.gateway))
+                nh = self._nexthop_of(e)
+                if nh:  # after the route: deleting a nexthop takes every route that names it along
+                    ops.append(NexthopDelete(id=nh))
         return ops
 
     # -- reconcile -----------------------------------------------------------------------------------
@@ -182,7 +216,10 @@ class VXLANPlane:
         """``drift_ops`` cut into its three tables, each itself stepped, so that a caller can let lease events
         in between: reading and comparing one table of 5000 peers is about 20 ms of Python (30-40 ms when it was
         decoded first), a visible stall in the event loop for every event that arrives meanwhile."""
-        return [partial(self._tracked, step) for step in (self._neighbour_drift, self._fdb_drift, self._route_drift)]
+        tables = [self._neighbour_drift, self._fdb_drift]
+        if self.nexthops:  # before the routes, which name them
+            tables.append(self._nexthop_drift)
+        return [partial(self._tracked, step) for step in (*tables, self._route_drift)]
 
     def _tracked(self, step: Callable[[set[object]], Steps[R]]) -> Steps[R]:
         """Run one table's stepped comparison, collecting what lease events change while it pauses.
@@ -260,39 +297,77 @@ class VXLANPlane:
                 repairs.append((f"stale fdb entry {mac}", FdbDelete(index=dev, mac=mac, dst=ip_address(dst))))
         return repairs
 
+    def _nexthop_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
+        # Every object is listed, not only our device's: the ids on other devices are someone else's, and the
+        # peers whose id they hold keep plain routes (``foreign_ids``). Ours are recognised by their shape.
+        dev = self.dev_index
+        wanted = {nexthop_id(e.gateway): e for e in self.desired.values()  # type: ignore[arg-type]
+                  if not e.direct}
+        foreign: set[int] = set()
+        wrong: list[PeerEntries] = []
+        stale: list[int] = []
+
+        def each(data: bytes, start: int, end: int) -> None:
+            nh, oif, gw, flags = nexthop_fields(data, start, end)
+            if oif != dev:
+                foreign.add(nh)
+                return
+            e = wanted.pop(nh, None)
+            ours = gw is not None and len(gw) == 4 and int.from_bytes(gw, "big") == nh and flags & RTNH_F_ONLINK
+            if e is None:
+                if ours:
+                    stale.append(nh)
+            elif not ours:
+                wrong.append(e)
+
+        yield from self.nl.nexthop_scan(each, ROWS_PER_STEP)
+        self.foreign_ids = frozenset(foreign)
+        missing = [e for nh, e in wanted.items() if nh not in foreign]
+        repairs: list[tuple[str, object]] = [
+            (f"nexthop {nexthop_id(e.gateway)} {what}",  # type: ignore[arg-type]
+             NexthopReplace(id=nexthop_id(e.gateway), gateway=e.gateway, oif=dev))  # type: ignore[arg-type]
+            for what, entries in (("wrong", wrong), ("missing", missing))
+            for e in entries if e.gateway not in touched]
+        repairs.extend((f"stale nexthop {nh}", NexthopDelete(id=nh)) for nh in stale
+                       if IPv4Address(nh) not in touched)
+        return repairs
+
     def _route_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
         # million routes in main, and decoding them all every reconcile would stall the event loop. They are
         # compared undecoded, by destination bytes and length (``ipaddress`` builds and hashes in Python).
         dev = self.dev_index
-        tunnel = {_route_key(e.dst): e for e in self.desired.values() if not e.direct}
+        nexthop_of = self._nexthop_of
+        tunnel = {_route_key(e.dst): (e, nexthop_of(e)) for e in self.desired.values() if not e.direct}
         direct = {_route_key(e.dst) for e in self.desired.values() if e.direct}
         wrong: list[PeerEntries] = []
         stale: list[tuple[int, bytes | None, int]] = []
 
         def each(data: bytes, start: int, end: int) -> None:
-            family, dst_len, proto, _scope, _type, flags, dst, gw, oif, table = route_fields(data, start, end)
-            if flags & RTM_F_CLONED or table != RT_TABLE_MAIN or oif != dev:
+            family, dst_len, proto, _scope, _type, flags, dst, gw, oif, table, nh = route_fields(data, start, end)
+            # A route naming a nexthop object carries its device only in compat mode (the kernel filtered by it).
+            if flags & RTM_F_CLONED or table != RT_TABLE_MAIN or (oif != dev and not nh):
                 return
             key = (dst or b"") + bytes((dst_len,))
-            e = tunnel.pop(key, None)
-            if e is not None:
-                if gw != e.gateway.packed or not flags & RTNH_F_ONLINK:
+            found = tunnel.pop(key, None)
+            if found is not None:
+                e, want = found
+                if nh != want or (not want and (gw != e.gateway.packed or not flags & RTNH_F_ONLINK)):
                     wrong.append(e)
             elif key not in direct and proto != RTPROT_KERNEL:
                 # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
                 stale.append((family, dst, dst_len))
 
         yield from self.nl.route_scan(self.family, dev, each, ROWS_PER_STEP)
-        missing = [e for e in tunnel.values() if e.dst not in touched]
+        missing = [e for e, _ in tunnel.values() if e.dst not in touched]
         elsewhere = main_routes(self.nl, self.family, [e.dst for e in missing]) if missing else {}
         repairs: list[tuple[str, object]] = []
         for e in missing:
             r = elsewhere.get(e.dst)
             if r is None or r.gateway != e.gateway or r.oif != dev or not r.onlink:
                 repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
-                                RouteReplace(dst=e.dst, gateway=e.gateway, oif=dev, onlink=True)))
-        repairs.extend((f"route to {e.dst} wrong", RouteReplace(dst=e.dst, gateway=e.gateway, oif=dev, onlink=True))
+                                self._route_op(e, nexthop_of(e))))
+        repairs.extend((f"route to {e.dst} wrong", self._route_op(e, nexthop_of(e)))
                        for e in wrong if e.dst not in touched)
         for family, dst, dst_len in stale:
             net = network_of(family, dst, dst_len)

@@ -13,6 +13,7 @@ from flannel.netlink.errors import NetlinkError, is_exists, is_gone, is_unreacha
 from flannel.netlink.links import IptunInfo, IptunSpec, Link, VxlanInfo, VxlanSpec
 from flannel.netlink.monitor import LinkEvent, LinkMonitor, link_events
 from flannel.netlink.neigh import FdbEntry, Neigh
+from flannel.netlink.nexthops import NexthopDelete, NexthopReplace, RouteViaNexthop
 from flannel.netlink.ops import (
     BlackholeRouteReplace,
     FdbDelete,
@@ -41,11 +42,14 @@ __all__ = [
     "NeighReplace",
     "Netlink",
     "NetlinkError",
+    "NexthopDelete",
+    "NexthopReplace",
     "Op",
     "Route",
     "RouteDelete",
     "RouteInfo",
     "RouteReplace",
+    "RouteViaNexthop",
     "VxlanInfo",
     "VxlanSpec",
     "is_exists",

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from ipaddress import ip_address
 
-from flannel.netlink import addrs, links, neigh, routes
+from flannel.netlink import addrs, links, neigh, nexthops, routes
 from flannel.netlink.addrs import Addr
 from flannel.netlink.consts import (
     IFF_UP,
@@ -27,6 +27,7 @@ from flannel.netlink.consts import (
     RTM_GETADDR,
     RTM_GETLINK,
     RTM_GETNEIGH,
+    RTM_GETNEXTHOP,
     RTM_GETROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
@@ -236,3 +237,21 @@ class Netlink(Transport):
         """``route_scan`` for one device's forwarding database (see ``neigh.entry_fields``)."""
         yield from self._dump_steps(RTM_GETNEIGH, neigh.fdb_dump_body(index), each, f"fdb show dev #{index}", rows)
         return None
+
+    # -- nexthop objects -----------------------------------------------------------------------------
+
+    def nexthop_scan(self, each: Scanner, rows: int) -> Steps[object]:
+        """``route_scan`` for every nexthop object (see ``nexthops.nexthop_fields``): a host has few besides
+        ours, and those others' ids are what ours must not take."""
+        yield from self._dump_steps(RTM_GETNEXTHOP, nexthops.dump_body(), each, "nexthop show", rows)
+        return None
+
+    def nexthops(self) -> list[nexthops.NexthopFields] | None:
+        """Every nexthop object, undecoded; None when this kernel has none (before Linux 5.3 the request type
+        itself is refused)."""
+        try:
+            return self._dump(RTM_GETNEXTHOP, nexthops.dump_body(), nexthops.nexthop_fields, "nexthop show")
+        except NetlinkError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPROTONOSUPPORT):
+                return None
+            raise

@@ -48,6 +48,9 @@ RTM_GETROUTE: Final = 26
 RTM_NEWNEIGH: Final = 28
 RTM_DELNEIGH: Final = 29
 RTM_GETNEIGH: Final = 30
+RTM_NEWNEXTHOP: Final = 104
+RTM_DELNEXTHOP: Final = 105
+RTM_GETNEXTHOP: Final = 106
 
 RTMGRP_LINK: Final = 1
 RTMGRP_IPV4_IFADDR: Final = 0x10
@@ -71,6 +74,12 @@ RTA_OIF: Final = 4
 RTA_GATEWAY: Final = 5
 RTA_PREFSRC: Final = 7
 RTA_TABLE: Final = 15
+RTA_NH_ID: Final = 30
+
+# nexthop objects: linux/nexthop.h (Linux 5.3+)
+NHA_ID: Final = 1
+NHA_OIF: Final = 5
+NHA_GATEWAY: Final = 6
 
 # links: linux/if_link.h
 IFF_UP: Final = 0x1
@@ -127,5 +136,6 @@ IFINFOMSG: Final = struct.Struct("=BxHiII")  # family, type, index, flags, chang
 IFADDRMSG: Final = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTMSG: Final = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 NDMSG: Final = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+NHMSG: Final = struct.Struct("=BBBxI")  # family, scope, protocol, (reserved), flags
 RTATTR: Final = struct.Struct("=HH")  # len, type
 NLMSGERR: Final = struct.Struct("=i")  # error, followed by the offending request's header

@@ -44,6 +44,7 @@ from flannel.netlink.consts import (
     RTNH_F_ONLINK,
     RTPROT_BOOT,
 )
+from flannel.netlink.nexthops import NexthopDelete, NexthopReplace, RouteViaNexthop
 from flannel.netlink.wire import IPAddress, IPNetwork
 
 _REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
@@ -282,5 +283,6 @@ class BlackholeRouteReplace:
 
 Op: TypeAlias = (
     NeighReplace | NeighDelete | FdbReplace | FdbDelete | RouteReplace | RouteDelete | BlackholeRouteReplace
+    | NexthopReplace | NexthopDelete | RouteViaNexthop
 )
 """Anything ``Netlink.apply`` accepts."""

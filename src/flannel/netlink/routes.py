@@ -14,6 +14,7 @@ from flannel.netlink import wire
 from flannel.netlink.consts import (
     RTA_DST,
     RTA_GATEWAY,
+    RTA_NH_ID,
     RTA_OIF,
     RTA_PREFSRC,
     RTA_TABLE,
@@ -61,8 +62,9 @@ _V4 = IPv4Address
 _V4NET = IPv4Network
 
 
-RouteFields = tuple[int, int, int, int, int, int, bytes | None, bytes | None, int | None, int]
-"""``(family, dst_len, protocol, scope, type, flags, RTA_DST, RTA_GATEWAY, RTA_OIF, table)`` of one route."""
+RouteFields = tuple[int, int, int, int, int, int, bytes | None, bytes | None, int | None, int, int]
+"""``(family, dst_len, protocol, scope, type, flags, RTA_DST, RTA_GATEWAY, RTA_OIF, table, RTA_NH_ID)`` of one
+route (the last 0 when the route names no nexthop object)."""
 
 
 def route_fields(data: bytes, start: int, end: int) -> RouteFields:
@@ -74,6 +76,7 @@ def route_fields(data: bytes, start: int, end: int) -> RouteFields:
     family, dst_len, _src_len, _tos, rtable, proto, scope, rtn, flags = _RTMSG(data, start)
     dst = gw = None
     route_oif = None
+    nh_id = 0
     pos = start + 12
     while pos + 4 <= end:
         alen, atype = _ATTR(data, pos)
@@ -87,15 +90,17 @@ def route_fields(data: bytes, start: int, end: int) -> RouteFields:
             route_oif = _U32(data, pos + 4)[0]
         elif atype == RTA_TABLE:
             rtable = _U32(data, pos + 4)[0]
+        elif atype == RTA_NH_ID:
+            nh_id = _U32(data, pos + 4)[0]
         pos += (alen + 3) & ~3
-    return family, dst_len, proto, scope, rtn, flags, dst, gw, route_oif, rtable
+    return family, dst_len, proto, scope, rtn, flags, dst, gw, route_oif, rtable, nh_id
 
 
 def parse_route(data: bytes, start: int, end: int, table: int | None, oif: int | None = None,
                 protocol: int = 0, rtype: int = 0) -> Route | None:
     """Decode one RTM_NEWROUTE body; None for cached clones and for routes of other tables or devices (or,
     when set, of another protocol or type)."""
-    family, dst_len, proto, scope, rtn, flags, dst, gw, route_oif, rtable = route_fields(data, start, end)
+    family, dst_len, proto, scope, rtn, flags, dst, gw, route_oif, rtable, _nh = route_fields(data, start, end)
     if flags & RTM_F_CLONED or (protocol and proto != protocol) or (rtype and rtype != rtn):
         return None
     if table is not None and rtable != table:
