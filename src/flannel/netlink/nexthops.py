@@ -111,9 +111,9 @@ class RouteViaNexthop:
         return f"route replace {socket.inet_ntoa(self.dst.network_address.packed)}/{self.dst.prefixlen} nhid {self.id}"
 
 
-def dump_body(oif: int | None = None) -> bytes:
-    """RTM_GETNEXTHOP dump request: every nexthop object, or (the kernel filters on NHA_OIF) one device's."""
-    return NHMSG.pack(0, 0, 0, 0) + (wire.attr_u32(NHA_OIF, oif) if oif is not None else b"")
+def dump_body() -> bytes:
+    """RTM_GETNEXTHOP dump request for every nexthop object (the ids on other devices matter too)."""
+    return NHMSG.pack(0, 0, 0, 0)
 
 
 NexthopFields = tuple[int, int | None, bytes | None, int]
