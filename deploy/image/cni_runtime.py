@@ -20,7 +20,10 @@ SHA-256, for the installer's content-addressed id.
 ``code_file`` serves both ways of running the plugin: the installer writes the plugin's own modules, compiled,
 into one file next to ``run.py``, whose finder imports them from there (docs/performance.md, session 5).
 
-Usage: ``cni_runtime.py OUT_DIR`` (run with the image's interpreter).
+Usage: ``cni_runtime.py OUT_DIR [PLUGIN_SRC]``, run with the interpreter to bundle. The image runs it with
+Debian's ``/usr/bin/python3.11`` (statically linked, built with PGO and LTO: it starts faster than the image's
+own ``/usr/local`` build), while ``install-cni-plugin`` runs with the image's Python: any two builds of one
+minor version share their byte code (the magic number), which the installer checks.
 """
 
 from __future__ import annotations
