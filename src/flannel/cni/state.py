@@ -55,15 +55,15 @@ def open_data_dir(data_dir: str, *, create: bool) -> int | None:
     except OSError as exc:
         raise _dir_error(data_dir, exc) from None
     try:
-        parent = dirname(data_dir.rstrip("/"))
-        if parent:
-            import os  # for makedirs, once per node: the data directory is there from then on
-
-            os.makedirs(parent, exist_ok=True)
-        try:  # noqa: SIM105 - contextlib is one import more on the plugin's start-up path
+        try:
             posix.mkdir(data_dir, DIR_MODE)
         except FileExistsError:  # another ADD made it meanwhile; it is checked below like any other
             pass
+        except (FileNotFoundError, NotADirectoryError):
+            parent = dirname(data_dir.rstrip("/"))
+            if not parent:
+                raise
+            _make_with_parents(parent, data_dir)
         fd = open_directory(data_dir, private=True)
     except UnsafeDirectoryError as exc:  # lost a race against someone else's link
         raise _unsafe(data_dir, exc) from None
@@ -75,6 +75,18 @@ def open_data_dir(data_dir: str, *, create: bool) -> int | None:
         posix.close(fd)
         raise _dir_error(data_dir, exc) from None
     return fd
+
+
+def _make_with_parents(parent: str, data_dir: str) -> None:
+    """``mkdir -p parent`` (with ``os.makedirs``'s errors), then the data directory: only where a parent is
+    missing, so ``os`` is imported on this path alone."""
+    import os
+
+    os.makedirs(parent, exist_ok=True)
+    try:  # noqa: SIM105 - contextlib is one import more on the plugin's start-up path
+        posix.mkdir(data_dir, DIR_MODE)
+    except FileExistsError:
+        pass
 
 
 def save(data_dir: str, container_id: str, data: bytes) -> str:
