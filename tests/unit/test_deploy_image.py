@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import dis
 import importlib.util
 import json
 import marshal
@@ -338,6 +339,23 @@ def test_the_plugins_modules_come_from_the_code_file_and_name_their_sources(tmp_
     for name, (loader, *files) in loaded.items():
         assert loader == "Finder", name
         assert all(Path(f).resolve().is_relative_to(installed.resolve()) and Path(f).is_file() for f in files), name
+
+
+def test_the_code_file_applies_postponed_annotations_without_importing_future(installer: Any) -> None:
+    """``from __future__ import annotations`` becomes a compiler flag: same annotations (text), same lines, and
+    no import of ``__future__`` when the module runs."""
+    source = (SRC_PACKAGE / "cni" / "netconf.py").read_bytes()
+    code = installer.cni_runtime._compile_module(source, "flannel/cni/netconf.py")
+    names = {i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME"}
+    assert "__future__" not in names and "flannel.cni.errors" in names
+    plain = compile(source, "flannel/cni/netconf.py", "exec", dont_inherit=True)
+    functions = {c.co_name: c for c in code.co_consts if hasattr(c, "co_firstlineno")}
+    assert functions and all(functions[c.co_name].co_firstlineno == c.co_firstlineno
+                             for c in plain.co_consts if hasattr(c, "co_firstlineno"))
+    module: dict[str, Any] = {"__name__": "netconf_copy"}
+    exec(code, module)
+    assert "annotations" not in module
+    assert module["read_args"].__annotations__ == {"environ": "Mapping[str, str]", "return": "CniArgs"}
 
 
 def test_a_code_file_for_another_python_or_cut_short_is_passed_over(tmp_path: Path, installer: Any,
