@@ -79,7 +79,8 @@ VERBS = ("ADD", "CHECK", "STATUS", "GC", "DEL", "VERSION")
 def imports_per_verb(argv: list[str], top: Path) -> dict[str, list[str]]:
     """Run each verb once, in that order, through ``argv`` (an interpreter with ``-X importtime``, then the
     plugin's entry point), against the stub delegate, with a data directory that ADD creates (its parent is
-    there, as on a node); each must succeed. The modules each call imported, in order."""
+    there, as on a node); each must succeed. The modules each call imported through importlib, in order (the
+    plugin's own modules, loaded from ``plugin.marshal`` by ``run.py``, do not go through it)."""
     cni = top / "cni"
     cni.mkdir()
     (cni / "bridge").write_text(STUB_DELEGATE)
@@ -95,6 +96,7 @@ def imports_per_verb(argv: list[str], top: Path) -> dict[str, list[str]]:
         out = subprocess.run(argv, input=json.dumps(conf).encode(), env={**env, "CNI_COMMAND": verb},
                              capture_output=True, timeout=60)
         assert out.returncode == 0, (verb, out.stdout, out.stderr)
+        assert (top / "data" / "pod1").is_file() == (verb not in ("DEL", "VERSION")), verb  # the verb ran
         lines = out.stderr.decode().splitlines()
         found[verb] = [line.split("|")[-1].strip() for line in lines if line.startswith("import time:")][1:]
     return found
@@ -109,7 +111,6 @@ def test_no_verb_of_the_installed_plugin_imports_os(tmp_path: Path) -> None:
     pkg_id = installer.install_cni_plugin(str(bin_dir), mode="node")
     run = bin_dir / ".flannel" / pkg_id / "run.py"
     found = imports_per_verb([sys.executable, "-I", "-S", "-X", "importtime", str(run)], tmp_path)
-    assert "flannel.cni.state" in found["ADD"] and "flannel.cni.invoke" in found["DEL"], found
     for verb, modules in found.items():
         assert not NOT_ON_A_VERB_PATH & set(modules), (verb, modules)
         assert "__future__" not in modules, (verb, modules)  # a compiler flag in plugin.marshal

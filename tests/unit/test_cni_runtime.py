@@ -103,7 +103,6 @@ def test_no_verb_imports_os_in_the_bundled_interpreter(tmp_path: Path, bundle: d
     argv = [str(runtime / "lib" / "ld.so"), "--library-path", str(runtime / "lib"), str(runtime / "bin" / "python3"),
             "-I", "-S", "-X", "importtime", str(installed / "run.pyc")]
     found = imports_per_verb(argv, tmp_path)
-    assert "flannel.cni.state" in found["ADD"], found
     for verb, modules in found.items():
         assert not NOT_ON_A_VERB_PATH & set(modules), (verb, modules)
         assert "__future__" not in modules, (verb, modules)  # a compiler flag in plugin.marshal
