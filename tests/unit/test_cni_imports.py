@@ -114,3 +114,4 @@ def test_no_verb_of_the_installed_plugin_imports_os(tmp_path: Path) -> None:
     for verb, modules in found.items():
         assert not NOT_ON_A_VERB_PATH & set(modules), (verb, modules)
         assert "__future__" not in modules, (verb, modules)  # a compiler flag in plugin.marshal
+        assert "_json" not in modules, (verb, modules)  # plain documents are read and written by plainjson

@@ -106,6 +106,7 @@ def test_no_verb_imports_os_in_the_bundled_interpreter(tmp_path: Path, bundle: d
     for verb, modules in found.items():
         assert not NOT_ON_A_VERB_PATH & set(modules), (verb, modules)
         assert "__future__" not in modules, (verb, modules)  # a compiler flag in plugin.marshal
+        assert "_json" not in modules, (verb, modules)  # plain documents are read and written by plainjson
 
 
 @pytest.mark.parametrize(("command", "code"), [("VERSION", 999), ("STATUS", 50)])
