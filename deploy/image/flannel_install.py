@@ -8,10 +8,11 @@ rename), so the container runtime never reads half a file. Exactly two arguments
 
 ``install-cni-plugin [--python=auto|bundled|node] BIN_DIR`` replaces upstream's ``cp -f /flannel
 /opt/cni/bin/flannel``. Our plugin is Python. Where the image carries its own runtime (``cni_runtime.py``
-builds it: this interpreter, the libraries it links and the standard-library modules the plugin uses, about
-14 MB) and the static launcher (``cni_launcher.c``), the default (``auto``) and ``bundled`` put both on the
-node: ``flannel`` is then the static launcher and ``.flannel/<id>/runtime/`` the interpreter, and the plugin
-needs nothing from the node, not even a libc (Flatcar, Talos, Bottlerocket, COS). It is also no slower than
+builds it: Debian's python3.11, a build of this interpreter's minor version, the libraries it links and the
+standard-library modules the plugin uses, about 13 MB) and the static launcher (``cni_launcher.c``), the
+default (``auto``) and ``bundled`` put both on the node: ``flannel`` is then the static launcher and
+``.flannel/<id>/runtime/`` the interpreter, and the plugin needs nothing from the node, not even a libc
+(Flatcar, Talos, Bottlerocket, COS). It is also no slower than
 a node's own Python (docs/performance.md), so it is preferred whenever it is there. ``node`` (and ``auto``
 without a runtime in the image, as in a development checkout) uses the node's Python instead, and the node
 gets two things in its CNI bin directory:
