@@ -4,7 +4,9 @@
 # the node by deploy/image/iptables-wrapper), nftables and iproute2. Build it from the repository root:
 #   docker build -t ghcr.io/flannel-py/flanneld:v0.1.0 .
 # The tag is pyproject.toml's version; the registry is a placeholder for yours (docs/kubernetes.md).
-# Python 3.11 is what the project is tested with, and what Debian 12 nodes run the CNI plugin with.
+# Python 3.11 is what the project is tested with, and what Debian 12 nodes run the CNI plugin with. Keep it at
+# 3.11: the CNI plugin's runtime is Debian 12's python3.11 (below), and install-cni-plugin refuses a runtime
+# whose byte code differs from its own Python's.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
