@@ -4,7 +4,9 @@
 # the node by deploy/image/iptables-wrapper), nftables and iproute2. Build it from the repository root:
 #   docker build -t ghcr.io/flannel-py/flanneld:v0.1.0 .
 # The tag is pyproject.toml's version; the registry is a placeholder for yours (docs/kubernetes.md).
-# Python 3.11 is what the project is tested with, and what Debian 12 nodes run the CNI plugin with.
+# Python 3.11 is what the project is tested with, and what Debian 12 nodes run the CNI plugin with. Keep it at
+# 3.11: the CNI plugin's runtime is Debian 12's python3.11 (below), and install-cni-plugin refuses a runtime
+# whose byte code differs from its own Python's.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -19,16 +21,19 @@ RUN python -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
         --build-constraint constraints.txt '.[grpc,ipsec,aws,tencent,gce,ali]'
-# The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and this interpreter's
-# relocatable runtime tree holding what the plugin imports. Built here, with this stage's own Python, which is
-# the final stage's too (same base image).
+# The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and a relocatable runtime
+# tree holding what the plugin imports. The runtime is Debian 12's own /usr/bin/python3.11, not this image's
+# /usr/local one: Debian's is linked statically (no libpython to relocate, no PIE) and built with PGO and LTO,
+# and starts faster, which every pod start pays (docs/performance.md, "Session 6"). Both are 3.11, so the byte
+# code that install-cni-plugin compiles with the image's Python is the runtime's too (same magic number).
 COPY deploy/image/cni_launcher.c deploy/image/cni_runtime.py ./deploy/image/
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev binutils \
+        python3.11-minimal libpython3.11-stdlib \
     && mkdir -p /opt/flannel/libexec \
     && gcc -static -Os -Wall -Werror -o /opt/flannel/libexec/flannel-cni-launcher deploy/image/cni_launcher.c \
     && strip /opt/flannel/libexec/flannel-cni-launcher \
-    && /opt/flannel/bin/python deploy/image/cni_runtime.py /opt/flannel/cni-runtime /build/src
+    && /usr/bin/python3.11 deploy/image/cni_runtime.py /opt/flannel/cni-runtime /build/src
 
 FROM ${PYTHON_IMAGE}
 RUN apt-get update \

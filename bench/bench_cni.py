@@ -16,7 +16,8 @@ with each other and with bare ``bridge`` (the order rotating every round), so th
 weigh on each alike. Each gets the median overhead and the p10/p90 of its per-round difference to ``bridge``.
 
 ``--bundled`` times the current tree's plugin with its bundled runtime, installed as the image installs it
-(runtime and launcher built by tests/cni_bundle.py, then ``install-cni-plugin --python=bundled``).
+(runtime and launcher built by tests/cni_bundle.py, then ``install-cni-plugin --python=bundled``); the runtime
+is made of Debian's ``/usr/bin/python3.11`` as in the image, or ``--bundled-python PATH``.
 
 Usage (root): .venv/bin/python bench/bench_cni.py [--iterations 30] [--idle 0.5] [--bundled] [--plugin PATH ...]
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.cni_bundle import RUNTIME_PYTHON  # noqa: E402
 from tests.netns import NETNS_DIR, have_root, new_netns  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -84,7 +86,7 @@ CPU_MS: list[float] = []
 less disturbed by other jobs than wall time, which also counts waiting for a core."""
 
 
-def install_bundled(top: Path, python: str = sys.executable) -> str:
+def install_bundled(top: Path, python: str = RUNTIME_PYTHON) -> str:
     """The current tree's plugin and a runtime bundled from ``python``, installed into ``top/bundled``; its
     launcher."""
     from tests.cni_bundle import build_launcher, build_runtime, bundle_env
@@ -210,7 +212,7 @@ def command_line(args: argparse.Namespace) -> str:
             + (f" --idle {args.idle:g}" if args.idle > 0 else "")
             + "".join(f" --plugin {p}" for p in args.plugin) + (" --bundled" if args.bundled_plugin else "")
             + (f" --bundled-python {args.bundled_python}"
-               if args.bundled_plugin and args.bundled_python != sys.executable else ""))
+               if args.bundled_plugin and args.bundled_python != RUNTIME_PYTHON else ""))
 
 
 def report(rows: list[Row], startup: list[float], versions: list[list[float]], args: argparse.Namespace,
@@ -258,9 +260,9 @@ def main() -> int:
     parser.add_argument("--bundled", action="store_true",
                         help="time the current tree's plugin with its bundled runtime (installed here)")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--bundled-python", default=sys.executable,
-                        help="with --bundled: the interpreter the runtime is made of (default: this one), e.g. "
-                             "Debian's PGO-built /usr/bin/python3.11, closer to the image's than a plain build")
+    parser.add_argument("--bundled-python", default=RUNTIME_PYTHON,
+                        help="with --bundled: the interpreter the runtime is made of (default: Debian's "
+                             "/usr/bin/python3.X, as in the image, where it exists; else this one)")
     parser.add_argument("--bundled-plugin", help=argparse.SUPPRESS)
     parser.add_argument("--pods", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)

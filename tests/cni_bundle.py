@@ -1,5 +1,5 @@
 """The CNI plugin's own runtime and static launcher, built as the image builds them (deploy/image/), for
-tests: ``cni_runtime.py`` run with this interpreter, ``cni_launcher.c`` compiled with ``gcc -static``."""
+tests: ``cni_runtime.py`` run with :data:`RUNTIME_PYTHON`, ``cni_launcher.c`` compiled with ``gcc -static``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_DIR = REPO / "deploy" / "image"
+DEBIAN_PYTHON = f"/usr/bin/python3.{sys.version_info.minor}"
+RUNTIME_PYTHON = DEBIAN_PYTHON if os.access(DEBIAN_PYTHON, os.X_OK) else sys.executable
+"""The interpreter the runtime is built from: Debian's own, as the image's Dockerfile does (static, PGO and LTO),
+where this machine has it for our minor version (so that the byte code the installer compiles with this
+interpreter is the runtime's too); otherwise this interpreter."""
 STATIC_LIBC = ("/usr/lib/x86_64-linux-gnu/libc.a", "/usr/lib/aarch64-linux-gnu/libc.a", "/usr/lib/libc.a")
 
 
@@ -25,8 +30,8 @@ def build_launcher(out: Path) -> Path:
     return out
 
 
-def build_runtime(out: Path, python: str = sys.executable) -> Path:
-    """The runtime tree of ``python`` (default: this interpreter) into ``out`` (a new directory)."""
+def build_runtime(out: Path, python: str = RUNTIME_PYTHON) -> Path:
+    """The runtime tree of ``python`` (default: :data:`RUNTIME_PYTHON`) into ``out`` (a new directory)."""
     subprocess.run([python, str(IMAGE_DIR / "cni_runtime.py"), str(out), str(REPO / "src")],
                    check=True, capture_output=True, timeout=300)
     return out

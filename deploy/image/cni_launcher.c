@@ -9,8 +9,9 @@
  *   <bin dir>/.flannel/<id>/runtime/lib/ld.so --library-path <...>/runtime/lib
  *       <...>/runtime/bin/python3 -I -S <bin dir>/.flannel/<id>/run.pyc ARGS...
  *
- * run.pyc is run.py as the installer compiled it for this very interpreter: a script given as source is
- * compiled on every call, and that was 0.6-0.9 ms of each (docs/performance.md, session 5).
+ * run.pyc is run.py as the installer compiled it for this interpreter's byte code (same minor version): a
+ * script given as source is compiled on every call, and that was 0.6-0.9 ms of each (docs/performance.md,
+ * session 5).
  *
  * Calling the loader by path is what makes the tree relocatable: the interpreter's own PT_INTERP names the
  * build machine's loader, which a node may lack. When the tree is missing, the runtime gets a CNI error object

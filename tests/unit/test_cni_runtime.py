@@ -91,6 +91,24 @@ def test_the_bundled_interpreter_imports_every_module_of_the_plugin(bundle: dict
     assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
 
 
+def test_no_verb_imports_os_in_the_bundled_interpreter(tmp_path: Path, bundle: dict[str, str]) -> None:
+    """What the launcher runs (the runtime's interpreter, ``run.pyc``), with ``-X importtime`` added."""
+    from tests.unit.test_cni_imports import NOT_ON_A_VERB_PATH, imports_per_verb
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    assert install(bin_dir, bundle).returncode == 0
+    installed = installed_dir(bin_dir)
+    runtime = installed / "runtime"
+    argv = [str(runtime / "lib" / "ld.so"), "--library-path", str(runtime / "lib"), str(runtime / "bin" / "python3"),
+            "-I", "-S", "-X", "importtime", str(installed / "run.pyc")]
+    found = imports_per_verb(argv, tmp_path)
+    for verb, modules in found.items():
+        assert not NOT_ON_A_VERB_PATH & set(modules), (verb, modules)
+        assert "__future__" not in modules, (verb, modules)  # a compiler flag in plugin.marshal
+        assert "_json" not in modules, (verb, modules)  # plain documents are read and written by plainjson
+
+
 @pytest.mark.parametrize(("command", "code"), [("VERSION", 999), ("STATUS", 50)])
 def test_launcher_without_its_runtime_answers_a_cni_error(tmp_path: Path, bundle: dict[str, str], command: str,
                                                           code: int) -> None:

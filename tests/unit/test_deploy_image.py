@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import dis
 import importlib.util
 import json
 import marshal
@@ -338,6 +339,62 @@ def test_the_plugins_modules_come_from_the_code_file_and_name_their_sources(tmp_
     for name, (loader, *files) in loaded.items():
         assert loader == "Finder", name
         assert all(Path(f).resolve().is_relative_to(installed.resolve()) and Path(f).is_file() for f in files), name
+
+
+def module_attributes_through_run_py(run_py: Path, modules: str, *, fast: bool) -> dict[str, list[object]]:
+    """``run.py`` run up to ``main()`` (``fast``: as installed; else without its import shortcut, so that every
+    import takes importlib's way through its Finder), then ``modules`` imported: what importlib sets on each
+    flannel module, and whether each is bound in its package."""
+    probe = (
+        "import sys\n"
+        f"run = {str(run_py)!r}\n"
+        "source = open(run).read().rsplit('main()', 1)[0]\n"
+        f"source = source if {fast!r} else source.replace('builtins.__import__ = plugin_import', '')\n"
+        "exec(compile(source, run, 'exec'), {'__file__': run, '__name__': 'run'})\n"
+        f"import {modules}\n"
+        "out = {}\n"
+        "for name, mod in sorted(sys.modules.items()):\n"
+        "    if name.split('.')[0] == 'flannel':\n"
+        "        spec = mod.__spec__\n"
+        "        package, _, child = name.rpartition('.')\n"
+        "        out[name] = [mod.__name__, mod.__package__, mod.__file__, getattr(mod, '__path__', None),\n"
+        "                     mod.__loader__.__name__, spec.name, spec.origin, spec.parent, spec.has_location,\n"
+        "                     spec.submodule_search_locations, spec.loader.__name__,\n"
+        "                     not package or getattr(sys.modules[package], child) is mod]\n"
+        "print(repr(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30,
+                          check=True)
+    result: dict[str, list[object]] = ast.literal_eval(done.stdout)
+    return result
+
+
+def test_run_py_imports_the_plugins_modules_as_importlib_would(tmp_path: Path, installer: Any) -> None:
+    """``run.py`` loads the plugin's modules itself, past importlib's machinery (docs/performance.md, session 6):
+    each module gets the attributes importlib would give it (``__cached__`` aside), and is bound in its package."""
+    pkg_id = installer.install_cni_plugin(str(tmp_path), str(SRC_PACKAGE))
+    run_py = tmp_path / ".flannel" / pkg_id / "run.py"
+    fast = module_attributes_through_run_py(run_py, VERB_MODULES, fast=True)
+    assert "builtins.__import__ = plugin_import" in run_py.read_text()
+    assert fast == module_attributes_through_run_py(run_py, VERB_MODULES, fast=False)
+    assert {"flannel", "flannel.cni", "flannel.cni.plugin", "flannel.atomicfile", "flannel.cni.results"} <= set(fast)
+
+
+def test_the_code_file_applies_postponed_annotations_without_importing_future(installer: Any) -> None:
+    """``from __future__ import annotations`` becomes a compiler flag: same annotations (text), same lines, and
+    no import of ``__future__`` when the module runs."""
+    source = (SRC_PACKAGE / "cni" / "netconf.py").read_bytes()
+    code = installer.cni_runtime._compile_module(source, "flannel/cni/netconf.py")
+    names = {i.argval for i in dis.get_instructions(code) if i.opname == "IMPORT_NAME"}
+    assert "__future__" not in names and "flannel.cni.errors" in names
+    plain = compile(source, "flannel/cni/netconf.py", "exec", dont_inherit=True)
+    functions = {c.co_name: c for c in code.co_consts if hasattr(c, "co_firstlineno")}
+    assert functions and all(functions[c.co_name].co_firstlineno == c.co_firstlineno
+                             for c in plain.co_consts if hasattr(c, "co_firstlineno"))
+    module: dict[str, Any] = {"__name__": "netconf_copy"}
+    exec(code, module)
+    assert "annotations" not in module
+    assert module["read_args"].__annotations__ == {"environ": "Mapping[str, str]", "return": "CniArgs"}
 
 
 def test_a_code_file_for_another_python_or_cut_short_is_passed_over(tmp_path: Path, installer: Any,

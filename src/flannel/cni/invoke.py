@@ -8,16 +8,18 @@ it is called again with the highest version both sides speak. The versions it sp
 refusal (the CNI library lists them there) or, failing that, asked for with the VERSION command.
 
 Standard streams go through ``memfd`` files rather than pipes: no reader threads, no ``select``, no deadlock
-whatever the delegate writes, and no ``subprocess`` import (7 ms of start-up).
+whatever the delegate writes, and no ``subprocess`` import (7 ms of start-up). System calls go to ``posix``
+directly (:mod:`flannel.cni.posixenv` says why).
 """
 
 from __future__ import annotations
 
-import os
+import posix
 
 from flannel.atomicfile import read_bounded, write_atomically
 from flannel.cni.errors import INCOMPATIBLE_VERSION, INTERNAL, CNIError
 from flannel.cni.lite import JSONError, dataclass, dumps, load_object
+from flannel.cni.posixenv import basename, join
 from flannel.cni.versions import CURRENT_VERSION, choose_version, go_quote, go_quote_list
 
 TYPE_CHECKING = False
@@ -28,6 +30,8 @@ _TEXT_BUSY_RETRIES = 5
 """Like the CNI library: a plugin binary being replaced right now is retried, once a second."""
 _ETXTBSY = 26
 """``errno.ETXTBSY`` on Linux (the ``errno`` module is not worth its import here)."""
+_SEEK_SET = 0
+"""``os.SEEK_SET`` (``posix`` leaves it to ``os``)."""
 _DEFAULT_SIGNALS = (13, 25)
 """SIGPIPE and SIGXFSZ, which Python ignores and a child would inherit ignored (``subprocess`` resets them too)."""
 
@@ -51,9 +55,9 @@ def find_plugin(name: str, paths: tuple[str, ...]) -> str:
     if not paths:
         raise CNIError(INTERNAL, "no paths provided")
     for directory in paths:
-        candidate = os.path.join(directory, name)
+        candidate = join(directory, name)
         try:
-            if os.stat(candidate).st_mode & 0o170000 == 0o100000:  # a regular file
+            if posix.stat(candidate).st_mode & 0o170000 == 0o100000:  # a regular file
                 return candidate
         except OSError:
             continue
@@ -76,10 +80,10 @@ def run(path: str, stdin: bytes, env: Mapping[str, str]) -> Outcome:
     """Exec ``path`` with ``stdin`` and ``env``; wait for it and collect what it wrote."""
     fds = [_memfd("stdin", stdin), _memfd("stdout"), _memfd("stderr")]
     try:
-        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
+        actions = [(posix.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)]
         for attempt in range(_TEXT_BUSY_RETRIES + 1):
             try:
-                pid = os.posix_spawn(path, [path], env, file_actions=actions, setsigdef=_DEFAULT_SIGNALS)
+                pid = posix.posix_spawn(path, [path], env, file_actions=actions, setsigdef=_DEFAULT_SIGNALS)
                 break
             except OSError as exc:
                 if exc.errno == _ETXTBSY and attempt < _TEXT_BUSY_RETRIES:
@@ -90,11 +94,11 @@ def run(path: str, stdin: bytes, env: Mapping[str, str]) -> Outcome:
                 reason = (exc.strerror or str(exc)).lower()
                 msg = f"netplugin failed with no error message: fork/exec {path}: {reason}"
                 raise CNIError(INTERNAL, msg) from None
-        _, wait_status = os.waitpid(pid, 0)
-        return Outcome(os.waitstatus_to_exitcode(wait_status), _read_all(fds[1]), _read_all(fds[2]))
+        _, wait_status = posix.waitpid(pid, 0)
+        return Outcome(posix.waitstatus_to_exitcode(wait_status), _read_all(fds[1]), _read_all(fds[2]))
     finally:
         for fd in fds:
-            os.close(fd)
+            posix.close(fd)
 
 
 def plugin_error(outcome: Outcome) -> CNIError:
@@ -199,7 +203,7 @@ def _run_as(path: str, config: bytes, env: Mapping[str, str], requested: str, us
 
 
 def _binary_identity(path: str) -> str:
-    st = os.stat(path)
+    st = posix.stat(path)
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -209,7 +213,7 @@ def _cached_versions(cache_dir: str | None, path: str) -> tuple[str, ...] | None
         return None
     try:
         # Never through a link, never a FIFO, never more than a line or two.
-        data = read_bounded(os.path.join(cache_dir, _cache_name(path)), 4096, follow=False)
+        data = read_bounded(join(cache_dir, _cache_name(path)), 4096, follow=False)
         identity, versions = data.decode("ascii").split("\n")[:2]
         if identity != _binary_identity(path) or not versions:
             return None
@@ -227,13 +231,13 @@ def _remember_versions(cache_dir: str | None, path: str, versions: tuple[str, ..
         return
     try:
         data = f"{_binary_identity(path)}\n{','.join(versions)}\n".encode()
-        write_atomically(os.path.join(cache_dir, _cache_name(path)), data, 0o600, sync=False)
+        write_atomically(join(cache_dir, _cache_name(path)), data, 0o600, sync=False)
     except (OSError, ValueError):
         return
 
 
 def _cache_name(path: str) -> str:
-    return f".versions-{os.path.basename(path)}"
+    return f".versions-{basename(path)}"
 
 
 def supported_in_refusal(details: str) -> tuple[str, ...] | None:
@@ -249,18 +253,18 @@ def supported_in_refusal(details: str) -> tuple[str, ...] | None:
 
 
 def _memfd(name: str, data: bytes = b"") -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    fd = posix.memfd_create(name, posix.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
+        view = view[posix.write(fd, view) :]
+    posix.lseek(fd, 0, _SEEK_SET)
     return fd
 
 
 def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
+    posix.lseek(fd, 0, _SEEK_SET)
     chunks = []
-    while chunk := os.read(fd, 65536):
+    while chunk := posix.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -275,6 +279,6 @@ def write_stderr(data: bytes) -> None:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(2, view) :]
+            view = view[posix.write(2, view) :]
     except OSError:
         return

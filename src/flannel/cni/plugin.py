@@ -6,12 +6,13 @@ works while flanneld is down, and keeps the file when the delegate fails, so tha
 clean up (upstream removes it regardless). CHECK runs the delegate's CHECK against the saved config. STATUS
 and GC are CNI 1.1's: "can ADD work now?" and "forget every attachment not in this list".
 
-Imports are deliberately few and local to the verb that needs them: see the package docstring.
+Imports are deliberately few and local to the verb that needs them: see the package docstring. Not even
+``os`` is imported on a verb's way (:mod:`flannel.cni.posixenv`).
 """
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 
 from flannel.cni.errors import (
@@ -25,6 +26,7 @@ from flannel.cni.errors import (
     CNIError,
 )
 from flannel.cni.netconf import CniArgs, NetConf, parse_netconf, read_args
+from flannel.cni.posixenv import environ
 from flannel.cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least
 
 TYPE_CHECKING = False
@@ -49,12 +51,13 @@ def main() -> NoReturn:
         sys.stderr.flush()  # a traceback (bug path) goes through sys.stderr
     except OSError:  # stdout is gone, so there is nobody left to tell
         code = 1
-    os._exit(code)
+    posix._exit(code)
 
 
 def run() -> int:
     """Run the verb named by ``CNI_COMMAND``; print its result, or a CNI error object, on stdout."""
-    command = os.environ.get("CNI_COMMAND", "")
+    env = environ()
+    command = env.get("CNI_COMMAND", "")
     version = CURRENT_VERSION  # of an error object, until the config says otherwise
     try:
         if not command:
@@ -65,7 +68,7 @@ def run() -> int:
         handler = _HANDLERS.get(command)
         if handler is None:
             raise CNIError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND: {command}")
-        args = read_args(os.environ)
+        args = read_args(env)
         conf = parse_netconf(sys.stdin.buffer.read())
         version = conf.version
         minimum = _MINIMUM_VERSION.get(command)
@@ -100,7 +103,7 @@ def cmd_add(args: CniArgs, conf: NetConf) -> bytes:
     invoke.write_stderr(b"delegateAdd: netconf sent to delegate plugin:\n" + data + b"\n")
     plugin = invoke.find_plugin(netconf["type"], args.path)
     state.save(conf.data_dir, args.container_id, data)  # before the delegate: a failed ADD is followed by DEL
-    env = invoke.plugin_env(os.environ, "ADD")
+    env = invoke.plugin_env(environ(), "ADD")
     stdout, used = invoke.call(plugin, data, env, conf.version, cache_dir=conf.data_dir)
     return stdout if used == conf.version else _convert(stdout, conf.version, used)
 
@@ -114,7 +117,7 @@ def cmd_del(args: CniArgs, conf: NetConf) -> bytes:
         return b""
     data, netconf = saved
     plugin = invoke.find_plugin(netconf["type"], args.path)
-    env = invoke.plugin_env(os.environ, "DEL")
+    env = invoke.plugin_env(environ(), "DEL")
     invoke.call(plugin, data, env, _version_of(netconf), cache_dir=conf.data_dir)
     state.remove(conf.data_dir, args.container_id)  # only now: a failed DEL keeps what a retry needs
     return b""
@@ -138,7 +141,7 @@ def cmd_check(args: CniArgs, conf: NetConf) -> bytes:
     if prev is not None:
         netconf["prevResult"] = delegate.with_route_gateways(prev)
     plugin = invoke.find_plugin(netconf["type"], args.path)
-    env = invoke.plugin_env(os.environ, "CHECK")
+    env = invoke.plugin_env(environ(), "CHECK")
     minimum = _MINIMUM_VERSION["CHECK"]
     invoke.call(plugin, dumps(netconf).encode(), env, conf.version, minimum, cache_dir=conf.data_dir)
     return b""
@@ -158,10 +161,10 @@ def cmd_status(args: CniArgs, conf: NetConf) -> bytes:
         plugin = invoke.find_plugin(netconf["type"], args.path)
     except CNIError as err:
         raise CNIError(PLUGIN_NOT_AVAILABLE, err.msg, err.details) from None
-    used = choose_version(conf.version, invoke.version_info(plugin, os.environ), minimum="1.1.0")
+    used = choose_version(conf.version, invoke.version_info(plugin, environ()), minimum="1.1.0")
     if used is not None:
         netconf["cniVersion"] = used
-        outcome = invoke.run(plugin, delegate.render(netconf), invoke.plugin_env(os.environ, "STATUS"))
+        outcome = invoke.run(plugin, delegate.render(netconf), invoke.plugin_env(environ(), "STATUS"))
         if outcome.status != 0:
             raise invoke.plugin_error(outcome)
     return b""
@@ -190,7 +193,7 @@ def cmd_gc(args: CniArgs, conf: NetConf) -> bytes:
                 data, netconf = saved
                 plugin = invoke.find_plugin(netconf["type"], args.path)
                 env = invoke.plugin_env(
-                    os.environ, "DEL", CNI_CONTAINERID=container_id, CNI_IFNAME=GC_IFNAME, CNI_NETNS=None, CNI_ARGS=None
+                    environ(), "DEL", CNI_CONTAINERID=container_id, CNI_IFNAME=GC_IFNAME, CNI_NETNS=None, CNI_ARGS=None
                 )
                 invoke.call(plugin, data, env, _version_of(netconf), cache_dir=conf.data_dir)
                 state.remove(conf.data_dir, container_id)
@@ -217,12 +220,12 @@ def _delegate_gc(args: CniArgs, conf: NetConf) -> None:
         return
     netconf = delegate.build_delegate(conf, env)
     plugin = invoke.find_plugin(netconf["type"], args.path)
-    used = choose_version(conf.version, invoke.version_info(plugin, os.environ), minimum="1.1.0")
+    used = choose_version(conf.version, invoke.version_info(plugin, environ()), minimum="1.1.0")
     if used is None:
         return
     netconf["cniVersion"] = used
     netconf["cni.dev/valid-attachments"] = _valid_attachments(conf.raw)
-    outcome = invoke.run(plugin, delegate.render(netconf), invoke.plugin_env(os.environ, "GC"))
+    outcome = invoke.run(plugin, delegate.render(netconf), invoke.plugin_env(environ(), "GC"))
     if outcome.status != 0:
         raise invoke.plugin_error(outcome)
 
@@ -301,7 +304,7 @@ def _about() -> None:
     from flannel import __version__
     from flannel.cni.invoke import write_stderr
 
-    machine = os.uname().machine
+    machine = posix.uname().machine
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
     write_stderr(
         f"CNI Plugin flannel version {__version__} (linux/{arch})\n"

@@ -15,11 +15,12 @@ container ID is re-checked here, so that no name can lead outside the directory.
 
 from __future__ import annotations
 
-import os
+import posix
 
 from flannel.atomicfile import TMP_PREFIX, TMP_SUFFIX, UnsafeDirectoryError, open_directory, read_bounded, write_in
 from flannel.cni.errors import INVALID_ENVIRONMENT, IO_FAILURE, CNIError, os_error_text
 from flannel.cni.netconf import MAX_CONTAINER_ID, is_valid_name
+from flannel.cni.posixenv import dirname, join
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -30,7 +31,7 @@ STALE_TMP_SECONDS = 3600.0
 
 
 def saved_path(data_dir: str, container_id: str) -> str:
-    return os.path.join(data_dir, container_id)
+    return join(data_dir, container_id)
 
 
 def check_container_id(container_id: str) -> None:
@@ -54,24 +55,38 @@ def open_data_dir(data_dir: str, *, create: bool) -> int | None:
     except OSError as exc:
         raise _dir_error(data_dir, exc) from None
     try:
-        parent = os.path.dirname(data_dir.rstrip(os.sep))
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        try:  # noqa: SIM105 - contextlib is one import more on the plugin's start-up path
-            os.mkdir(data_dir, DIR_MODE)
+        try:
+            posix.mkdir(data_dir, DIR_MODE)
         except FileExistsError:  # another ADD made it meanwhile; it is checked below like any other
             pass
+        except (FileNotFoundError, NotADirectoryError):
+            parent = dirname(data_dir.rstrip("/"))
+            if not parent:
+                raise
+            _make_with_parents(parent, data_dir)
         fd = open_directory(data_dir, private=True)
     except UnsafeDirectoryError as exc:  # lost a race against someone else's link
         raise _unsafe(data_dir, exc) from None
     except OSError as exc:
         raise _dir_error(data_dir, exc) from None
     try:
-        os.fchmod(fd, DIR_MODE)  # the umask must not take the owner's bits
+        posix.fchmod(fd, DIR_MODE)  # the umask must not take the owner's bits
     except OSError as exc:
-        os.close(fd)
+        posix.close(fd)
         raise _dir_error(data_dir, exc) from None
     return fd
+
+
+def _make_with_parents(parent: str, data_dir: str) -> None:
+    """``mkdir -p parent`` (with ``os.makedirs``'s errors), then the data directory: only where a parent is
+    missing, so ``os`` is imported on this path alone."""
+    import os
+
+    os.makedirs(parent, exist_ok=True)
+    try:  # noqa: SIM105 - contextlib is one import more on the plugin's start-up path
+        posix.mkdir(data_dir, DIR_MODE)
+    except FileExistsError:
+        pass
 
 
 def save(data_dir: str, container_id: str, data: bytes) -> str:
@@ -87,7 +102,7 @@ def save(data_dir: str, container_id: str, data: bytes) -> str:
     except OSError as exc:
         raise CNIError(IO_FAILURE, f"failed to save the delegate config: {os_error_text('write', path, exc)}") from None
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
     return path
 
 
@@ -106,7 +121,7 @@ def load(data_dir: str, container_id: str) -> bytes | None:
         msg = f"failed to read the saved delegate config: {os_error_text('open', path, exc)}"
         raise CNIError(IO_FAILURE, msg) from None
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
 
 
 def remove(data_dir: str, container_id: str) -> None:
@@ -117,14 +132,14 @@ def remove(data_dir: str, container_id: str) -> None:
         return
     path = saved_path(data_dir, container_id)
     try:
-        os.unlink(container_id, dir_fd=dir_fd)
+        posix.unlink(container_id, dir_fd=dir_fd)
     except FileNotFoundError:
         return
     except OSError as exc:
         msg = f"failed to remove the saved delegate config: {os_error_text('remove', path, exc)}"
         raise CNIError(IO_FAILURE, msg) from None
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
 
 
 def saved_ids(data_dir: str) -> list[str]:
@@ -133,7 +148,7 @@ def saved_ids(data_dir: str) -> list[str]:
     if dir_fd is None:
         return []
     try:
-        with os.scandir(dir_fd) as entries:
+        with posix.scandir(dir_fd) as entries:
             return sorted(
                 e.name
                 for e in entries
@@ -143,7 +158,7 @@ def saved_ids(data_dir: str) -> list[str]:
         msg = f"failed to list saved delegate configs: {os_error_text('open', data_dir, exc)}"
         raise CNIError(IO_FAILURE, msg) from None
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
 
 
 def remove_stale_tmp(data_dir: str, now: float, max_age: float = STALE_TMP_SECONDS) -> list[str]:
@@ -153,20 +168,20 @@ def remove_stale_tmp(data_dir: str, now: float, max_age: float = STALE_TMP_SECON
         return []
     removed = []
     try:
-        with os.scandir(dir_fd) as entries:
+        with posix.scandir(dir_fd) as entries:
             for e in entries:
                 if not (e.name.startswith(TMP_PREFIX) and e.name.endswith(TMP_SUFFIX)):
                     continue
                 try:
                     if now - e.stat(follow_symlinks=False).st_mtime > max_age:
-                        os.unlink(e.name, dir_fd=dir_fd)
+                        posix.unlink(e.name, dir_fd=dir_fd)
                         removed.append(e.name)
                 except OSError:
                     continue
     except OSError:
         return removed
     finally:
-        os.close(dir_fd)
+        posix.close(dir_fd)
     return removed
 
 
