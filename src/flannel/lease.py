@@ -173,7 +173,7 @@ class Lease:
     """True for a reservation: a key without a TTL that never expires (spec §6.8)."""
     _key: str | None = field(default=None, init=False, repr=False, compare=False)
     """``key``, once computed: the lease guard and the backend both index their peers by it, and one string
-    shared is 60 bytes less per peer than one each (issue #16)."""
+    shared is 60 bytes less per peer than one each (issue #16). ``share_key`` makes it another lease's."""
 
     @property
     def key(self) -> str:
@@ -188,11 +188,18 @@ class Lease:
                 key = f"{go_ip_text(self.ipv6_subnet.network_address)}-{self.ipv6_subnet.prefixlen}"
             else:
                 key = make_subnet_key(self.subnet, self.ipv6_subnet)
-            # Interned: the tracker, the guard and the backends index peers by this text in dicts, which keep the
-            # key object of a peer's first lease; every later lease of that peer then shares it.
-            key = sys.intern(key)
             object.__setattr__(self, "_key", key)
         return key
+
+    def share_key(self, earlier: Lease) -> None:
+        """Hold ``earlier``'s key text instead of an equal one of our own (same subnets assumed).
+
+        The tracker, the guard and the backends index peers by ``key`` in dicts, which keep the key object of a
+        peer's first lease; the ``LeaseTracker`` hands each later lease of that peer the same object, so a peer
+        costs one key text however often it changes. (Interning every key did the same for 42 bytes a peer more,
+        in the interpreter's table of interned strings: issue #16.)
+        """
+        object.__setattr__(self, "_key", earlier.key)
 
     def same_subnets(self, other: Lease) -> bool:
         """True when both leases claim the same subnets."""

@@ -135,4 +135,18 @@ def test_a_replaced_lease_leaves_nothing_of_itself_behind() -> None:
 
 
 def test_lease_keys_are_one_shared_string_per_subnet() -> None:
-    assert lease("10.1.7.0/24").key is lease("10.1.7.0/24", "192.168.0.9").key
+    """Every later lease of a peer, by event or by snapshot, carries the key object of the first one the tracker
+    knew: the guard and the backend keep that object in their dicts, so a peer costs one key text."""
+    tracker = LeaseTracker(OWN)
+    first = lease("10.1.7.0/24")
+    tracker.apply(WatchResult(snapshot=(first,)))
+    moved = lease("10.1.7.0/24", "192.168.0.9", rev=2)
+    assert moved.key == first.key and moved.key is not first.key  # made separately: equal, not the same
+    [ev] = tracker.apply(WatchResult(events=((True, moved),)))
+    assert ev.lease.key is first.key
+    again = lease("10.1.7.0/24", "192.168.0.10", rev=3)
+    [ev] = tracker.apply(WatchResult(snapshot=(again,)))
+    assert ev.lease.key is first.key
+    gone = lease("10.1.7.0/24", "192.168.0.10", rev=3)
+    [ev] = tracker.apply(WatchResult(events=((False, gone),)))
+    assert ev.type is EventType.REMOVED and ev.lease.key is first.key
