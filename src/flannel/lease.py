@@ -28,8 +28,8 @@ _ATTR_FIELDS = ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "Backend
 # lower-case IPv6 only (spec §4).
 _KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$", re.ASCII)
 
-# BackendData exactly as Go's vxlan backend writes it (and as ``_raw`` re-serialises it); group 1 the VtepMAC.
-_VXLAN_DATA_TEXT = r'\{"VNI":(?:0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}'
+# BackendData exactly as Go's vxlan backend writes it (and as ``_raw`` re-serialises it); groups: VNI, VtepMAC.
+_VXLAN_DATA_TEXT = r'\{"VNI":(0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}'
 # A whole lease value as Go's vxlan backend writes it for an IPv4 node (``to_json`` writes the same bytes): the
 # common case of a start-up's listing, matched in C (4 µs) instead of decoded and re-serialised (14 µs per lease).
 _GO_VXLAN_VALUE = re.compile(
@@ -51,17 +51,22 @@ def _ipv4_int(text: str) -> int | None:
     return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
 
 
-# The same form as ``_VXLAN_DATA_TEXT``, with the VNI as a group too: the text ``_pack`` holds as a number.
-_VXLAN_DATA_PARTS = re.compile(r'\{"VNI":(0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}')
+_VXLAN_DATA = re.compile(_VXLAN_DATA_TEXT)
 _MAC_BITS = 48
 _MAC_MASK = (1 << _MAC_BITS) - 1
 
 
 def _pack(text: str | None) -> str | int | None:
     """Backend data text as ``LeaseAttrs`` holds it: Go's vxlan form as VNI << 48 | MAC, anything else as given."""
-    if text is not None and (m := _VXLAN_DATA_PARTS.fullmatch(text)) is not None:
-        return int(m.group(1)) << _MAC_BITS | int(m.group(2).replace(":", ""), 16)
+    if text is not None and (m := _VXLAN_DATA.fullmatch(text)) is not None:
+        return _packed(m.group(1), m.group(2))
     return text
+
+
+def _packed(vni: str | bytes, mac: str | bytes) -> int:
+    """VNI << 48 | MAC from the matched texts (``str``, or ASCII ``bytes``: ``int`` reads both)."""
+    digits = mac.replace(b":", b"") if isinstance(mac, bytes) else mac.replace(":", "")
+    return int(vni) << _MAC_BITS | int(digits, 16)
 
 
 def _mac_of(packed: int) -> str:
@@ -141,7 +146,9 @@ class LeaseAttrs:
         if m is not None and (public := _ipv4_int(m.group(1).decode("ascii"))) is not None:
             # Exactly what Go's vxlan backend writes (and ``to_json``): nothing to check beyond the address,
             # and the backend data is already in its compact form. Everything else is decoded in full below.
-            return cls(public_ip=IPv4Address(public), backend_type="vxlan", backend_data=m.group(2).decode("ascii"))
+            attrs = cls(public_ip=IPv4Address(public), backend_type="vxlan")
+            object.__setattr__(attrs, "_data", _packed(m.group(3), m.group(4)))  # as ``_pack`` would hold it
+            return attrs
         try:
             raw = fold(load_object(data, "lease value"), _ATTR_FIELDS)
             return cls(
@@ -319,9 +326,6 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
     return v4, v6
 
 
-_VXLAN_DATA = re.compile(_VXLAN_DATA_TEXT)
-
-
 def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
     """The ``VtepMAC`` member of a lease's backend data as Go reads it (keys case-insensitive), unchecked;
     ``None`` when absent; ``LeaseDecodeError`` when the data is not a JSON object.
@@ -334,7 +338,7 @@ def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
         return _mac_of(held)
     text = held
     if text is not None and (m := _VXLAN_DATA.fullmatch(text)) is not None:
-        return m.group(1)
+        return m.group(2)
     data = attrs.backend_json(v6)
     mac = data.get("VtepMAC")
     if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
