@@ -9,19 +9,14 @@ table at accept) uses ``RepeatLimiter`` instead: one line per distinct message p
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
+
+from flannel import sysrand
 
 JITTER = 0.2
 """Each wait is shortened by up to this fraction at random, so that the nodes of a cluster that lost their
 datastore together do not all come back at the same instant."""
-
-
-def _unit_random() -> float:
-    """A number in [0, 1) from the system's random source: jitter needs nothing better, and ``random`` costs
-    0.15 MiB of RSS to import in kube mode, where nothing else uses it (issue #16)."""
-    return int.from_bytes(os.urandom(7), "big") / (1 << 56)
 
 
 class Backoff:
@@ -48,7 +43,7 @@ class Backoff:
 
     def advance_jittered(self) -> float:
         """``advance()`` less up to ``JITTER`` of it, at random."""
-        return self.advance() * (1 - JITTER * _unit_random())
+        return self.advance() * (1 - JITTER * sysrand.unit())
 
     async def sleep(self) -> None:
         """Wait the current delay (less up to ``JITTER`` of it), then double the next one."""

@@ -70,16 +70,17 @@ def test_neither_mode_loads_shutil_tempfile_datetime_or_pyyaml_for_its_own_use()
         assert out.stdout.strip() == "[]", argv
 
 
-def test_kube_mode_does_not_load_random() -> None:
-    """``random`` (0.15 MiB resident) serves etcd mode's subnet allocation; kube mode's back-off jitter reads
-    ``os.urandom`` instead (issue #16)."""
+def test_neither_mode_loads_random() -> None:
+    """``random`` is 0.15 MiB resident; back-off jitter and subnet allocation draw from ``os.urandom``
+    (``flannel.sysrand``; issue #16)."""
     import subprocess
     import sys
 
     probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(True);"
              "from flannel.daemon import main, startup, health; from flannel.backend import vxlan;"
              "from flannel.traffic import keeper, iptables, nftables; from flannel.subnet import kube_manager,"
-             " kube_own_node; from flannel.kube import client, loading, kubeconfig; print('random' in sys.modules)")
+             " kube_own_node, etcd_manager, etcd_gateway, etcd_choice; from flannel.kube import client, loading,"
+             " kubeconfig; print('random' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.strip() == "False"
 
