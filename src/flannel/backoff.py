@@ -9,9 +9,10 @@ table at accept) uses ``RepeatLimiter`` instead: one line per distinct message p
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
+
+from flannel import sysrand
 
 JITTER = 0.2
 """Each wait is shortened by up to this fraction at random, so that the nodes of a cluster that lost their
@@ -42,7 +43,7 @@ class Backoff:
 
     def advance_jittered(self) -> float:
         """``advance()`` less up to ``JITTER`` of it, at random."""
-        return self.advance() * (1 - random.uniform(0, JITTER))
+        return self.advance() * (1 - JITTER * sysrand.unit())
 
     async def sleep(self) -> None:
         """Wait the current delay (less up to ``JITTER`` of it), then double the next one."""

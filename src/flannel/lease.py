@@ -28,8 +28,8 @@ _ATTR_FIELDS = ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "Backend
 # lower-case IPv6 only (spec §4).
 _KEY_RE = re.compile(r"(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$", re.ASCII)
 
-# BackendData exactly as Go's vxlan backend writes it (and as ``_raw`` re-serialises it); group 1 the VtepMAC.
-_VXLAN_DATA_TEXT = r'\{"VNI":(?:0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}'
+# BackendData exactly as Go's vxlan backend writes it (and as ``_raw`` re-serialises it); groups: VNI, VtepMAC.
+_VXLAN_DATA_TEXT = r'\{"VNI":(0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9a-f]{2}){5})"\}'
 # A whole lease value as Go's vxlan backend writes it for an IPv4 node (``to_json`` writes the same bytes): the
 # common case of a start-up's listing, matched in C (4 µs) instead of decoded and re-serialised (14 µs per lease).
 _GO_VXLAN_VALUE = re.compile(
@@ -51,9 +51,44 @@ def _ipv4_int(text: str) -> int | None:
     return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
 
 
-@dataclass(frozen=True, slots=True)
+_VXLAN_DATA = re.compile(_VXLAN_DATA_TEXT)
+_MAC_BITS = 48
+_MAC_MASK = (1 << _MAC_BITS) - 1
+
+
+def _pack(text: str | None) -> str | int | None:
+    """Backend data text as ``LeaseAttrs`` holds it: Go's vxlan form as VNI << 48 | MAC, anything else as given."""
+    if text is not None and (m := _VXLAN_DATA.fullmatch(text)) is not None:
+        return _packed(m.group(1), m.group(2))
+    return text
+
+
+def _packed(vni: str | bytes, mac: str | bytes) -> int:
+    """VNI << 48 | MAC from the matched texts (``str``, or ASCII ``bytes``: ``int`` reads both)."""
+    digits = mac.replace(b":", b"") if isinstance(mac, bytes) else mac.replace(":", "")
+    return int(vni) << _MAC_BITS | int(digits, 16)
+
+
+def _mac_of(packed: int) -> str:
+    return (packed & _MAC_MASK).to_bytes(6, "big").hex(":")
+
+
+def _unpack(value: str | int | None) -> str | None:
+    """The text ``_pack`` was given (the same bytes: the VNI has no leading zeros, the MAC is lower-case)."""
+    if isinstance(value, int):
+        return f'{{"VNI":{value >> _MAC_BITS},"VtepMAC":"{_mac_of(value)}"}}'
+    return value
+
+
+@dataclass(frozen=True, slots=True, init=False, repr=False)
 class LeaseAttrs:
-    """What a node publishes about itself: how to reach its subnet."""
+    """What a node publishes about itself: how to reach its subnet.
+
+    The backend data are given and read as text (``backend_data``, ``backend_v6_data``). Text exactly in the
+    form Go's vxlan backend writes (``{"VNI":1,"VtepMAC":"0a:…"}``, nearly every lease) is held as one number,
+    VNI and MAC, and written out again on demand: 32 bytes instead of 80 a peer (issue #16). Equality and hashing
+    see the same thing either way, since a given text is always held the same way.
+    """
 
     public_ip: IPv4Address = UNSET_IPV4
     """IPv4 address other nodes use to reach this node; 0.0.0.0 when unset (IPv6-only)."""
@@ -61,10 +96,34 @@ class LeaseAttrs:
     """IPv6 address other nodes use to reach this node, if any."""
     backend_type: str = ""
     """Backend that wrote the lease ("vxlan", "host-gw", ...); empty for udp and alloc."""
-    backend_data: str | None = None
-    """Backend-specific JSON for IPv4, kept as compact raw JSON text."""
-    backend_v6_data: str | None = None
-    """Backend-specific JSON for IPv6, kept as compact raw JSON text."""
+    _data: str | int | None = None
+    """``backend_data`` as held: the text, or VNI << 48 | VtepMAC for Go's vxlan form (``_pack``)."""
+    _v6_data: str | int | None = None
+    """``backend_v6_data`` as held, the same way."""
+
+    def __init__(self, public_ip: IPv4Address = UNSET_IPV4, public_ipv6: IPv6Address | None = None,
+                 backend_type: str = "", backend_data: str | None = None,
+                 backend_v6_data: str | None = None) -> None:
+        object.__setattr__(self, "public_ip", public_ip)
+        object.__setattr__(self, "public_ipv6", public_ipv6)
+        object.__setattr__(self, "backend_type", backend_type)
+        object.__setattr__(self, "_data", _pack(backend_data))
+        object.__setattr__(self, "_v6_data", _pack(backend_v6_data))
+
+    @property
+    def backend_data(self) -> str | None:
+        """Backend-specific JSON for IPv4, as compact raw JSON text."""
+        return _unpack(self._data)
+
+    @property
+    def backend_v6_data(self) -> str | None:
+        """Backend-specific JSON for IPv6, as compact raw JSON text."""
+        return _unpack(self._v6_data)
+
+    def __repr__(self) -> str:
+        return (f"LeaseAttrs(public_ip={self.public_ip!r}, public_ipv6={self.public_ipv6!r}, "
+                f"backend_type={self.backend_type!r}, backend_data={self.backend_data!r}, "
+                f"backend_v6_data={self.backend_v6_data!r})")
 
     def to_json(self) -> str:
         """Serialise byte-for-byte as Go does: fixed field order, compact, empty fields omitted."""
@@ -87,7 +146,9 @@ class LeaseAttrs:
         if m is not None and (public := _ipv4_int(m.group(1).decode("ascii"))) is not None:
             # Exactly what Go's vxlan backend writes (and ``to_json``): nothing to check beyond the address,
             # and the backend data is already in its compact form. Everything else is decoded in full below.
-            return cls(public_ip=IPv4Address(public), backend_type="vxlan", backend_data=m.group(2).decode("ascii"))
+            attrs = cls(public_ip=IPv4Address(public), backend_type="vxlan")
+            object.__setattr__(attrs, "_data", _packed(m.group(3), m.group(4)))  # as ``_pack`` would hold it
+            return attrs
         try:
             raw = fold(load_object(data, "lease value"), _ATTR_FIELDS)
             return cls(
@@ -173,7 +234,7 @@ class Lease:
     """True for a reservation: a key without a TTL that never expires (spec §6.8)."""
     _key: str | None = field(default=None, init=False, repr=False, compare=False)
     """``key``, once computed: the lease guard and the backend both index their peers by it, and one string
-    shared is 60 bytes less per peer than one each (issue #16)."""
+    shared is 60 bytes less per peer than one each (issue #16). ``share_key`` makes it another lease's."""
 
     @property
     def key(self) -> str:
@@ -188,11 +249,18 @@ class Lease:
                 key = f"{go_ip_text(self.ipv6_subnet.network_address)}-{self.ipv6_subnet.prefixlen}"
             else:
                 key = make_subnet_key(self.subnet, self.ipv6_subnet)
-            # Interned: the tracker, the guard and the backends index peers by this text in dicts, which keep the
-            # key object of a peer's first lease; every later lease of that peer then shares it.
-            key = sys.intern(key)
             object.__setattr__(self, "_key", key)
         return key
+
+    def share_key(self, earlier: Lease) -> None:
+        """Hold ``earlier``'s key text instead of an equal one of our own (same subnets assumed).
+
+        The tracker, the guard and the backends index peers by ``key`` in dicts, which keep the key object of a
+        peer's first lease; the ``LeaseTracker`` hands each later lease of that peer the same object, so a peer
+        costs one key text however often it changes. (Interning every key did the same for 42 bytes a peer more,
+        in the interpreter's table of interned strings: issue #16.)
+        """
+        object.__setattr__(self, "_key", earlier.key)
 
     def same_subnets(self, other: Lease) -> bool:
         """True when both leases claim the same subnets."""
@@ -258,9 +326,6 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
     return v4, v6
 
 
-_VXLAN_DATA = re.compile(_VXLAN_DATA_TEXT)
-
-
 def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
     """The ``VtepMAC`` member of a lease's backend data as Go reads it (keys case-insensitive), unchecked;
     ``None`` when absent; ``LeaseDecodeError`` when the data is not a JSON object.
@@ -268,9 +333,12 @@ def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
     The lease guard and the vxlan backend both read it from every lease: the text Go's vxlan backend writes,
     which is nearly every lease, is matched directly instead of decoded twice (10 ms per 5000 leases each).
     """
-    text = attrs.backend_v6_data if v6 else attrs.backend_data
+    held = attrs._v6_data if v6 else attrs._data
+    if isinstance(held, int):
+        return _mac_of(held)
+    text = held
     if text is not None and (m := _VXLAN_DATA.fullmatch(text)) is not None:
-        return m.group(1)
+        return m.group(2)
     data = attrs.backend_json(v6)
     mac = data.get("VtepMAC")
     if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case

@@ -70,6 +70,21 @@ def test_neither_mode_loads_shutil_tempfile_datetime_or_pyyaml_for_its_own_use()
         assert out.stdout.strip() == "[]", argv
 
 
+def test_neither_mode_loads_random() -> None:
+    """``random`` is 0.15 MiB resident; back-off jitter and subnet allocation draw from ``os.urandom``
+    (``flannel.sysrand``; issue #16)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(True);"
+             "from flannel.daemon import main, startup, health; from flannel.backend import vxlan;"
+             "from flannel.traffic import keeper, iptables, nftables; from flannel.subnet import kube_manager,"
+             " kube_own_node, etcd_manager, etcd_gateway, etcd_choice; from flannel.kube import client, loading,"
+             " kubeconfig; print('random' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize(("argv", "env", "needs"), [
     (["--etcd-endpoints=https://e:2379"], {}, True),  # the gateway client is the default
     (["--etcd-endpoints=https://e:2379"], {"FLANNEL_ETCD_CLIENT": "grpc"}, False),  # gRPC has its own TLS

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network
 import pytest
 
 from flannel.lease import EventType, Lease, LeaseAttrs, LeaseEvent
+from flannel.subnet.lease_guard import Family, LeaseGuard
 from flannel.subnet.lease_tracker import LeaseTracker
 from flannel.subnet.manager import WatchResult
 
@@ -135,4 +136,34 @@ def test_a_replaced_lease_leaves_nothing_of_itself_behind() -> None:
 
 
 def test_lease_keys_are_one_shared_string_per_subnet() -> None:
-    assert lease("10.1.7.0/24").key is lease("10.1.7.0/24", "192.168.0.9").key
+    """Every later lease of a peer, by event or by snapshot, carries the key object of the first one the tracker
+    knew: the guard and the backend keep that object in their dicts, so a peer costs one key text."""
+    tracker = LeaseTracker(OWN)
+    first = lease("10.1.7.0/24")
+    tracker.apply(WatchResult(snapshot=(first,)))
+    moved = lease("10.1.7.0/24", "192.168.0.9", rev=2)
+    assert moved.key == first.key and moved.key is not first.key  # made separately: equal, not the same
+    [ev] = tracker.apply(WatchResult(events=((True, moved),)))
+    assert ev.lease.key is first.key
+    again = lease("10.1.7.0/24", "192.168.0.10", rev=3)
+    [ev] = tracker.apply(WatchResult(snapshot=(again,)))
+    assert ev.lease.key is first.key
+    gone = lease("10.1.7.0/24", "192.168.0.10", rev=3)
+    [ev] = tracker.apply(WatchResult(events=((False, gone),)))
+    assert ev.type is EventType.REMOVED and ev.lease.key is first.key
+
+
+def test_a_snapshot_keeps_the_known_object_of_an_unchanged_lease() -> None:
+    """The guard and the backend hold the objects of the lease first passed on, and an unchanged lease is not
+    passed on again: the tracker keeps that object too, so a re-list leaves one lease a peer, not two."""
+    guard = LeaseGuard([Family(v6=False, network=IPv4Network("10.0.0.0/8"), own=None)])
+    tracker = LeaseTracker(OWN, guard)
+    first, other = lease("10.1.7.0/24", "192.168.0.7"), lease("10.1.8.0/24", "192.168.0.8")
+    tracker.apply(WatchResult(snapshot=(first, other)))
+    copy, moved = lease("10.1.7.0/24", "192.168.0.7"), lease("10.1.8.0/24", "192.168.0.9", rev=2)
+    assert copy == first and copy is not first
+    events = tracker.apply(WatchResult(snapshot=(copy, moved)))
+    assert [ev.lease for ev in events] == [moved]
+    held = {held.key: held for held in tracker.leases}
+    assert held[first.key] is first and held[moved.key] is moved
+    assert guard.held[first.key] is first

@@ -353,3 +353,49 @@ def test_the_fast_path_for_gos_vxlan_values_decodes_exactly_as_the_full_decoder(
     monkeypatch.setattr(lease_module, "_GO_VXLAN_VALUE", re.compile(rb"(?!)"))
     assert fast == [decode(v) for v in values]
     assert sum(isinstance(a, LeaseAttrs) for a in fast) > 10
+
+
+@pytest.mark.parametrize("data", [
+    '{"VNI":1,"VtepMAC":"02:00:00:01:00:01"}',
+    '{"VNI":0,"VtepMAC":"ff:ff:ff:ff:ff:ff"}',
+    '{"VNI":4294967295,"VtepMAC":"00:00:00:00:00:00"}',
+    '{"VNI":9999999999,"VtepMAC":"0a:1b:2c:3d:4e:5f"}',
+])
+def test_go_vxlan_backend_data_held_as_a_number_reads_back_byte_for_byte(data: str) -> None:
+    """Go's vxlan form is held as VNI << 48 | MAC (issue #16): what goes in comes out, in the value too."""
+    attrs = LeaseAttrs(IPv4Address("198.18.0.1"), None, "vxlan", data, data)
+    assert isinstance(attrs._data, int) and isinstance(attrs._v6_data, int)
+    assert attrs.backend_data == data and attrs.backend_v6_data == data
+    assert vtep_mac(attrs) == vtep_mac(attrs, v6=True) == data[-19:-2]
+    value = attrs.to_json()
+    assert LeaseAttrs.from_json(value) == attrs and LeaseAttrs.from_json(value).to_json() == value
+    assert repr(attrs) == ("LeaseAttrs(public_ip=IPv4Address('198.18.0.1'), public_ipv6=None, backend_type='vxlan', "
+                           f"backend_data={data!r}, backend_v6_data={data!r})")
+
+
+@pytest.mark.parametrize("data", [
+    '{"VNI":1,"VtepMAC":"02:00:00:01:00:0A"}',  # upper case: kept as written
+    '{"VtepMAC":"02:00:00:01:00:01","VNI":1}',
+    '{"VNI":1,"VtepMAC":"02:00:00:01:00:01","Extra":true}',
+    '{"VNI":10000000000,"VtepMAC":"02:00:00:01:00:01"}',
+    '{"PublicKey":"abc="}',
+])
+def test_other_backend_data_is_held_as_text(data: str) -> None:
+    attrs = LeaseAttrs(backend_type="vxlan", backend_data=data)
+    assert attrs._data == data and attrs.backend_data == data
+    assert LeaseAttrs(backend_type="vxlan", backend_data=data) == attrs
+    assert hash(LeaseAttrs(backend_type="vxlan", backend_data=data)) == hash(attrs)
+
+
+def test_lease_attrs_stay_frozen_and_compare_by_value() -> None:
+    import dataclasses
+
+    a = LeaseAttrs(IPv4Address("198.18.0.1"), None, "vxlan", '{"VNI":1,"VtepMAC":"02:00:00:01:00:01"}')
+    b = LeaseAttrs.from_json('{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"vxlan",'
+                             '"BackendData":{"VNI":1,"VtepMAC":"02:00:00:01:00:01"}}')
+    assert a == b and hash(a) == hash(b)
+    assert a != LeaseAttrs(IPv4Address("198.18.0.1"), None, "vxlan", '{"VNI":1,"VtepMAC":"02:00:00:01:00:02"}')
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.backend_type = "host-gw"  # type: ignore[misc]
+    with pytest.raises((AttributeError, TypeError)):  # TypeError: 3.11's frozen slots classes, any non-field name
+        a.backend_data = "{}"  # type: ignore[misc]

@@ -7,7 +7,6 @@ injectable.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import TypeVar
@@ -15,6 +14,7 @@ from typing import TypeVar
 from flannel.config import NetworkConfig
 from flannel.errors import OutOfSubnetsError
 from flannel.lease import Lease
+from flannel.sysrand import Chooser
 
 MAX_CANDIDATES = 100
 """Upstream collects at most this many free subnets before picking one."""
@@ -65,7 +65,7 @@ def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def pick_subnets(
-    cfg: NetworkConfig, leases: Sequence[Lease], rng: random.Random
+    cfg: NetworkConfig, leases: Sequence[Lease], rng: Chooser
 ) -> tuple[IPv4Network, IPv6Network | None]:
     """A random free IPv4 subnet (and IPv6 subnet when IPv6 is on) for ``cfg`` given the existing leases.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
@@ -31,6 +30,7 @@ from flannel.subnet.allocate import overlaps_any, pick_subnets
 from flannel.subnet.kvstore import KV, CompactedError, KVStore, WatchEvent, WatchEventType
 from flannel.subnet.lease_keeper import EtcdManagerTimings, LeaseKeeper
 from flannel.subnet.manager import WatchResult
+from flannel.sysrand import Chooser, SystemChooser
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class EtcdSubnetManager:
         previous_ipv6_subnet: IPv6Network | None = None,
         renew_margin_minutes: float = 60,
         ttl_seconds: int = 86400,
-        rng: random.Random | None = None,
+        rng: Chooser | None = None,
         clock: Callable[[], float] = time.time,
         timings: EtcdManagerTimings | None = None,
         on_lease_changed: Callable[[Lease], None] | None = None,
@@ -74,7 +74,7 @@ class EtcdSubnetManager:
         self.previous_ipv6_subnet = previous_ipv6_subnet
         self.renew_margin = renew_margin_minutes * 60.0
         self.ttl = ttl_seconds
-        self.rng = rng or random.Random()
+        self.rng: Chooser = rng or SystemChooser()
         self.clock = clock
         self.timings = timings or EtcdManagerTimings()
         self.on_lease_changed = on_lease_changed

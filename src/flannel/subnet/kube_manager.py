@@ -318,9 +318,11 @@ class KubeSubnetManager:
         async for page in listing:
             for node in page:
                 name = node_name(node)
-                lease = self._lease_of(node, self._known.get(name))
+                last = self._known.get(name)
+                lease = self._lease_of(node, last)
                 if lease is not None:
-                    known[name] = lease
+                    # The one known when unchanged: the tracker and the backend keep that object (issue #16).
+                    known[name] = last if last is not None and last == lease else lease
         self._known = known
         READINESS.resolved(DATASTORE)
         await queue.put(WatchResult(snapshot=tuple(known.values())))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -102,17 +103,37 @@ class _Claims:
     keys: list[str] = field(default_factory=list)
     """``keys[i]``: the key of the lease holding the subnet that starts at ``starts[i]`` (a list beside the other
     rather than a dict by first address: 8 bytes a peer instead of about 60; issue #16)."""
-    macs: dict[int, str | tuple[str, ...]] = field(default_factory=dict)
-    """VtepMAC → its holder(s): several only for one node's leases (same public IP), e.g. after a move."""
+    macs: array[int] = field(default_factory=lambda: array("Q"))
+    """The accepted leases' VtepMACs (48-bit numbers), sorted; one MAC appears several times only for one node's
+    leases (same public IP), e.g. after a move. Unboxed: a dict by MAC cost about 60 bytes a peer (the number
+    object and the entry), these two lists 16 (issue #16)."""
+    mac_keys: list[str] = field(default_factory=list)
+    """``mac_keys[i]``: the key of the lease holding ``macs[i]``; equal MACs in the order they were accepted."""
+
+    def mac_holders(self, mac: int) -> list[str]:
+        """The keys of the leases holding ``mac``, first accepted first."""
+        i = bisect_left(self.macs, mac)
+        j = bisect_right(self.macs, mac, i)
+        return self.mac_keys[i:j]
+
+    def add_mac(self, mac: int, key: str) -> None:
+        i = bisect_right(self.macs, mac)
+        self.macs.insert(i, mac)
+        self.mac_keys.insert(i, key)
+
+    def drop_mac(self, mac: int, key: str) -> None:
+        i = bisect_left(self.macs, mac)
+        while i < len(self.macs) and self.macs[i] == mac:
+            if self.mac_keys[i] == key:
+                del self.macs[i]
+                del self.mac_keys[i]
+                return
+            i += 1
 
 
 def _span(net: Network) -> tuple[int, int]:
     first = int(net.network_address)
     return first, first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
-
-
-def _holders(value: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else value
 
 
 def _mac_text(mac: int) -> str:
@@ -235,10 +256,9 @@ class LeaseGuard:
                         "accepted earlier (the first holder keeps it)")
             if fam.subnet_len is not None and net.prefixlen != fam.subnet_len:
                 return "subnet_len", f"subnet {net} is not a /{fam.subnet_len} (the network's subnet length)"
-            holders = claims.macs.get(vtep[0]) if vtep is not None else None
-            if vtep is None or holders is None:
+            if vtep is None:
                 continue
-            for other in _holders(holders):
+            for other in claims.mac_holders(vtep[0]):
                 theirs = fam.vtep(self.held[other]) if other != key else None
                 if theirs is not None and theirs[1] != vtep[1]:
                     return ("duplicate_vtep_mac", f"VtepMAC {_mac_text(vtep[0])} with public IP {vtep[1]} is lease "
@@ -274,8 +294,7 @@ class LeaseGuard:
             claims.starts.insert(i, first)
             claims.keys.insert(i, key)
             if vtep is not None:
-                now = claims.macs.get(vtep[0])
-                claims.macs[vtep[0]] = key if now is None else (*_holders(now), key)
+                claims.add_mac(vtep[0], key)
 
     def _release(self, key: str, lease: Lease) -> None:
         for fam, claims in zip(self.families, self._claims, strict=True):
@@ -288,13 +307,8 @@ class LeaseGuard:
                 del claims.starts[i]
                 del claims.keys[i]
             vtep = fam.vtep(lease) if self.vtep_macs else None
-            now = claims.macs.get(vtep[0]) if vtep is not None else None
-            if vtep is not None and now is not None:
-                rest = tuple(k for k in _holders(now) if k != key)
-                if not rest:
-                    del claims.macs[vtep[0]]
-                else:
-                    claims.macs[vtep[0]] = rest[0] if len(rest) == 1 else rest
+            if vtep is not None:
+                claims.drop_mac(vtep[0], key)
 
 
 def find_collisions(families: Sequence[Family], leases: Iterable[Lease], vtep_macs: bool = False
