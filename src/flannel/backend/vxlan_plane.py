@@ -338,7 +338,7 @@ class VXLANPlane:
         # compared undecoded, by destination bytes and length (``ipaddress`` builds and hashes in Python).
         dev = self.dev_index
         nexthop_of = self._nexthop_of
-        tunnel = {_route_key(e.dst): (e, nexthop_of(e)) for e in self.desired.values() if not e.direct}
+        tunnel = {_route_key(e.dst): e for e in self.desired.values() if not e.direct}
         direct = {_route_key(e.dst) for e in self.desired.values() if e.direct}
         wrong: list[PeerEntries] = []
         stale: list[tuple[int, bytes | None, int]] = []
@@ -349,9 +349,9 @@ class VXLANPlane:
             if flags & RTM_F_CLONED or table != RT_TABLE_MAIN or (oif != dev and not nh):
                 return
             key = (dst or b"") + bytes((dst_len,))
-            found = tunnel.pop(key, None)
-            if found is not None:
-                e, want = found
+            e = tunnel.pop(key, None)
+            if e is not None:
+                want = nexthop_of(e)
                 if nh != want or (not want and (gw != e.gateway.packed or not flags & RTNH_F_ONLINK)):
                     wrong.append(e)
             elif key not in direct and proto != RTPROT_KERNEL:
@@ -359,7 +359,7 @@ class VXLANPlane:
                 stale.append((family, dst, dst_len))
 
         yield from self.nl.route_scan(self.family, dev, each, ROWS_PER_STEP)
-        missing = [e for e, _ in tunnel.values() if e.dst not in touched]
+        missing = [e for e in tunnel.values() if e.dst not in touched]
         elsewhere = main_routes(self.nl, self.family, [e.dst for e in missing]) if missing else {}
         repairs: list[tuple[str, object]] = []
         for e in missing:

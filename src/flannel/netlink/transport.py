@@ -27,6 +27,7 @@ import contextlib
 import errno
 import socket
 import struct
+from array import array
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TypeAlias, TypeVar
 
@@ -191,16 +192,33 @@ class Transport:
         requests between steps; decoding it is what takes time in Python (three quarters of a 5000-route
         listing), so that is the part a caller can interleave with other work.
         """
-        raw = self._dump(mtype, body, _whole, op)
+        # Each message is kept as its datagram and two offsets in arrays, not as a tuple: 16 bytes a message
+        # instead of 72, which at 5000 peers is 0.3 MiB off every reconcile's peak (issue #16).
+        datas: list[bytes] = []
+        starts, ends = array("I"), array("I")
+
+        def keep(data: bytes, start: int, end: int) -> None:
+            datas.append(data)
+            starts.append(start)
+            ends.append(end)
+
+        for _attempt in range(_DUMP_RETRIES):
+            del datas[:], starts[:], ends[:]
+            _, interrupted = self._dump_once(mtype, body, keep, op)
+            if not interrupted:
+                break
+        else:
+            raise NetlinkError(errno.EINTR, op, "dump kept being interrupted by concurrent changes")
+        total = len(datas)
         if not rows:
-            rows = len(raw) or 1
+            rows = total or 1
         out: list[T] = []
         append = out.append
-        for first in range(0, len(raw), rows):
+        for first in range(0, total, rows):
             if first:
                 yield
-            for data, start, end in raw[first:first + rows]:
-                item = parse(data, start, end)
+            for i in range(first, min(first + rows, total)):
+                item = parse(datas[i], starts[i], ends[i])
                 if item is not None:
                     append(item)
         return out
@@ -335,11 +353,6 @@ def drain(steps: Steps[T]) -> T:
             next(steps)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-
-
-def _whole(data: bytes, start: int, end: int) -> tuple[bytes, int, int]:
-    """A dump message kept undecoded, for ``_dump_steps``."""
-    return data, start, end
 
 
 def _timeval(seconds: float) -> bytes:
