@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -299,12 +301,16 @@ class VXLANPlane:
 
     def _nexthop_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
         # Every object is listed, not only our device's: the ids on other devices are someone else's, and the
-        # peers whose id they hold keep plain routes (``foreign_ids``). Ours are recognised by their shape.
+        # peers whose id they hold keep plain routes (``foreign_ids``). Ours are recognised by their shape. An
+        # object is all in its id (the gateway), so the wanted ones are a sorted array of ids, not an index of
+        # entries: 20 KB instead of ~0.4 MiB at 5000 peers, through the whole stepped comparison (issue #16).
         dev = self.dev_index
-        wanted = {nexthop_id(e.gateway): e for e in self.desired.values()  # type: ignore[arg-type]
-                  if not e.direct}
+        wanted = array("I", sorted(nexthop_id(e.gateway)  # type: ignore[arg-type]
+                                   for e in self.desired.values() if not e.direct))
+        count = len(wanted)
+        seen = bytearray(count)
         foreign: set[int] = set()
-        wrong: list[PeerEntries] = []
+        wrong: list[int] = []
         stale: list[int] = []
 
         def each(data: bytes, start: int, end: int) -> None:
@@ -312,22 +318,22 @@ class VXLANPlane:
             if oif != dev:
                 foreign.add(nh)
                 return
-            e = wanted.pop(nh, None)
             ours = gw is not None and len(gw) == 4 and int.from_bytes(gw, "big") == nh and flags & RTNH_F_ONLINK
-            if e is None:
-                if ours:
-                    stale.append(nh)
-            elif not ours:
-                wrong.append(e)
+            at = bisect_left(wanted, nh)
+            if at < count and wanted[at] == nh:
+                seen[at] = 1
+                if not ours:
+                    wrong.append(nh)
+            elif ours:
+                stale.append(nh)
 
         yield from self.nl.nexthop_scan(each, ROWS_PER_STEP)
         self.foreign_ids = frozenset(foreign)
-        missing = [e for nh, e in wanted.items() if nh not in foreign]
+        missing = [nh for at, nh in enumerate(wanted) if not seen[at] and nh not in foreign]
         repairs: list[tuple[str, object]] = [
-            (f"nexthop {nexthop_id(e.gateway)} {what}",  # type: ignore[arg-type]
-             NexthopReplace(id=nexthop_id(e.gateway), gateway=e.gateway, oif=dev))  # type: ignore[arg-type]
-            for what, entries in (("wrong", wrong), ("missing", missing))
-            for e in entries if e.gateway not in touched]
+            (f"nexthop {nh} {what}", NexthopReplace(id=nh, gateway=gateway, oif=dev))
+            for what, ids in (("wrong", wrong), ("missing", missing))
+            for nh in ids if (gateway := IPv4Address(nh)) not in touched]
         repairs.extend((f"stale nexthop {nh}", NexthopDelete(id=nh)) for nh in stale
                        if IPv4Address(nh) not in touched)
         return repairs
