@@ -217,9 +217,10 @@ class VXLANPlane:
         return [repair for step in self.drift_steps() for repair in drain(step())]
 
     def drift_steps(self) -> list[Callable[[], Steps[list[tuple[str, object]]]]]:
-        """``drift_ops`` cut into its three tables, each itself stepped, so that a caller can let lease events
-        in between: reading and comparing one table of 5000 peers is about 20 ms of Python (30-40 ms when it was
-        decoded first), a visible stall in the event loop for every event that arrives meanwhile."""
+        """``drift_ops`` cut into its tables (three; four with nexthop objects), each itself stepped, so that a
+        caller can let lease events in between: reading and comparing one table of 5000 peers is about 20 ms of
+        Python (30-40 ms when it was decoded first), a visible stall in the event loop for every event that
+        arrives meanwhile."""
         tables = [self._neighbour_drift, self._fdb_drift]
         if self.nexthops:  # before the routes, which name them
             tables.append(self._nexthop_drift)
