@@ -99,8 +99,8 @@ class VXLANBackend:
                 raise FlannelError(f"{spec.name}'s mac address wanted: {spec.mac}, but got: {after and after.mac}")
             plane = VXLANPlane(nl=nl, family=fam, dev_name=spec.name, cluster=cluster, own_subnet=subnet,
                                direct_routing=self.cfg.direct_routing, dev_index=link.index)
-            if self.cfg.nexthop_objects and fam == socket.AF_INET:
-                plane.use_nexthops(nl.nexthops())
+            if self.cfg.nexthop_objects:
+                plane.use_nexthops()
             devices.append(_Device(spec=spec, plane=plane))
         return VXLANNetwork(nl, lease, mtu, devices, config, self.ctx.reconcile_interval, ext=ext)
 

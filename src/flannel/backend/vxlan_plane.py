@@ -37,7 +37,7 @@ from flannel.netlink import (
 )
 from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN, RTM_F_CLONED, RTNH_F_ONLINK
 from flannel.netlink.neigh import entry_fields
-from flannel.netlink.nexthops import NexthopFields, nexthop_fields, nexthop_id
+from flannel.netlink.nexthops import nexthop_fields, nexthop_id
 from flannel.netlink.routes import network_of, route_fields
 from flannel.netlink.transport import Steps, drain
 
@@ -173,10 +173,11 @@ class VXLANPlane:
             ops.append(self._route_op(e, nh))
         return ops
 
-    def use_nexthops(self, found: list[NexthopFields] | None) -> None:
-        """Program tunnel routes through nexthop objects from now on, given the kernel's current objects
-        (``Netlink.nexthops``; None: this kernel has none, and plain routes stay)."""
-        if found is not None and not self.v6:
+    def use_nexthops(self) -> None:
+        """Program tunnel routes through nexthop objects from now on, learning which ids the kernel's objects
+        on other devices hold; nothing changes on the IPv6 plane or on a kernel without nexthop objects."""
+        found = None if self.v6 else self.nl.nexthops()
+        if found is not None:
             self.nexthops = True
             self.foreign_ids = frozenset(nh for nh, oif, _gw, _flags in found if oif != self.dev_index)
 

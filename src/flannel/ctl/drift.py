@@ -114,8 +114,8 @@ def _vxlan(nl: Netlink, config: NetworkConfig, own: Lease, remote: Sequence[Leas
         plane = VXLANPlane(nl=nl, family=family, dev_name=name, cluster=cluster,
                            own_subnet=subnet, direct_routing=cfg.direct_routing,
                            dev_index=link.index)
-        if cfg.nexthop_objects and family == socket.AF_INET:
-            plane.use_nexthops(nl.nexthops())
+        if cfg.nexthop_objects:
+            plane.use_nexthops()
         for lease in remote:
             try:
                 entries = plane.entries_for(lease)

@@ -177,9 +177,13 @@ class Transport:
                     return replies
                 replies.append((data, rtype, start, end))
 
-    def _dump(self, mtype: int, body: bytes, parse: Parser[T], op: str) -> list[T]:
-        """Run a dump request to completion, retrying when the kernel flags it as interrupted."""
+    def _dump(self, mtype: int, body: bytes, parse: Parser[T], op: str,
+              restart: Callable[[], None] | None = None) -> list[T]:
+        """Run a dump request to completion, retrying when the kernel flags it as interrupted (``restart`` first
+        forgets what a ``parse`` that keeps messages itself kept of the interrupted attempt)."""
         for _attempt in range(_DUMP_RETRIES):
+            if restart is not None:
+                restart()
             out, interrupted = self._dump_once(mtype, body, parse, op)
             if not interrupted:
                 return out
@@ -202,13 +206,10 @@ class Transport:
             starts.append(start)
             ends.append(end)
 
-        for _attempt in range(_DUMP_RETRIES):
+        def forget() -> None:
             del datas[:], starts[:], ends[:]
-            _, interrupted = self._dump_once(mtype, body, keep, op)
-            if not interrupted:
-                break
-        else:
-            raise NetlinkError(errno.EINTR, op, "dump kept being interrupted by concurrent changes")
+
+        self._dump(mtype, body, keep, op, restart=forget)
         total = len(datas)
         if not rows:
             rows = total or 1
