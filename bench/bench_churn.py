@@ -52,7 +52,7 @@ from bench_daemon import (
     use_tls,
 )
 from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
-from one_host_netns import compile_flannel, run_inside
+from one_host_netns import run_inside
 
 CHANGE_IP_BASE = (198 << 24) | (19 << 16) | (128 << 8)
 """PublicIPs of the changes: 198.19.128.0 onwards (the N peers use 198.19.0.0-198.19.127.255)."""
@@ -157,7 +157,6 @@ def pct(values: list[float], p: float) -> float:
 
 
 def inner(args: argparse.Namespace) -> int:
-    compile_flannel()
     tmp = Path(tempfile.mkdtemp(prefix="flannel-churn-"))
     if args.tls:
         use_tls(tmp)

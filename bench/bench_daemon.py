@@ -6,7 +6,8 @@ namespace. Bounded: a few hundred lease writes and a handful of daemon starts.
 
 Usage: .venv/bin/python bench/bench_daemon.py [--peers-convergence 1000] [--peers-rss 5000] [--events 200]
 
-flanneld inherits the environment: ``FLANNEL_ETCD_CLIENT=grpc`` runs it on the gRPC etcd client instead of
+flanneld runs as deployed (``one_host_netns.DEPLOYED_ENV``: ``PYTHONOPTIMIZE=2``; ``BENCH_AS_DEPLOYED=0`` for
+without) and inherits the environment: ``FLANNEL_ETCD_CLIENT=grpc`` runs it on the gRPC etcd client instead of
 the default JSON-gateway one (issue #16); the table's first line names the client. The benchmark's own
 writes use etcd3aio (the ``flannel[grpc]`` extra, which ``make`` installs). ``--tls``: etcd requires client
 certificates (made with the tests' helper) and flanneld gets ``--etcd-cafile/certfile/keyfile``.
@@ -31,7 +32,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-from one_host_netns import run_inside  # noqa: E402
+from one_host_netns import flanneld_env, run_inside  # noqa: E402
 
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 TLS_DIR: Path | None = None
@@ -159,7 +160,7 @@ def start_flanneld(tmp: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen[b
                                           f"--etcd-keyfile={TLS_DIR}/client-key.pem"]
         STARTED.append(subprocess.Popen([FLANNELD, f"--etcd-endpoints={etcd_url()}", *tls,
                                          f"--subnet-file={tmp}/subnet.env", "--iface=eth0", *extra],
-                                        stdout=log, stderr=log))
+                                        env=flanneld_env(), stdout=log, stderr=log))
     return STARTED[-1]
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench_daemon import Etcd, peer_lease, put_config, put_leases, start_flanneld, stop
 from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
-from one_host_netns import compile_flannel, run_inside
+from one_host_netns import run_inside
 
 DEV = "flannel.1"
 
@@ -143,7 +143,6 @@ def run_ip(tmp: Path, n: int, nexthops: bool = False) -> IpRun:
 
 
 def inner(args: argparse.Namespace) -> int:
-    compile_flannel()
     tmp = Path(tempfile.mkdtemp(prefix="flannel-bench-"))
     etcd = Etcd(tmp)
     rows = []

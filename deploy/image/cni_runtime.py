@@ -157,7 +157,7 @@ def build(out: str, plugin_src: str) -> None:
     _copy(os.path.join(stdlib, "os.py"), os.path.join(target_lib, "os.py"))
     os.makedirs(os.path.join(target_lib, "lib-dynload"), exist_ok=True)
     # Byte code beside the source's place (legacy layout), then no source: half the size, same start-up.
-    if not compileall.compile_dir(target_lib, quiet=1, legacy=True):
+    if not compileall.compile_dir(target_lib, quiet=1, legacy=True, optimize=0):
         raise SystemExit(f"byte-compiling {target_lib} failed")
     for directory, _, files in os.walk(target_lib):
         for name in files:

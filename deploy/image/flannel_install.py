@@ -444,10 +444,11 @@ def _copy_package(root: str, files: Sequence[str], target: str, bundle: cni_runt
             # For the bundled interpreter: another build of this Python's minor version (the image makes the
             # runtime of Debian's python3.11 and runs this with its own 3.11), so the same byte code; the magic
             # number was checked in install_cni_plugin, and nothing below depends on the exact executable.
-            py_compile.compile(os.path.join(tmp, RUN), os.path.join(tmp, RUN_CODE), RUN, doraise=True,
+            py_compile.compile(os.path.join(tmp, RUN), os.path.join(tmp, RUN_CODE), RUN, doraise=True, optimize=0,
                                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-        # For a host whose Python is the image's; others write their own __pycache__ on the first call.
-        if not compileall.compile_dir(os.path.join(tmp, PACKAGE), quiet=1):
+        # For a host whose Python is the image's; others write their own __pycache__ on the first call. Level 0
+        # whatever this process runs with (the image sets PYTHONOPTIMIZE=2 for flanneld): the plugin runs plain.
+        if not compileall.compile_dir(os.path.join(tmp, PACKAGE), quiet=1, optimize=0):
             raise InstallError(f"byte-compiling {tmp} failed")
         _fsync_tree(tmp)
         shutil.rmtree(target, ignore_errors=True)  # a damaged copy (see _matches)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.deployed import DEPLOYED_ENV
 from tests.host_mounts import MountHolder
 from tests.waiting import holds_within
 
@@ -234,9 +235,10 @@ class Cluster:
         return host
 
     def start_flanneld(self, host: Host, *extra: str, env: dict[str, str] | None = None) -> None:
-        """Start flanneld in the host's namespace; ``env`` adds variables (e.g. ``NODE_NAME`` in kube mode)."""
+        """Start flanneld in the host's namespace, as deployed (``DEPLOYED_ENV``); ``env`` adds variables (e.g.
+        ``NODE_NAME`` in kube mode)."""
         host.started = time.time()
-        prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        prefix = ["env", *(f"{k}={v}" for k, v in {**DEPLOYED_ENV, **(env or {})}.items())]
         with open(host.log_file, "ab") as log:  # the child has its own copy of the descriptor
             host.proc = subprocess.Popen(
                 [*host.prefix(), *prefix, FLANNELD, f"--etcd-endpoints={ETCD_URL}",

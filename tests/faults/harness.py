@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.deployed import DEPLOYED_ENV
 from tests.e2e.cluster import ETCD, ETCDCTL, FLANNELD, Cluster, Host, eventually, in_ns, sh
 from tests.faults.observe import ReadyzLog, kernel_mismatches
 
@@ -209,7 +210,7 @@ class FaultCluster(Cluster):
         with open(host.log_file, "ab") as log:  # the child has its own copy of the descriptor
             log.write(f"=== fault harness: flanneld started at monotonic {time.monotonic():.3f} ===\n".encode())
             log.flush()
-            variables = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+            variables = ["env", *(f"{k}={v}" for k, v in {**DEPLOYED_ENV, **(env or {})}.items())]
             host.proc = subprocess.Popen(
                 ["ip", "netns", "exec", host.ns, *variables, FLANNELD, f"--etcd-endpoints={self.endpoints}",
                  f"--subnet-file={host.subnet_file}", f"--healthz-port={HEALTHZ_PORT}", *FLANNELD_FLAGS, *extra],

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests.deployed import DEPLOYED_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = REPO / "deploy" / "image"
 INSTALLER = IMAGE_DIR / "flannel_install.py"
@@ -655,3 +657,38 @@ def test_dockerfile_provides_what_the_manifests_run() -> None:
     for package in ("iptables", "nftables", "iproute2", "ca-certificates"):
         assert package in text
     assert (INSTALLER.stat().st_mode & 0o111) and (WRAPPER.stat().st_mode & 0o111), "scripts must be executable"
+
+
+def test_dockerfile_runs_flanneld_optimized_with_its_byte_code_compiled() -> None:
+    """``PYTHONOPTIMIZE=2`` is 1 MiB of flanneld's RSS (docs/performance.md); its byte code must be in the image,
+    or every container start would compile the standard library and the package again."""
+    lines = dockerfile_instructions()
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")):]
+    env = " ".join(line for line in final if line.startswith("ENV ")).split()
+    unit = (REPO / "deploy" / "systemd" / "flanneld.service").read_text().splitlines()
+    for name, value in DEPLOYED_ENV.items():  # what the e2e tests and the benchmarks run flanneld with
+        assert f"{name}={value}" in env, f"the image does not set {name}={value}"
+        assert f"Environment={name}={value}" in unit, f"the systemd unit does not set {name}={value}"
+    compiled = " ".join(line for line in final if "compileall" in line)
+    assert "-o 2 /opt/flannel/lib/python3.11/site-packages/flannel" in compiled
+    assert "-o 2" in compiled and "/usr/local/lib/python3.11" in compiled
+
+
+def test_the_plugin_is_compiled_plain_whatever_the_installer_runs_with(tmp_path: Path) -> None:
+    """The image sets ``PYTHONOPTIMIZE=2`` for every process, install-cni-plugin included; the plugin's runtime
+    runs without it (``python -I``), so the installer must write level-0 byte code, the same as without it."""
+    ids = []
+    for level, dest in (("0", tmp_path / "plain"), ("2", tmp_path / "optimized")):
+        dest.mkdir()
+        code = ("import importlib.util, sys\n"
+                f"spec = importlib.util.spec_from_file_location('flannel_install', {str(INSTALLER)!r})\n"
+                "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+                f"print(m.install_cni_plugin({str(dest)!r}, {str(SRC_PACKAGE)!r}))\n")
+        env = {**os.environ, "PYTHONOPTIMIZE": level}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+        installed = dest / ".flannel" / ids[-1]
+        assert list(installed.rglob("__pycache__/*.cpython-*.pyc"))
+        assert not list(installed.rglob("*.opt-*.pyc")), f"PYTHONOPTIMIZE={level}: optimized byte code installed"
+    assert ids[0] == ids[1]
