@@ -47,11 +47,11 @@ class StallsAfterFirstDatagram:
         self.sock = sock
         self.reads = 0
 
-    def recv_into(self, buf: bytearray) -> int:
+    def recv_into(self, buf: bytearray, *args: int) -> int:
         self.reads += 1
         if self.reads > 1:
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-        return self.sock.recv_into(buf)
+        return self.sock.recv_into(buf, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)

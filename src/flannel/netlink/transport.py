@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 import struct
 from array import array
@@ -53,13 +54,17 @@ from flannel.netlink.consts import (
 from flannel.netlink.errors import NetlinkError
 from flannel.netlink.ops import Op
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Parser: TypeAlias = Callable[[bytes, int, int], T | None]
 """Decodes one message (datagram, body start, end); None skips it."""
 Steps: TypeAlias = Generator[None, None, T]
 """Work cut into steps: it yields where a caller may let other tasks run, and returns its result."""
 
-_RECV_SIZE = 1 << 18  # dump datagrams are at most 32 KiB; room to spare
+_RECV_SIZE = 1 << 16
+"""Bytes a reply datagram is read into. The kernel packs dumps into datagrams of at most 32 KiB (its cap on a
+reader's buffer); one that would not fit is detected and fails its exchange, after which the buffer fits it.
+A 256 KiB buffer, zero-filled and so resident, cost that much RSS for nothing (issue #16)."""
 _CHUNK_BYTES = 128 << 10  # bytes of requests per sendto
 _ACK_COST = 1024  # receive-buffer bytes one queued ACK costs (skb truesize, measured ~768), rounded up
 _REPLY_COST = 8192  # the same for one queued answer to a get request (at most a page, plus overhead)
@@ -142,12 +147,20 @@ class Transport:
     def _recv(self, op: str, exchange: str) -> bytes:
         """The next reply datagram; ``exchange`` (request, dump, get, batch) labels a timeout's count."""
         try:
-            n = self._sock.recv_into(self._buf)
+            # MSG_TRUNC: the datagram's whole length, even where it did not fit (then the rest of it is lost).
+            n = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
         except BlockingIOError:  # SO_RCVTIMEO ran out: recv fails with EAGAIN
             metrics.NETLINK_TIMEOUTS.labels(exchange).inc()
             err = NetlinkError(errno.ETIMEDOUT, op, f"no answer from the kernel within {self.timeout:g} s")
             self._replace_socket()
             raise err from None
+        if n > len(self._buf):
+            size = len(self._buf)
+            self._buf = bytearray(-(-n // 4096) * 4096)  # the retry's datagram fits
+            self._view = memoryview(self._buf)
+            self._replace_socket()  # the rest of this exchange goes with the old socket
+            raise NetlinkError(errno.EMSGSIZE, op, f"a reply of {n} bytes did not fit the {size}-byte receive "
+                               "buffer (now enlarged; the next attempt reads it whole)")
         return bytes(self._view[:n])
 
     def _replace_socket(self) -> None:
@@ -179,12 +192,19 @@ class Transport:
 
     def _dump(self, mtype: int, body: bytes, parse: Parser[T], op: str,
               restart: Callable[[], None] | None = None) -> list[T]:
-        """Run a dump request to completion, retrying when the kernel flags it as interrupted (``restart`` first
-        forgets what a ``parse`` that keeps messages itself kept of the interrupted attempt)."""
+        """Run a dump request to completion, retrying when the kernel flags it as interrupted or one datagram
+        did not fit the receive buffer (``restart`` first forgets what a ``parse`` that keeps messages itself
+        kept of the failed attempt)."""
         for _attempt in range(_DUMP_RETRIES):
             if restart is not None:
                 restart()
-            out, interrupted = self._dump_once(mtype, body, parse, op)
+            try:
+                out, interrupted = self._dump_once(mtype, body, parse, op)
+            except NetlinkError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+                log.info("%s", exc)
+                continue
             if not interrupted:
                 return out
         raise NetlinkError(errno.EINTR, op, "dump kept being interrupted by concurrent changes")
