@@ -74,7 +74,11 @@ RUN chmod 0755 /opt/bin/flannel-install /usr/sbin/iptables-wrapper \
 RUN python -m compileall -q -o 2 -x '/(test|tests|idlelib|tkinter|lib2to3|ensurepip|site-packages)/' \
         /usr/local/lib/python3.11 \
     && python -m compileall -q -o 2 /opt/flannel/lib/python3.11/site-packages/flannel
+# GLIBC_TUNABLES: flanneld's malloc settings (one arena; blocks from 64 KiB on mapped on their own, so freeing
+# gives them back) from its first allocation, without loading ctypes to set them (0.4 MiB). The container's
+# other processes (iptables, nft, charon) run with them too, which costs them nothing that matters.
 ENV PATH=/opt/flannel/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
-    PYTHONOPTIMIZE=2
+    PYTHONOPTIMIZE=2 \
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=65536
 ENTRYPOINT ["/opt/bin/flanneld"]

@@ -29,7 +29,8 @@ def test_etcd_mode_keeps_ssl_out_and_kube_mode_loads_it_but_not_grpc() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(entry._kube_mode(sys.argv[1:], {}));"
+    probe = ("import sys; from flannel.daemon import entry;"
+             "entry._limit_memory(entry._kube_mode(sys.argv[1:], {}), {});"
              "import asyncio; from flannel.daemon import startup, main;"
              "print('ssl' in sys.modules and sys.modules['ssl'] is not None, 'grpc' in sys.modules)")
     etcd = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
@@ -45,7 +46,7 @@ def test_etcd_mode_loads_no_openssl_through_the_back_door() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False);"
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False, {});"
              "from flannel.daemon import main, startup; from flannel.subnet import etcd_manager, etcd_store;"
              "from flannel.backend import vxlan, hostgw, udp; from flannel.traffic import keeper;"
              "print(sorted(m for m in ('_hashlib', 'hashlib', '_ssl') if sys.modules.get(m) is not None))")
@@ -59,7 +60,8 @@ def test_neither_mode_loads_shutil_tempfile_datetime_or_pyyaml_for_its_own_use()
     import subprocess
     import sys
 
-    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(entry._kube_mode(sys.argv[1:], {}));"
+    probe = ("import sys; from flannel.daemon import entry;"
+             "entry._limit_memory(entry._kube_mode(sys.argv[1:], {}), {});"
              "from flannel.daemon import main, startup; from flannel.backend import vxlan, hostgw;"
              "from flannel.traffic import keeper, iptables, nftables; from flannel.subnet import kube_manager,"
              " kube_own_node; from flannel.kube import client, loading, kubeconfig;"
@@ -76,7 +78,7 @@ def test_neither_mode_loads_random() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(True);"
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(True, {});"
              "from flannel.daemon import main, startup, health; from flannel.backend import vxlan;"
              "from flannel.traffic import keeper, iptables, nftables; from flannel.subnet import kube_manager,"
              " kube_own_node, etcd_manager, etcd_gateway, etcd_choice; from flannel.kube import client, loading,"
@@ -108,7 +110,7 @@ def test_the_default_gateway_client_loads_neither_grpc_nor_ssl_over_http() -> No
     import subprocess
     import sys
 
-    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False);"
+    probe = ("import sys; from flannel.daemon import entry; entry._limit_memory(False, {});"
              "import asyncio; from flannel.daemon import startup, main;"
              "from flannel.subnet.etcd_choice import etcd_client_class; etcd_client_class({});"
              "from flannel.subnet import etcd_manager;"
@@ -142,3 +144,41 @@ def test_grpc_without_its_packages_is_a_config_error_naming_the_extra() -> None:
              "except ConfigError as exc: print(exc)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert "flannel[grpc]" in out.stdout
+
+
+@pytest.mark.parametrize(("tunables", "in_effect"), [
+    ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=65536", True),
+    ("glibc.malloc.mmap_threshold=65536:glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1", True),
+    ("glibc.malloc.arena_max=1", False),
+    ("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=65536", False),
+    ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=65536:glibc.malloc.arena_max=4", False),  # last wins
+    ("", False),
+])
+def test_the_malloc_settings_are_recognised_in_glibc_tunables(tunables: str, in_effect: bool) -> None:
+    from flannel.daemon.entry import _tunables_set
+
+    assert _tunables_set({"GLIBC_TUNABLES": tunables} if tunables else {}) is in_effect
+
+
+def test_as_deployed_the_malloc_settings_come_from_the_environment_and_ctypes_stays_out() -> None:
+    """``ctypes`` is 0.4 MiB resident, loaded only to call ``mallopt``; the image and the systemd unit set the same
+    settings as glibc tunables (``tests.deployed``), so flanneld as deployed loads it for nothing else."""
+    import os
+    import subprocess
+    import sys
+
+    from flannel.daemon.entry import _tunables_set
+    from tests.deployed import DEPLOYED_ENV
+
+    assert _tunables_set(DEPLOYED_ENV)
+    probe = ("import os, sys; from flannel.daemon import entry; entry._limit_memory(True, os.environ);"
+             "from flannel.daemon import main, startup, health; from flannel.backend import vxlan, hostgw;"
+             "from flannel.netlink import Netlink; Netlink().close();"
+             "from flannel.traffic import keeper, iptables, nftables; from flannel.subnet import kube_manager,"
+             " kube_own_node, etcd_manager, etcd_gateway; from flannel.kube import client, loading, kubeconfig;"
+             "print('ctypes' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    for extra, loaded in (({}, "True"), (DEPLOYED_ENV, "False")):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True,
+                             env={**env, **extra})
+        assert out.stdout.strip() == loaded, extra

@@ -10,6 +10,8 @@ not in ``main``:
   so it keeps ``ssl`` (and never loads an etcd client).
 * glibc is limited to one malloc arena, so threads (gRPC's, with ``FLANNEL_ETCD_CLIENT=grpc``) do not each grow
   their own heap, and large blocks are always mapped on their own, so that freeing them gives them back.
+  Where the environment already sets both as glibc tunables (``GLIBC_TUNABLES``: the image and the systemd
+  unit do), they hold from the first allocation and ``ctypes`` (0.4 MiB) is not loaded to set them.
 
 The JSON-gateway etcd client (the default since issue #16) has no TLS stack of its own: with an ``https://``
 endpoint or a client certificate it needs ``ssl``, loaded before asyncio. The gRPC client
@@ -18,7 +20,6 @@ endpoint or a client certificate it needs ``ssl``, loaded before asyncio. The gR
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from collections.abc import Mapping
@@ -27,6 +28,14 @@ M_ARENA_MAX = -8
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 64 * 1024
 """Blocks from this size on get their own mapping, returned to the system when freed (see ``_limit_memory``)."""
+MALLOC_TUNABLES = ("glibc.malloc.arena_max=1", f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}")
+"""``_limit_memory``'s settings in ``GLIBC_TUNABLES`` form (colon-separated), read by glibc at process start."""
+
+
+def _tunables_set(environ: Mapping[str, str]) -> bool:
+    """Whether glibc started with ``MALLOC_TUNABLES`` in effect (the last setting of a name wins)."""
+    settings = dict(item.partition("=")[::2] for item in environ.get("GLIBC_TUNABLES", "").split(":") if item)
+    return all(settings.get(name) == value for name, _, value in (t.partition("=") for t in MALLOC_TUNABLES))
 
 
 def _kube_mode(argv: list[str], environ: Mapping[str, str]) -> bool:
@@ -65,9 +74,13 @@ def _gateway_needs_ssl(argv: list[str], environ: Mapping[str, str]) -> bool:
     return "https://" in _flag(argv, environ, "etcd-endpoints") or bool(_flag(argv, environ, "etcd-certfile"))
 
 
-def _limit_memory(kube: bool) -> None:
+def _limit_memory(kube: bool, environ: Mapping[str, str]) -> None:
     if not kube:
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    if _tunables_set(environ):
+        return
+    import ctypes
+
     try:
         # The process' own symbols, libc's among them; ``ctypes.util.find_library`` would import 1.3 MiB of
         # modules (shutil, bz2, lzma, tempfile) and run ``ldconfig`` to find the same library.
@@ -85,7 +98,7 @@ def _limit_memory(kube: bool) -> None:
 def run() -> None:
     """Entry point of the ``flanneld`` script."""
     argv = sys.argv[1:]
-    _limit_memory(_kube_mode(argv, os.environ) or _gateway_needs_ssl(argv, os.environ))
+    _limit_memory(_kube_mode(argv, os.environ) or _gateway_needs_ssl(argv, os.environ), os.environ)
     from flannel.daemon.main import entry
 
     entry()

@@ -8,13 +8,16 @@ tests and the benchmark drive a namespace from the same process, and it needs no
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from flannel.netlink.consts import NETLINK_ROUTE
+
+if TYPE_CHECKING:
+    import ctypes
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/var/run/netns"
@@ -25,6 +28,8 @@ _libc: ctypes.CDLL | None = None
 
 
 def _setns(fd: int) -> None:
+    import ctypes  # only here: flanneld itself never enters a namespace, and ctypes costs 0.4 MiB
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
