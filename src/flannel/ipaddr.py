@@ -7,6 +7,7 @@ Go differs from Python's ``ipaddress`` in two corners (spec §4). Everything els
 from __future__ import annotations
 
 import ipaddress
+import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 IPAddress = IPv4Address | IPv6Address
@@ -27,6 +28,11 @@ def go_ip_text(addr: IPAddress) -> str:
     if 1 << 24 <= value < 1 << 32:
         return str(IPv4Address(value))
     return str(addr)
+
+
+def ipv4_text(value: int) -> str:
+    """The dotted quad of an IPv4 address held as a number, formatted in C (``str(IPv4Address)`` is Python)."""
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
 def go_net_text(net: IPNetwork) -> str:

@@ -14,11 +14,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from types import EllipsisType
 from typing import Any
 
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import compact, fold, load_object
-from flannel.ipaddr import go_ip_text
+from flannel.ipaddr import go_ip_text, ipv4_text
 
 UNSET_IPV4 = IPv4Address("0.0.0.0")
 
@@ -87,11 +88,13 @@ class LeaseAttrs:
     The backend data are given and read as text (``backend_data``, ``backend_v6_data``). Text exactly in the
     form Go's vxlan backend writes (``{"VNI":1,"VtepMAC":"0a:…"}``, nearly every lease) is held as one number,
     VNI and MAC, and written out again on demand: 32 bytes instead of 80 a peer (issue #16). Equality and hashing
-    see the same thing either way, since a given text is always held the same way.
+    see the same thing either way, since a given text is always held the same way. The public IPv4 address is
+    held as its number (``public_ip_int``) and ``public_ip`` builds the address object on demand: the object cost
+    48 bytes a peer more, kept alive by the vxlan plane's entries too (issue #16).
     """
 
-    public_ip: IPv4Address = UNSET_IPV4
-    """IPv4 address other nodes use to reach this node; 0.0.0.0 when unset (IPv6-only)."""
+    _public_ip: int = 0
+    """``public_ip`` as a number: the IPv4 address other nodes use to reach this node; 0 when unset."""
     public_ipv6: IPv6Address | None = None
     """IPv6 address other nodes use to reach this node, if any."""
     backend_type: str = ""
@@ -101,14 +104,26 @@ class LeaseAttrs:
     _v6_data: str | int | None = None
     """``backend_v6_data`` as held, the same way."""
 
-    def __init__(self, public_ip: IPv4Address = UNSET_IPV4, public_ipv6: IPv6Address | None = None,
+    def __init__(self, public_ip: IPv4Address | int = UNSET_IPV4, public_ipv6: IPv6Address | None = None,
                  backend_type: str = "", backend_data: str | None = None,
                  backend_v6_data: str | None = None) -> None:
-        object.__setattr__(self, "public_ip", public_ip)
+        """``public_ip`` as an address or its number (``int(IPv4Address)``: the very number the address holds)."""
+        object.__setattr__(self, "_public_ip", public_ip if type(public_ip) is int else int(public_ip))
         object.__setattr__(self, "public_ipv6", public_ipv6)
         object.__setattr__(self, "backend_type", backend_type)
         object.__setattr__(self, "_data", _pack(backend_data))
         object.__setattr__(self, "_v6_data", _pack(backend_v6_data))
+
+    @property
+    def public_ip(self) -> IPv4Address:
+        """IPv4 address other nodes use to reach this node; 0.0.0.0 when unset (IPv6-only). Built on each read:
+        hot paths read ``public_ip_int``."""
+        return IPv4Address(self._public_ip)
+
+    @property
+    def public_ip_int(self) -> int:
+        """``public_ip`` as a number (0 when unset), without building the address object."""
+        return self._public_ip
 
     @property
     def backend_data(self) -> str | None:
@@ -128,7 +143,7 @@ class LeaseAttrs:
     def to_json(self) -> str:
         """Serialise byte-for-byte as Go does: fixed field order, compact, empty fields omitted."""
         parts = [
-            f'"PublicIP":{json.dumps(go_ip_text(self.public_ip))}',
+            f'"PublicIP":"{ipv4_text(self._public_ip)}"',  # digits and dots: nothing to escape
             f'"PublicIPv6":{json.dumps(go_ip_text(self.public_ipv6)) if self.public_ipv6 else "null"}',
         ]
         if self.backend_type:
@@ -146,7 +161,7 @@ class LeaseAttrs:
         if m is not None and (public := _ipv4_int(m.group(1).decode("ascii"))) is not None:
             # Exactly what Go's vxlan backend writes (and ``to_json``): nothing to check beyond the address,
             # and the backend data is already in its compact form. Everything else is decoded in full below.
-            attrs = cls(public_ip=IPv4Address(public), backend_type="vxlan")
+            attrs = cls(public_ip=public, backend_type="vxlan")
             object.__setattr__(attrs, "_data", _packed(m.group(3), m.group(4)))  # as ``_pack`` would hold it
             return attrs
         try:
@@ -216,25 +231,88 @@ def _raw(value: Any) -> str | None:
     return compact(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False, repr=False)
 class Lease:
-    """One node's claim on a subnet, as read from or written to the datastore."""
+    """One node's claim on a subnet, as read from or written to the datastore.
 
-    subnet: IPv4Network | None
-    """The IPv4 subnet; always present in etcd mode."""
-    ipv6_subnet: IPv6Network | None = None
+    The IPv4 subnet is given and read as an ``IPv4Network`` (``subnet``) but held as two numbers, its network
+    address and prefix length (``subnet_int``, ``subnet_prefixlen``): the network object with its address object
+    and their number were 184 bytes a peer, kept alive as long as the lease by the vxlan plane too (issue #16).
+    Hot paths read the numbers (``net_ints``); ``subnet`` builds the network on each read. The IPv6 subnet, rare
+    (dual-stack), stays an object.
+    """
+
+    _net4: int | None
+    """The IPv4 subnet's network address as a number; None when the lease has no IPv4 subnet."""
+    _len4: int
+    """The IPv4 subnet's prefix length (0 without one)."""
+    ipv6_subnet: IPv6Network | None
     """The IPv6 subnet, for dual-stack networks."""
-    attrs: LeaseAttrs = field(default_factory=LeaseAttrs)
+    attrs: LeaseAttrs
     """What the node published."""
-    expiration: float = 0.0
+    expiration: float
     """Unix time when the datastore drops the lease; 0 for none known."""
-    revision: int = 0
+    revision: int
     """Datastore revision at which the lease was last modified."""
-    reserved: bool = False
+    reserved: bool
     """True for a reservation: a key without a TTL that never expires (spec §6.8)."""
-    _key: str | None = field(default=None, init=False, repr=False, compare=False)
+    _key: str | None = field(init=False, compare=False)
     """``key``, once computed: the lease guard and the backend both index their peers by it, and one string
     shared is 60 bytes less per peer than one each (issue #16). ``share_key`` makes it another lease's."""
+
+    def __init__(self, subnet: IPv4Network | EllipsisType | None = ..., ipv6_subnet: IPv6Network | None = None,
+                 attrs: LeaseAttrs | None = None, expiration: float = 0.0, revision: int = 0,
+                 reserved: bool = False, *, _net4: int | None = None, _len4: int = 0) -> None:
+        """The IPv4 subnet as an ``IPv4Network`` (``from_ints`` takes its numbers); ``attrs`` None: empty ones.
+
+        ``_net4`` and ``_len4`` are for ``dataclasses.replace``, which passes every field by name: they count only
+        when ``subnet`` is not given (``replace(lease, subnet=...)`` passes both, and the subnet wins).
+        """
+        if subnet is ...:
+            _fill(self, _net4, _len4, ipv6_subnet, attrs, expiration, revision, reserved)
+        elif subnet is None:
+            _fill(self, None, 0, ipv6_subnet, attrs, expiration, revision, reserved)
+        else:
+            _fill(self, int(subnet.network_address), subnet.prefixlen, ipv6_subnet, attrs, expiration, revision,
+                  reserved)
+
+    @classmethod
+    def from_ints(cls, net4: int | None, len4: int, ipv6_subnet: IPv6Network | None = None,
+                  attrs: LeaseAttrs | None = None, expiration: float = 0.0, revision: int = 0,
+                  reserved: bool = False) -> Lease:
+        """A lease whose IPv4 subnet is given as its network address's number and prefix length (host bits clear:
+        not checked), as decoders have it, without building the network object."""
+        lease = object.__new__(cls)
+        _fill(lease, net4, len4, ipv6_subnet, attrs, expiration, revision, reserved)
+        return lease
+
+    @property
+    def subnet(self) -> IPv4Network | None:
+        """The IPv4 subnet; always present in etcd mode. Built on each read: hot paths read ``net_ints``."""
+        net = self._net4
+        return None if net is None else IPv4Network((net, self._len4))
+
+    @property
+    def subnet_int(self) -> int | None:
+        """The IPv4 subnet's network address as a number; None when the lease has none."""
+        return self._net4
+
+    @property
+    def subnet_prefixlen(self) -> int:
+        """The IPv4 subnet's prefix length; 0 when the lease has none."""
+        return self._len4
+
+    def net_ints(self, v6: bool = False) -> tuple[int, int] | None:
+        """One family's subnet as ``(network address as a number, prefix length)``; None when the lease has none."""
+        if v6:
+            net6 = self.ipv6_subnet
+            return None if net6 is None else (int(net6.network_address), net6.prefixlen)
+        net = self._net4
+        return None if net is None else (net, self._len4)
+
+    def __repr__(self) -> str:
+        return (f"Lease(subnet={self.subnet!r}, ipv6_subnet={self.ipv6_subnet!r}, attrs={self.attrs!r}, "
+                f"expiration={self.expiration!r}, revision={self.revision!r}, reserved={self.reserved!r})")
 
     @property
     def key(self) -> str:
@@ -245,10 +323,15 @@ class Lease:
         """
         key = self._key
         if key is None:
-            if self.subnet is None and self.ipv6_subnet is not None:
-                key = f"{go_ip_text(self.ipv6_subnet.network_address)}-{self.ipv6_subnet.prefixlen}"
-            else:
-                key = make_subnet_key(self.subnet, self.ipv6_subnet)
+            net, v6 = self._net4, self.ipv6_subnet
+            if net is None:
+                if v6 is None:
+                    raise ValueError("a subnet key needs an IPv4 part")
+                key = f"{go_ip_text(v6.network_address)}-{v6.prefixlen}"
+            else:  # as ``make_subnet_key`` writes it, from the numbers
+                key = f"{ipv4_text(net)}-{self._len4}"
+                if v6 is not None:
+                    key += f"&{go_ip_text(v6.network_address)}-{v6.prefixlen}"
             object.__setattr__(self, "_key", key)
         return key
 
@@ -264,7 +347,22 @@ class Lease:
 
     def same_subnets(self, other: Lease) -> bool:
         """True when both leases claim the same subnets."""
-        return self.subnet == other.subnet and self.ipv6_subnet == other.ipv6_subnet
+        return (self._net4 == other._net4 and self._len4 == other._len4
+                and self.ipv6_subnet == other.ipv6_subnet)
+
+
+def _fill(lease: Lease, net4: int | None, len4: int, ipv6_subnet: IPv6Network | None, attrs: LeaseAttrs | None,
+          expiration: float, revision: int, reserved: bool) -> None:
+    """Set every field of a new ``Lease`` (frozen: through ``object.__setattr__``)."""
+    put = object.__setattr__
+    put(lease, "_net4", net4)
+    put(lease, "_len4", len4)
+    put(lease, "ipv6_subnet", ipv6_subnet)
+    put(lease, "attrs", attrs if attrs is not None else LeaseAttrs())
+    put(lease, "expiration", expiration)
+    put(lease, "revision", revision)
+    put(lease, "reserved", reserved)
+    put(lease, "_key", None)
 
 
 class EventType(enum.Enum):
@@ -296,6 +394,26 @@ def make_subnet_key(v4: IPv4Network | None, v6: IPv6Network | None) -> str:
 
 def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     """Parse a key (or a full path ending in one) as upstream does; ``None`` when it is not a subnet."""
+    parsed = _parse_key(text)
+    if parsed is None:
+        return None
+    net4, len4, v6 = parsed
+    return IPv4Network((net4, len4)), v6
+
+
+def lease_at_key(text: str, attrs: LeaseAttrs | None = None, expiration: float = 0.0, revision: int = 0,
+                 reserved: bool = False) -> Lease | None:
+    """The lease of the subnets a key names (as ``parse_subnet_key`` reads it), without building the IPv4 network
+    object; ``None`` when the key is not a subnet. A listing decodes one per record."""
+    parsed = _parse_key(text)
+    if parsed is None:
+        return None
+    net4, len4, v6 = parsed
+    return Lease.from_ints(net4, len4, v6, attrs, expiration, revision, reserved)
+
+
+def _parse_key(text: str) -> tuple[int, int, IPv6Network | None] | None:
+    """``parse_subnet_key``'s IPv4 subnet as its numbers (network address, prefix length), host bits cleared."""
     m = _KEY_RE.search(text)
     if m is None:
         return None
@@ -309,9 +427,9 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
     v4_len = int(m.group(2).lstrip("0") or "0")
     if v4_len > 31:
         return None
-    v4 = IPv4Network((v4_addr, v4_len), strict=False)
+    v4_net = v4_addr & ~((1 << (32 - v4_len)) - 1)  # what ``IPv4Network(..., strict=False)`` keeps
     if m.group(3) is None:
-        return v4, None
+        return v4_net, v4_len, None
     v6_len = int(m.group(4).lstrip("0") or "0")
     if v6_len > 127:
         return None
@@ -323,7 +441,7 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
         # Go writes such an address in dotted IPv4 form, a key that neither it nor we can read back: not a
         # subnet either could have allocated.
         return None
-    return v4, v6
+    return v4_net, v4_len, v6
 
 
 def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
