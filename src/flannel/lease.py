@@ -459,3 +459,19 @@ def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
     if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
         mac = fold(data, ["VtepMAC"]).get("VtepMAC")
     return mac
+
+
+_MAC_TEXT = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def vtep_mac_int(attrs: LeaseAttrs, v6: bool = False) -> int | None:
+    """``vtep_mac`` as a 48-bit number; ``None`` when absent or not a MAC (``aa:bb:cc:dd:ee:ff``, any case);
+    ``LeaseDecodeError`` when the data is not a JSON object. Go's form is read straight from the number
+    ``LeaseAttrs`` holds, without a text in between: the lease guard and the vxlan plane both read every lease."""
+    held = attrs._v6_data if v6 else attrs._data
+    if isinstance(held, int):
+        return held & _MAC_MASK
+    mac = vtep_mac(attrs, v6)
+    if not isinstance(mac, str) or not _MAC_TEXT.match(mac.lower()):
+        return None
+    return int(mac.replace(":", ""), 16)
