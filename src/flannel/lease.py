@@ -19,7 +19,7 @@ from typing import Any
 
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import compact, fold, load_object
-from flannel.ipaddr import go_ip_text, ipv4_text
+from flannel.ipaddr import go_ip_text, ipv4_int, ipv4_text
 
 UNSET_IPV4 = IPv4Address("0.0.0.0")
 
@@ -36,21 +36,6 @@ _VXLAN_DATA_TEXT = r'\{"VNI":(0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9
 _GO_VXLAN_VALUE = re.compile(
     rb'\{"PublicIP":"([0-9.]{7,15})","PublicIPv6":null,"BackendType":"vxlan",'
     rb'"BackendData":(' + _VXLAN_DATA_TEXT.encode() + rb')\}')
-
-# Exactly the dotted quads ``IPv4Address`` accepts (ASCII digits, 0-255, no leading zeros), matched in C: a
-# start-up decodes two addresses per lease, and ``ipaddress``'s own parser was a third of that time.
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
-
-
-def _ipv4_int(text: str) -> int | None:
-    """The value of ``text`` if ``IPv4Address(text)`` would accept it, else ``None``."""
-    m = _DOTTED_QUAD.fullmatch(text)
-    if m is None:
-        return None
-    a, b, c, d = m.groups()
-    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
-
 
 _VXLAN_DATA = re.compile(_VXLAN_DATA_TEXT)
 _MAC_BITS = 48
@@ -158,7 +143,7 @@ class LeaseAttrs:
     def from_json(cls, data: str | bytes) -> LeaseAttrs:
         """Decode a lease value; raise ``LeaseDecodeError`` with the reason when it is malformed."""
         m = _GO_VXLAN_VALUE.fullmatch(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
-        if m is not None and (public := _ipv4_int(m.group(1).decode("ascii"))) is not None:
+        if m is not None and (public := ipv4_int(m.group(1).decode("ascii"))) is not None:
             # Exactly what Go's vxlan backend writes (and ``to_json``): nothing to check beyond the address,
             # and the backend data is already in its compact form. Everything else is decoded in full below.
             attrs = cls(public_ip=public, backend_type="vxlan")
@@ -198,7 +183,7 @@ class LeaseAttrs:
 def _opt_ip(value: Any, version: int) -> IPv4Address | IPv6Address | None:
     if value is None or value == "":
         return None
-    if version == 4 and isinstance(value, str) and (n := _ipv4_int(value)) is not None:
+    if version == 4 and isinstance(value, str) and (n := ipv4_int(value)) is not None:
         return IPv4Address(n)
     if not isinstance(value, str):
         raise ValueError(f"PublicIP{'v6' if version == 6 else ''}: expected a string, got {value!r}")
@@ -394,30 +379,20 @@ def make_subnet_key(v4: IPv4Network | None, v6: IPv6Network | None) -> str:
 
 def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     """Parse a key (or a full path ending in one) as upstream does; ``None`` when it is not a subnet."""
-    parsed = _parse_key(text)
+    parsed = parse_subnet_key_numbers(text)
     if parsed is None:
         return None
     net4, len4, v6 = parsed
     return IPv4Network((net4, len4)), v6
 
 
-def lease_at_key(text: str, attrs: LeaseAttrs | None = None, expiration: float = 0.0, revision: int = 0,
-                 reserved: bool = False) -> Lease | None:
-    """The lease of the subnets a key names (as ``parse_subnet_key`` reads it), without building the IPv4 network
-    object; ``None`` when the key is not a subnet. A listing decodes one per record."""
-    parsed = _parse_key(text)
-    if parsed is None:
-        return None
-    net4, len4, v6 = parsed
-    return Lease.from_ints(net4, len4, v6, attrs, expiration, revision, reserved)
-
-
-def _parse_key(text: str) -> tuple[int, int, IPv6Network | None] | None:
-    """``parse_subnet_key``'s IPv4 subnet as its numbers (network address, prefix length), host bits cleared."""
+def parse_subnet_key_numbers(text: str) -> tuple[int, int, IPv6Network | None] | None:
+    """``parse_subnet_key`` with the IPv4 subnet as its numbers (network address, prefix length; host bits
+    cleared), as ``Lease.from_ints`` takes them: a listing decodes one key per record (issue #16)."""
     m = _KEY_RE.search(text)
     if m is None:
         return None
-    v4_addr = _ipv4_int(m.group(1))
+    v4_addr = ipv4_int(m.group(1))
     if v4_addr is None:
         return None
     # Go parses the lengths into 5 and 7 bits; checking the digit count first also keeps a 5000-digit
