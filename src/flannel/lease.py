@@ -93,7 +93,11 @@ class LeaseAttrs:
                  backend_type: str = "", backend_data: str | None = None,
                  backend_v6_data: str | None = None) -> None:
         """``public_ip`` as an address or its number (``int(IPv4Address)``: the very number the address holds)."""
-        object.__setattr__(self, "_public_ip", public_ip if type(public_ip) is int else int(public_ip))
+        if type(public_ip) is not int:
+            public_ip = int(public_ip)
+        elif not 0 <= public_ip <= 0xFFFFFFFF:
+            raise ValueError(f"public_ip: {public_ip} is not an IPv4 address")
+        object.__setattr__(self, "_public_ip", public_ip)
         object.__setattr__(self, "public_ipv6", public_ipv6)
         object.__setattr__(self, "backend_type", backend_type)
         object.__setattr__(self, "_data", _pack(backend_data))

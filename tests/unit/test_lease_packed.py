@@ -114,6 +114,12 @@ def test_public_ip_reads_back_and_writes_go_bytes(ip: str) -> None:
     assert ipv4_text(int(addr)) == str(addr)
 
 
+def test_a_public_ip_number_out_of_range_is_refused() -> None:
+    for bad in (-1, 1 << 32):
+        with pytest.raises(ValueError, match="not an IPv4 address"):
+            LeaseAttrs(public_ip=bad)
+
+
 def test_an_unset_public_ip_is_zero() -> None:
     assert LeaseAttrs().public_ip == UNSET_IPV4 and LeaseAttrs().public_ip_int == 0
     assert LeaseAttrs.from_json('{"PublicIP":""}').public_ip_int == 0
