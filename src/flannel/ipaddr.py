@@ -7,6 +7,8 @@ Go differs from Python's ``ipaddress`` in two corners (spec §4). Everything els
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 IPAddress = IPv4Address | IPv6Address
@@ -27,6 +29,26 @@ def go_ip_text(addr: IPAddress) -> str:
     if 1 << 24 <= value < 1 << 32:
         return str(IPv4Address(value))
     return str(addr)
+
+
+# Exactly the dotted quads ``IPv4Address`` accepts (ASCII digits, 0-255, no leading zeros), matched in C: a
+# start-up decodes two addresses per lease, and ``ipaddress``'s own parser was a third of that time.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
+def ipv4_int(text: str) -> int | None:
+    """The value of ``text`` if ``IPv4Address(text)`` would accept it, else ``None``."""
+    m = _DOTTED_QUAD.fullmatch(text)
+    if m is None:
+        return None
+    a, b, c, d = m.groups()
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+
+
+def ipv4_text(value: int) -> str:
+    """The dotted quad of an IPv4 address held as a number, formatted in C (``str(IPv4Address)`` is Python)."""
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
 def go_net_text(net: IPNetwork) -> str:

@@ -14,11 +14,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from types import EllipsisType
 from typing import Any
 
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import compact, fold, load_object
-from flannel.ipaddr import go_ip_text
+from flannel.ipaddr import go_ip_text, ipv4_int, ipv4_text
 
 UNSET_IPV4 = IPv4Address("0.0.0.0")
 
@@ -35,21 +36,6 @@ _VXLAN_DATA_TEXT = r'\{"VNI":(0|[1-9][0-9]{0,9}),"VtepMAC":"([0-9a-f]{2}(?::[0-9
 _GO_VXLAN_VALUE = re.compile(
     rb'\{"PublicIP":"([0-9.]{7,15})","PublicIPv6":null,"BackendType":"vxlan",'
     rb'"BackendData":(' + _VXLAN_DATA_TEXT.encode() + rb')\}')
-
-# Exactly the dotted quads ``IPv4Address`` accepts (ASCII digits, 0-255, no leading zeros), matched in C: a
-# start-up decodes two addresses per lease, and ``ipaddress``'s own parser was a third of that time.
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
-
-
-def _ipv4_int(text: str) -> int | None:
-    """The value of ``text`` if ``IPv4Address(text)`` would accept it, else ``None``."""
-    m = _DOTTED_QUAD.fullmatch(text)
-    if m is None:
-        return None
-    a, b, c, d = m.groups()
-    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
-
 
 _VXLAN_DATA = re.compile(_VXLAN_DATA_TEXT)
 _MAC_BITS = 48
@@ -87,11 +73,13 @@ class LeaseAttrs:
     The backend data are given and read as text (``backend_data``, ``backend_v6_data``). Text exactly in the
     form Go's vxlan backend writes (``{"VNI":1,"VtepMAC":"0a:…"}``, nearly every lease) is held as one number,
     VNI and MAC, and written out again on demand: 32 bytes instead of 80 a peer (issue #16). Equality and hashing
-    see the same thing either way, since a given text is always held the same way.
+    see the same thing either way, since a given text is always held the same way. The public IPv4 address is
+    held as its number (``public_ip_int``) and ``public_ip`` builds the address object on demand: the object cost
+    48 bytes a peer more, kept alive by the vxlan plane's entries too (issue #16).
     """
 
-    public_ip: IPv4Address = UNSET_IPV4
-    """IPv4 address other nodes use to reach this node; 0.0.0.0 when unset (IPv6-only)."""
+    _public_ip: int = 0
+    """``public_ip`` as a number: the IPv4 address other nodes use to reach this node; 0 when unset."""
     public_ipv6: IPv6Address | None = None
     """IPv6 address other nodes use to reach this node, if any."""
     backend_type: str = ""
@@ -101,14 +89,30 @@ class LeaseAttrs:
     _v6_data: str | int | None = None
     """``backend_v6_data`` as held, the same way."""
 
-    def __init__(self, public_ip: IPv4Address = UNSET_IPV4, public_ipv6: IPv6Address | None = None,
+    def __init__(self, public_ip: IPv4Address | int = UNSET_IPV4, public_ipv6: IPv6Address | None = None,
                  backend_type: str = "", backend_data: str | None = None,
                  backend_v6_data: str | None = None) -> None:
-        object.__setattr__(self, "public_ip", public_ip)
+        """``public_ip`` as an address or its number (``int(IPv4Address)``: the very number the address holds)."""
+        if type(public_ip) is not int:
+            public_ip = int(public_ip)
+        elif not 0 <= public_ip <= 0xFFFFFFFF:
+            raise ValueError(f"public_ip: {public_ip} is not an IPv4 address")
+        object.__setattr__(self, "_public_ip", public_ip)
         object.__setattr__(self, "public_ipv6", public_ipv6)
         object.__setattr__(self, "backend_type", backend_type)
         object.__setattr__(self, "_data", _pack(backend_data))
         object.__setattr__(self, "_v6_data", _pack(backend_v6_data))
+
+    @property
+    def public_ip(self) -> IPv4Address:
+        """IPv4 address other nodes use to reach this node; 0.0.0.0 when unset (IPv6-only). Built on each read:
+        hot paths read ``public_ip_int``."""
+        return IPv4Address(self._public_ip)
+
+    @property
+    def public_ip_int(self) -> int:
+        """``public_ip`` as a number (0 when unset), without building the address object."""
+        return self._public_ip
 
     @property
     def backend_data(self) -> str | None:
@@ -128,7 +132,7 @@ class LeaseAttrs:
     def to_json(self) -> str:
         """Serialise byte-for-byte as Go does: fixed field order, compact, empty fields omitted."""
         parts = [
-            f'"PublicIP":{json.dumps(go_ip_text(self.public_ip))}',
+            f'"PublicIP":"{ipv4_text(self._public_ip)}"',  # digits and dots: nothing to escape
             f'"PublicIPv6":{json.dumps(go_ip_text(self.public_ipv6)) if self.public_ipv6 else "null"}',
         ]
         if self.backend_type:
@@ -143,10 +147,10 @@ class LeaseAttrs:
     def from_json(cls, data: str | bytes) -> LeaseAttrs:
         """Decode a lease value; raise ``LeaseDecodeError`` with the reason when it is malformed."""
         m = _GO_VXLAN_VALUE.fullmatch(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
-        if m is not None and (public := _ipv4_int(m.group(1).decode("ascii"))) is not None:
+        if m is not None and (public := ipv4_int(m.group(1).decode("ascii"))) is not None:
             # Exactly what Go's vxlan backend writes (and ``to_json``): nothing to check beyond the address,
             # and the backend data is already in its compact form. Everything else is decoded in full below.
-            attrs = cls(public_ip=IPv4Address(public), backend_type="vxlan")
+            attrs = cls(public_ip=public, backend_type="vxlan")
             object.__setattr__(attrs, "_data", _packed(m.group(3), m.group(4)))  # as ``_pack`` would hold it
             return attrs
         try:
@@ -183,7 +187,7 @@ class LeaseAttrs:
 def _opt_ip(value: Any, version: int) -> IPv4Address | IPv6Address | None:
     if value is None or value == "":
         return None
-    if version == 4 and isinstance(value, str) and (n := _ipv4_int(value)) is not None:
+    if version == 4 and isinstance(value, str) and (n := ipv4_int(value)) is not None:
         return IPv4Address(n)
     if not isinstance(value, str):
         raise ValueError(f"PublicIP{'v6' if version == 6 else ''}: expected a string, got {value!r}")
@@ -216,25 +220,88 @@ def _raw(value: Any) -> str | None:
     return compact(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False, repr=False)
 class Lease:
-    """One node's claim on a subnet, as read from or written to the datastore."""
+    """One node's claim on a subnet, as read from or written to the datastore.
 
-    subnet: IPv4Network | None
-    """The IPv4 subnet; always present in etcd mode."""
-    ipv6_subnet: IPv6Network | None = None
+    The IPv4 subnet is given and read as an ``IPv4Network`` (``subnet``) but held as two numbers, its network
+    address and prefix length (``subnet_int``, ``subnet_prefixlen``): the network object with its address object
+    and their number were 184 bytes a peer, kept alive as long as the lease by the vxlan plane too (issue #16).
+    Hot paths read the numbers (``net_ints``); ``subnet`` builds the network on each read. The IPv6 subnet, rare
+    (dual-stack), stays an object.
+    """
+
+    _net4: int | None
+    """The IPv4 subnet's network address as a number; None when the lease has no IPv4 subnet."""
+    _len4: int
+    """The IPv4 subnet's prefix length (0 without one)."""
+    ipv6_subnet: IPv6Network | None
     """The IPv6 subnet, for dual-stack networks."""
-    attrs: LeaseAttrs = field(default_factory=LeaseAttrs)
+    attrs: LeaseAttrs
     """What the node published."""
-    expiration: float = 0.0
+    expiration: float
     """Unix time when the datastore drops the lease; 0 for none known."""
-    revision: int = 0
+    revision: int
     """Datastore revision at which the lease was last modified."""
-    reserved: bool = False
+    reserved: bool
     """True for a reservation: a key without a TTL that never expires (spec §6.8)."""
-    _key: str | None = field(default=None, init=False, repr=False, compare=False)
+    _key: str | None = field(init=False, compare=False)
     """``key``, once computed: the lease guard and the backend both index their peers by it, and one string
     shared is 60 bytes less per peer than one each (issue #16). ``share_key`` makes it another lease's."""
+
+    def __init__(self, subnet: IPv4Network | EllipsisType | None = ..., ipv6_subnet: IPv6Network | None = None,
+                 attrs: LeaseAttrs | None = None, expiration: float = 0.0, revision: int = 0,
+                 reserved: bool = False, *, _net4: int | None = None, _len4: int = 0) -> None:
+        """The IPv4 subnet as an ``IPv4Network`` (``from_ints`` takes its numbers); ``attrs`` None: empty ones.
+
+        ``_net4`` and ``_len4`` are for ``dataclasses.replace``, which passes every field by name: they count only
+        when ``subnet`` is not given (``replace(lease, subnet=...)`` passes both, and the subnet wins).
+        """
+        if subnet is ...:
+            _fill(self, _net4, _len4, ipv6_subnet, attrs, expiration, revision, reserved)
+        elif subnet is None:
+            _fill(self, None, 0, ipv6_subnet, attrs, expiration, revision, reserved)
+        else:
+            _fill(self, int(subnet.network_address), subnet.prefixlen, ipv6_subnet, attrs, expiration, revision,
+                  reserved)
+
+    @classmethod
+    def from_ints(cls, net4: int | None, len4: int, ipv6_subnet: IPv6Network | None = None,
+                  attrs: LeaseAttrs | None = None, expiration: float = 0.0, revision: int = 0,
+                  reserved: bool = False) -> Lease:
+        """A lease whose IPv4 subnet is given as its network address's number and prefix length (host bits clear:
+        not checked), as decoders have it, without building the network object."""
+        lease = object.__new__(cls)
+        _fill(lease, net4, len4, ipv6_subnet, attrs, expiration, revision, reserved)
+        return lease
+
+    @property
+    def subnet(self) -> IPv4Network | None:
+        """The IPv4 subnet; always present in etcd mode. Built on each read: hot paths read ``net_ints``."""
+        net = self._net4
+        return None if net is None else IPv4Network((net, self._len4))
+
+    @property
+    def subnet_int(self) -> int | None:
+        """The IPv4 subnet's network address as a number; None when the lease has none."""
+        return self._net4
+
+    @property
+    def subnet_prefixlen(self) -> int:
+        """The IPv4 subnet's prefix length; 0 when the lease has none."""
+        return self._len4
+
+    def net_ints(self, v6: bool = False) -> tuple[int, int] | None:
+        """One family's subnet as ``(network address as a number, prefix length)``; None when the lease has none."""
+        if v6:
+            net6 = self.ipv6_subnet
+            return None if net6 is None else (int(net6.network_address), net6.prefixlen)
+        net = self._net4
+        return None if net is None else (net, self._len4)
+
+    def __repr__(self) -> str:
+        return (f"Lease(subnet={self.subnet!r}, ipv6_subnet={self.ipv6_subnet!r}, attrs={self.attrs!r}, "
+                f"expiration={self.expiration!r}, revision={self.revision!r}, reserved={self.reserved!r})")
 
     @property
     def key(self) -> str:
@@ -245,10 +312,15 @@ class Lease:
         """
         key = self._key
         if key is None:
-            if self.subnet is None and self.ipv6_subnet is not None:
-                key = f"{go_ip_text(self.ipv6_subnet.network_address)}-{self.ipv6_subnet.prefixlen}"
-            else:
-                key = make_subnet_key(self.subnet, self.ipv6_subnet)
+            net, v6 = self._net4, self.ipv6_subnet
+            if net is None:
+                if v6 is None:
+                    raise ValueError("a subnet key needs an IPv4 part")
+                key = f"{go_ip_text(v6.network_address)}-{v6.prefixlen}"
+            else:  # as ``make_subnet_key`` writes it, from the numbers
+                key = f"{ipv4_text(net)}-{self._len4}"
+                if v6 is not None:
+                    key += f"&{go_ip_text(v6.network_address)}-{v6.prefixlen}"
             object.__setattr__(self, "_key", key)
         return key
 
@@ -264,7 +336,22 @@ class Lease:
 
     def same_subnets(self, other: Lease) -> bool:
         """True when both leases claim the same subnets."""
-        return self.subnet == other.subnet and self.ipv6_subnet == other.ipv6_subnet
+        return (self._net4 == other._net4 and self._len4 == other._len4
+                and self.ipv6_subnet == other.ipv6_subnet)
+
+
+def _fill(lease: Lease, net4: int | None, len4: int, ipv6_subnet: IPv6Network | None, attrs: LeaseAttrs | None,
+          expiration: float, revision: int, reserved: bool) -> None:
+    """Set every field of a new ``Lease`` (frozen: through ``object.__setattr__``)."""
+    put = object.__setattr__
+    put(lease, "_net4", net4)
+    put(lease, "_len4", len4)
+    put(lease, "ipv6_subnet", ipv6_subnet)
+    put(lease, "attrs", attrs if attrs is not None else LeaseAttrs())
+    put(lease, "expiration", expiration)
+    put(lease, "revision", revision)
+    put(lease, "reserved", reserved)
+    put(lease, "_key", None)
 
 
 class EventType(enum.Enum):
@@ -296,10 +383,20 @@ def make_subnet_key(v4: IPv4Network | None, v6: IPv6Network | None) -> str:
 
 def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None:
     """Parse a key (or a full path ending in one) as upstream does; ``None`` when it is not a subnet."""
+    parsed = parse_subnet_key_numbers(text)
+    if parsed is None:
+        return None
+    net4, len4, v6 = parsed
+    return IPv4Network((net4, len4)), v6
+
+
+def parse_subnet_key_numbers(text: str) -> tuple[int, int, IPv6Network | None] | None:
+    """``parse_subnet_key`` with the IPv4 subnet as its numbers (network address, prefix length; host bits
+    cleared), as ``Lease.from_ints`` takes them: a listing decodes one key per record (issue #16)."""
     m = _KEY_RE.search(text)
     if m is None:
         return None
-    v4_addr = _ipv4_int(m.group(1))
+    v4_addr = ipv4_int(m.group(1))
     if v4_addr is None:
         return None
     # Go parses the lengths into 5 and 7 bits; checking the digit count first also keeps a 5000-digit
@@ -309,9 +406,9 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
     v4_len = int(m.group(2).lstrip("0") or "0")
     if v4_len > 31:
         return None
-    v4 = IPv4Network((v4_addr, v4_len), strict=False)
+    v4_net = v4_addr & ~((1 << (32 - v4_len)) - 1)  # what ``IPv4Network(..., strict=False)`` keeps
     if m.group(3) is None:
-        return v4, None
+        return v4_net, v4_len, None
     v6_len = int(m.group(4).lstrip("0") or "0")
     if v6_len > 127:
         return None
@@ -323,7 +420,7 @@ def parse_subnet_key(text: str) -> tuple[IPv4Network, IPv6Network | None] | None
         # Go writes such an address in dotted IPv4 form, a key that neither it nor we can read back: not a
         # subnet either could have allocated.
         return None
-    return v4, v6
+    return v4_net, v4_len, v6
 
 
 def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
@@ -341,3 +438,19 @@ def vtep_mac(attrs: LeaseAttrs, v6: bool = False) -> Any:
     if mac is None:  # Go matches keys case-insensitively; the exact spelling is the common case
         mac = fold(data, ["VtepMAC"]).get("VtepMAC")
     return mac
+
+
+_MAC_TEXT = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def vtep_mac_int(attrs: LeaseAttrs, v6: bool = False) -> int | None:
+    """``vtep_mac`` as a 48-bit number; ``None`` when absent or not a MAC (``aa:bb:cc:dd:ee:ff``, any case);
+    ``LeaseDecodeError`` when the data is not a JSON object. Go's form is read straight from the number
+    ``LeaseAttrs`` holds, without a text in between: the lease guard and the vxlan plane both read every lease."""
+    held = attrs._v6_data if v6 else attrs._data
+    if isinstance(held, int):
+        return held & _MAC_MASK
+    mac = vtep_mac(attrs, v6)
+    if not isinstance(mac, str) or not _MAC_TEXT.match(mac.lower()):
+        return None
+    return int(mac.replace(":", ""), 16)

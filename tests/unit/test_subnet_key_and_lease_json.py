@@ -9,7 +9,8 @@ import pytest
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import fold, load_object
 from flannel.ipaddr import go_ip_text, go_net_text
-from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, _ipv4_int, make_subnet_key, parse_subnet_key, vtep_mac
+from flannel.ipaddr import ipv4_int as _ipv4_int
+from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key, vtep_mac
 
 # --- subnet keys -----------------------------------------------------------------------------------
 

@@ -64,18 +64,33 @@ def lease(subnet: str, pub: str, data: str | None) -> Lease:
 
 
 MAC = "aa:bb:cc:dd:ee:01"
+MAC_N = 0xAABBCCDDEE01
+MAC2_N = 0xAABBCCDDEE02
+SUBNET = int(IPv4Address("10.244.3.0"))
+PUB13 = int(IPv4Address("198.18.0.13"))
+PUB14 = int(IPv4Address("198.18.0.14"))
 
 
 def test_lease_becomes_neighbour_fdb_and_onlink_route() -> None:
     p = plane()
     e = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VNI":1,"VtepMAC":"{MAC}"}}'))
-    assert e == PeerEntries(dst=IPv4Network("10.244.3.0/24"), gateway=IPv4Address("10.244.3.0"), direct=False,
-                            mac=MAC, public_ip=IPv4Address("198.18.0.13"))
-    assert p.ops_for_change(None, e) == [
-        NeighReplace(index=7, ip=IPv4Address("10.244.3.0"), mac=MAC),
-        FdbReplace(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")),
-        RouteReplace(dst=IPv4Network("10.244.3.0/24"), gateway=IPv4Address("10.244.3.0"), oif=7, onlink=True),
+    assert e == PeerEntries(dst=SUBNET, prefixlen=24, gateway=SUBNET, direct=False, mac=MAC_N, public_ip=PUB13)
+    ops = p.ops_for_change(None, e)
+    assert ops == [
+        NeighReplace(index=7, ip=SUBNET, mac=MAC_N),
+        FdbReplace(index=7, mac=MAC_N, dst=PUB13),
+        RouteReplace(dst=(SUBNET, 24), gateway=SUBNET, oif=7, onlink=True),
     ]
+    # The numbers pack and read as the objects did.
+    assert [op.pack(1) for op in ops] == [  # type: ignore[attr-defined]
+        NeighReplace(index=7, ip=IPv4Address("10.244.3.0"), mac=MAC).pack(1),
+        FdbReplace(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")).pack(1),
+        RouteReplace(dst=IPv4Network("10.244.3.0/24"), gateway=IPv4Address("10.244.3.0"), oif=7,
+                     onlink=True).pack(1)]
+    assert [op.describe() for op in ops] == [  # type: ignore[attr-defined]
+        f"neigh replace 10.244.3.0 lladdr {MAC} dev #7 nud permanent",
+        f"fdb replace {MAC} dev #7 dst 198.18.0.13 self permanent",
+        "route replace 10.244.3.0/24 via 10.244.3.0 dev #7 onlink"]
 
 
 def test_replaying_the_same_lease_changes_nothing() -> None:
@@ -89,16 +104,16 @@ def test_changed_mac_replaces_fdb_and_drops_the_old_entry() -> None:
     old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
     new = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", '{"VtepMAC":"aa:bb:cc:dd:ee:02"}'))
     ops = p.ops_for_change(old, new)
-    assert FdbDelete(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")) in ops
+    assert FdbDelete(index=7, mac=MAC_N, dst=PUB13) in ops
     assert not any(isinstance(o, RouteDelete | NeighDelete) for o in ops)
-    assert FdbReplace(index=7, mac="aa:bb:cc:dd:ee:02", dst=IPv4Address("198.18.0.13")) in ops
+    assert FdbReplace(index=7, mac=MAC2_N, dst=PUB13) in ops
 
 
 def test_a_peer_moving_to_another_public_ip_rewrites_its_fdb_entry_alone() -> None:
     p = plane()
     old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
     new = p.entries_for(lease("10.244.3.0/24", "198.18.0.14", f'{{"VtepMAC":"{MAC}"}}'))
-    assert p.ops_for_change(old, new) == [FdbReplace(index=7, mac=MAC, dst=IPv4Address("198.18.0.14"))]
+    assert p.ops_for_change(old, new) == [FdbReplace(index=7, mac=MAC_N, dst=PUB14)]
 
 
 def test_a_changed_mac_rewrites_neighbour_and_fdb_but_not_the_route() -> None:
@@ -106,9 +121,9 @@ def test_a_changed_mac_rewrites_neighbour_and_fdb_but_not_the_route() -> None:
     old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
     new = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", '{"VtepMAC":"aa:bb:cc:dd:ee:02"}'))
     assert p.ops_for_change(old, new) == [
-        FdbDelete(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")),
-        NeighReplace(index=7, ip=IPv4Address("10.244.3.0"), mac="aa:bb:cc:dd:ee:02"),
-        FdbReplace(index=7, mac="aa:bb:cc:dd:ee:02", dst=IPv4Address("198.18.0.13")),
+        FdbDelete(index=7, mac=MAC_N, dst=PUB13),
+        NeighReplace(index=7, ip=SUBNET, mac=MAC2_N),
+        FdbReplace(index=7, mac=MAC2_N, dst=PUB13),
     ]
 
 
@@ -116,9 +131,9 @@ def test_removal_deletes_route_fdb_and_neighbour() -> None:
     p = plane()
     old = p.entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"VtepMAC":"{MAC}"}}'))
     assert p.ops_for_change(old, None) == [
-        RouteDelete(dst=IPv4Network("10.244.3.0/24")),
-        FdbDelete(index=7, mac=MAC, dst=IPv4Address("198.18.0.13")),
-        NeighDelete(index=7, ip=IPv4Address("10.244.3.0")),
+        RouteDelete(dst=(SUBNET, 24)),
+        FdbDelete(index=7, mac=MAC_N, dst=PUB13),
+        NeighDelete(index=7, ip=SUBNET),
     ]
 
 
@@ -136,7 +151,7 @@ def test_lease_without_this_family_needs_nothing() -> None:
 
 def test_vtep_mac_key_is_matched_case_insensitively_as_go_does() -> None:
     e = plane().entries_for(lease("10.244.3.0/24", "198.18.0.13", f'{{"vni":1,"vtepmac":"{MAC.upper()}"}}'))
-    assert e is not None and e.mac == MAC
+    assert e is not None and e.mac == MAC_N
 
 
 def test_v6_device_mtu_is_capped_at_what_the_kernel_allows_over_an_ipv6_underlay() -> None:

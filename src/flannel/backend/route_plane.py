@@ -17,7 +17,7 @@ else even if it appeared in the meantime. 70 is unused by the kernel (``rtnetlin
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -77,20 +77,25 @@ class PeerRoute:
 
 
 def is_peer_subnet(subnet: Network, cluster: Network, own: Network) -> bool:
-    """Inside the cluster network and clear of our own subnet: ``within``/``overlaps`` with the shifts done
-    by hand (this runs once per peer per event, for thousands of peers).
+    """Inside the cluster network and clear of our own subnet (see ``is_peer_net``)."""
+    if subnet.version != cluster.version:
+        return False
+    return is_peer_net(int(subnet.network_address), subnet.prefixlen, cluster, own)
+
+
+def is_peer_net(address: int, prefixlen: int, cluster: Network, own: Network) -> bool:
+    """``is_peer_subnet`` of the subnet ``address/prefixlen`` of ``cluster``'s family, given as numbers:
+    ``within``/``overlaps`` with the shifts done by hand (this runs once per peer per event, for thousands of
+    peers).
 
     Never route what is not a peer's share of the cluster network: a hand-written key such as 0.0.0.0-0
     would otherwise replace the host's default route (upstream programs it blindly).
     """
-    if subnet.version != cluster.version:
+    bits, cplen, oplen = cluster.max_prefixlen, cluster.prefixlen, own.prefixlen
+    if prefixlen < cplen or address >> (bits - cplen) != int(cluster.network_address) >> (bits - cplen):
         return False
-    bits, plen, addr = subnet.max_prefixlen, subnet.prefixlen, int(subnet.network_address)
-    cplen, oplen = cluster.prefixlen, own.prefixlen
-    if plen < cplen or addr >> (bits - cplen) != int(cluster.network_address) >> (bits - cplen):
-        return False
-    shortest = min(plen, oplen)
-    return addr >> (bits - shortest) != int(own.network_address) >> (bits - shortest)
+    shortest = min(prefixlen, oplen)
+    return address >> (bits - shortest) != int(own.network_address) >> (bits - shortest)
 
 
 def is_on_link(nl: Netlink, public: Address) -> bool:
@@ -116,7 +121,7 @@ def route_ops(old: PeerRoute | None, new: PeerRoute | None) -> list[object]:
 
 
 def route_drift(nl: Netlink, family: int, cluster: Network, wanted: Sequence[PeerRoute],
-                claimed: Collection[Network] = ()) -> list[tuple[str, object]]:
+                claimed: Container[Network] = ()) -> list[tuple[str, object]]:
     """``(reason, op)`` pairs that make the kernel hold exactly the ``wanted`` routes of ours.
 
     A wanted route missing or wrong is replaced. A route of ours (``RTPROT_FLANNEL``, main table, inside

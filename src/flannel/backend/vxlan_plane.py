@@ -9,20 +9,20 @@ removed and recreated, stale entries left by a lease that vanished while flannel
 from __future__ import annotations
 
 import logging
-import re
 import socket
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeVar
 
-from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_subnet, main_routes, route_drift
+from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_net, main_routes, route_drift
+from flannel.backend.vxlan_entries import PeerEntries, TunnelDestinations, mac_text
 from flannel.errors import LeaseDecodeError
 from flannel.ipaddr import within
-from flannel.lease import Lease, vtep_mac
+from flannel.lease import Lease, vtep_mac, vtep_mac_int
 from flannel.netlink import (
     FdbDelete,
     FdbReplace,
@@ -38,6 +38,7 @@ from flannel.netlink import (
 from flannel.netlink.consts import NTF_SELF, NUD_PERMANENT, RT_TABLE_MAIN, RTM_F_CLONED, RTNH_F_ONLINK
 from flannel.netlink.neigh import entry_fields
 from flannel.netlink.nexthops import nexthop_fields, nexthop_id
+from flannel.netlink.ops import Addr, Net
 from flannel.netlink.routes import network_of, route_fields
 from flannel.netlink.transport import Steps, drain
 
@@ -45,38 +46,16 @@ log = logging.getLogger(__name__)
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 RTPROT_KERNEL = 2
 """Routes the kernel made itself, e.g. the /128 prefix route of the v6 device's own address."""
-_ZERO_MAC = bytes(6)
-"""The all-zeros FDB entry (a default destination someone may have added by hand): never ours to delete."""
+_MAC_TAG = 1 << 128
+"""Added to a MAC's number in ``_touched``, which holds addresses (below 2**128) too."""
 ROWS_PER_STEP = 1000
 """Kernel entries a stepped reconcile compares before it pauses: about 2 ms of Python each at 5000 peers, and the
 first step of a table also reads its whole dump (about 8 ms; issue #16)."""
 R = TypeVar("R")
 _RIGHT = object()
 """A wanted FDB entry found as it should be, during one comparison."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerEntries:
-    """The kernel entries one remote lease needs on one family's device."""
-
-    dst: Network
-    """The remote subnet."""
-    gateway: Address
-    """Next hop: the remote subnet's network address (tunnel) or the remote public IP (direct)."""
-    direct: bool
-    """DirectRouting: a plain underlay route, no neighbour or FDB entry."""
-    mac: str = ""
-    """The remote VTEP MAC (tunnel only)."""
-    public_ip: Address | None = None
-    """The remote public IP, the FDB destination (tunnel only)."""
-
-    @property
-    def route(self) -> PeerRoute:
-        """The underlay route of a direct entry (the device is left to the kernel: the peer is on-link)."""
-        return PeerRoute(dst=self.dst, gateway=self.gateway)
 
 
 @dataclass
@@ -113,6 +92,30 @@ class VXLANPlane:
         """Whether this is the IPv6 plane."""
         return self.family == socket.AF_INET6
 
+    def _addr(self, value: int) -> Addr:
+        """An address for a netlink operation: IPv4 as its number (operations take it so), IPv6 as an object."""
+        return IPv6Address(value) if self.family == socket.AF_INET6 else value
+
+    def _net(self, e: PeerEntries) -> Net:
+        """``e``'s destination for a netlink operation, the same way."""
+        if self.family == socket.AF_INET6:
+            return IPv6Network((e.dst, e.prefixlen))
+        return e.dst, e.prefixlen
+
+    def _address(self, value: int) -> Address:
+        """An address object (for logs, lookups and the route reconciler)."""
+        return IPv6Address(value) if self.family == socket.AF_INET6 else IPv4Address(value)
+
+    def _network(self, e: PeerEntries) -> Network:
+        """``e``'s destination as a network object."""
+        if self.family == socket.AF_INET6:
+            return IPv6Network((e.dst, e.prefixlen))
+        return IPv4Network((e.dst, e.prefixlen))
+
+    def _route(self, e: PeerEntries) -> PeerRoute:
+        """The underlay route of a direct entry (the device is left to the kernel: the peer is on-link)."""
+        return PeerRoute(dst=self._network(e), gateway=self._address(e.gateway))
+
     # -- lease events --------------------------------------------------------------------------------
 
     def entries_for(self, lease: Lease) -> PeerEntries | None:
@@ -120,20 +123,27 @@ class VXLANPlane:
 
         Raises ``LeaseDecodeError`` when its backend data is unusable, so the caller can skip that lease alone.
         """
-        subnet: Network | None = lease.ipv6_subnet if self.v6 else lease.subnet
-        public: Address | None = lease.attrs.public_ipv6 if self.v6 else lease.attrs.public_ip
-        if subnet is None or public is None or int(public) == 0:
+        v6 = self.v6
+        net = lease.net_ints(v6)
+        if v6:
+            public6 = lease.attrs.public_ipv6
+            public = 0 if public6 is None else int(public6)
+        else:
+            public = lease.attrs.public_ip_int
+        if net is None or public == 0:
             return None
-        if not is_peer_subnet(subnet, self.cluster, self.own_subnet):
-            raise LeaseDecodeError(f"subnet {subnet} is not a peer subnet of the network {self.cluster}")
-        mac = vtep_mac(lease.attrs, self.v6)
-        if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
-            field_name = "BackendV6Data" if self.v6 else "BackendData"
-            raise LeaseDecodeError(f"{field_name}.VtepMAC is missing or not a MAC address: {mac!r}")
-        if self.direct_routing and is_on_link(self.nl, public):
-            return PeerEntries(dst=subnet, gateway=public, direct=True)
-        return PeerEntries(dst=subnet, gateway=subnet.network_address, direct=False, mac=mac.lower(),
-                           public_ip=public)
+        dst, prefixlen = net
+        if not is_peer_net(dst, prefixlen, self.cluster, self.own_subnet):
+            raise LeaseDecodeError(f"subnet {lease.ipv6_subnet if v6 else lease.subnet} is not a peer subnet of the "
+                                   f"network {self.cluster}")
+        mac = vtep_mac_int(lease.attrs, v6)
+        if mac is None:
+            field_name = "BackendV6Data" if v6 else "BackendData"
+            raise LeaseDecodeError(f"{field_name}.VtepMAC is missing or not a MAC address: "
+                                   f"{vtep_mac(lease.attrs, v6)!r}")
+        if self.direct_routing and is_on_link(self.nl, self._address(public)):
+            return PeerEntries(dst=dst, prefixlen=prefixlen, gateway=public, direct=True)
+        return PeerEntries(dst=dst, prefixlen=prefixlen, gateway=dst, direct=False, mac=mac, public_ip=public)
 
     def ops_for_change(self, old: PeerEntries | None, new: PeerEntries | None) -> list[object]:
         """Netlink operations turning ``old`` into ``new`` (either may be None)."""
@@ -141,7 +151,7 @@ class VXLANPlane:
         if touched is not None:  # a stepped comparison is under way: its listing predates this change
             for e in (old, new):
                 if e is not None:
-                    touched.update((e.dst, e.gateway, e.mac))
+                    touched.update((e.dst, e.gateway, _MAC_TAG | e.mac))
         ops: list[object] = []
         if old is not None and old != new:
             ops.extend(self._remove_ops(old, keep=new))
@@ -158,18 +168,17 @@ class VXLANPlane:
         entry removed behind our back is the reconcile's to restore, as for any other peer.
         """
         if e.direct:
-            return [e.route.replace_op()]
-        assert e.public_ip is not None
+            return [self._route(e).replace_op()]
         was = old if old is not None and not old.direct else None
         ops: list[object] = []
         if was is None or was.gateway != e.gateway or was.mac != e.mac:
-            ops.append(NeighReplace(index=self.dev_index, ip=e.gateway, mac=e.mac))
+            ops.append(NeighReplace(index=self.dev_index, ip=self._addr(e.gateway), mac=e.mac))
         if was is None or was.mac != e.mac or was.public_ip != e.public_ip:
-            ops.append(FdbReplace(index=self.dev_index, mac=e.mac, dst=e.public_ip))
-        if was is None or was.dst != e.dst or was.gateway != e.gateway:
+            ops.append(FdbReplace(index=self.dev_index, mac=e.mac, dst=self._addr(e.public_ip)))
+        if was is None or was.dst != e.dst or was.prefixlen != e.prefixlen or was.gateway != e.gateway:
             nh = self._nexthop_of(e)
             if nh:
-                ops.append(NexthopReplace(id=nh, gateway=e.gateway, oif=self.dev_index))  # type: ignore[arg-type]
+                ops.append(NexthopReplace(id=nh, gateway=e.gateway, oif=self.dev_index))
             ops.append(self._route_op(e, nh))
         return ops
 
@@ -185,24 +194,23 @@ class VXLANPlane:
         """The nexthop id ``e``'s route names; 0 for a plain route (off, IPv6, direct, or the id is taken)."""
         if not self.nexthops or e.direct:
             return 0
-        nh = nexthop_id(e.gateway)  # type: ignore[arg-type]
+        nh = nexthop_id(e.gateway)
         return 0 if nh in self.foreign_ids else nh
 
     def _route_op(self, e: PeerEntries, nh: int) -> object:
         if nh:
-            return RouteViaNexthop(dst=e.dst, id=nh)  # type: ignore[arg-type]
-        return RouteReplace(dst=e.dst, gateway=e.gateway, oif=self.dev_index, onlink=True)
+            return RouteViaNexthop(dst=(e.dst, e.prefixlen), id=nh)
+        return RouteReplace(dst=self._net(e), gateway=self._addr(e.gateway), oif=self.dev_index, onlink=True)
 
     def _remove_ops(self, e: PeerEntries, keep: PeerEntries | None) -> list[object]:
         ops: list[object] = []
-        if keep is None or keep.dst != e.dst:
-            ops.append(e.route.delete_op() if e.direct else RouteDelete(dst=e.dst))
+        if keep is None or keep.dst != e.dst or keep.prefixlen != e.prefixlen:
+            ops.append(self._route(e).delete_op() if e.direct else RouteDelete(dst=self._net(e)))
         if not e.direct:
-            assert e.public_ip is not None
             if keep is None or keep.direct or keep.mac != e.mac:
-                ops.append(FdbDelete(index=self.dev_index, mac=e.mac, dst=e.public_ip))
+                ops.append(FdbDelete(index=self.dev_index, mac=e.mac, dst=self._addr(e.public_ip)))
             if keep is None or keep.direct or keep.gateway != e.gateway:
-                ops.append(NeighDelete(index=self.dev_index, ip=e.gateway))
+                ops.append(NeighDelete(index=self.dev_index, ip=self._addr(e.gateway)))
                 nh = self._nexthop_of(e)
                 if nh:  # after the route: deleting a nexthop takes every route that names it along
                     ops.append(NexthopDelete(id=nh))
@@ -243,69 +251,71 @@ class VXLANPlane:
             self._touched = None
 
     def _neighbour_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
+        # Indexed by the entries' own gateway numbers: no key object is made per peer and round.
         dev = self.dev_index
-        wanted = {e.gateway.packed: e for e in self.desired.values() if not e.direct}
+        wanted = {e.gateway: e for e in self.desired.values() if not e.direct}
         wrong: list[PeerEntries] = []
-        stale: list[bytes] = []
+        stale: list[int] = []
 
         def each(data: bytes, start: int, end: int) -> None:
             ifindex, state, _flags, dst, ll = entry_fields(data, start, end)
             if ifindex != dev or not dst:
                 return
-            e = wanted.pop(dst, None)
+            ip = int.from_bytes(dst, "big")
+            e = wanted.pop(ip, None)
             if e is None:
                 if state & NUD_PERMANENT:
-                    stale.append(dst)
-            elif not ll or ll.hex(":") != e.mac or not state & NUD_PERMANENT:
+                    stale.append(ip)
+            elif not ll or len(ll) != 6 or int.from_bytes(ll, "big") != e.mac or not state & NUD_PERMANENT:
                 wrong.append(e)
 
         yield from self.nl.neighbour_scan(dev, self.family, each, ROWS_PER_STEP)
         repairs: list[tuple[str, object]] = [
-            (f"neighbour {e.gateway} {what}", NeighReplace(index=dev, ip=e.gateway, mac=e.mac))
+            (f"neighbour {self._address(e.gateway)} {what}",
+             NeighReplace(index=dev, ip=self._addr(e.gateway), mac=e.mac))
             for what, entries in (("wrong", wrong), ("missing", wanted.values()))
             for e in entries if e.gateway not in touched]
-        for ip in map(ip_address, stale):
-            if ip not in touched:
-                repairs.append((f"stale neighbour {ip}", NeighDelete(index=dev, ip=ip)))
+        repairs.extend((f"stale neighbour {self._address(ip)}", NeighDelete(index=dev, ip=self._addr(ip)))
+                       for ip in stale if ip not in touched)
         return repairs
 
     def _fdb_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
         # A wanted entry found right is marked in place (its value becomes _RIGHT) rather than collected in sets
-        # of the dump's MAC bytes, which held two sets and 5000 bytes objects through the comparison (0.45 MiB of
-        # the reconcile's peak at 5000 peers, issue #16). Only MACs found with a wrong remote are collected.
+        # of the dump's MACs, which held two sets through the comparison (0.45 MiB of the reconcile's peak at 5000
+        # peers, issue #16); the index's keys are the entries' own MAC numbers. Only MACs found with a wrong
+        # remote are collected.
         dev = self.dev_index
-        wanted: dict[bytes, PeerEntries | object] = {
-            bytes.fromhex(e.mac.replace(":", "")): e for e in self.desired.values() if not e.direct}
-        wrong: set[bytes] = set()
-        stale: list[tuple[bytes, bytes]] = []
+        size = 16 if self.v6 else 4
+        wanted: dict[int, PeerEntries | object] = {e.mac: e for e in self.desired.values() if not e.direct}
+        wrong: set[int] = set()
+        stale: list[tuple[int, int]] = []
 
         def each(data: bytes, start: int, end: int) -> None:
             ifindex, state, flags, dst, ll = entry_fields(data, start, end)
             # Only permanent entries on the device itself are ours; learned ones (Backend.Learning) are not.
             if ifindex != dev or not ll or not (flags & NTF_SELF and state & NUD_PERMANENT):
                 return
-            e = wanted.get(ll)
+            mac = int.from_bytes(ll, "big")
+            e = wanted.get(mac)
             if e is None:
-                if dst and ll != _ZERO_MAC:
-                    stale.append((ll, dst))
+                # The all-zeros entry (a default destination someone may have added by hand) is never ours.
+                if dst and len(dst) == size and mac:
+                    stale.append((mac, int.from_bytes(dst, "big")))
             elif e is not _RIGHT:  # another remote of a MAC already found right is left alone
                 assert isinstance(e, PeerEntries)
-                if e.public_ip is not None and dst == e.public_ip.packed:
-                    wanted[ll] = _RIGHT
+                if dst is not None and len(dst) == size and int.from_bytes(dst, "big") == e.public_ip:
+                    wanted[mac] = _RIGHT
                 else:
-                    wrong.add(ll)
+                    wrong.add(mac)
 
         yield from self.nl.fdb_scan(dev, each, ROWS_PER_STEP)
         repairs: list[tuple[str, object]] = []
-        for ll, e in wanted.items():
-            if isinstance(e, PeerEntries) and e.mac not in touched:
-                assert e.public_ip is not None
-                repairs.append((f"fdb entry {e.mac} {'wrong' if ll in wrong else 'missing'}",
-                                FdbReplace(index=dev, mac=e.mac, dst=e.public_ip)))
-        for ll, dst in stale:
-            mac = ll.hex(":")
-            if mac not in touched:
-                repairs.append((f"stale fdb entry {mac}", FdbDelete(index=dev, mac=mac, dst=ip_address(dst))))
+        for mac, e in wanted.items():
+            if isinstance(e, PeerEntries) and (_MAC_TAG | mac) not in touched:
+                repairs.append((f"fdb entry {mac_text(mac)} {'wrong' if mac in wrong else 'missing'}",
+                                FdbReplace(index=dev, mac=mac, dst=self._addr(e.public_ip))))
+        repairs.extend((f"stale fdb entry {mac_text(mac)}", FdbDelete(index=dev, mac=mac, dst=self._addr(ip)))
+                       for mac, ip in stale if (_MAC_TAG | mac) not in touched)
         return repairs
 
     def _nexthop_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
@@ -314,8 +324,7 @@ class VXLANPlane:
         # object is all in its id (the gateway), so the wanted ones are a sorted array of ids, not an index of
         # entries: 20 KB instead of ~0.4 MiB at 5000 peers, through the whole stepped comparison (issue #16).
         dev = self.dev_index
-        wanted = array("I", sorted(nexthop_id(e.gateway)  # type: ignore[arg-type]
-                                   for e in self.desired.values() if not e.direct))
+        wanted = array("I", sorted(nexthop_id(e.gateway) for e in self.desired.values() if not e.direct))
         count = len(wanted)
         seen = bytearray(count)
         foreign: set[int] = set()
@@ -340,21 +349,20 @@ class VXLANPlane:
         self.foreign_ids = frozenset(foreign)
         missing = [nh for at, nh in enumerate(wanted) if not seen[at] and nh not in foreign]
         repairs: list[tuple[str, object]] = [
-            (f"nexthop {nh} {what}", NexthopReplace(id=nh, gateway=gateway, oif=dev))
+            (f"nexthop {nh} {what}", NexthopReplace(id=nh, gateway=nh, oif=dev))  # the id is the gateway
             for what, ids in (("wrong", wrong), ("missing", missing))
-            for nh in ids if (gateway := IPv4Address(nh)) not in touched]
-        repairs.extend((f"stale nexthop {nh}", NexthopDelete(id=nh)) for nh in stale
-                       if IPv4Address(nh) not in touched)
+            for nh in ids if nh not in touched]
+        repairs.extend((f"stale nexthop {nh}", NexthopDelete(id=nh)) for nh in stale if nh not in touched)
         return repairs
 
     def _route_drift(self, touched: set[object]) -> Steps[list[tuple[str, object]]]:
         # Only the device's routes are listed (the kernel filters): a host carrying a full BGP table has a
         # million routes in main, and decoding them all every reconcile would stall the event loop. They are
-        # compared undecoded, by destination bytes and length (``ipaddress`` builds and hashes in Python).
+        # compared undecoded, by destination number and length (``ipaddress`` builds and hashes in Python).
         dev = self.dev_index
         nexthop_of = self._nexthop_of
-        tunnel = {_route_key(e.dst): e for e in self.desired.values() if not e.direct}
-        direct = {_route_key(e.dst) for e in self.desired.values() if e.direct}
+        tunnel = {e.dst << 8 | e.prefixlen: e for e in self.desired.values() if not e.direct}
+        direct = {e.dst << 8 | e.prefixlen for e in self.desired.values() if e.direct}
         wrong: list[PeerEntries] = []
         stale: list[tuple[int, bytes | None, int]] = []
 
@@ -363,11 +371,12 @@ class VXLANPlane:
             # A route naming a nexthop object carries its device only in compat mode (the kernel filtered by it).
             if flags & RTM_F_CLONED or table != RT_TABLE_MAIN or (oif != dev and not nh):
                 return
-            key = (dst or b"") + bytes((dst_len,))
+            key = int.from_bytes(dst or b"", "big") << 8 | dst_len
             e = tunnel.pop(key, None)
             if e is not None:
                 want = nexthop_of(e)
-                if nh != want or (not want and (gw != e.gateway.packed or not flags & RTNH_F_ONLINK)):
+                if nh != want or (not want and (gw is None or int.from_bytes(gw, "big") != e.gateway
+                                                or not flags & RTNH_F_ONLINK)):
                     wrong.append(e)
             elif key not in direct and proto != RTPROT_KERNEL:
                 # A /128 address adds a kernel route to itself in the main table (a /32 does not): not stale.
@@ -375,25 +384,22 @@ class VXLANPlane:
 
         yield from self.nl.route_scan(self.family, dev, each, ROWS_PER_STEP)
         missing = [e for e in tunnel.values() if e.dst not in touched]
-        elsewhere = main_routes(self.nl, self.family, [e.dst for e in missing]) if missing else {}
+        nets = [self._network(e) for e in missing]
+        elsewhere = main_routes(self.nl, self.family, nets) if missing else {}
         repairs: list[tuple[str, object]] = []
-        for e in missing:
-            r = elsewhere.get(e.dst)
-            if r is None or r.gateway != e.gateway or r.oif != dev or not r.onlink:
-                repairs.append((f"route to {e.dst} {'missing' if r is None else 'wrong'}",
+        for e, net in zip(missing, nets, strict=True):
+            r = elsewhere.get(net)
+            if r is None or r.gateway is None or int(r.gateway) != e.gateway or r.oif != dev or not r.onlink:
+                repairs.append((f"route to {net} {'missing' if r is None else 'wrong'}",
                                 self._route_op(e, nexthop_of(e))))
-        repairs.extend((f"route to {e.dst} wrong", self._route_op(e, nexthop_of(e)))
+        repairs.extend((f"route to {self._network(e)} wrong", self._route_op(e, nexthop_of(e)))
                        for e in wrong if e.dst not in touched)
         for family, dst, dst_len in stale:
             net = network_of(family, dst, dst_len)
-            if within(net, self.cluster) and net not in touched:
+            if within(net, self.cluster) and int(net.network_address) not in touched:
                 repairs.append((f"stale route to {net}", RouteDelete(dst=net, oif=dev)))
         # Listed now, after the last step: nothing to leave out.
         return repairs + route_drift(self.nl, self.family, self.cluster,
-                                     [e.route for e in self.desired.values() if e.direct],
-                                     claimed={e.dst for e in self.desired.values() if not e.direct})
+                                     [self._route(e) for e in self.desired.values() if e.direct],
+                                     claimed=TunnelDestinations(self.desired))
 
-
-def _route_key(net: Network) -> bytes:
-    """A destination as a route dump carries it: its address bytes, then its length."""
-    return net.network_address.packed + bytes((net.prefixlen,))

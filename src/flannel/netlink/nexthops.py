@@ -58,8 +58,8 @@ _ATTR = RTATTR.unpack_from
 _U32 = struct.Struct("=I").unpack_from
 
 
-def nexthop_id(gateway: IPv4Address) -> int:
-    """The id flanneld gives the nexthop object of ``gateway`` (see the module docstring)."""
+def nexthop_id(gateway: IPv4Address | int) -> int:
+    """The id flanneld gives the nexthop object of ``gateway`` (see the module docstring): its number."""
     return int(gateway)
 
 
@@ -68,17 +68,18 @@ class NexthopReplace:
     """``ip nexthop replace id ID via GATEWAY dev DEV onlink`` (IPv4)."""
 
     id: int
-    gateway: IPv4Address
+    gateway: IPv4Address | int
+    """The gateway, or its number (as the vxlan plane holds it)."""
     oif: int
 
     def pack(self, seq: int) -> bytes:
         return _NEXTHOP4.pack(_NEXTHOP4.size, RTM_NEWNEXTHOP, _REPLACE, seq, 0,
                               socket.AF_INET, 0, RTPROT_BOOT, RTNH_F_ONLINK,
-                              8, NHA_ID, self.id, 8, NHA_OIF, self.oif, 8, NHA_GATEWAY, self.gateway.packed)
+                              8, NHA_ID, self.id, 8, NHA_OIF, self.oif, 8, NHA_GATEWAY, _packed(self.gateway))
 
     def describe(self, names: Mapping[int, str] | None = None) -> str:
         dev = names.get(self.oif, f"#{self.oif}") if names else f"#{self.oif}"
-        return f"nexthop replace id {self.id} via {socket.inet_ntoa(self.gateway.packed)} dev {dev} onlink"
+        return f"nexthop replace id {self.id} via {socket.inet_ntoa(_packed(self.gateway))} dev {dev} onlink"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +99,29 @@ class NexthopDelete:
 class RouteViaNexthop:
     """``ip route replace DST nhid ID`` in the main table (IPv4), protocol ``boot`` like the plain routes."""
 
-    dst: IPv4Network
+    dst: IPv4Network | tuple[int, int]
+    """The destination, or (its address as a number, its prefix length) as the vxlan plane holds it."""
     id: int
 
     def pack(self, seq: int) -> bytes:
-        dst = self.dst
+        address, prefixlen = _parts(self.dst)
         return _ROUTE_NH4.pack(_ROUTE_NH4.size, RTM_NEWROUTE, _REPLACE, seq, 0,
-                               socket.AF_INET, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
-                               RTN_UNICAST, 0, 8, RTA_DST, dst.network_address.packed, 8, RTA_NH_ID, self.id)
+                               socket.AF_INET, prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE,
+                               RTN_UNICAST, 0, 8, RTA_DST, address, 8, RTA_NH_ID, self.id)
 
     def describe(self, names: Mapping[int, str] | None = None) -> str:
-        return f"route replace {socket.inet_ntoa(self.dst.network_address.packed)}/{self.dst.prefixlen} nhid {self.id}"
+        address, prefixlen = _parts(self.dst)
+        return f"route replace {socket.inet_ntoa(address)}/{prefixlen} nhid {self.id}"
+
+
+def _packed(gateway: IPv4Address | int) -> bytes:
+    return gateway.to_bytes(4, "big") if isinstance(gateway, int) else gateway.packed
+
+
+def _parts(dst: IPv4Network | tuple[int, int]) -> tuple[bytes, int]:
+    if isinstance(dst, tuple):
+        return dst[0].to_bytes(4, "big"), dst[1]
+    return dst.network_address.packed, dst.prefixlen
 
 
 def dump_body() -> bytes:

@@ -153,7 +153,7 @@ def build(inp: Inputs, now: float | None = None) -> dict[str, Any]:
     """The ``/map.json`` document."""
     now = time.time() if now is None else now
     me = _node(inp.own, inp.own_expiry, now, True)
-    peers = sorted(inp.peers, key=lambda lease: int(lease.subnet.network_address) if lease.subnet else 0)
+    peers = sorted(inp.peers, key=lambda lease: lease.subnet_int or 0)
     expiry = inp.peer_expiry
     nodes = {me["key"]: me} | {p.key: _node(p, expiry.get(p.key, 0.0) if expiry is not None else 0.0, now, False,
                                             expiry is not None) for p in peers}

@@ -73,7 +73,7 @@ def pick_subnets(
     """
     if cfg.network is None or cfg.subnet_min is None or cfg.subnet_max is None:
         raise ValueError("network config was not checked (Network/SubnetMin/SubnetMax unset)")
-    v4_taken = [lease.subnet for lease in leases if lease.subnet is not None]
+    v4_taken = [net for lease in leases if (net := lease.subnet) is not None]  # built on each read: once
     v4 = free_subnets(cfg.subnet_min, cfg.subnet_max, cfg.subnet_len, v4_taken)
     if not v4:
         raise OutOfSubnetsError(f"out of subnets in {cfg.subnet_min}-{cfg.subnet_max} (/{cfg.subnet_len})")
@@ -95,7 +95,7 @@ def pick_subnets(
 def overlaps_any(v4: IPv4Network | None, v6: IPv6Network | None, leases: Iterable[Lease]) -> Lease | None:
     """The first lease whose IPv4 or IPv6 subnet overlaps ``v4``/``v6``; ``None`` when both are free."""
     for lease in leases:
-        if v4 is not None and lease.subnet is not None and lease.subnet.overlaps(v4):
+        if v4 is not None and (net := lease.subnet) is not None and net.overlaps(v4):
             return lease
         if v6 is not None and lease.ipv6_subnet is not None and lease.ipv6_subnet.overlaps(v6):
             return lease

@@ -25,7 +25,7 @@ from flannel import metrics
 from flannel.backoff import Backoff, RepeatLimiter, repeats
 from flannel.config import NetworkConfig, check_network_config, compatible_subnet, parse_network_config
 from flannel.errors import ConfigError, DatastoreUnavailableError, FlannelError, LeaseDecodeError
-from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key
+from flannel.lease import UNSET_IPV4, Lease, LeaseAttrs, make_subnet_key, parse_subnet_key_numbers
 from flannel.subnet.allocate import overlaps_any, pick_subnets
 from flannel.subnet.kvstore import KV, CompactedError, KVStore, WatchEvent, WatchEventType
 from flannel.subnet.lease_keeper import EtcdManagerTimings, LeaseKeeper
@@ -127,15 +127,15 @@ class EtcdSubnetManager:
             lease = self._decode(kv)
             if lease is not None:
                 leases.append(lease)
-            elif (subnets := parse_subnet_key(kv.key)) is not None:
-                unreadable.append(Lease(subnets[0], subnets[1], revision=kv.mod_revision))
+            elif (subnets := parse_subnet_key_numbers(kv.key)) is not None:
+                unreadable.append(Lease.from_ints(*subnets, revision=kv.mod_revision))
 
         revision = await self.store.scan_prefix(self.subnets_prefix + "/", each)
         return leases, unreadable, revision
 
     def _decode(self, kv: KV) -> Lease | None:
         """The lease stored at ``kv``, or ``None`` (with a warning naming the key) when it cannot be read."""
-        subnets = parse_subnet_key(kv.key)
+        subnets = parse_subnet_key_numbers(kv.key)  # without the IPv4 network object (issue #16)
         if subnets is None:
             log.warning("skipping %s: not a subnet key", kv.key)
             return None
@@ -144,7 +144,7 @@ class EtcdSubnetManager:
         except LeaseDecodeError as exc:
             log.warning("skipping lease %s: %s", kv.key, exc)
             return None
-        return Lease(subnets[0], subnets[1], attrs, 0.0, kv.mod_revision, reserved=kv.lease_id == 0)
+        return Lease.from_ints(*subnets, attrs, 0.0, kv.mod_revision, reserved=kv.lease_id == 0)
 
     async def acquire_lease(self, attrs: LeaseAttrs) -> Lease:
         """Get this node a lease (§6.3): reuse by public IP, else the previous subnet, else a free one."""
@@ -302,11 +302,11 @@ class EtcdSubnetManager:
     def _event(self, ev: WatchEvent) -> tuple[bool, Lease] | None:
         """The lease event for one watch event; ``None`` (with a warning naming the key) if undecodable."""
         if ev.type is WatchEventType.DELETE:
-            subnets = parse_subnet_key(ev.kv.key)
+            subnets = parse_subnet_key_numbers(ev.kv.key)
             if subnets is None:
                 log.warning("ignoring deletion of %s: not a subnet key", ev.kv.key)
                 return None
-            return False, Lease(subnets[0], subnets[1], revision=ev.kv.mod_revision)
+            return False, Lease.from_ints(*subnets, revision=ev.kv.mod_revision)
         lease = self._decode(ev.kv)
         return None if lease is None else (True, lease)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flannel.config import NetworkConfig
 from flannel.errors import FlannelError, LeaseDecodeError
 from flannel.gojson import compact, loads
-from flannel.ipaddr import IPNetwork, go_net_text, within
+from flannel.ipaddr import IPNetwork, go_net_text, ipv4_int, within
 from flannel.lease import Lease, LeaseAttrs
 from flannel.subnet.kube_annotations import AnnotationNames, node_annotations, node_name
 
@@ -46,6 +46,18 @@ def _parse_cidr(text: str) -> IPNetwork:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"invalid CIDR address: {text}") from None
+
+
+def _cidr4_ints(text: str) -> tuple[int, int] | None:
+    """``_parse_cidr`` of an IPv4 CIDR in its plain form (``10.244.3.0/24``) as (network address, prefix length)
+    numbers, without the network object; None for anything else, which ``_parse_cidr`` then decides."""
+    addr, slash, bits = text.partition("/")
+    if not slash or len(bits) > 2 or not (bits.isascii() and bits.isdigit()):
+        return None
+    value, plen = ipv4_int(addr), int(bits)
+    if value is None or plen > 32:
+        return None
+    return value & ~((1 << (32 - plen)) - 1), plen
 
 
 def _pod_cidr_texts(node: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -77,6 +89,21 @@ def _pick_cidr(node: Mapping[str, Any], version: int, last: bool) -> IPNetwork |
             if not last:
                 break
     return found
+
+
+def _first_cidr4(node: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``_pick_cidr(node, 4, last=False)`` as numbers: what every watched node's lease needs (issue #16)."""
+    single, many = _pod_cidr_texts(node)
+    if len(many) >= 3:
+        raise _NodeNamedError(f'node "{node_name(node)}" pod cidrs should be IPv4/IPv6 only or dualstack')
+    for text in many or [single]:
+        fast = _cidr4_ints(text)
+        if fast is not None:
+            return fast
+        net = _parse_cidr(text)
+        if net.version == 4:
+            return int(net.network_address), net.prefixlen
+    return None
 
 
 def _parse_public_ip(text: str, version: int) -> IPv4Address | IPv6Address:
@@ -124,16 +151,15 @@ def node_to_lease(node: Mapping[str, Any], names: AnnotationNames, config: Netwo
     name = node_name(node)
     # Interned: thousands of nodes name the same backend ("vxlan"), one decoded string each otherwise.
     attrs: dict[str, Any] = {"backend_type": sys.intern(ann.get(names.backend_type, ""))}
-    v4: IPv4Network | None = None
+    v4: tuple[int, int] | None = None
     v6: IPv6Network | None = None
     try:
         if config.enable_ipv4:
             attrs["public_ip"] = _annotated_ip(ann, names.public_ip, 4)
             attrs["backend_data"] = _raw_json(ann.get(names.backend_data, ""), names.backend_data)
-            net4 = _pick_cidr(node, 4, last=False)
-            if not isinstance(net4, IPv4Network):
+            v4 = _first_cidr4(node)
+            if v4 is None:
                 raise ValueError("missing IPv4 address on n.Spec.PodCIDRs")
-            v4 = net4
         if config.enable_ipv6:
             attrs["public_ipv6"] = _annotated_ip(ann, names.public_ipv6, 6)
             attrs["backend_v6_data"] = _raw_json(ann.get(names.backend_v6_data, ""), names.backend_v6_data)
@@ -145,12 +171,17 @@ def node_to_lease(node: Mapping[str, Any], names: AnnotationNames, config: Netwo
         raise LeaseDecodeError(str(exc)) from None
     except ValueError as exc:
         raise LeaseDecodeError(f'node "{name}": {exc}') from None
-    return Lease(subnet=v4, ipv6_subnet=v6, attrs=LeaseAttrs(**attrs))
+    if v4 is None:
+        return Lease(subnet=None, ipv6_subnet=v6, attrs=LeaseAttrs(**attrs))
+    return Lease.from_ints(v4[0], v4[1], v6, LeaseAttrs(**attrs))
 
 
-def _annotated_ip(ann: Mapping[str, str], key: str, version: int) -> IPv4Address | IPv6Address:
-    """The public address in annotation ``key``; ``ValueError`` naming the annotation and its value."""
+def _annotated_ip(ann: Mapping[str, str], key: str, version: int) -> IPv4Address | IPv6Address | int:
+    """The public address in annotation ``key`` (IPv4 in its plain form as a number, which ``LeaseAttrs`` holds);
+    ``ValueError`` naming the annotation and its value."""
     text = ann.get(key, "")
+    if version == 4 and (value := ipv4_int(text)) is not None:
+        return value
     try:
         return _parse_public_ip(text, version)
     except ValueError as exc:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,15 +42,15 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from flannel import metrics
 from flannel.config import NetworkConfig
 from flannel.errors import LeaseDecodeError
-from flannel.lease import EventType, Lease, LeaseEvent, vtep_mac
+from flannel.lease import EventType, Lease, LeaseEvent, vtep_mac_int
 
 log = logging.getLogger(__name__)
 
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
-Vtep = tuple[int, Address]
-"""A lease's VTEP on one family: its VtepMAC (as a 48-bit number: smaller than the text) and public IP."""
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+Vtep = tuple[int, int]
+"""A lease's VTEP on one family: its VtepMAC (as a 48-bit number: smaller than the text) and public IP (as a
+number)."""
 
 
 @dataclass(frozen=True)
@@ -78,20 +77,36 @@ class Family:
         return _span(self.own) if self.own is not None else None
 
     def subnet(self, lease: Lease) -> Network | None:
+        """The lease's subnet of this family as an object (built for an IPv4 lease: for messages only)."""
         return lease.ipv6_subnet if self.v6 else lease.subnet
+
+    def span_of(self, lease: Lease) -> tuple[int, int] | None:
+        """First and last address of the lease's subnet of this family, from the numbers the lease holds."""
+        net = lease.net_ints(self.v6)
+        return None if net is None else (net[0], self.last(*net))
+
+    def last(self, first: int, prefixlen: int) -> int:
+        """The last address of the subnet ``first/prefixlen`` of this family."""
+        return first | ((1 << ((128 if self.v6 else 32) - prefixlen)) - 1)
 
     def vtep(self, lease: Lease) -> Vtep | None:
         """The lease's VTEP on this family; None if it has none usable (the backend then skips it alone)."""
-        public = lease.attrs.public_ipv6 if self.v6 else lease.attrs.public_ip
-        if public is None or int(public) == 0:
+        if self.v6:
+            public6 = lease.attrs.public_ipv6
+            public = 0 if public6 is None else int(public6)
+        else:
+            public = lease.attrs.public_ip_int
+        if public == 0:
             return None
         try:
-            mac = vtep_mac(lease.attrs, self.v6)
+            mac = vtep_mac_int(lease.attrs, self.v6)
         except LeaseDecodeError:
             return None
-        if not isinstance(mac, str) or not _MAC_RE.match(mac.lower()):
-            return None
-        return int(mac.replace(":", ""), 16), public
+        return None if mac is None else (mac, public)
+
+    def ip_text(self, value: int) -> str:
+        """An address of this family held as a number, as text."""
+        return str(IPv6Address(value) if self.v6 else IPv4Address(value))
 
 
 @dataclass(slots=True)
@@ -240,29 +255,33 @@ class LeaseGuard:
 
     def _collision(self, key: str, lease: Lease, vteps: list[Vtep | None]) -> tuple[str, str] | None:
         """``(reason, explanation naming the other lease)`` when ``lease`` must be skipped, else None."""
+        # Numbers throughout: the subnet's objects are built for a message only (issue #16).
         for fam, claims, vtep in zip(self.families, self._claims, vteps, strict=True):
-            net = fam.subnet(lease)
+            net = lease.net_ints(fam.v6)
             if net is None:
                 continue
-            first, last = _span(net)
-            if net.version != fam.network.version or not fam.span[0] <= first <= last <= fam.span[1]:
-                return "outside_network", f"subnet {net} is outside the network {fam.network}"
+            first, plen = net
+            last = fam.last(first, plen)
+            if not fam.span[0] <= first <= last <= fam.span[1]:
+                return "outside_network", f"subnet {fam.subnet(lease)} is outside the network {fam.network}"
             own = fam.own_span
             if own is not None and first <= own[1] and own[0] <= last:
-                return "overlaps_own", f"subnet {net} overlaps this node's own subnet {fam.own}"
+                return "overlaps_own", f"subnet {fam.subnet(lease)} overlaps this node's own subnet {fam.own}"
             other = self._hit(fam, claims, first, last)
             if other is not None and other != key:
-                return ("overlaps_lease", f"subnet {net} overlaps {fam.subnet(self.held[other])} of lease {other}, "
-                        "accepted earlier (the first holder keeps it)")
-            if fam.subnet_len is not None and net.prefixlen != fam.subnet_len:
-                return "subnet_len", f"subnet {net} is not a /{fam.subnet_len} (the network's subnet length)"
+                return ("overlaps_lease", f"subnet {fam.subnet(lease)} overlaps {fam.subnet(self.held[other])} of "
+                        f"lease {other}, accepted earlier (the first holder keeps it)")
+            if fam.subnet_len is not None and plen != fam.subnet_len:
+                return ("subnet_len",
+                        f"subnet {fam.subnet(lease)} is not a /{fam.subnet_len} (the network's subnet length)")
             if vtep is None:
                 continue
             for other in claims.mac_holders(vtep[0]):
                 theirs = fam.vtep(self.held[other]) if other != key else None
                 if theirs is not None and theirs[1] != vtep[1]:
-                    return ("duplicate_vtep_mac", f"VtepMAC {_mac_text(vtep[0])} with public IP {vtep[1]} is lease "
-                            f"{other}'s, accepted earlier with public IP {theirs[1]} (the first holder keeps it)")
+                    return ("duplicate_vtep_mac", f"VtepMAC {_mac_text(vtep[0])} with public IP "
+                            f"{fam.ip_text(vtep[1])} is lease {other}'s, accepted earlier with public IP "
+                            f"{fam.ip_text(theirs[1])} (the first holder keeps it)")
         return None
 
     def _hit(self, fam: Family, claims: _Claims, first: int, last: int) -> str | None:
@@ -272,8 +291,8 @@ class LeaseGuard:
         if i < 0:
             return None
         key = claims.keys[i]
-        theirs = fam.subnet(self.held[key])
-        return key if theirs is not None and _span(theirs)[1] >= first else None
+        theirs = fam.span_of(self.held[key])
+        return key if theirs is not None and theirs[1] >= first else None
 
     def _retry_skipped(self) -> Iterator[LeaseEvent]:
         for key, (lease, reason) in list(self.skipped.items()):
@@ -286,10 +305,10 @@ class LeaseGuard:
 
     def _take(self, key: str, lease: Lease, vteps: list[Vtep | None]) -> None:
         for fam, claims, vtep in zip(self.families, self._claims, vteps, strict=True):
-            net = fam.subnet(lease)
-            if net is None:
+            span = fam.span_of(lease)
+            if span is None:
                 continue
-            first = _span(net)[0]
+            first = span[0]
             i = bisect_right(claims.starts, first)
             claims.starts.insert(i, first)
             claims.keys.insert(i, key)
@@ -298,10 +317,10 @@ class LeaseGuard:
 
     def _release(self, key: str, lease: Lease) -> None:
         for fam, claims in zip(self.families, self._claims, strict=True):
-            net = fam.subnet(lease)
-            if net is None:
+            span = fam.span_of(lease)
+            if span is None:
                 continue
-            first = _span(net)[0]
+            first = span[0]
             i = bisect_left(claims.starts, first)
             if i < len(claims.starts) and claims.starts[i] == first and claims.keys[i] == key:
                 del claims.starts[i]

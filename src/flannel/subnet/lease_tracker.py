@@ -69,9 +69,10 @@ class LeaseTracker:
         dual-stack event must match both.
         """
         own = self._own
-        if own is None or (lease.subnet is None and lease.ipv6_subnet is None):
+        net = lease.subnet_int  # the numbers: ``subnet`` builds a network object on each read (issue #16)
+        if own is None or (net is None and lease.ipv6_subnet is None):
             return False
-        if lease.subnet is not None and lease.subnet != own.subnet:
+        if net is not None and (net != own.subnet_int or lease.subnet_prefixlen != own.subnet_prefixlen):
             return False
         return lease.ipv6_subnet is None or lease.ipv6_subnet == own.ipv6_subnet
 
