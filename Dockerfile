@@ -4,12 +4,18 @@
 # the node by deploy/image/iptables-wrapper), nftables and iproute2. Build it from the repository root:
 #   docker build -t ghcr.io/flannel-py/flanneld:v0.1.0 .
 # The tag is pyproject.toml's version; the registry is a placeholder for yours (docs/kubernetes.md).
-# Python 3.11 is what the project is tested with, and what Debian 12 nodes run the CNI plugin with. Keep it at
-# 3.11: the CNI plugin's runtime is Debian 12's python3.11 (below), and install-cni-plugin refuses a runtime
-# whose byte code differs from its own Python's.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Python is Debian 12's own python3.11, for flanneld, its tools and the CNI plugin's runtime alike: the project
+# is tested on it (the Makefile's venv), and it is what a systemd install on Debian runs. Linked statically and
+# built with PGO and LTO, it holds 0.5 MiB less than the python:3.11 images' shared-libpython build and starts
+# faster (docs/performance.md, "Running as deployed"). install-cni-plugin refuses a runtime whose byte code
+# differs from its own Python's: here they are one interpreter.
+ARG DEBIAN_IMAGE=debian:bookworm-slim
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${DEBIAN_IMAGE} AS build
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3.11 python3.11-venv python3.11-dev gcc libc6-dev binutils \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 COPY pyproject.toml constraints.txt ./
 COPY src ./src
@@ -17,28 +23,23 @@ COPY src ./src
 # of constraints.txt (the pip that understands --build-constraint first). The image carries every optional
 # extra (grpc: the gRPC etcd client, FLANNEL_ETCD_CLIENT=grpc; ipsec: vici; aws, tencent, gce, ali: the cloud
 # SDKs); only the configured backend (or client) ever imports its package.
-RUN python -m venv /opt/flannel \
+RUN python3.11 -m venv /opt/flannel \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt --upgrade pip \
     && /opt/flannel/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
         --build-constraint constraints.txt '.[grpc,ipsec,aws,tencent,gce,ali]'
 # The CNI plugin for nodes without Python (docs/kubernetes.md): a static launcher, and a relocatable runtime
-# tree holding what the plugin imports. The runtime is Debian 12's own /usr/bin/python3.11, not this image's
-# /usr/local one: Debian's is linked statically (no libpython to relocate, no PIE) and built with PGO and LTO,
-# and starts faster, which every pod start pays (docs/performance.md, "Session 6"). Both are 3.11, so the byte
-# code that install-cni-plugin compiles with the image's Python is the runtime's too (same magic number).
+# tree holding what the plugin imports, made from /usr/bin/python3.11 (static, no PIE: nothing to relocate;
+# it starts faster, which every pod start pays: docs/performance.md, "Session 6").
 COPY deploy/image/cni_launcher.c deploy/image/cni_runtime.py ./deploy/image/
-RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev binutils \
-        python3.11-minimal libpython3.11-stdlib \
-    && mkdir -p /opt/flannel/libexec \
+RUN mkdir -p /opt/flannel/libexec \
     && gcc -static -Os -Wall -Werror -o /opt/flannel/libexec/flannel-cni-launcher deploy/image/cni_launcher.c \
     && strip /opt/flannel/libexec/flannel-cni-launcher \
     && /usr/bin/python3.11 deploy/image/cni_runtime.py /opt/flannel/cni-runtime /build/src
 
-FROM ${PYTHON_IMAGE}
+FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates iproute2 iptables nftables \
+        python3.11 ca-certificates iproute2 iptables nftables \
         wireguard-go wireguard-tools \
     && rm -rf /var/lib/apt/lists/*
 # The ipsec backend's IKE daemon: charon (started by flanneld), swanctl for debugging, and the standard plugins
@@ -71,9 +72,8 @@ RUN chmod 0755 /opt/bin/flannel-install /usr/sbin/iptables-wrapper \
 # (docs/performance.md, "Running as deployed"). Its byte code is compiled here, for the standard library and the
 # package, so that no start compiles it; a cloud SDK's is written on its first import. The CNI plugin's
 # runtime on the node ignores PYTHON* variables (python -I) and install-cni-plugin compiles it at level 0.
-RUN python -m compileall -q -o 2 -x '/(test|tests|idlelib|tkinter|lib2to3|ensurepip|site-packages)/' \
-        /usr/local/lib/python3.11 \
-    && python -m compileall -q -o 2 /opt/flannel/lib/python3.11/site-packages/flannel
+RUN python3.11 -m compileall -q -o 2 -x '/(test|tests|idlelib|tkinter|lib2to3|ensurepip)/' /usr/lib/python3.11 \
+    && python3.11 -m compileall -q -o 2 /opt/flannel/lib/python3.11/site-packages/flannel
 # GLIBC_TUNABLES: flanneld's malloc settings (one arena; blocks from 64 KiB on mapped on their own, so freeing
 # gives them back) from its first allocation, without loading ctypes to set them (0.4 MiB). The container's
 # other processes (iptables, nft, charon) run with them too, which costs them nothing that matters.
