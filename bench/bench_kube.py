@@ -153,7 +153,7 @@ def churn(args: argparse.Namespace, count: int, proc: subprocess.Popen[bytes], a
           f"{api_cpu:.1f} s; flanneld VmRSS {min(samples):.1f}-{max(samples):.1f} MiB, peak RSS {hwm:.1f} MiB; "
           f"{len(writer.errors)} failed writes{': ' + writer.errors[0] if writer.errors else ''}\n")
     print_writer(writer.late, [a for a in writer.acked if a == a], "the API server's answer to a write")
-    print_latencies(writer.delays(obs), args.rate, rss, "p99 ≤ 50 ms (etcd mode's)")
+    print_latencies(writer.delays(obs), args.rate, rss, "p99 ≤ 50 ms (etcd mode's)", writer.acked)
     return {"rss_churn": hwm}
 
 

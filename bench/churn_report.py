@@ -75,9 +75,11 @@ def print_writer(late: Sequence[float], acked: Sequence[float], server: str) -> 
           f"p50 {statistics.median(acked) * MS:.1f} ms, p99 {pct(acked, 0.99) * MS:.1f} ms\n")
 
 
-def print_latencies(delays: Sequence[float | None], rate: float, rss: RssSampler | None, target: str) -> None:
+def print_latencies(delays: Sequence[float | None], rate: float, rss: RssSampler | None, target: str,
+                    answers: Sequence[float] | None = None) -> None:
     """The overall table and the per-10-second windows of ``delays`` (change ``k`` scheduled at ``k / rate``;
-    None: never seen)."""
+    None: never seen). ``answers``, each write's answer time (NaN: failed), adds their slowest per window: a
+    stall of the server shows there, a stall of the daemon does not."""
     lat = [d for d in delays if d is not None]
     windows: dict[int, list[float]] = {}
     for k, d in enumerate(delays):
@@ -91,9 +93,14 @@ def print_latencies(delays: Sequence[float | None], rate: float, rss: RssSampler
     print(f"| {len(delays)} | {len(lat)} | {len(delays) - len(lat)} | {statistics.median(lat) * MS:.1f} "
           f"| {pct(lat, 0.95) * MS:.1f} | {pct(lat, 0.99) * MS:.1f} | {max(lat) * MS:.1f} | {target} |")
     print("\nper 10-second window (a backlog shows as growing latency):\n")
-    print("| window | changes | p50 (ms) | p99 (ms) | max (ms) | flanneld VmRSS, max (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    extra = " slowest write answer (ms) |" if answers is not None else ""
+    print(f"| window | changes | p50 (ms) | p99 (ms) | max (ms) | flanneld VmRSS, max (MiB) |{extra}")
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if extra else ""))
     for w in sorted(windows):
         v = windows[w]
+        slowest = ""
+        if answers is not None:
+            mine = [a for k, a in enumerate(answers) if int(k / rate) // 10 == w and a == a]
+            slowest = f" {max(mine, default=float('nan')) * MS:.1f} |"
         print(f"| {w * 10}-{w * 10 + 10} s | {len(v)} | {statistics.median(v) * MS:.1f} | {pct(v, 0.99) * MS:.1f} "
-              f"| {max(v) * MS:.1f} | {rss.window_max(w) if rss is not None else float('nan'):.1f} |")
+              f"| {max(v) * MS:.1f} | {rss.window_max(w) if rss is not None else float('nan'):.1f} |{slowest}")
