@@ -136,11 +136,18 @@ def churn(args: argparse.Namespace, count: int, proc: subprocess.Popen[bytes], a
           obs: Observer) -> dict[str, float]:
     """``count`` changes at ``args.rate`` per second through the API; print their report."""
     cpu0, api_cpu0, t_run = cpu_seconds(proc.pid), cpu_seconds(api.pid), time.monotonic()
+    spy = None
+    if args.py_spy:  # sample flanneld over the churn: where its time goes
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "-f", "raw",
+                                "-o", args.py_spy, "-d", str(int(args.churn_seconds)), "-p", str(proc.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rss = RssSampler(proc.pid)
     rss.start()
     writer = Writer(lambda: Api(client.url, client.cafile, TOKEN), count, args.rate, args.nodes, args.steady)
     writer.run()
     rss.done.set()
+    if spy is not None:
+        spy.wait(30)
     wait_seen(obs, count, 10)
     run_s = time.monotonic() - t_run
     cpu, api_cpu = cpu_seconds(proc.pid) - cpu0, cpu_seconds(api.pid) - api_cpu0
@@ -195,6 +202,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100, help="changes per second of the churn")
     ap.add_argument("--steady", type=int, default=0, metavar="W",
                     help="churn: every other change adds a node and deletes the one added W additions earlier")
+    ap.add_argument("--py-spy", metavar="FILE", help="churn: sample flanneld with py-spy, raw output to FILE")
     ap.add_argument("--yaml-kubeconfig", action="store_true", help="write the kubeconfig as YAML, not JSON")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
