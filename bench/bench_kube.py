@@ -16,7 +16,7 @@ nothing touches the root namespace. The script re-executes itself inside the nam
 flanneld start (and one fake) per repeat, and every process is stopped by PID.
 
 Usage: .venv/bin/python bench/bench_kube.py [--nodes 5000] [--repeat 3] [--updates 200] [--relist]
-       [--churn-seconds 600 [--rate 100] [--steady 50]] [--yaml-kubeconfig]
+       [--churn-seconds 600 [--rate 100] [--steady 50] [--py-spy FILE]] [--yaml-kubeconfig]
 """
 
 from __future__ import annotations
