@@ -32,11 +32,9 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -51,7 +49,8 @@ from bench_daemon import (
     stop,
     use_tls,
 )
-from kernel_watch import KernelWatch, cpu_seconds, loadavg, vm_kib
+from churn_report import Observer, RssSampler, print_latencies, print_writer
+from kernel_watch import cpu_seconds, loadavg, vm_kib
 from one_host_netns import run_inside
 
 CHANGE_IP_BASE = (198 << 24) | (19 << 16) | (128 << 8)
@@ -76,46 +75,6 @@ def retired_key(k: int, peers: int, steady: int) -> str | None:
     if not steady or k % 2 == 0 or k // 2 < steady:
         return None
     return peer_lease(peers + k // 2 - steady)[0]
-
-
-class RssSampler(threading.Thread):
-    """Samples flanneld's VmRSS once a second: a leak shows as a column that keeps growing window by window."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid = pid
-        self.t0 = time.monotonic()
-        self.samples: list[tuple[float, float]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(1.0):
-            try:
-                self.samples.append((time.monotonic() - self.t0, vm_kib(self.pid, "VmRSS") / 1024))
-            except OSError:
-                return
-
-    def window_max(self, window: int) -> float:
-        return max((mib for t, mib in self.samples if int(t) // 10 == window), default=float("nan"))
-
-
-class Observer(threading.Thread):
-    """Reads kernel notifications until stopped; keeps the first time each FDB destination was seen."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.watch = KernelWatch()
-        self.fdb_seen: dict[bytes, float] = {}
-        self.routes: set[bytes] = set()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            for e in self.watch.read(0.05):
-                if e.kind == "fdb":
-                    self.fdb_seen.setdefault(e.dst, e.at)
-                elif e.kind == "route" and e.plen == 24 and e.dst[0] == 10:
-                    self.routes.add(e.dst)
 
 
 async def write_changes(count: int, rate: float, peers: int, steady: int = 0
@@ -149,11 +108,6 @@ async def write_changes(count: int, rate: float, peers: int, steady: int = 0
             tasks.append(asyncio.create_task(put(k)))
         await asyncio.gather(*tasks)
     return starts, late, acked
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(len(s) * p))] if s else float("nan")
 
 
 def inner(args: argparse.Namespace) -> int:
@@ -212,44 +166,17 @@ def inner(args: argparse.Namespace) -> int:
             relisted = (f"; after a full re-list of {routes + 16} peers (compacted at {rev}): peak RSS "
                         f"{vm_kib(p.pid) / 1024:.1f} MiB, VmRSS {vm_kib(p.pid, 'VmRSS') / 1024:.1f} MiB")
     finally:
-        obs.done.set()
-        obs.join(5)
-        obs.watch.close()
+        obs.stop()
         if p is not None:
             stop(p)
         etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if obs.watch.overrun:
-        print("WARNING: the netlink observer overran; some changes may be reported missing")
-    lat: list[float] = []
-    windows: dict[int, list[float]] = {}
-    missing = 0
-    for k in range(count):
-        seen = obs.fdb_seen.get(change_ip(k))
-        if seen is None:
-            missing += 1
-            continue
-        d = seen - starts[k]
-        lat.append(d)
-        windows.setdefault(int(k / args.rate) // 10, []).append(d)
-    ms = 1000
+    delays = [None if (seen := obs.fdb_seen.get(change_ip(k))) is None else seen - starts[k] for k in range(count)]
     print(f"load average after: {loadavg()}; {count} changes at {args.rate:g}/s over {args.seconds:g} s, "
           f"{args.peers} peers present; flanneld CPU over the run {cpu:.2f} s ({cpu / run_s * 100:.0f}% of one core), "
           f"peak RSS {hwm:.1f} MiB{relisted}")
-    print(f"writer lateness behind its schedule: p50 {statistics.median(late) * ms:.1f} ms, "
-          f"p99 {pct(late, 0.99) * ms:.1f} ms, max {max(late) * ms:.1f} ms; etcd's acknowledgement of a put: "
-          f"p50 {statistics.median(acked) * ms:.1f} ms, p99 {pct(acked, 0.99) * ms:.1f} ms\n")
-    print("| changes | seen | missing | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) | target |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
-    print(f"| {count} | {len(lat)} | {missing} | {statistics.median(lat) * ms:.1f} | {pct(lat, 0.95) * ms:.1f} "
-          f"| {pct(lat, 0.99) * ms:.1f} | {max(lat) * ms:.1f} | p99 ≤ 50 ms |")
-    print("\nper 10-second window (a backlog shows as growing latency):\n")
-    print("| window | changes | p50 (ms) | p99 (ms) | max (ms) | flanneld VmRSS, max (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for w in sorted(windows):
-        v = windows[w]
-        print(f"| {w * 10}-{w * 10 + 10} s | {len(v)} | {statistics.median(v) * ms:.1f} | {pct(v, 0.99) * ms:.1f} "
-              f"| {max(v) * ms:.1f} | {rss.window_max(w) if rss is not None else float('nan'):.1f} |")
+    print_writer(late, acked, "etcd's acknowledgement of a put")
+    print_latencies(delays, args.rate, rss, "p99 ≤ 50 ms")
     return 0
 
 
