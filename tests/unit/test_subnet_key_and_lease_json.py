@@ -328,7 +328,7 @@ def test_the_fast_path_for_gos_vxlan_values_decodes_exactly_as_the_full_decoder(
     import random
     import re
 
-    from flannel import lease as lease_module
+    from flannel import lease_attrs as lease_module
 
     rnd = random.Random(seed)
     values = [
