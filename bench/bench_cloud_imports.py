@@ -25,9 +25,9 @@ PY = str(REPO / ".venv" / "bin" / "python")
 FLANNELD = str(REPO / ".venv" / "bin" / "flanneld")
 
 BUILD = """
-import json, sys
+import json, os, sys
 from flannel.daemon import entry
-entry._limit_memory(False)  # etcd mode, as flanneld starts without --kube-subnet-mgr
+entry._limit_memory(False, os.environ)  # etcd mode, as flanneld starts without --kube-subnet-mgr
 import flannel.daemon.main  # noqa: F401  (the daemon's own modules, loaded by every start)
 from ipaddress import IPv4Address
 from flannel.backend.base import BackendContext, ExternalInterface
