@@ -51,6 +51,12 @@ def ipv4_text(value: int) -> str:
     return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
+def mac_text(mac: int) -> str:
+    """A MAC address held as its 48-bit number, as ``aa:bb:cc:dd:ee:ff``: leases, the lease guard and the vxlan
+    plane hold MACs as numbers (issue #16) and write them out for JSON, logs and messages only."""
+    return mac.to_bytes(6, "big").hex(":")
+
+
 def go_net_text(net: IPNetwork) -> str:
     """``a.b.c.d/len`` or ``<go ipv6 text>/len``."""
     return f"{go_ip_text(net.network_address)}/{net.prefixlen}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from flannel.errors import LeaseDecodeError
 from flannel.gojson import compact, fold, load_object
-from flannel.ipaddr import go_ip_text, ipv4_int, ipv4_text
+from flannel.ipaddr import go_ip_text, ipv4_int, ipv4_text, mac_text
 
 UNSET_IPV4 = IPv4Address("0.0.0.0")
 
@@ -49,7 +49,7 @@ def _packed(vni: str | bytes, mac: str | bytes) -> int:
 
 
 def _mac_of(packed: int) -> str:
-    return (packed & _MAC_MASK).to_bytes(6, "big").hex(":")
+    return mac_text(packed & _MAC_MASK)
 
 
 def _unpack(value: str | int | None) -> str | None:

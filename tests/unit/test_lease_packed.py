@@ -15,8 +15,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from flannel.backend.vxlan_plane import PeerEntries, VXLANPlane, mac_text
-from flannel.ipaddr import go_ip_text, ipv4_text
+from flannel.backend.vxlan_plane import PeerEntries, VXLANPlane
+from flannel.ipaddr import go_ip_text, ipv4_text, mac_text
 from flannel.lease import (
     UNSET_IPV4,
     Lease,

@@ -1,7 +1,7 @@
 """What the vxlan plane wants for one remote lease (``PeerEntries``), held as numbers (issue #16).
 
-Apart from ``vxlan_plane.py`` so that the plane's module stays about its logic: the record, its text for logs,
-and the view of the tunnel destinations that the route reconciler asks about.
+Apart from ``vxlan_plane.py`` so that the plane's module stays about its logic: the record, and the view of
+the tunnel destinations that the route reconciler asks about.
 """
 
 from __future__ import annotations
@@ -32,11 +32,6 @@ class PeerEntries:
     """The remote VTEP MAC (tunnel only)."""
     public_ip: int = 0
     """The remote public IP, the FDB destination (tunnel only)."""
-
-
-def mac_text(mac: int) -> str:
-    """A MAC's number as ``aa:bb:cc:dd:ee:ff``, for logs and messages."""
-    return mac.to_bytes(6, "big").hex(":")
 
 
 class TunnelDestinations:

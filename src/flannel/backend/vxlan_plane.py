@@ -19,9 +19,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeVar
 
 from flannel.backend.route_plane import PeerRoute, is_on_link, is_peer_net, main_routes, route_drift
-from flannel.backend.vxlan_entries import PeerEntries, TunnelDestinations, mac_text
+from flannel.backend.vxlan_entries import PeerEntries, TunnelDestinations
 from flannel.errors import LeaseDecodeError
-from flannel.ipaddr import within
+from flannel.ipaddr import mac_text, within
 from flannel.lease import Lease, vtep_mac, vtep_mac_int
 from flannel.netlink import (
     FdbDelete,

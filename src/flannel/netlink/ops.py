@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from flannel.ipaddr import mac_text
 from flannel.netlink import wire
 from flannel.netlink.consts import (
     AF_BRIDGE,
@@ -112,7 +113,7 @@ def _mac(mac: Mac) -> bytes:
 
 
 def _mac_text(mac: Mac) -> str:
-    return mac.to_bytes(6, "big").hex(":") if isinstance(mac, int) else mac
+    return mac_text(mac) if isinstance(mac, int) else mac
 
 
 # Whole IPv4 messages of the three kinds a vxlan peer needs, each packed by one ``struct`` call: a snapshot

@@ -72,17 +72,23 @@ def _pod_cidr_texts(node: Mapping[str, Any]) -> tuple[str, list[str]]:
     )
 
 
+def _cidr_texts(node: Mapping[str, Any]) -> list[str]:
+    """The pod CIDR texts to look through, in upstream's order: ``podCIDRs``, else ``podCIDR``; more than two is
+    an error naming the node."""
+    single, many = _pod_cidr_texts(node)
+    if len(many) >= 3:
+        raise _NodeNamedError(f'node "{node_name(node)}" pod cidrs should be IPv4/IPv6 only or dualstack')
+    return many or [single]
+
+
 def _pick_cidr(node: Mapping[str, Any], version: int, last: bool) -> IPNetwork | None:
     """The pod CIDR of one family (spec §7.3): ``podCIDR`` when ``podCIDRs`` is empty, else first/last match.
 
     Parsing stops at the first match when ``last`` is False, as upstream's loop breaks there, so a bad entry
     after it is not noticed. Raises ``ValueError`` (Go's texts; the caller adds the node name).
     """
-    single, many = _pod_cidr_texts(node)
-    if len(many) >= 3:
-        raise _NodeNamedError(f'node "{node_name(node)}" pod cidrs should be IPv4/IPv6 only or dualstack')
     found: IPNetwork | None = None
-    for text in many or [single]:
+    for text in _cidr_texts(node):
         net = _parse_cidr(text)
         if net.version == version:
             found = net
@@ -93,10 +99,7 @@ def _pick_cidr(node: Mapping[str, Any], version: int, last: bool) -> IPNetwork |
 
 def _first_cidr4(node: Mapping[str, Any]) -> tuple[int, int] | None:
     """``_pick_cidr(node, 4, last=False)`` as numbers: what every watched node's lease needs (issue #16)."""
-    single, many = _pod_cidr_texts(node)
-    if len(many) >= 3:
-        raise _NodeNamedError(f'node "{node_name(node)}" pod cidrs should be IPv4/IPv6 only or dualstack')
-    for text in many or [single]:
+    for text in _cidr_texts(node):
         fast = _cidr4_ints(text)
         if fast is not None:
             return fast

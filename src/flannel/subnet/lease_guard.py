@@ -42,6 +42,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from flannel import metrics
 from flannel.config import NetworkConfig
 from flannel.errors import LeaseDecodeError
+from flannel.ipaddr import mac_text
 from flannel.lease import EventType, Lease, LeaseEvent, vtep_mac_int
 
 log = logging.getLogger(__name__)
@@ -149,10 +150,6 @@ class _Claims:
 def _span(net: Network) -> tuple[int, int]:
     first = int(net.network_address)
     return first, first | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
-
-
-def _mac_text(mac: int) -> str:
-    return ":".join(f"{(mac >> shift) & 0xFF:02x}" for shift in range(40, -1, -8))
 
 
 class LeaseGuard:
@@ -279,7 +276,7 @@ class LeaseGuard:
             for other in claims.mac_holders(vtep[0]):
                 theirs = fam.vtep(self.held[other]) if other != key else None
                 if theirs is not None and theirs[1] != vtep[1]:
-                    return ("duplicate_vtep_mac", f"VtepMAC {_mac_text(vtep[0])} with public IP "
+                    return ("duplicate_vtep_mac", f"VtepMAC {mac_text(vtep[0])} with public IP "
                             f"{fam.ip_text(vtep[1])} is lease {other}'s, accepted earlier with public IP "
                             f"{fam.ip_text(theirs[1])} (the first holder keeps it)")
         return None
